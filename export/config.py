@@ -1,0 +1,145 @@
+"""Model dimensions and presets: the one place the export stage defines them.
+
+The exported manifest (`tessera.json`) is built from these dataclasses, so the runtime
+never repeats a dimension; it reads them back from the manifest.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+def find_multiple(n: int, k: int) -> int:
+    """Round `n` up to a multiple of `k` (LlamaGen's FFN sizing rule)."""
+    return n if n % k == 0 else n + k - (n % k)
+
+
+@dataclass
+class GPTConfig:
+    """A class-conditional transformer in LlamaGen's c2i design."""
+
+    dim: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    vocab_size: int = 16384  # image codes (the tokenizer's codebook size)
+    num_classes: int = 1000  # + 1 null class (id == num_classes) for guidance
+    grid: int = 16  # image tokens per side the model was trained on
+    rope_grid: int = 0  # side of the 2D rotary table; 0 -> 2 * grid (room for larger grids)
+    rope_base: float = 10000.0
+    multiple_of: int = 256
+    norm_eps: float = 1e-5
+    class_dropout: float = 0.1  # training only: share of labels replaced by the null class
+    dropout: float = 0.0  # training only: residual/attention dropout
+
+    def __post_init__(self) -> None:
+        if self.dim % self.n_head:
+            raise ValueError(f"dim {self.dim} is not divisible by n_head {self.n_head}")
+        if self.head_dim % 4:
+            raise ValueError(f"head_dim {self.head_dim} must be a multiple of 4 for 2D rotary")
+        if self.rope_grid == 0:
+            self.rope_grid = 2 * self.grid
+        if self.rope_grid < self.grid:
+            raise ValueError(f"rope_grid {self.rope_grid} is smaller than grid {self.grid}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def ffn_dim(self) -> int:
+        return find_multiple(int(2 * 4 * self.dim / 3), self.multiple_of)
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    @property
+    def block_size(self) -> int:
+        return self.grid * self.grid
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class VQConfig:
+    """A VQ image tokenizer in LlamaGen's VQ design (l2-normalised codebook)."""
+
+    codebook_size: int = 16384
+    codebook_dim: int = 8
+    ch: int = 128
+    ch_mult: tuple = (1, 1, 2, 2, 4)  # len - 1 = number of 2x downsamplings
+    z_channels: int = 256
+    num_res_blocks: int = 2  # encoder; the decoder uses one more per level, as LlamaGen
+    norm_groups: int = 32
+    in_channels: int = 3
+    image_size: int = 256  # training / default image side (pixels)
+    commit_beta: float = 0.25
+    entropy_ratio: float = 0.0
+    dropout: float = 0.0
+    usage_slots: int = 65536  # LlamaGen's `codebook_used` buffer length (kept for strict loading)
+
+    def __post_init__(self) -> None:
+        self.ch_mult = tuple(self.ch_mult)
+        if self.image_size % self.downsample:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of downsample {self.downsample}")
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.downsample
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ch_mult"] = list(self.ch_mult)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VQConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# LlamaGen's published sizes (head_dim 64, vocab 16384, 1000 classes) and small presets of our own.
+GPT_PRESETS: dict[str, dict] = {
+    "GPT-B": dict(dim=768, n_layer=12, n_head=12),
+    "GPT-L": dict(dim=1024, n_layer=24, n_head=16),
+    "GPT-XL": dict(dim=1280, n_layer=36, n_head=20),
+    # Ours: the shipped MNIST default (7x7 grid, 512 codes, 10 classes).
+    "GPT-Digits": dict(dim=192, n_layer=4, n_head=3, vocab_size=512, num_classes=10, grid=7,
+                       multiple_of=64, class_dropout=0.1, dropout=0.1),
+    # Tiny random-weight model for tests (seconds to export).
+    "GPT-Tiny": dict(dim=64, n_layer=2, n_head=4, vocab_size=64, num_classes=10, grid=4, multiple_of=32),
+}
+
+VQ_PRESETS: dict[str, dict] = {
+    "VQ-16": dict(),  # LlamaGen's vq_ds16_c2i
+    "VQ-8": dict(ch_mult=(1, 2, 2, 4)),
+    # Ours: 28x28 digits -> 7x7 codes from a 512-entry codebook.
+    "VQ-Digits": dict(codebook_size=512, codebook_dim=8, ch=24, ch_mult=(1, 2, 2), z_channels=32,
+                      num_res_blocks=1, norm_groups=8, image_size=28, usage_slots=512),
+    "VQ-Tiny": dict(codebook_size=64, codebook_dim=4, ch=16, ch_mult=(1, 2), z_channels=16, num_res_blocks=1,
+                    norm_groups=4, image_size=16, usage_slots=64),
+}
+
+
+def gpt_preset(name: str, **overrides) -> GPTConfig:
+    if name not in GPT_PRESETS:
+        raise ValueError(f"unknown transformer preset {name!r}; choose one of {sorted(GPT_PRESETS)}")
+    return GPTConfig(**{**GPT_PRESETS[name], **overrides})
+
+
+def vq_preset(name: str, **overrides) -> VQConfig:
+    if name not in VQ_PRESETS:
+        raise ValueError(f"unknown tokenizer preset {name!r}; choose one of {sorted(VQ_PRESETS)}")
+    return VQConfig(**{**VQ_PRESETS[name], **overrides})
+
+
+__all__ = ["GPTConfig", "VQConfig", "GPT_PRESETS", "VQ_PRESETS", "gpt_preset", "vq_preset", "find_multiple"]
