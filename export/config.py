@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 
+DEFAULT_OPSET = 18  # ONNX opset of exported graphs (>= 18 lets int4 quantize Gather too)
+
+
 def find_multiple(n: int, k: int) -> int:
     """Round `n` up to a multiple of `k` (LlamaGen's FFN sizing rule)."""
     return n if n % k == 0 else n + k - (n % k)
@@ -125,7 +128,7 @@ VQ_PRESETS: dict[str, dict] = {
     # Ours: 28x28 digits -> 7x7 codes from a 512-entry codebook.
     "VQ-Digits": dict(codebook_size=512, codebook_dim=8, ch=24, ch_mult=(1, 2, 2), z_channels=32,
                       num_res_blocks=1, norm_groups=8, image_size=28, usage_slots=512),
-    "VQ-Tiny": dict(codebook_size=64, codebook_dim=4, ch=16, ch_mult=(1, 2), z_channels=16, num_res_blocks=1,
+    "VQ-Tiny": dict(codebook_size=64, codebook_dim=4, ch=16, ch_mult=(1, 2, 2), z_channels=16, num_res_blocks=1,
                     norm_groups=4, image_size=16, usage_slots=64),
 }
 

@@ -1,0 +1,74 @@
+"""Build PyTorch models from presets / config files and weight files (or an existing model directory)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tessera.runtime.manifest import load_manifest
+
+from .checkpoints import load_strict, read_state_dict
+from .config import GPTConfig, VQConfig, gpt_preset, vq_preset
+from .transformer import GPT
+from .vq import VQModel
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """["num_classes=10", "ch_mult=[1,2,2]"] -> {"num_classes": 10, "ch_mult": [1, 2, 2]}."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = _parse_value(v.strip())
+    return out
+
+
+def gpt_config(spec: str, overrides: dict | None = None) -> GPTConfig:
+    """A preset name (GPT-B ...) or a JSON config file."""
+    if Path(spec).is_file():
+        return GPTConfig.from_dict({**json.loads(Path(spec).read_text()), **(overrides or {})})
+    return gpt_preset(spec, **(overrides or {}))
+
+
+def vq_config(spec: str, overrides: dict | None = None) -> VQConfig:
+    if Path(spec).is_file():
+        return VQConfig.from_dict({**json.loads(Path(spec).read_text()), **(overrides or {})})
+    return vq_preset(spec, **(overrides or {}))
+
+
+def build_gpt(cfg: GPTConfig, weights: str | Path | None, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(cfg)
+    if weights is not None:
+        load_strict(model, read_state_dict(weights), what=f"transformer ({cfg.dim}d x {cfg.n_layer} layers)")
+    return model.eval()
+
+
+def build_vq(cfg: VQConfig, weights: str | Path | None, seed: int = 0) -> VQModel:
+    torch.manual_seed(seed)
+    model = VQModel(cfg)
+    if weights is not None:
+        load_strict(model, read_state_dict(weights), what="VQ tokenizer", optional=("quantize.codebook_used",))
+    return model.eval()
+
+
+def load_model_dir(model_dir: str | Path) -> tuple[GPT, VQModel, dict]:
+    """Rebuild the PyTorch models of a model directory exported with its weights."""
+    manifest = load_manifest(model_dir, verify="full")
+    weights = manifest.data.get("weights") or {}
+    if not weights:
+        raise ValueError(f"{model_dir} was exported without its PyTorch weights (--include-weights); "
+                         "it cannot be re-exported")
+    root = manifest.root
+    gpt = build_gpt(GPTConfig.from_dict(manifest.data["transformer"]), root / weights["transformer"])
+    vq = build_vq(VQConfig.from_dict(manifest.data["tokenizer"]), root / weights["tokenizer"])
+    return gpt, vq, manifest.data

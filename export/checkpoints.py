@@ -1,0 +1,65 @@
+"""Load weights from `.safetensors` or LlamaGen `.pt` files, strictly and without running pickled code."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# LlamaGen keeps weights under one of these keys, or at the top level.
+_NESTED_KEYS = ("model", "module", "state_dict", "ema")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from e
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"{path} could not be loaded with weights_only=True ({type(e).__name__}: {e}). "
+            "Only plain tensor checkpoints are accepted; convert others to .safetensors."
+        ) from e
+    if isinstance(obj, dict):
+        for key in _NESTED_KEYS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} holds no state dict (expected tensors under {_NESTED_KEYS} or top level)")
+    return obj
+
+
+def load_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str = "model",
+                optional: tuple[str, ...] = ()) -> None:
+    """Load `state` into `model`, or raise one error listing every missing, unexpected and mis-shaped key.
+
+    Keys in `optional` may be absent from the checkpoint (e.g. bookkeeping buffers).
+    """
+    state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}  # torch.compile prefix
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and k not in optional]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        lines = [f"checkpoint does not match the {what}:"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+            if items:
+                shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
+                lines.append(f"  {title} ({len(items)}): " + "; ".join(shown))
+        lines.append("  Check the preset / config (dimensions, vocab, classes) against the checkpoint.")
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)

@@ -1,0 +1,98 @@
+"""`tessera export`: PyTorch weights (or random weights, or a model directory) -> a model directory."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from .config import DEFAULT_OPSET, GPT_PRESETS, VQ_PRESETS
+
+# This module stays importable without torch (it builds `tessera --help`); the heavy stage is
+# imported inside run().
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("source (a model directory with weights, or configs + weights)")
+    src.add_argument("--from", dest="from_dir", metavar="MODEL_DIR",
+                     help="re-export a model directory that holds its PyTorch weights")
+    src.add_argument("--gpt", metavar="PRESET|CONFIG.json",
+                     help=f"transformer preset ({', '.join(GPT_PRESETS)}) or config file")
+    src.add_argument("--gpt-weights", metavar="FILE", help="transformer weights (.safetensors or LlamaGen .pt)")
+    src.add_argument("--gpt-set", action="append", metavar="KEY=VALUE", help="override a transformer setting")
+    src.add_argument("--vq", metavar="PRESET|CONFIG.json",
+                     help=f"tokenizer preset ({', '.join(VQ_PRESETS)}) or config file")
+    src.add_argument("--vq-weights", metavar="FILE", help="tokenizer weights (.safetensors or LlamaGen .pt)")
+    src.add_argument("--vq-set", action="append", metavar="KEY=VALUE", help="override a tokenizer setting")
+    src.add_argument("--random-weights", action="store_true",
+                     help="allow missing weight files: random weights (for speed tests and CI)")
+    src.add_argument("--seed", type=int, default=0, help="seed for random weights")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", required=True, metavar="DIR", help="model directory to write (created atomically)")
+    out.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    out.add_argument("--name", help="model name recorded in the manifest")
+    out.add_argument("--classes", metavar="NAMES|FILE",
+                     help="class names: comma-separated, or a file with one per line (default: 0..N-1)")
+    out.add_argument("--include-weights", action="store_true",
+                     help="also store the PyTorch weights (safetensors) so the directory can be re-exported")
+    out.add_argument("--extra", action="append", default=[], metavar="FILE",
+                     help="copy a file into the directory (model card, samples); checksummed")
+    out.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    gen = p.add_argument_group("generation defaults recorded in the manifest")
+    gen.add_argument("--default-guidance", type=float)
+    gen.add_argument("--default-temperature", type=float)
+    gen.add_argument("--default-top-k", type=int)
+    gen.add_argument("--default-top-p", type=float)
+
+
+def _class_names(arg: str | None, n: int) -> list[str]:
+    if arg is None:
+        return [str(i) for i in range(n)]
+    path = Path(arg)
+    names = path.read_text().splitlines() if path.is_file() else arg.split(",")
+    return [s.strip() for s in names if s.strip()]
+
+
+def run(args: argparse.Namespace) -> Path:
+    from tessera.runtime.manifest import MANIFEST_NAME
+
+    from .build import build_gpt, build_vq, gpt_config, load_model_dir, parse_overrides, vq_config
+    from .model_dir import ExportSpec, write_model_dir
+
+    if args.from_dir:
+        gpt, vq, old = load_model_dir(args.from_dir)
+        names = _class_names(args.classes, gpt.cfg.num_classes) if args.classes else old["classes"]["names"]
+        defaults = dict(old.get("generation_defaults", {}))
+        name = args.name or old.get("name", Path(args.out).name)
+    else:
+        if not args.gpt or not args.vq:
+            raise SystemExit("tessera export: give --from MODEL_DIR, or both --gpt and --vq")
+        missing = [f for f, w in (("--gpt-weights", args.gpt_weights), ("--vq-weights", args.vq_weights)) if not w]
+        if missing and not args.random_weights:
+            raise SystemExit(f"tessera export: {' and '.join(missing)} not given; pass the weight files, "
+                             "or --random-weights to export random weights on purpose")
+        gcfg = gpt_config(args.gpt, parse_overrides(args.gpt_set))
+        vcfg = vq_config(args.vq, parse_overrides(args.vq_set))
+        gpt = build_gpt(gcfg, args.gpt_weights, args.seed)
+        vq = build_vq(vcfg, args.vq_weights, args.seed)
+        names = _class_names(args.classes, gcfg.num_classes)
+        defaults = {}
+        name = args.name or Path(args.out).name
+    for key, val in (("guidance_scale", args.default_guidance), ("temperature", args.default_temperature),
+                     ("top_k", args.default_top_k), ("top_p", args.default_top_p)):
+        if val is not None:
+            defaults[key] = val
+    spec = ExportSpec(name=name, class_names=names, generation_defaults=defaults, opset=args.opset,
+                      include_weights=args.include_weights, extra_files=[Path(f) for f in args.extra],
+                      overwrite=args.overwrite)
+    t0 = time.perf_counter()
+    out = write_model_dir(gpt, vq, args.out, spec)
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    p = manifest["parity"]
+    print(f"exported {out} in {time.perf_counter() - t0:.1f}s")
+    print(f"  parity: transformer max |logit err| {p['transformer']['max_abs_logit_error']:.2e}, "
+          f"decoder max err {p['tokenizer']['decoder_max_abs_error']:.2e}, "
+          f"encoder code agreement {p['tokenizer']['encoder_code_agreement']:.1%}")
+    for fname, meta in manifest["files"].items():
+        print(f"  {fname:28s} {meta['bytes'] / 1e6:8.2f} MB")
+    return out

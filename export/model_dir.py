@@ -1,0 +1,161 @@
+"""Write a complete model directory (graphs, manifest, weights) atomically, or nothing at all."""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import onnx
+import torch
+from safetensors.torch import save_file
+
+from tessera.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, sha256_file
+
+from . import parity
+from .config import GPTConfig, VQConfig
+from .onnx_export import DEFAULT_OPSET, export_tokenizer, export_transformer, transformer_io_names
+from .transformer import GPT
+from .vq import VQModel
+
+GRAPH_FILES = {"transformer": "transformer.onnx", "tokenizer_decoder": "tokenizer_decoder.onnx",
+               "tokenizer_encoder": "tokenizer_encoder.onnx"}
+WEIGHT_FILES = {"transformer": "gpt.safetensors", "tokenizer": "vq.safetensors"}
+
+
+class ExportError(RuntimeError):
+    """The export could not produce a complete, correct model directory."""
+
+
+@dataclass
+class ExportSpec:
+    name: str
+    class_names: list[str]
+    generation_defaults: dict = field(default_factory=dict)
+    description: str = ""
+    opset: int = DEFAULT_OPSET
+    include_weights: bool = False
+    extra_files: list[Path] = field(default_factory=list)  # model card, sample sheets ...
+    overwrite: bool = False
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("tessera-ar")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def check_compatible(gpt: GPTConfig, vq: VQConfig, class_names: list[str]) -> None:
+    problems = []
+    if gpt.vocab_size != vq.codebook_size:
+        problems.append(f"transformer vocab {gpt.vocab_size} != tokenizer codebook {vq.codebook_size}")
+    if gpt.grid != vq.grid:
+        problems.append(f"transformer grid {gpt.grid} != tokenizer grid {vq.grid} "
+                        f"({vq.image_size}px / {vq.downsample})")
+    if len(class_names) != gpt.num_classes:
+        problems.append(f"{len(class_names)} class names for {gpt.num_classes} classes")
+    if problems:
+        raise ExportError("transformer and tokenizer do not fit together: " + "; ".join(problems))
+
+
+def prepare_output(out: Path, overwrite: bool) -> None:
+    """Fail before any work if the destination is taken or cannot be written."""
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} already exists; pass --overwrite to replace it")
+    parent = out.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=parent, prefix=".tessera-probe-")
+        probe.close()
+    except OSError as e:
+        raise ExportError(f"cannot write into {parent} ({e.strerror or e}); choose another --out") from e
+
+
+def _manifest(gpt: GPT, vq: VQModel, spec: ExportSpec, parity_report: dict, files: dict[str, dict]) -> dict:
+    g, v = gpt.cfg, vq.cfg
+    inputs, outputs = transformer_io_names(g.n_layer)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": spec.name,
+        "description": spec.description,
+        "family": "llamagen-c2i",
+        "exported_by": {"package": "tessera-ar", "version": package_version(), "torch": torch.__version__,
+                        "onnx": onnx.__version__, "python": platform.python_version()},
+        "transformer": {**g.to_dict(), "head_dim": g.head_dim, "ffn_dim": g.ffn_dim, "n_kv_head": g.n_head,
+                        "parameters": gpt.num_params()},
+        "tokenizer": {**v.to_dict(), "downsample": v.downsample, "grid": v.grid, "parameters": vq.num_params()},
+        "image": {"height": v.image_size, "width": v.image_size, "channels": v.in_channels, "value_range": [-1, 1]},
+        "grid": {"height": g.grid, "width": g.grid},
+        "classes": {"count": g.num_classes, "names": spec.class_names, "null_class_id": g.null_class},
+        "token_layout": {
+            "vocab_size": g.vocab_size,
+            "class_token_offset": g.vocab_size,
+            "input_ids": "image codes 0..vocab_size-1; class c -> class_token_offset + c; "
+                         "null class (guidance) -> class_token_offset + null_class_id",
+            "class_position_id": 0,
+            "rope_grid": g.rope_grid,
+            "cell_position_id": "1 + row * rope_grid + col (row-major cells)",
+            "attention_mask": "bool [batch, sequence, past + sequence], True = may attend",
+            "sequence": "class token, then image tokens in raster order; the token at cell j predicts cell j+1",
+        },
+        "graphs": {
+            "transformer": {"file": GRAPH_FILES["transformer"], "precision": "fp32", "method": "none",
+                            "opset": spec.opset, "inputs": inputs, "outputs": outputs},
+            "tokenizer_decoder": {"file": GRAPH_FILES["tokenizer_decoder"], "precision": "fp32", "method": "none",
+                                  "opset": spec.opset, "inputs": ["codes"], "outputs": ["image"]},
+            "tokenizer_encoder": {"file": GRAPH_FILES["tokenizer_encoder"], "precision": "fp32", "method": "none",
+                                  "opset": spec.opset, "inputs": ["image"], "outputs": ["codes"]},
+        },
+        "weights": dict(WEIGHT_FILES) if spec.include_weights else {},
+        "generation_defaults": {"guidance_scale": 1.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
+                                **spec.generation_defaults},
+        "parity": parity_report,
+        "files": files,
+    }
+
+
+def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec) -> Path:
+    """Export, check parity, write the manifest; move into `out` only once all of it succeeded."""
+    out = Path(out)
+    check_compatible(gpt.cfg, vq.cfg, spec.class_names)
+    for f in spec.extra_files:
+        if not Path(f).is_file():
+            raise ExportError(f"extra file {f} does not exist")
+    prepare_output(out, spec.overwrite)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.resolve().parent))
+    try:
+        export_transformer(gpt, tmp / GRAPH_FILES["transformer"], spec.opset)
+        export_tokenizer(vq, tmp / GRAPH_FILES["tokenizer_encoder"], tmp / GRAPH_FILES["tokenizer_decoder"],
+                         spec.opset)
+        report = {
+            "transformer": parity.transformer_parity(gpt, tmp / GRAPH_FILES["transformer"]),
+            "tokenizer": parity.tokenizer_parity(vq, tmp / GRAPH_FILES["tokenizer_encoder"],
+                                                 tmp / GRAPH_FILES["tokenizer_decoder"]),
+        }
+        parity.check(report["transformer"], report["tokenizer"])
+        if spec.include_weights:
+            save_file({k: v.contiguous() for k, v in gpt.state_dict().items()}, str(tmp / WEIGHT_FILES["transformer"]))
+            save_file({k: v.contiguous() for k, v in vq.state_dict().items()}, str(tmp / WEIGHT_FILES["tokenizer"]))
+        for f in spec.extra_files:
+            shutil.copy2(f, tmp / Path(f).name)
+        files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                 for p in sorted(tmp.iterdir()) if p.is_file()}
+        manifest = _manifest(gpt, vq, spec, report, files)
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+        return out
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

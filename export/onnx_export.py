@@ -1,0 +1,67 @@
+"""Trace the PyTorch models into ONNX graphs with explicit, named KV-cache inputs and outputs.
+
+Names follow the Optimum / onnxruntime-genai convention. The TorchScript exporter is used
+(dynamic axes, ~1 s per graph); it matched PyTorch to float precision here, including an
+empty past.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import torch
+
+from .config import DEFAULT_OPSET
+from .transformer import GPT, GPTForExport
+from .vq import VQDecoderForExport, VQEncoderForExport, VQModel
+
+
+def transformer_io_names(n_layer: int) -> tuple[list[str], list[str]]:
+    past = [f"past_key_values.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
+    present = [f"present.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
+    return ["input_ids", "position_ids", "attention_mask", *past], ["logits", *present]
+
+
+def _export(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
+            dynamic: dict, opset: int) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        buf = io.BytesIO()
+        torch.onnx.export(module, args, buf, input_names=inputs, output_names=outputs,
+                          dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True, dynamo=False)
+    path.write_bytes(buf.getvalue())
+
+
+@torch.no_grad()
+def export_transformer(model: GPT, path: Path, opset: int = DEFAULT_OPSET) -> None:
+    """One graph for prefill and decode: S query tokens at explicit positions over a past of P."""
+    cfg = model.cfg
+    model.eval()
+    b, s, p = 2, 3, 2
+    ids = torch.randint(0, cfg.vocab_size, (b, s))
+    pos = torch.arange(1, s + 1).expand(b, -1).contiguous()
+    mask = torch.ones(b, s, p + s, dtype=torch.bool)
+    past = [torch.zeros(b, cfg.n_head, p, cfg.head_dim) for _ in range(2 * cfg.n_layer)]
+    inputs, outputs = transformer_io_names(cfg.n_layer)
+    dyn = {"input_ids": {0: "batch", 1: "sequence"}, "position_ids": {0: "batch", 1: "sequence"},
+           "attention_mask": {0: "batch", 1: "sequence", 2: "total_sequence"},
+           "logits": {0: "batch", 1: "sequence"}}
+    dyn.update({n: {0: "batch", 2: "past_sequence"} for n in inputs[3:]})
+    dyn.update({n: {0: "batch", 2: "total_sequence"} for n in outputs[1:]})
+    _export(GPTForExport(model), (ids, pos, mask, *past), path, inputs, outputs, dyn, opset)
+
+
+@torch.no_grad()
+def export_tokenizer(vq: VQModel, encoder_path: Path, decoder_path: Path, opset: int = DEFAULT_OPSET) -> None:
+    """codes [B, h, w] -> image [B, 3, H, W] and back; batch and grid size are dynamic."""
+    vq.eval()
+    g = vq.cfg.grid
+    codes = torch.randint(0, vq.cfg.codebook_size, (1, g, g))
+    _export(VQDecoderForExport(vq), (codes,), decoder_path, ["codes"], ["image"],
+            {"codes": {0: "batch", 1: "grid_height", 2: "grid_width"},
+             "image": {0: "batch", 2: "height", 3: "width"}}, opset)
+    image = torch.rand(1, vq.cfg.in_channels, vq.cfg.image_size, vq.cfg.image_size) * 2 - 1
+    _export(VQEncoderForExport(vq), (image,), encoder_path, ["image"], ["codes"],
+            {"image": {0: "batch", 2: "height", 3: "width"},
+             "codes": {0: "batch", 1: "grid_height", 2: "grid_width"}}, opset)

@@ -1,0 +1,45 @@
+"""Reference PyTorch generation loop with a KV cache: the baseline the ONNX runtime must equal.
+
+It samples with the runtime's own numpy sampler, so one seed gives one token grid in both.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tessera.runtime.sampling import SamplingConfig, apply_guidance, sample
+
+from .transformer import GPT
+
+
+@torch.no_grad()
+def generate_tokens(model: GPT, labels, guidance_scale: float = 1.0,
+                    sampling: SamplingConfig = SamplingConfig(), seed: int = 0) -> np.ndarray:
+    """Class ids -> token grids `[B, grid, grid]` (int64), as LlamaGen generates them."""
+    model.eval()
+    cfg = model.cfg
+    labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    b, n = labels.shape[0], cfg.grid * cfg.grid
+    guided = guidance_scale > 1.0
+    rows = torch.cat([labels, torch.full_like(labels, cfg.null_class)]) if guided else labels
+    rng = np.random.default_rng(seed)
+    sampling = sampling.validate(cfg.vocab_size)
+
+    ids = model.class_token(rows)[:, None]
+    pos = torch.zeros_like(ids)
+    mask = torch.ones(rows.shape[0], 1, 1, dtype=torch.bool)
+    logits, past = model(ids, pos, mask, None)
+    out = np.empty((b, n), dtype=np.int64)
+    for j in range(n):
+        step = logits[:, -1].numpy()
+        if guided:
+            step = apply_guidance(step, b, guidance_scale)
+        tok = sample(step, sampling, rng)
+        out[:, j] = tok
+        if j == n - 1:
+            break
+        t = torch.from_numpy(np.concatenate([tok, tok]) if guided else tok)[:, None]
+        pos = model.cell_position(torch.full_like(t, j))
+        mask = torch.ones(rows.shape[0], 1, j + 2, dtype=torch.bool)
+        logits, past = model(t, pos, mask, past)
+    return out.reshape(b, cfg.grid, cfg.grid)

@@ -1,0 +1,193 @@
+"""Train the class-conditional transformer (preset `GPT-Digits`) on tokenizer codes of MNIST.
+
+    python -m tessera.export.train_transformer --vq runs/vq --out runs/gpt --steps 500 --batch-size 128
+
+The trained tokenizer (`--vq`, a directory with vq.safetensors + config.json) encodes the train
+split once, in memory (optionally also `--aug-copies` randomly shifted copies, +-1 pixel, to
+widen the data). Training: cross-entropy on `GPT.training_logits` (class dropout from the
+config, 0.1 -> the null class for classifier-free guidance), AdamW with weight decay, linear
+warmup + cosine decay. Every `--eval-every` steps the token loss on the held-out split is
+measured; the weights with the lowest held-out loss are the ones saved (early stopping
+against memorisation). Resumable from `out/checkpoint.pt`; writes `out/gpt.safetensors`,
+`out/config.json` (GPTConfig.to_dict()) and `out/metrics.json`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import gpt_preset
+from .data import SPLIT_DESCRIPTION, mnist_split
+from .train_tokenizer import (augment, load_vq, lr_at, rng_state, save_checkpoint, seed_everything,
+                              set_rng_state, write_json)
+from .transformer import GPT
+from .vq import VQModel
+
+
+@torch.no_grad()
+def encode_all(vq: VQModel, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+    """images `[N, 3, H, W]` -> flattened codes `[N, h*w]` (int64)."""
+    vq.eval()
+    out = [vq.encode_codes(images[i:i + batch_size]).flatten(1) for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def token_loss(model: GPT, codes: torch.Tensor, labels: torch.Tensor, batch_size: int = 300) -> float:
+    """Mean teacher-forced cross-entropy (nats/token) in eval mode (no class dropout)."""
+    was = model.training
+    model.eval()
+    tot, n = 0.0, 0
+    for i in range(0, len(codes), batch_size):
+        c, y = codes[i:i + batch_size], labels[i:i + batch_size]
+        logits = model.training_logits(c, y)
+        tot += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), c.reshape(-1), reduction="sum"))
+        n += c.numel()
+    model.train(was)
+    return tot / n
+
+
+def train_transformer(out_dir: str, vq: str | VQModel = "runs/vq", steps: int = 500, batch_size: int = 128,
+                      lr: float = 1e-3, seed: int = 0, resume: bool = True, subset: int | None = None,
+                      progress: bool = True, preset: str = "GPT-Digits", weight_decay: float = 0.05,
+                      warmup: int = 50, ckpt_every: int = 100, eval_every: int = 50, aug_copies: int = 2,
+                      threads: int = 1, data: dict | None = None, config_overrides: dict | None = None) -> dict:
+    """Train (or resume) the transformer into `out_dir`; returns the metrics dict (also metrics.json).
+
+    `vq`: tokenizer directory or a VQModel. `subset`: first `subset` train images only (tests).
+    `config_overrides`: GPTConfig fields to override on the preset (vocab/grid must match the tokenizer).
+    """
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    torch.set_num_threads(threads)
+    os.makedirs(out_dir, exist_ok=True)
+    seed_everything(seed)
+    gen = torch.Generator().manual_seed(seed)
+    data = data if data is not None else mnist_split()
+    tok = load_vq(vq) if isinstance(vq, str) else vq.eval()
+    train_x, train_y = data["train_x"], data["train_y"]
+    if subset is not None:
+        train_x, train_y = train_x[:subset], train_y[:subset]
+
+    # Encode once, in memory: originals + `aug_copies` shifted copies (fixed by the seed).
+    t_enc = time.time()
+    aug_gen = torch.Generator().manual_seed(seed + 1)
+    codes = [encode_all(tok, train_x)]
+    for _ in range(aug_copies):
+        codes.append(encode_all(tok, augment(train_x, aug_gen, 1)))
+    train_codes, train_labels = torch.cat(codes), train_y.repeat(1 + aug_copies)
+    clean_train_codes = codes[0]
+    test_codes, test_labels = encode_all(tok, data["test_x"]), data["test_y"]
+    t_enc = time.time() - t_enc
+
+    cfg = gpt_preset(preset, **(config_overrides or {}))
+    if cfg.vocab_size != tok.cfg.codebook_size or cfg.block_size != tok.cfg.grid ** 2:
+        raise ValueError(f"transformer preset {preset} (vocab {cfg.vocab_size}, grid {cfg.grid}) does not match "
+                         f"the tokenizer (codebook {tok.cfg.codebook_size}, grid {tok.cfg.grid})")
+    model = GPT(cfg)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)],
+                            lr=lr, betas=(0.9, 0.95))
+    hparams = dict(preset=preset, steps=steps, batch_size=batch_size, lr=lr, seed=seed, subset=subset,
+                   weight_decay=weight_decay, warmup=warmup, schedule="linear warmup + cosine to 0.1*lr",
+                   aug_copies=aug_copies, class_dropout=cfg.class_dropout, dropout=cfg.dropout, threads=threads,
+                   eval_every=eval_every, train_sequences=len(train_codes))
+
+    ckpt_path = os.path.join(out_dir, "checkpoint.pt")
+    start, elapsed, history, evals = 0, 0.0, [], []
+    best = dict(loss=float("inf"), step=0, state=None)
+    if resume and os.path.exists(ckpt_path):
+        ck = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        set_rng_state(ck["rng"], gen)
+        start, elapsed, history, evals, best = ck["step"], ck["elapsed"], ck["history"], ck["evals"], ck["best"]
+    model.train()
+
+    def run_eval(step: int) -> None:
+        held = token_loss(model, test_codes, test_labels)
+        tr = token_loss(model, clean_train_codes[:600], train_y[:600])
+        evals.append(dict(step=step, heldout_loss=round(held, 4), train_loss=round(tr, 4)))
+        if held < best["loss"]:
+            best.update(loss=held, step=step, state={k: v.clone() for k, v in model.state_dict().items()})
+
+    t0 = time.time()
+    bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc="gpt", mininterval=5)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, warmup)
+        idx = torch.randint(0, len(train_codes), (batch_size,), generator=gen)
+        c, y = train_codes[idx], train_labels[idx]
+        logits = model.training_logits(c, y)
+        loss = F.cross_entropy(logits.reshape(-1, cfg.vocab_size), c.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        history.append([step, loss.item()])
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            run_eval(step + 1)
+            if progress:
+                bar.write(f"step {step + 1}: {evals[-1]}")
+        if progress:
+            bar.set_postfix(loss=f"{history[-1][1]:.4f}", refresh=False)
+        if (step + 1) % ckpt_every == 0 or step + 1 == steps:
+            save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(), step=step + 1,
+                            rng=rng_state(gen), elapsed=elapsed + time.time() - t0, history=history,
+                            evals=evals, best=best, hparams=hparams)
+    bar.close()
+    wall = elapsed + time.time() - t0
+
+    final_state = best["state"] if best["state"] is not None else model.state_dict()
+    save_file({k: v.contiguous() for k, v in final_state.items()}, os.path.join(out_dir, "gpt.safetensors"))
+    write_json(os.path.join(out_dir, "config.json"), cfg.to_dict())
+    last = [h[1] for h in history[-50:]]
+    metrics = dict(stage="transformer", steps=steps, wall_time_s=round(wall, 1), encode_time_s=round(t_enc, 1),
+                   s_per_step=round(wall / max(1, steps), 3),
+                   final_loss=float(np.mean(last)) if last else float("nan"),
+                   saved_step=best["step"], saved_heldout_loss=best["loss"],
+                   final_heldout_loss=evals[-1]["heldout_loss"] if evals else None,
+                   final_train_eval_loss=evals[-1]["train_loss"] if evals else None,
+                   evals=evals, num_params=model.num_params(), hparams=hparams, split=SPLIT_DESCRIPTION,
+                   loss_curve=[[h[0], round(h[1], 4)] for h in history[:: max(1, len(history) // 50)]])
+    write_json(os.path.join(out_dir, "metrics.json"), metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--vq", default="runs/vq", help="trained tokenizer directory (vq.safetensors + config.json)")
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default="GPT-Digits")
+    p.add_argument("--subset", type=int, default=None)
+    p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--aug-copies", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    m = train_transformer(a.out, vq=a.vq, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
+                          resume=not a.no_resume, subset=a.subset, progress=not a.no_progress, preset=a.preset,
+                          weight_decay=a.weight_decay, warmup=a.warmup, ckpt_every=a.ckpt_every,
+                          eval_every=a.eval_every, aug_copies=a.aug_copies, threads=a.threads)
+    print(json.dumps({k: v for k, v in m.items() if k not in ("loss_curve",)}, indent=2))
+    return m
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""`Pipeline`: load a model directory, generate images from class labels (diffusers-style calls)."""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from .errors import InvalidInputError
+from .generation import StepCallback, generate_tokens
+from .images import to_pil
+from .manifest import Manifest, load_manifest
+from .providers import resolve_providers
+from .sampling import SamplingConfig
+from .session import open_session
+from .tokenizer import ImageTokenizer
+from .transformer import TransformerRunner
+
+
+def default_model_dir() -> Path:
+    """The model shipped inside the package (`tessera.models/default`)."""
+    from tessera.models import default_model_dir as shipped
+
+    return shipped()
+
+
+class Pipeline:
+    """Class-conditional image generation from an exported model directory.
+
+    >>> pipe = Pipeline.load()                      # the shipped default model
+    >>> images = pipe.generate([3, "seven"], seed=0)
+    """
+
+    def __init__(self, manifest: Manifest, providers: list[str], threads: int | None = None):
+        self.manifest = manifest
+        self.providers = providers
+        opener = partial(open_session, providers=providers, threads=threads)
+        self.transformer = TransformerRunner(opener(manifest.graph_path("transformer")), manifest)
+        self.tokenizer = ImageTokenizer(manifest, opener)
+        self.layout = manifest.layout
+        self.grid = manifest.grid
+
+    @classmethod
+    def load(cls, model_dir: str | Path | None = None, providers: str | list[str] = "auto",
+             threads: int | None = None, verify: str = "full") -> "Pipeline":
+        """Open `model_dir` (default: the shipped model) on the best or the requested providers.
+
+        verify: "full" (sha256 of every file), "size" (fast) or "none".
+        """
+        manifest = load_manifest(model_dir if model_dir is not None else default_model_dir(), verify=verify)
+        return cls(manifest, resolve_providers(providers), threads)
+
+    # --- the calls ---------------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        return self.manifest.class_names
+
+    def sampling_options(self, guidance_scale=None, temperature=None, top_k=None, top_p=None):
+        """Fill unset options from the manifest's generation defaults and validate them."""
+        d = self.manifest.generation_defaults
+        g = float(d.get("guidance_scale", 1.0) if guidance_scale is None else guidance_scale)
+        if not np.isfinite(g) or g < 0:
+            raise InvalidInputError(f"guidance_scale must be >= 0 (<= 1 turns guidance off), got {g}")
+        cfg = SamplingConfig(
+            temperature=float(d.get("temperature", 1.0) if temperature is None else temperature),
+            top_k=int(d.get("top_k", 0) if top_k is None else top_k),
+            top_p=float(d.get("top_p", 1.0) if top_p is None else top_p),
+        )
+        try:
+            return g, cfg.validate(self.layout.vocab_size)
+        except ValueError as e:
+            raise InvalidInputError(str(e)) from None
+
+    def labels(self, class_labels: int | str | Sequence[int | str], num_images_per_class: int = 1) -> np.ndarray:
+        if isinstance(class_labels, (int, str, np.integer)):
+            class_labels = [class_labels]
+        if num_images_per_class < 1:
+            raise InvalidInputError(f"num_images_per_class must be >= 1, got {num_images_per_class}")
+        ids = [self.manifest.class_id(c) for c in class_labels for _ in range(num_images_per_class)]
+        if not ids:
+            raise InvalidInputError("give at least one class label")
+        return np.asarray(ids, dtype=np.int64)
+
+    def generate_tokens(self, class_labels, guidance_scale: float | None = None, temperature: float | None = None,
+                        top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                        num_images_per_class: int = 1, callback: StepCallback | None = None) -> np.ndarray:
+        """Class labels (ids or names) -> token grids `[N, h, w]`."""
+        g, sampling = self.sampling_options(guidance_scale, temperature, top_k, top_p)
+        labels = self.labels(class_labels, num_images_per_class)
+        return generate_tokens(self.transformer, self.layout, self.grid, labels, g, sampling, int(seed), callback)
+
+    def decode(self, tokens: np.ndarray) -> list[Image.Image]:
+        return to_pil(self.tokenizer.decode(tokens))
+
+    def generate(self, class_labels, guidance_scale: float | None = None, temperature: float | None = None,
+                 top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                 num_images_per_class: int = 1, callback: StepCallback | None = None) -> list[Image.Image]:
+        """Class labels -> one PIL image per label (x num_images_per_class). Unset options use the
+        model's defaults from its manifest. The same seed gives the same images on every provider."""
+        tokens = self.generate_tokens(class_labels, guidance_scale, temperature, top_k, top_p, seed,
+                                      num_images_per_class, callback)
+        return self.decode(tokens)
+
+    __call__ = generate
