@@ -23,7 +23,8 @@ EPILOG = """examples:
 class Progress:
     """A one-line progress bar on stderr (redrawn in place on a terminal, printed once otherwise)."""
 
-    def __init__(self, label: str, enabled: bool = True, stream=sys.stderr):
+    def __init__(self, label: str, enabled: bool = True, stream=None):
+        stream = stream or sys.stderr
         self.label, self.enabled, self.stream = label, enabled, stream
         self.tty = hasattr(stream, "isatty") and stream.isatty()
         self.start = time.perf_counter()
@@ -139,9 +140,14 @@ EXPORT_NEEDS = ("torch", "onnx", "safetensors")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import importlib.util
+    import importlib
 
-    missing = [m for m in EXPORT_NEEDS if importlib.util.find_spec(m) is None]
+    missing = []
+    for name in EXPORT_NEEDS:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
     if missing:
         raise ExtraNotInstalledError(f"`tessera export` needs the PyTorch export stage ({', '.join(missing)} not "
                                      "installed): pip install 'tessera-ar[export]'")

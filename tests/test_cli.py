@@ -1,0 +1,82 @@
+"""The `tessera` command: generate (files or a grid), info, export, help, and its errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from PIL import Image
+
+from tessera.runtime.cli import main
+
+
+def test_generate_one_file_per_image(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "digit.png"
+    assert main(["generate", "3", "seven", "-n", "2", "--model", str(tiny_dir), "--out", str(out), "--seed", "4"]) == 0
+    files = sorted(p.name for p in tmp_path.glob("digit-*.png"))
+    assert files == ["digit-000-three.png", "digit-001-three.png", "digit-002-seven.png", "digit-003-seven.png"]
+    assert Image.open(tmp_path / files[0]).size == (16, 16)
+    err = capsys.readouterr().err
+    assert "16/16 tokens" in err and "4 image(s)" in err
+
+
+def test_generate_grid_with_scale(tiny_dir, tmp_path):
+    out = tmp_path / "sheet.png"
+    assert main(["generate", "1", "2", "-n", "3", "--grid", "--scale", "2", "--model", str(tiny_dir),
+                 "--out", str(out), "-q"]) == 0
+    w, h = Image.open(out).size
+    assert (w, h) == (3 * 32 + 4 * 2, 2 * 32 + 3 * 2)  # 3 columns (images per class), 2 rows
+
+
+def test_same_seed_same_file(tiny_dir, tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for p in (a, b):
+        main(["generate", "5", "--model", str(tiny_dir), "--out", str(p), "--seed", "9", "-q"])
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_errors_are_one_line(tiny_dir, tmp_path, capsys):
+    assert main(["generate", "12", "--model", str(tiny_dir), "--out", str(tmp_path / "x.png")]) == 1
+    assert "class id 12 is out of range" in capsys.readouterr().err
+    assert main(["generate", "1", "--model", str(tiny_dir), "--out", str(tmp_path / "no" / "x.png")]) == 1
+    assert "folder" in (err := capsys.readouterr().err) and "does not exist" in err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["generate", "1", "--model", str(tiny_dir), "--out", str(blocker / "x.png")]) == 1
+    assert "cannot write" in capsys.readouterr().err
+    assert main(["generate", "1", "--model", str(tiny_dir), "--out", str(tmp_path / "x.txt")]) == 1
+    assert "must end in .png" in capsys.readouterr().err
+    assert main(["generate", "1", "--model", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 1
+    assert "tessera.json is missing" in capsys.readouterr().err
+    assert main(["generate", "1", "--model", str(tiny_dir), "--providers", "cuda", "--out", str(tmp_path / "x.png")]) in (0, 1)
+
+
+def test_info(tiny_dir, capsys):
+    assert main(["info", str(tiny_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "classes      10: 0=zero" in out and "transformer.onnx" in out and "parity" in out
+
+
+def test_export_command_round_trip(tiny_dir, tmp_path, capsys):
+    """Re-export a directory that carries its weights: same graphs' behaviour, same manifest facts."""
+    out = tmp_path / "again"
+    assert main(["export", "--from", str(tiny_dir), "--out", str(out)]) == 0
+    assert "parity: transformer max |logit err|" in capsys.readouterr().out
+    from tessera.runtime import Pipeline
+
+    a = Pipeline.load(tiny_dir).generate_tokens([1, 2], seed=3)
+    b = Pipeline.load(out).generate_tokens([1, 2], seed=3)
+    assert (a == b).all()
+
+
+def test_export_needs_weights_or_explicit_random(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit, match="--random-weights"):
+        main(["export", "--gpt", "GPT-Tiny", "--vq", "VQ-Tiny", "--out", str(tmp_path / "m")])
+
+
+def test_help_is_friendly():
+    r = subprocess.run([sys.executable, "-m", "tessera.runtime.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "generate" in r.stdout and "examples:" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "tessera.runtime.cli", "generate", "--help"], capture_output=True, text=True)
+    assert "--guidance" in r.stdout and "--seed" in r.stdout
