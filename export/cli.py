@@ -38,6 +38,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     out.add_argument("--extra", action="append", default=[], metavar="FILE",
                      help="copy a file into the directory (model card, samples); checksummed")
     out.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    out.add_argument("--graph", choices=["fused", "portable"], default="fused",
+                     help="transformer graph: 'fused' uses onnxruntime's fused kernels (GroupQueryAttention, "
+                          "in-place KV cache; fastest), 'portable' only standard ONNX ops (any ONNX runtime)")
+    q = p.add_argument_group(
+        "precision (quantized variants)",
+        "--quant fp32|fp16|int8|int4 writes one model directory of that precision at --out. "
+        "--quant all writes four sibling directories OUT-fp32, OUT-fp16, OUT-int8, OUT-int4 (the fp32 "
+        "graphs are exported and checked once). fp16: float16 graphs, KV cache in float16, logits float32 "
+        "(a GPU variant: slow on the CPU provider). int8: 8-bit weights of the transformer's MatMuls "
+        "(MatMulNBits, int8 compute) or --int8-method dynamic (MatMulInteger). int4: 4-bit weight-only "
+        "MatMulNBits. int8/int4 keep the tokenizer fp32. Each variant's parity vs the PyTorch fp32 model "
+        "(max logit error, argmax agreement) is measured, bounded and recorded in its manifest.")
+    q.add_argument("--quant", default="fp32", choices=["fp32", "fp16", "int8", "int4", "all"],
+                   help="precision of the exported graphs (default fp32); 'all' = OUT-fp32 ... OUT-int4")
+    q.add_argument("--int4-block-size", type=int, default=32, metavar="N",
+                   help="int4: weights per quantization block (power of two >= 16; default 32)")
+    q.add_argument("--int4-accuracy-level", type=int, default=None, choices=[0, 1, 2, 3, 4],
+                   help="int4: MatMulNBits compute type (0 unset = fp32, 4 = int8: ~2x faster on CPU but "
+                        "may flip argmax on outlier-heavy models); default unset")
+    q.add_argument("--int8-method", default="weight-only", choices=["weight-only", "dynamic"],
+                   help="int8: 'weight-only' 8-bit MatMulNBits, block 32 (default: half the error) or "
+                        "'dynamic' MatMulInteger with uint8 weights and dynamically quantized activations")
+    q.add_argument("--external-data-threshold", type=float, default=None, metavar="BYTES",
+                   help="keep a graph's tensors in GRAPH.onnx.data when they pass BYTES "
+                        "(default $TESSERA_EXTERNAL_DATA_THRESHOLD or 1.8e9: protobuf's 2 GB limit)")
     gen = p.add_argument_group("generation defaults recorded in the manifest")
     gen.add_argument("--default-guidance", type=float)
     gen.add_argument("--default-temperature", type=float)
@@ -57,7 +82,8 @@ def run(args: argparse.Namespace) -> Path:
     from tessera.runtime.manifest import MANIFEST_NAME
 
     from .build import build_gpt, build_vq, gpt_config, load_model_dir, parse_overrides, vq_config
-    from .model_dir import ExportSpec, write_model_dir
+    from .model_dir import ExportSpec, write_model_dir, write_model_dirs
+    from .quantize import QuantOptions
 
     if args.from_dir:
         gpt, vq, old = load_model_dir(args.from_dir)
@@ -84,15 +110,37 @@ def run(args: argparse.Namespace) -> Path:
             defaults[key] = val
     spec = ExportSpec(name=name, class_names=names, generation_defaults=defaults, opset=args.opset,
                       include_weights=args.include_weights, extra_files=[Path(f) for f in args.extra],
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, graph=args.graph,
+                      external_data_threshold=None if args.external_data_threshold is None
+                      else int(args.external_data_threshold))
+    quant = QuantOptions(int4_block_size=args.int4_block_size, int4_accuracy_level=args.int4_accuracy_level,
+                         int8_method=args.int8_method)
+    try:
+        quant.validate()
+    except ValueError as e:
+        raise SystemExit(f"tessera export: {e}") from None
     t0 = time.perf_counter()
-    out = write_model_dir(gpt, vq, args.out, spec)
-    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    if args.quant == "all":
+        outs = write_model_dirs(gpt, vq, args.out, spec, quant=quant)
+    else:
+        outs = [write_model_dir(gpt, vq, args.out, spec, args.quant, quant)]
+    for out in outs:
+        _report(out, MANIFEST_NAME)
+    print(f"exported {len(outs)} model director{'y' if len(outs) == 1 else 'ies'} in "
+          f"{time.perf_counter() - t0:.1f}s")
+    return outs[0] if len(outs) == 1 else Path(args.out)
+
+
+def _report(out: Path, manifest_name: str) -> None:
+    manifest = json.loads((out / manifest_name).read_text())
     p = manifest["parity"]
-    print(f"exported {out} in {time.perf_counter() - t0:.1f}s")
-    print(f"  parity: transformer max |logit err| {p['transformer']['max_abs_logit_error']:.2e}, "
+    t = p["transformer"]
+    precision = p.get("precision", "fp32")
+    print(f"exported {out} ({precision}: " + ", ".join(f"{n} {g['precision']}/{g['method']}"
+                                                       for n, g in manifest["graphs"].items()) + ")")
+    agree = f", argmax agreement {t['argmax_agreement']:.1%}" if "argmax_agreement" in t else ""
+    print(f"  parity: transformer max |logit err| {t['max_abs_logit_error']:.2e}{agree}, "
           f"decoder max err {p['tokenizer']['decoder_max_abs_error']:.2e}, "
           f"encoder code agreement {p['tokenizer']['encoder_code_agreement']:.1%}")
     for fname, meta in manifest["files"].items():
         print(f"  {fname:28s} {meta['bytes'] / 1e6:8.2f} MB")
-    return out

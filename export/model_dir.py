@@ -18,6 +18,7 @@ from tessera.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, sha2
 from . import parity
 from .config import GPTConfig, VQConfig
 from .onnx_export import DEFAULT_OPSET, export_tokenizer, export_transformer, transformer_io_names
+from .quantize import PRECISIONS, QuantOptions, data_file, finalize_graph, quantize_graphs
 from .transformer import GPT
 from .vq import VQModel
 
@@ -40,6 +41,10 @@ class ExportSpec:
     include_weights: bool = False
     extra_files: list[Path] = field(default_factory=list)  # model card, sample sheets ...
     overwrite: bool = False
+    graph: str = "fused"  # transformer graph kind: "fused" (onnxruntime kernels) or "portable" (standard ops)
+    # Graphs whose tensors pass this many bytes keep them in `<graph>.onnx.data` (None: the
+    # $TESSERA_EXTERNAL_DATA_THRESHOLD environment variable, else 1.8 GB, under protobuf's 2 GB).
+    external_data_threshold: int | None = None
 
 
 def package_version() -> str:
@@ -75,9 +80,31 @@ def prepare_output(out: Path, overwrite: bool) -> None:
         raise ExportError(f"cannot write into {parent} ({e.strerror or e}); choose another --out") from e
 
 
-def _manifest(gpt: GPT, vq: VQModel, spec: ExportSpec, parity_report: dict, files: dict[str, dict]) -> dict:
+def variant_dirs(out: str | Path, precisions: list[str] | tuple[str, ...]) -> dict[str, Path]:
+    """`--quant all`: OUT-fp32, OUT-fp16, OUT-int8, OUT-int4, siblings of OUT."""
+    out = Path(out)
+    return {p: out.with_name(f"{out.name}-{p}") for p in precisions}
+
+
+def _graph_entries(spec: ExportSpec, root: Path, quant_entries: dict[str, dict],
+                   facts: dict[str, dict] | None = None) -> dict:
+    """Each graph's file, exporter facts, precision, method (+ options), opset and external data file."""
+    graphs = {}
+    for name, fname in GRAPH_FILES.items():
+        entry = {"file": fname, **(facts or {}).get(name, {}), "precision": "fp32", "method": "none",
+                 **quant_entries.get(name, {}), "opset": spec.opset}
+        if data_file(root / fname).exists():
+            entry["external_data"] = data_file(root / fname).name
+        graphs[name] = entry
+    return graphs
+
+
+def _manifest(gpt: GPT, vq: VQModel, spec: ExportSpec, parity_report: dict, files: dict[str, dict],
+              graphs: dict | None = None) -> dict:
     g, v = gpt.cfg, vq.cfg
     inputs, outputs = transformer_io_names(g.n_layer)
+    graphs = graphs or {n: {"file": f, "precision": "fp32", "method": "none", "opset": spec.opset}
+                        for n, f in GRAPH_FILES.items()}
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -104,12 +131,9 @@ def _manifest(gpt: GPT, vq: VQModel, spec: ExportSpec, parity_report: dict, file
             "sequence": "class token, then image tokens in raster order; the token at cell j predicts cell j+1",
         },
         "graphs": {
-            "transformer": {"file": GRAPH_FILES["transformer"], "precision": "fp32", "method": "none",
-                            "opset": spec.opset, "inputs": inputs, "outputs": outputs},
-            "tokenizer_decoder": {"file": GRAPH_FILES["tokenizer_decoder"], "precision": "fp32", "method": "none",
-                                  "opset": spec.opset, "inputs": ["codes"], "outputs": ["image"]},
-            "tokenizer_encoder": {"file": GRAPH_FILES["tokenizer_encoder"], "precision": "fp32", "method": "none",
-                                  "opset": spec.opset, "inputs": ["image"], "outputs": ["codes"]},
+            "transformer": {**graphs["transformer"], "inputs": inputs, "outputs": outputs},
+            "tokenizer_decoder": {**graphs["tokenizer_decoder"], "inputs": ["codes"], "outputs": ["image"]},
+            "tokenizer_encoder": {**graphs["tokenizer_encoder"], "inputs": ["image"], "outputs": ["codes"]},
         },
         "weights": dict(WEIGHT_FILES) if spec.include_weights else {},
         "generation_defaults": {"guidance_scale": 1.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
@@ -119,9 +143,35 @@ def _manifest(gpt: GPT, vq: VQModel, spec: ExportSpec, parity_report: dict, file
     }
 
 
-def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec) -> Path:
-    """Export, check parity, write the manifest; move into `out` only once all of it succeeded."""
+def _parity(gpt: GPT, vq: VQModel, tmp: Path, precision: str) -> dict:
+    sizes = parity.QUANT_PARITY if precision != "fp32" else {}
+    report = {
+        "precision": precision,
+        "transformer": parity.transformer_parity(gpt, tmp / GRAPH_FILES["transformer"], **sizes),
+        "tokenizer": parity.tokenizer_parity(vq, tmp / GRAPH_FILES["tokenizer_encoder"],
+                                             tmp / GRAPH_FILES["tokenizer_decoder"]),
+    }
+    if precision != "fp32":
+        report["bounds"] = dict(parity.QUANT_BOUNDS[precision])
+    return report
+
+
+def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, precision: str = "fp32",
+                    quant: QuantOptions | None = None, fp32_source: Path | None = None) -> Path:
+    """Export, quantize to `precision`, check parity, write the manifest; move into `out` only once all
+    of it succeeded. `fp32_source`: a checked fp32 model directory of the same models whose graphs are
+    copied instead of exported again (used by `write_model_dirs`)."""
     out = Path(out)
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    quant = quant or QuantOptions()
+    try:
+        quant.validate()
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    threshold = spec.external_data_threshold if spec.external_data_threshold is not None \
+        else quant.external_data_threshold
+    quant = QuantOptions(**{**quant.__dict__, "external_data_threshold": threshold})
     check_compatible(gpt.cfg, vq.cfg, spec.class_names)
     for f in spec.extra_files:
         if not Path(f).is_file():
@@ -129,15 +179,31 @@ def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec) ->
     prepare_output(out, spec.overwrite)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.resolve().parent))
     try:
-        export_transformer(gpt, tmp / GRAPH_FILES["transformer"], spec.opset)
-        export_tokenizer(vq, tmp / GRAPH_FILES["tokenizer_encoder"], tmp / GRAPH_FILES["tokenizer_decoder"],
-                         spec.opset)
-        report = {
-            "transformer": parity.transformer_parity(gpt, tmp / GRAPH_FILES["transformer"]),
-            "tokenizer": parity.tokenizer_parity(vq, tmp / GRAPH_FILES["tokenizer_encoder"],
-                                                 tmp / GRAPH_FILES["tokenizer_decoder"]),
-        }
-        parity.check(report["transformer"], report["tokenizer"])
+        graphs = {name: tmp / fname for name, fname in GRAPH_FILES.items()}
+        facts: dict[str, dict] = {}
+        if fp32_source is not None:
+            source = json.loads((Path(fp32_source) / MANIFEST_NAME).read_text())
+            for name, entry in source["graphs"].items():  # exporter facts (e.g. graph kind) carry over
+                facts[name] = {k: v for k, v in entry.items() if k not in (
+                    "file", "precision", "method", "options", "opset", "inputs", "outputs", "external_data")}
+            for path in graphs.values():
+                for src in (Path(fp32_source) / path.name, data_file(Path(fp32_source) / path.name)):
+                    if src.exists():
+                        shutil.copy2(src, tmp / src.name)
+        else:
+            facts["transformer"] = export_transformer(gpt, graphs["transformer"], spec.opset, spec.graph)
+            export_tokenizer(vq, graphs["tokenizer_encoder"], graphs["tokenizer_decoder"], spec.opset)
+            for path in graphs.values():
+                finalize_graph(path, threshold)
+            if precision != "fp32":  # a broken export must not hide behind quantization bounds
+                fp32 = _parity(gpt, vq, tmp, "fp32")
+                parity.check(fp32["transformer"], fp32["tokenizer"])
+        try:
+            entries = quantize_graphs(graphs, precision, quant)
+        except Exception as e:
+            raise ExportError(str(e)) from e
+        report = _parity(gpt, vq, tmp, precision)
+        parity.check(report["transformer"], report["tokenizer"], precision)
         if spec.include_weights:
             save_file({k: v.contiguous() for k, v in gpt.state_dict().items()}, str(tmp / WEIGHT_FILES["transformer"]))
             save_file({k: v.contiguous() for k, v in vq.state_dict().items()}, str(tmp / WEIGHT_FILES["tokenizer"]))
@@ -145,7 +211,7 @@ def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec) ->
             shutil.copy2(f, tmp / Path(f).name)
         files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                  for p in sorted(tmp.iterdir()) if p.is_file()}
-        manifest = _manifest(gpt, vq, spec, report, files)
+        manifest = _manifest(gpt, vq, spec, report, files, _graph_entries(spec, tmp, entries, facts))
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():
             old = out.with_name(f".{out.name}.old")
@@ -159,3 +225,22 @@ def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec) ->
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_model_dirs(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec,
+                     precisions: list[str] | tuple[str, ...] = PRECISIONS,
+                     quant: QuantOptions | None = None) -> list[Path]:
+    """One model directory per precision, `OUT-<precision>` (see `variant_dirs`). The fp32 graphs are
+    exported and checked once; each variant is written atomically on its own."""
+    dirs = variant_dirs(out, precisions)
+    for d in dirs.values():  # fail before any work if a destination is taken
+        prepare_output(d, spec.overwrite)
+    written = []
+    source = None
+    if "fp32" in dirs:
+        source = write_model_dir(gpt, vq, dirs["fp32"], spec, "fp32", quant)
+        written.append(source)
+    for precision, d in dirs.items():
+        if precision != "fp32":
+            written.append(write_model_dir(gpt, vq, d, spec, precision, quant, fp32_source=source))
+    return written

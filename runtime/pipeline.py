@@ -1,6 +1,7 @@
 """`Pipeline`: load a model directory, generate images from class labels (diffusers-style calls)."""
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Sequence
@@ -26,6 +27,23 @@ def default_model_dir() -> Path:
     return shipped()
 
 
+# Precisions that run slowly on the CPU provider (no fast fp16 kernels there): a GPU variant.
+_SLOW_ON_CPU = ("fp16",)
+
+
+def check_precision_providers(manifest: Manifest, providers: list[str]) -> str | None:
+    """Warn when the model's graphs need a provider that is not in use (fp16 graphs on CPU only).
+    Returns the warning text, or None."""
+    slow = sorted({g.get("precision") for g in manifest.data.get("graphs", {}).values()} & set(_SLOW_ON_CPU))
+    if not slow or any(p != "CPUExecutionProvider" for p in providers):
+        return None
+    msg = (f"{manifest.root.name}: {'/'.join(slow)} graphs run slowly on the CPU execution provider (the only "
+           "one in use); use the fp32, int8 or int4 variant of this model on CPU, or a GPU provider "
+           "(providers='cuda') for this one")
+    warnings.warn(msg, RuntimeWarning, stacklevel=4)  # the caller of Pipeline.load
+    return msg
+
+
 class Pipeline:
     """Class-conditional image generation from an exported model directory.
 
@@ -36,6 +54,7 @@ class Pipeline:
     def __init__(self, manifest: Manifest, providers: list[str], threads: int | None = None):
         self.manifest = manifest
         self.providers = providers
+        check_precision_providers(manifest, providers)
         opener = partial(open_session, providers=providers, threads=threads)
         self.transformer = TransformerRunner(opener(manifest.graph_path("transformer")), manifest)
         self.tokenizer = ImageTokenizer(manifest, opener)
