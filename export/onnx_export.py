@@ -33,8 +33,36 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str],
     path.write_bytes(buf.getvalue())
 
 
+# Manifest facts of each transformer graph kind (recorded under graphs.transformer).
+GRAPH_KINDS = {
+    # Built from the weights with onnxruntime's fused kernels; past and present may share a buffer.
+    "fused": {"kind": "fused", "kv_cache": "shared-buffer"},
+    # Traced from PyTorch with standard ONNX ops only (any ONNX runtime); present = concat(past, new).
+    "portable": {"kind": "portable", "kv_cache": "concat"},
+}
+PROTOBUF_LIMIT = 2_000_000_000  # larger graphs keep their weights in an external data file
+
+
+def export_transformer(model: GPT, path: Path, opset: int = DEFAULT_OPSET, kind: str = "fused") -> dict:
+    """Write the transformer graph of `kind` to `path`; return its manifest facts."""
+    if kind not in GRAPH_KINDS:
+        raise ValueError(f"unknown graph kind {kind!r}; choose one of {sorted(GRAPH_KINDS)}")
+    if kind == "portable":
+        trace_transformer(model, path, opset)
+    else:
+        import onnx
+
+        from .onnx_builder import build_fused_transformer
+
+        proto = build_fused_transformer(model, opset)
+        big = proto.ByteSize() > PROTOBUF_LIMIT
+        onnx.save_model(proto, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
+                        location=path.name + ".data" if big else None)
+    return dict(GRAPH_KINDS[kind])
+
+
 @torch.no_grad()
-def export_transformer(model: GPT, path: Path, opset: int = DEFAULT_OPSET) -> None:
+def trace_transformer(model: GPT, path: Path, opset: int = DEFAULT_OPSET) -> None:
     """One graph for prefill and decode: S query tokens at explicit positions over a past of P."""
     cfg = model.cfg
     model.eval()

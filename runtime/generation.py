@@ -31,11 +31,13 @@ def generate_tokens(runner: TransformerRunner, layout: TokenLayout, grid: tuple[
     cells = np.arange(n)
     positions = layout.cell_position(cells // w, cells % w).astype(np.int64)
 
-    logits, past = runner(layout.class_ids(rows)[:, None].astype(np.int64), np.zeros((r, 1), np.int64),
-                          np.ones((r, 1, 1), bool), runner.empty_past(r))
+    runner.start(r, n + 1)
+    logits = runner(layout.class_ids(rows)[:, None].astype(np.int64), np.zeros((r, 1), np.int64),
+                    np.ones((r, 1, 1), bool))
     out = np.empty((b, n), dtype=np.int64)
     ids = np.empty((r, 1), np.int64)
     pos = np.empty((r, 1), np.int64)
+    masks = [np.ones((r, 1, t), bool) for t in range(n + 1)]  # masks[t]: attend to all t cached tokens
     for j in range(n):
         step = logits[:, -1]
         if guided:
@@ -50,5 +52,5 @@ def generate_tokens(runner: TransformerRunner, layout: TokenLayout, grid: tuple[
         if guided:
             ids[b:, 0] = tok
         pos.fill(positions[j])
-        logits, past = runner(ids, pos, np.ones((r, 1, j + 2), bool), past)
+        logits = runner(ids, pos, masks[j + 2])
     return out.reshape(b, h, w)

@@ -1,38 +1,106 @@
-"""Run the exported transformer graph: named KV-cache tensors in, logits and present KV out."""
+"""Run the exported transformer graph and own its KV cache for one generation.
+
+Two cache layouts, named by the manifest (`graphs.transformer.kv_cache`):
+
+* "shared-buffer" (the fused graph): one preallocated `[batch, heads, capacity, head_dim]`
+  buffer per layer and K/V, bound through IO binding as both `past_key_values.*` and
+  `present.*`, so each step writes only its new entries in place. Logits land in a
+  preallocated array. No per-step allocation or copy of the cache.
+* "concat" (the portable, traced graph): `present = concat(past, new)`, fed back each step.
+
+Callers see one interface: `start(batch, capacity)`, then `runner(ids, positions, mask)` per
+call, where `mask` is `[batch, seq, length + seq]` and the new tokens are appended to the cache.
+"""
 from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
 
+from .errors import InvalidInputError, ModelDirectoryError
 from .manifest import Manifest
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+# Providers whose buffers live on a device ORT can allocate on; others keep the cache in host memory.
+_DEVICE_OF_PROVIDER = {"CUDAExecutionProvider": "cuda"}
 
 
 class TransformerRunner:
-    """One call = S query tokens at explicit positions over a past of P tokens, under the caller's mask."""
+    """One call = S query tokens at explicit positions over the cached past, under the caller's mask."""
 
     def __init__(self, session: ort.InferenceSession, manifest: Manifest):
         self.session = session
         t = manifest.transformer
         self.n_layer, self.n_head, self.head_dim = int(t["n_layer"]), int(t["n_head"]), int(t["head_dim"])
         self.vocab_size = int(t["vocab_size"])
+        self.shared = manifest.graph("transformer").get("kv_cache", "concat") == "shared-buffer"
         inputs = {i.name: i for i in session.get_inputs()}
         self.past_names = [f"past_key_values.{i}.{kv}" for i in range(self.n_layer) for kv in ("key", "value")]
-        self.output_names = ["logits"] + [f"present.{i}.{kv}" for i in range(self.n_layer) for kv in ("key", "value")]
+        self.present_names = [f"present.{i}.{kv}" for i in range(self.n_layer) for kv in ("key", "value")]
         missing = [n for n in ["input_ids", "position_ids", "attention_mask", *self.past_names] if n not in inputs]
         if missing:
-            from .errors import ModelDirectoryError
-            raise ModelDirectoryError(f"transformer graph lacks inputs {missing[:4]}; it does not match its manifest. "
-                                      "Re-export the model.")
+            raise ModelDirectoryError(f"transformer graph lacks inputs {missing[:4]}; it does not match its "
+                                      "manifest. Re-export the model.")
         self.kv_dtype = _ORT_TYPES.get(inputs[self.past_names[0]].type, np.float32)
+        self.logits_dtype = _ORT_TYPES.get(session.get_outputs()[0].type, np.float32)
+        self.device = _DEVICE_OF_PROVIDER.get(session.get_providers()[0], "cpu")
+        self.length = 0
+        self.capacity = 0
 
-    def empty_past(self, batch: int) -> list[np.ndarray]:
-        return [np.zeros((batch, self.n_head, 0, self.head_dim), self.kv_dtype) for _ in self.past_names]
+    # --- cache lifecycle ---------------------------------------------------------------------
+    def start(self, batch: int, capacity: int) -> None:
+        """Begin a generation of `batch` rows that will hold at most `capacity` tokens."""
+        self.length, self.capacity, self.batch = 0, capacity, batch
+        if not self.shared:
+            self.past = [np.zeros((batch, self.n_head, 0, self.head_dim), self.kv_dtype) for _ in self.past_names]
+            return
+        shape = [batch, self.n_head, capacity, self.head_dim]
+        if self.device == "cpu":
+            self._host_kv = [np.zeros(shape, self.kv_dtype) for _ in self.past_names]
+            self.kv = [ort.OrtValue.ortvalue_from_numpy(a) for a in self._host_kv]
+        else:
+            self.kv = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype, self.device, 0)
+                       for _ in self.past_names]
+        self.io = self.session.io_binding()
+        for past, present, value in zip(self.past_names, self.present_names, self.kv):
+            self.io.bind_ortvalue_input(past, value)
+            self.io.bind_ortvalue_output(present, value)
+        self._logits = {}  # seq length -> (host array, OrtValue) reused across steps
 
-    def __call__(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray,
-                 past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        feeds = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention_mask}
-        feeds.update(zip(self.past_names, past))
-        out = self.session.run(self.output_names, feeds)
-        return out[0], out[1:]
+    def truncate(self, length: int) -> None:
+        """Forget cached tokens past `length` (speculative decoding rolls back this way)."""
+        if not 0 <= length <= self.length:
+            raise InvalidInputError(f"cannot truncate a cache of {self.length} tokens to {length}")
+        if not self.shared:
+            self.past = [p[:, :, :length] for p in self.past]
+        self.length = length
+
+    # --- one call ------------------------------------------------------------------------------
+    def __call__(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Append `input_ids [B, S]` at `position_ids` and return logits `[B, S, V]` (a view reused
+        by the next call of the same S: copy it to keep it)."""
+        s = input_ids.shape[1]
+        if self.length + s > self.capacity:
+            raise InvalidInputError(f"KV cache full: {self.length} + {s} tokens > capacity {self.capacity}")
+        if self.shared:
+            logits = self._run_shared(input_ids, position_ids, attention_mask)
+        else:
+            feeds = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention_mask}
+            feeds.update(zip(self.past_names, self.past))
+            out = self.session.run(None, feeds)
+            logits, self.past = out[0], out[1:]
+        self.length += s
+        return logits
+
+    def _run_shared(self, input_ids, position_ids, attention_mask) -> np.ndarray:
+        io = self.io
+        io.bind_cpu_input("input_ids", input_ids)
+        io.bind_cpu_input("position_ids", position_ids)
+        io.bind_cpu_input("attention_mask", attention_mask)
+        s = input_ids.shape[1]
+        if s not in self._logits:
+            host = np.empty((self.batch, s, self.vocab_size), self.logits_dtype)
+            self._logits[s] = (host, ort.OrtValue.ortvalue_from_numpy(host))
+        host, value = self._logits[s]
+        io.bind_ortvalue_output("logits", value)
+        self.session.run_with_iobinding(io)
+        return host

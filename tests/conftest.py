@@ -21,15 +21,31 @@ def tiny_models():
     return gpt, vq
 
 
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory, tiny_models) -> Path:
+def _export_tiny(tmp_path_factory, tiny_models, graph: str) -> Path:
     from tessera.export.model_dir import ExportSpec, write_model_dir
 
     gpt, vq = tiny_models
-    out = tmp_path_factory.mktemp("models") / "tiny"
-    spec = ExportSpec(name="tiny", class_names=DIGITS, include_weights=True,
+    out = tmp_path_factory.mktemp("models") / f"tiny-{graph}"
+    spec = ExportSpec(name="tiny", class_names=DIGITS, include_weights=True, graph=graph,
                       generation_defaults={"guidance_scale": 2.0, "top_k": 16})
     return write_model_dir(gpt, vq, out, spec)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tiny_models) -> Path:
+    """The default export: fused transformer graph, shared-buffer KV cache."""
+    return _export_tiny(tmp_path_factory, tiny_models, "fused")
+
+
+@pytest.fixture(scope="session")
+def portable_dir(tmp_path_factory, tiny_models) -> Path:
+    """The standard-ops transformer graph, concat KV cache."""
+    return _export_tiny(tmp_path_factory, tiny_models, "portable")
+
+
+@pytest.fixture(scope="session", params=["fused", "portable"])
+def any_dir(request, tiny_dir, portable_dir) -> Path:
+    return tiny_dir if request.param == "fused" else portable_dir
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +53,11 @@ def tiny_pipe(tiny_dir):
     from tessera.runtime import Pipeline
 
     return Pipeline.load(tiny_dir, providers="cpu")
+
+
+@pytest.fixture(scope="session", params=["fused", "portable"])
+def any_pipe(request, tiny_dir, portable_dir):
+    """The runtime on each transformer graph kind."""
+    from tessera.runtime import Pipeline
+
+    return Pipeline.load(tiny_dir if request.param == "fused" else portable_dir, providers="cpu")

@@ -12,16 +12,38 @@ from tessera.runtime.sampling import SamplingConfig
 @pytest.mark.parametrize("sampling", [SamplingConfig(1.0, 0, 1.0), SamplingConfig(0.9, 8, 1.0),
                                       SamplingConfig(1.0, 0, 0.8), SamplingConfig(0.0, 0, 1.0)],
                          ids=["plain", "top_k", "top_p", "greedy"])
-def test_runtime_tokens_equal_pytorch_reference(tiny_models, tiny_pipe, guidance, sampling):
+def test_runtime_tokens_equal_pytorch_reference(tiny_models, any_pipe, guidance, sampling):
     from tessera.export.reference import generate_tokens
 
     gpt, _ = tiny_models
     labels = [0, 3, 7, 9]
     ref = generate_tokens(gpt, labels, guidance, sampling, seed=11)
-    got = tiny_pipe.generate_tokens(labels, guidance_scale=guidance, temperature=sampling.temperature,
+    got = any_pipe.generate_tokens(labels, guidance_scale=guidance, temperature=sampling.temperature,
                                     top_k=sampling.top_k, top_p=sampling.top_p, seed=11)
     assert got.shape == (4, gpt.cfg.grid, gpt.cfg.grid)
     np.testing.assert_array_equal(got, ref)
+
+
+def test_graph_kinds_are_recorded(tiny_pipe, any_pipe):
+    kinds = {p.manifest.graph("transformer")["kind"]: p.manifest.graph("transformer")["kv_cache"]
+             for p in (tiny_pipe, any_pipe)}
+    assert kinds.get("fused", "shared-buffer") == "shared-buffer"
+    assert kinds.get("portable", "concat") == "concat"
+    assert tiny_pipe.transformer.shared and tiny_pipe.manifest.graph("transformer")["kind"] == "fused"
+
+
+def test_runner_rejects_overflow_and_truncates(tiny_pipe):
+    from tessera.runtime import InvalidInputError
+
+    runner = tiny_pipe.transformer
+    runner.start(1, 2)
+    ones = lambda t: np.ones((1, 1, t), bool)  # noqa: E731
+    runner(np.array([[70]]), np.zeros((1, 1), np.int64), ones(1))
+    runner(np.array([[3]]), np.ones((1, 1), np.int64), ones(2))
+    with pytest.raises(InvalidInputError, match="KV cache full"):
+        runner(np.array([[3]]), np.ones((1, 1), np.int64), ones(3))
+    runner.truncate(1)
+    assert runner.length == 1
 
 
 def test_guidance_changes_tokens(tiny_pipe):

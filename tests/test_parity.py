@@ -18,10 +18,10 @@ def _feeds(cfg, ids, pos, mask, past):
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_prefill_and_decode_steps_match(tiny_models, tiny_dir, batch):
+def test_prefill_and_decode_steps_match(tiny_models, any_dir, batch):
     gpt, _ = tiny_models
     cfg = gpt.cfg
-    sess = ort.InferenceSession(str(tiny_dir / "transformer.onnx"), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(any_dir / "transformer.onnx"), providers=["CPUExecutionProvider"])
     g = torch.Generator().manual_seed(batch)
     labels = torch.randint(0, cfg.num_classes + 1, (batch,), generator=g)
     ids, pos = gpt.class_token(labels)[:, None], torch.zeros(batch, 1, dtype=torch.long)
@@ -41,17 +41,17 @@ def test_prefill_and_decode_steps_match(tiny_models, tiny_dir, batch):
         pos = gpt.cell_position(torch.full((batch, 1), step))
 
 
-def test_several_queries_at_non_contiguous_positions(tiny_models, tiny_dir):
+def test_several_queries_at_non_contiguous_positions(tiny_models, any_dir):
     """How parallel decoding calls the graph: S tokens, scattered cells, a runtime-built mask."""
     gpt, _ = tiny_models
     cfg = gpt.cfg
-    sess = ort.InferenceSession(str(tiny_dir / "transformer.onnx"), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(any_dir / "transformer.onnx"), providers=["CPUExecutionProvider"])
     batch, past_len = 2, 5
     g = torch.Generator().manual_seed(7)
     past_t = [(torch.randn(batch, cfg.n_head, past_len, cfg.head_dim, generator=g),
                torch.randn(batch, cfg.n_head, past_len, cfg.head_dim, generator=g)) for _ in range(cfg.n_layer)]
     past_np = [t.numpy() for kv in past_t for t in kv]
-    cells = torch.tensor([4, 9, 5, 14])
+    cells = torch.tensor([4, 5, 9, 14])  # raster order with gaps: the graph is causal in call order
     ids = torch.randint(0, cfg.vocab_size, (batch, cells.numel()), generator=g)
     pos = gpt.cell_position(cells).expand(batch, -1).contiguous()
     mask = torch.ones(batch, cells.numel(), past_len + cells.numel(), dtype=torch.bool)

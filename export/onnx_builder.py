@@ -1,0 +1,139 @@
+"""Build the fused transformer graph directly from the weights (as onnxruntime-genai's builder does).
+
+Why build instead of trace: the decode loop is memory-bound, and a traced graph spends a third
+of each step outside the weight MatMuls (rotary in ~20 small ops per layer, KV concatenation
+that copies the whole cache every token). This graph uses onnxruntime's fused kernels:
+
+    Gather -> [SimplifiedLayerNorm -> MatMul(qkv) -> Split -> RotaryEmbedding(q, k)
+               -> GroupQueryAttention(past/present may share one buffer, mask as attention_bias)
+               -> MatMul(wo) -> SkipSimplifiedLayerNorm -> MatMul(w1|w3) -> SiLU*up -> MatMul(w2)] x L
+           -> SkipSimplifiedLayerNorm -> MatMul(output)
+
+Same inputs and outputs as the traced graph. `past_key_values.*` may be exactly the past
+(present = past + new, Optimum-style) or a preallocated buffer bound as both past and present
+through IO binding (present written in place; the mask's last dim says how much is valid).
+Queries in one call are causal in call order (feed them in raster order); the mask can only
+hide more.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from .config import DEFAULT_OPSET
+from .onnx_export import transformer_io_names
+from .transformer import GPT, rope_2d_tables
+
+
+class _Graph:
+    """Tiny helper to add nodes and initializers with unique names."""
+
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.require(array, requirements="C"), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], outputs: list[str] | int, name: str, domain: str = "", **attrs):
+        if isinstance(outputs, int):
+            outputs = [f"{name}/out{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs))
+        return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _t(w: torch.Tensor) -> np.ndarray:
+    """nn.Linear weight [out, in] -> MatMul B [in, out]."""
+    return w.detach().float().t().contiguous().numpy()
+
+
+@torch.no_grad()
+def build_fused_transformer(model: GPT, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    cfg = model.cfg
+    sd = {k: v.detach().float() for k, v in model.state_dict().items()}
+    d, f, n_head, eps = cfg.dim, cfg.ffn_dim, cfg.n_head, cfg.norm_eps
+    g = _Graph()
+    inputs, outputs = transformer_io_names(cfg.n_layer)
+
+    # Lengths for GroupQueryAttention, derived from the mask's shape [batch, seq, total].
+    shape = g.node("Shape", ["attention_mask"], 1, "mask_shape")
+    idx = {k: g.const(f"idx_{k}", np.array(k, np.int64)) for k in (0, 1, 2)}
+    batch = g.node("Gather", [shape, idx[0]], 1, "batch", axis=0)
+    seq = g.node("Gather", [shape, idx[1]], 1, "seq", axis=0)
+    total = g.node("Gather", [shape, idx[2]], 1, "total", axis=0)
+    batch_1d = g.node("Unsqueeze", [batch, g.const("axes0", np.array([0], np.int64))], 1, "batch_1d")
+    one = g.const("one", np.array(1, np.int64))
+    last = g.node("Sub", [total, one], 1, "last_index")
+    seqlens_k = g.node("Expand", [g.node("Cast", [last], 1, "last_i32", to=TensorProto.INT32), batch_1d], 1,
+                       "seqlens_k")
+    total_i32 = g.node("Cast", [total], 1, "total_i32", to=TensorProto.INT32)
+    query_lens = g.node("Expand", [g.node("Cast", [seq], 1, "seq_i32", to=TensorProto.INT32), batch_1d], 1,
+                        "query_seqlens")
+    bias = g.node("Where", ["attention_mask", g.const("zero_f", np.array(0.0, np.float32)),
+                            g.const("neg_inf", np.array(-np.inf, np.float32))], 1, "mask_bias")
+    bias = g.node("Unsqueeze", [bias, g.const("axes1", np.array([1], np.int64))], 1, "attention_bias")
+
+    cos, sin = rope_2d_tables(cfg)
+    cos, sin = g.const("rope_cos", cos.numpy()), g.const("rope_sin", sin.numpy())
+    table = torch.cat([sd["tok_embeddings.weight"], sd["cls_embedding.embedding_table.weight"]]).numpy()
+    h = g.node("Gather", [g.const("embed_table", table), "input_ids"], 1, "embed")
+
+    residual_in = None  # output of the previous block still to be added to h
+    for i in range(cfg.n_layer):
+        p = f"layers.{i}."
+        w_norm = g.const(f"{p}attention_norm", sd[p + "attention_norm.weight"].numpy())
+        if residual_in is None:
+            x = g.node("SimplifiedLayerNormalization", [h, w_norm], [f"{p}attn_in"], f"{p}attn_norm",
+                       epsilon=eps, axis=-1)
+        else:
+            x, _, _, h = g.node("SkipSimplifiedLayerNormalization", [residual_in, h, w_norm],
+                                [f"{p}attn_in", "", "", f"{p}resid_a"], f"{p}attn_norm", domain="com.microsoft",
+                                epsilon=eps)
+        qkv = g.node("MatMul", [x, g.const(f"{p}wqkv", _t(sd[p + "attention.wqkv.weight"]))], 1, f"{p}qkv")
+        q, k, v = g.node("Split", [qkv, g.const(f"{p}split_qkv", np.array([d, d, d], np.int64))], 3,
+                         f"{p}split", axis=-1)
+        rope = dict(domain="com.microsoft", interleaved=1, num_heads=n_head)
+        q = g.node("RotaryEmbedding", [q, "position_ids", cos, sin], 1, f"{p}rope_q", **rope)
+        k = g.node("RotaryEmbedding", [k, "position_ids", cos, sin], 1, f"{p}rope_k", **rope)
+        attn, _, _ = g.node("GroupQueryAttention",
+                      [q, k, v, inputs[3 + 2 * i], inputs[4 + 2 * i], seqlens_k, total_i32, "", "", "", bias,
+                       "", "", "", "", "", query_lens],
+                      [f"{p}attn", outputs[1 + 2 * i], outputs[2 + 2 * i]], f"{p}gqa", domain="com.microsoft",
+                      num_heads=n_head, kv_num_heads=n_head)
+        o = g.node("MatMul", [attn, g.const(f"{p}wo", _t(sd[p + "attention.wo.weight"]))], 1, f"{p}wo")
+        w_ffn_norm = g.const(f"{p}ffn_norm", sd[p + "ffn_norm.weight"].numpy())
+        x, _, _, h = g.node("SkipSimplifiedLayerNormalization", [o, h, w_ffn_norm],
+                            [f"{p}ffn_in", "", "", f"{p}resid_f"], f"{p}ffn_norm_op", domain="com.microsoft",
+                            epsilon=eps)
+        w13 = np.concatenate([_t(sd[p + "feed_forward.w1.weight"]), _t(sd[p + "feed_forward.w3.weight"])], axis=1)
+        gu = g.node("MatMul", [x, g.const(f"{p}w13", w13)], 1, f"{p}w13")
+        gate, up = g.node("Split", [gu, g.const(f"{p}split_ffn", np.array([f, f], np.int64))], 2,
+                          f"{p}split_ffn", axis=-1)
+        silu = g.node("Mul", [gate, g.node("Sigmoid", [gate], 1, f"{p}sigmoid")], 1, f"{p}silu")
+        act = g.node("Mul", [silu, up], 1, f"{p}swiglu")
+        residual_in = g.node("MatMul", [act, g.const(f"{p}w2", _t(sd[p + "feed_forward.w2.weight"]))], 1, f"{p}w2")
+    x, _, _, _ = g.node("SkipSimplifiedLayerNormalization", [residual_in, h, g.const("norm", sd["norm.weight"].numpy())],
+                        ["final_normed", "", "", "final_resid"], "final_norm", domain="com.microsoft", epsilon=eps)
+    g.node("MatMul", [x, g.const("output", _t(sd["output.weight"]))], ["logits"], "lm_head")
+
+    kv = ["batch", n_head, "past_sequence", cfg.head_dim]
+    graph_inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+        helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "sequence"]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.BOOL, ["batch", "sequence", "total_sequence"]),
+        *[helper.make_tensor_value_info(n, TensorProto.FLOAT, kv) for n in inputs[3:]],
+    ]
+    graph_outputs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", cfg.vocab_size]),
+        *[helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", n_head, "present_sequence", cfg.head_dim])
+          for n in outputs[1:]],
+    ]
+    graph = helper.make_graph(g.nodes, "tessera_transformer_fused", graph_inputs, graph_outputs, g.inits)
+    model_proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                          helper.make_opsetid("com.microsoft", 1)],
+                                    producer_name="tessera-ar")
+    model_proto.ir_version = 10
+    return model_proto
