@@ -80,3 +80,51 @@ def test_manifest_defaults_are_used(tiny_pipe):
     a = tiny_pipe.generate_tokens([2], seed=3)
     b = tiny_pipe.generate_tokens([2], seed=3, guidance_scale=2.0, top_k=16)
     np.testing.assert_array_equal(a, b)
+
+
+def test_known_cells_are_kept(tiny_pipe):
+    from tessera.runtime.generation import generate_tokens
+
+    p = tiny_pipe
+    n = p.grid[0] * p.grid[1]
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, p.layout.vocab_size, (2, n))
+    mask = np.zeros((2, n), bool)
+    mask[0, [1, 5, 6, 11]] = True
+    mask[1, 8:] = True
+    g, sampling = p.sampling_options()
+    out = generate_tokens(p.transformer, p.layout, p.grid, np.array([3, 4]), g, sampling, 0,
+                          known=(tokens, mask)).reshape(2, n)
+    np.testing.assert_array_equal(out[mask], tokens[mask])
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.5])
+def test_known_prefix_is_prefilled_exactly(tiny_models, any_pipe, guidance):
+    """All cells but the last known: greedy decoding must pick PyTorch's argmax for the last one."""
+    import torch
+
+    from tessera.runtime.generation import generate_tokens
+
+    gpt, _ = tiny_models
+    p = any_pipe
+    n = p.grid[0] * p.grid[1]
+    labels = np.array([2, 7])
+    tokens = np.random.default_rng(1).integers(0, p.layout.vocab_size, (2, n))
+    mask = np.ones((2, n), bool)
+    mask[:, -1] = False
+    out = generate_tokens(p.transformer, p.layout, p.grid, labels, guidance, SamplingConfig(0.0), 0,
+                          known=(tokens, mask)).reshape(2, n)
+    with torch.no_grad():
+        lab = torch.from_numpy(labels)
+        rows = torch.cat([lab, torch.full_like(lab, gpt.cfg.null_class)]) if guidance > 1 else lab
+        toks = torch.from_numpy(tokens).repeat(rows.shape[0] // 2, 1)
+        gpt.eval()
+        ids = torch.cat([gpt.class_token(rows)[:, None], toks[:, :-1]], 1)
+        pos = torch.cat([torch.zeros(1, dtype=torch.long), gpt.cell_position(torch.arange(n - 1))])
+        mask_t = torch.ones(rows.shape[0], n, n, dtype=torch.bool).tril()
+        lg, _ = gpt(ids, pos.expand(rows.shape[0], -1), mask_t)
+        last = lg[:, -1].numpy()
+        if guidance > 1:
+            last = last[2:] + (last[:2] - last[2:]) * guidance
+    np.testing.assert_array_equal(out[:, -1], last.argmax(-1))
+    np.testing.assert_array_equal(out[:, :-1], tokens[:, :-1])
