@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .editing_cli import add_edit_parser, add_preview_arguments, preview_callback
 from .errors import ExtraNotInstalledError, InvalidInputError, TesseraError
 
 EPILOG = """examples:
@@ -76,10 +77,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
                          threads=args.threads, verify=args.verify)
     labels = pipe.labels(args.classes, args.num)  # validates before any work
     progress = Progress(f"generating {len(labels)} image{'s' if len(labels) > 1 else ''}", enabled=not args.quiet)
+    progress = preview_callback(args, pipe, progress)  # --preview-dir: live frames
     t0 = time.perf_counter()
     images = pipe.generate(args.classes, guidance_scale=args.guidance, temperature=args.temperature,
                            top_k=args.top_k, top_p=args.top_p, seed=args.seed, num_images_per_class=args.num,
-                           callback=progress)
+                           callback=progress, parallel_window=args.parallel_window, grid=args.grid_size)
     elapsed = time.perf_counter() - t0
     names = pipe.class_names
     if args.scale > 1:
@@ -189,11 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output image; several images become OUT-000-CLASS.png ... unless --grid")
     g.add_argument("--grid", action="store_true", help="write all images into one sheet (a row per class)")
     g.add_argument("--scale", type=int, default=1, help="nearest-neighbour upscaling of the saved images")
+    g.add_argument("--parallel-window", type=int, metavar="W",
+                   help="decode image rows in parallel, each W tokens behind the row above (fewer steps)")
+    g.add_argument("--grid-size", type=int, metavar="N",
+                   help="generate an N x N token grid instead of the trained size (larger images)")
     g.add_argument("--providers", default="auto", help="auto, or comma-separated: cpu, cuda, rocm, migraphx, dml ...")
     g.add_argument("--threads", type=int, help="CPU threads (default: onnxruntime's choice)")
     g.add_argument("--verify", choices=["full", "size", "none"], default="size",
                    help="check model files against the manifest: sha256, size only, or not at all")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    add_preview_arguments(g)
     g.set_defaults(func=cmd_generate)
 
     i = sub.add_parser("info", help="show a model directory's manifest in readable form")
@@ -202,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--verify", choices=["full", "size", "none"], default="full")
     i.set_defaults(func=cmd_info)
     _export_parser(sub)
+    add_edit_parser(sub)  # tessera edit inpaint|outpaint|continue (editing_cli.py)
     return parser
 
 

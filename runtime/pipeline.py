@@ -11,6 +11,7 @@ from PIL import Image
 
 from .errors import InvalidInputError
 from .generation import StepCallback, generate_tokens
+from .parallel import generate_tokens_parallel
 from .images import to_pil
 from .manifest import Manifest, load_manifest
 from .providers import resolve_providers
@@ -60,6 +61,7 @@ class Pipeline:
         self.tokenizer = ImageTokenizer(manifest, opener)
         self.layout = manifest.layout
         self.grid = manifest.grid
+        self.last_calls = 0
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, providers: str | list[str] = "auto",
@@ -102,24 +104,97 @@ class Pipeline:
             raise InvalidInputError("give at least one class label")
         return np.asarray(ids, dtype=np.int64)
 
+    def grid_size(self, grid: int | tuple[int, int] | None) -> tuple[int, int]:
+        """The token grid to generate: the trained one, or a larger one within the rotary table."""
+        if grid is None:
+            return self.grid
+        h, w = (grid, grid) if isinstance(grid, (int, np.integer)) else tuple(grid)
+        limit = self.layout.rope_grid
+        if not (0 < h <= limit and 0 < w <= limit):
+            raise InvalidInputError(f"grid {h}x{w} is outside what this model's rotary table covers "
+                                    f"(1..{limit} per side; trained on {self.grid[0]}x{self.grid[1]})")
+        return int(h), int(w)
+
     def generate_tokens(self, class_labels, guidance_scale: float | None = None, temperature: float | None = None,
                         top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-                        num_images_per_class: int = 1, callback: StepCallback | None = None) -> np.ndarray:
-        """Class labels (ids or names) -> token grids `[N, h, w]`."""
+                        num_images_per_class: int = 1, callback: StepCallback | None = None,
+                        parallel_window: int | None = None, grid: int | tuple[int, int] | None = None
+                        ) -> np.ndarray:
+        """Class labels (ids or names) -> token grids `[N, h, w]`.
+
+        parallel_window: decode rows in parallel, each `parallel_window` tokens behind the row above
+        (ZipAR-style; fewer transformer calls, see runtime/parallel.py). None: one token per call.
+        grid: generate a larger token grid than trained (quality degrades away from the trained size).
+        `self.last_calls` holds the number of transformer calls of the last generation.
+        """
         g, sampling = self.sampling_options(guidance_scale, temperature, top_k, top_p)
         labels = self.labels(class_labels, num_images_per_class)
-        return generate_tokens(self.transformer, self.layout, self.grid, labels, g, sampling, int(seed), callback)
+        size = self.grid_size(grid)
+        if parallel_window is None:
+            tokens = generate_tokens(self.transformer, self.layout, size, labels, g, sampling, int(seed), callback)
+            self.last_calls = size[0] * size[1]
+            return tokens
+        if int(parallel_window) < 1:
+            raise InvalidInputError(f"parallel_window must be >= 1 (or None for sequential), got {parallel_window}")
+        tokens, self.last_calls = generate_tokens_parallel(self.transformer, self.layout, size, labels, g, sampling,
+                                                           int(seed), int(parallel_window), callback)
+        return tokens
 
-    def decode(self, tokens: np.ndarray) -> list[Image.Image]:
+    def decode(self, tokens: np.ndarray, tile: int | None = None) -> list[Image.Image]:
+        """Token grids -> images; `tile` decodes large grids tile by tile to bound peak memory."""
+        if tile:
+            return to_pil(self.tokenizer.decode_tiled(tokens, tile))
         return to_pil(self.tokenizer.decode(tokens))
 
     def generate(self, class_labels, guidance_scale: float | None = None, temperature: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-                 num_images_per_class: int = 1, callback: StepCallback | None = None) -> list[Image.Image]:
+                 num_images_per_class: int = 1, callback: StepCallback | None = None,
+                 parallel_window: int | None = None, grid: int | tuple[int, int] | None = None,
+                 preview=None, preview_every: int | str | None = None) -> list[Image.Image]:
         """Class labels -> one PIL image per label (x num_images_per_class). Unset options use the
         model's defaults from its manifest. The same seed gives the same images on every provider."""
+        renderer = None
+        if preview is not None or preview_every is not None:  # live previews: runtime/preview.py
+            from .preview import with_preview
+
+            callback = renderer = with_preview(self.tokenizer, self.grid_size(grid), preview, preview_every, callback)
         tokens = self.generate_tokens(class_labels, guidance_scale, temperature, top_k, top_p, seed,
-                                      num_images_per_class, callback)
-        return self.decode(tokens)
+                                      num_images_per_class, callback, parallel_window, grid)
+        final = getattr(renderer, "final_images", None) if preview is not None else None
+        return final if final is not None else self.decode(tokens)  # the last frame is the full decode
 
     __call__ = generate
+
+    # --- editing (runtime/editing.py): the same sampling options as generate --------------------
+    def inpaint(self, image, mask, class_label=None, **options):
+        """Regenerate the masked part of `image` (PIL or array; fit to the model's size, aspect kept,
+        padded with its border colour). mask: white / True = regenerate, the input image's size, the
+        model's canvas size or the token grid's; a token cell is regenerated if any of its pixels is.
+        class_label None: unconditional (null class, no guidance). Options: num_images, candidates
+        (draws reranked by the likelihood of the kept cells after the hole; see runtime/editing.py),
+        guidance_scale, temperature, top_k, top_p, seed, callback, preview, preview_every,
+        return_result (an EditResult with tokens, scores and images instead of the image list)."""
+        from .editing import inpaint
+
+        return inpaint(self, image, mask, class_label, **options)
+
+    def outpaint(self, image, box=None, class_label=None, **options):
+        """Keep `box` (x0, y0, x1, y1, exclusive; default the centered half) and regenerate around it.
+        place=False: the box is in the input image's pixels. place=True: the image is scaled into the
+        box on the model's canvas (extend a small image). Other options as `inpaint`."""
+        from .editing import outpaint
+
+        return outpaint(self, image, box, class_label, **options)
+
+    def continue_image(self, image, keep_rows: int, class_label=None, **options):
+        """Keep the top `keep_rows` token rows of `image` and write the rest (a prefilled prefix).
+        Options as `inpaint` (no candidates: nothing known follows the hole)."""
+        from .editing import continue_image
+
+        return continue_image(self, image, keep_rows, class_label, **options)
+
+    def edit_tokens(self, tokens, regenerate, class_label=None, **options):
+        """The edit on a token grid: `tokens [h, w]`, `regenerate [h, w]` bool -> EditResult."""
+        from .editing import edit_tokens
+
+        return edit_tokens(self, tokens, regenerate, class_label, **options)

@@ -39,6 +39,36 @@ class ImageTokenizer:
             raise InvalidInputError(f"codes must lie in 0..{self.codebook_size - 1}; got {codes.min()}..{codes.max()}")
         return self.decoder.run(None, {"codes": codes.astype(np.int64)})[0]
 
+    def decode_tiled(self, codes: np.ndarray, tile: int, overlap: int | None = None) -> np.ndarray:
+        """Decode a large grid tile by tile (peak memory of one `tile x tile` decode).
+
+        Tiles overlap by `overlap` tokens (default tile // 4); each output pixel comes from the
+        tile whose interior it is in, the seams falling mid-overlap, where the conv decoder's
+        receptive field has the most context on both sides.
+        """
+        codes = np.asarray(codes)
+        if codes.ndim != 3:
+            raise InvalidInputError(f"codes must be [batch, height, width], got shape {codes.shape}")
+        overlap = tile // 4 if overlap is None else overlap
+        if tile < 1 or not 0 <= overlap < tile:
+            raise InvalidInputError(f"need tile >= 1 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
+        b, h, w = codes.shape
+        if h <= tile and w <= tile:
+            return self.decode(codes)
+        ds = self.downsample
+        ys, xs = _tile_starts(h, tile, overlap), _tile_starts(w, tile, overlap)
+        out = None
+        for iy, y0 in enumerate(ys):
+            for ix, x0 in enumerate(xs):
+                th, tw = min(tile, h - y0), min(tile, w - x0)
+                img = self.decode(codes[:, y0:y0 + th, x0:x0 + tw])
+                if out is None:
+                    out = np.empty((b, img.shape[1], h * ds, w * ds), img.dtype)
+                (a0, a1), (b0, b1) = _owned(ys, iy, th, h), _owned(xs, ix, tw, w)
+                out[:, :, a0 * ds:a1 * ds, b0 * ds:b1 * ds] = img[:, :, (a0 - y0) * ds:(a1 - y0) * ds,
+                                                                  (b0 - x0) * ds:(b1 - x0) * ds]
+        return out
+
     def encode(self, images: np.ndarray) -> np.ndarray:
         """images `[B, 3, H, W]` in [-1, 1], H and W multiples of the downsampling -> codes `[B, h, w]`."""
         images = np.asarray(images, dtype=np.float32)
@@ -46,3 +76,17 @@ class ImageTokenizer:
             raise InvalidInputError(f"images must be [batch, 3, H, W] with H, W multiples of {self.downsample}; "
                                     f"got shape {images.shape}")
         return self.encoder.run(None, {"image": images})[0]
+
+
+def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, tile - overlap))
+    return starts + [size - tile]
+
+
+def _owned(starts: list[int], i: int, length: int, size: int) -> tuple[int, int]:
+    """The token range tile i writes: from mid-overlap with the previous tile to mid-overlap with the next."""
+    lo = 0 if i == 0 else (starts[i] + starts[i - 1] + length) // 2
+    hi = size if i == len(starts) - 1 else (starts[i + 1] + starts[i] + length) // 2
+    return lo, hi

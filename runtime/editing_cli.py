@@ -1,0 +1,162 @@
+"""`tessera edit inpaint|outpaint|continue` and the `--preview-dir` option of `tessera generate`."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .errors import InvalidInputError
+
+EDIT_EPILOG = """examples:
+  tessera edit inpaint digit.png --mask hole.png --class seven --out fixed.png
+  tessera edit outpaint digit.png --box 7,7,21,21 --class 3 --out around.png
+  tessera edit outpaint small.png --place --box 7,7,21,21 --out extended.png   # small.png drawn into the box
+  tessera edit continue digit.png --keep-rows 3 --class 8 -n 4 --grid --out endings.png
+"""
+
+
+def add_preview_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preview-dir", metavar="DIR",
+                   help="write live preview frames DIR/frame-STEP.png while generating (the partial image)")
+    p.add_argument("--preview-every", metavar="N", default=None,
+                   help="tokens per preview frame: a number, 'row' (default) or 'auto' (per row, at most ~8%% "
+                        "of the generation time)")
+
+
+def preview_from_args(args: argparse.Namespace, scale: int = 1):
+    """A FrameWriter for --preview-dir (None without it); checks the folder before any work."""
+    every = getattr(args, "preview_every", None)
+    if every is not None and str(every).isdigit():
+        args.preview_every = int(every)
+    if not getattr(args, "preview_dir", None):
+        if every is not None:
+            raise InvalidInputError("--preview-every needs --preview-dir")
+        return None
+    from .preview import FrameWriter
+
+    folder = Path(args.preview_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidInputError(f"cannot create --preview-dir {folder}: {e.strerror or e}") from None
+    return FrameWriter(folder, scale=scale)
+
+
+def preview_callback(args: argparse.Namespace, pipe, callback):
+    """`tessera generate`: wrap the progress callback so that --preview-dir receives frames."""
+    writer = preview_from_args(args, getattr(args, "scale", 1))
+    if writer is None:
+        return callback
+    from .preview import with_preview
+
+    grid = pipe.grid_size(getattr(args, "grid_size", None)) if hasattr(pipe, "grid_size") else pipe.grid
+    return with_preview(pipe.tokenizer, grid, writer, args.preview_every, callback)
+
+
+def _load_image(path: str, what: str):
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInputError(f"{what} {p} does not exist")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            return im.copy()
+    except (UnidentifiedImageError, OSError) as e:
+        raise InvalidInputError(f"{what} {p} is not a readable image ({e})") from None
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from .cli import Progress, _check_writable, _save
+    from .images import image_grid
+    from .pipeline import Pipeline
+
+    out = Path(args.out)
+    _check_writable(out)
+    image = _load_image(args.image, "IMAGE")
+    mask = _load_image(args.mask, "--mask") if getattr(args, "mask", None) else None
+    writer = preview_from_args(args, args.scale)
+    pipe = Pipeline.load(args.model, providers=args.providers.split(",") if args.providers != "auto" else "auto",
+                         threads=args.threads, verify=args.verify)
+    label = args.class_label
+    if label is not None:
+        pipe.manifest.class_id(label)  # validate before any work
+    options = dict(num_images=args.num, guidance_scale=args.guidance, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                   callback=Progress(args.mode, enabled=not args.quiet),
+                   preview=writer, preview_every=args.preview_every if writer else None)
+    t0 = time.perf_counter()
+    if args.mode == "inpaint":
+        images = pipe.inpaint(image, mask, label, candidates=args.candidates, **options)
+    elif args.mode == "outpaint":
+        images = pipe.outpaint(image, args.box, label, place=args.place, candidates=args.candidates, **options)
+    else:
+        images = pipe.continue_image(image, args.keep_rows, label, **options)
+    elapsed = time.perf_counter() - t0
+    if args.scale > 1:
+        images = [im.resize((im.width * args.scale, im.height * args.scale), 0) for im in images]
+    if len(images) == 1 or args.grid:
+        written = [out]
+        _save(images[0] if len(images) == 1 else image_grid(images), out)
+    else:
+        written = [out.with_name(f"{out.stem}-{i:03d}{out.suffix}") for i in range(len(images))]
+        for im, path in zip(images, written):
+            _save(im, path)
+    if not args.quiet:
+        extra = f"; {len(writer.written)} preview frames in {args.preview_dir}" if writer else ""
+        print(f"{args.mode}: {len(images)} image(s) in {elapsed:.2f}s -> "
+              + (str(written[0]) if len(written) == 1 else f"{written[0]} ... {written[-1]}") + extra, file=sys.stderr)
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, candidates: bool) -> None:
+    p.add_argument("image", metavar="IMAGE", help="the input image (any size: fit to the model's, aspect kept)")
+    p.add_argument("--class", dest="class_label", metavar="C",
+                   help="class id or name to condition on (default: none, the unconditional model)")
+    p.add_argument("--model", metavar="DIR", help="model directory (default: the shipped model)")
+    p.add_argument("-n", "--num", type=int, default=1, help="number of results")
+    if candidates:
+        p.add_argument("--candidates", type=int, default=4,
+                       help="draws per result, the one most consistent with the kept cells after the hole wins")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (with --class; <= 1: off)")
+    p.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy)")
+    p.add_argument("--top-k", type=int, help="sample among the k likeliest tokens (0 = all)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling mass (1 = off)")
+    p.add_argument("-o", "--out", default="edited.png", help="output image (several: OUT-000.png ... unless --grid)")
+    p.add_argument("--grid", action="store_true", help="write all results into one sheet")
+    p.add_argument("--scale", type=int, default=1, help="nearest-neighbour upscaling of the saved images")
+    add_preview_arguments(p)
+    p.add_argument("--providers", default="auto", help="auto, or comma-separated: cpu, cuda, rocm, migraphx, dml ...")
+    p.add_argument("--threads", type=int, help="CPU threads (default: onnxruntime's choice)")
+    p.add_argument("--verify", choices=["full", "size", "none"], default="size")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=cmd_edit)
+
+
+def add_edit_parser(sub) -> None:
+    """Add `edit` with its three modes to the `tessera` subcommands."""
+    e = sub.add_parser("edit", help="inpaint, outpaint or continue an image",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EDIT_EPILOG,
+                       description="Edit an image: its tokens (from the tokenizer's encoder) are kept outside the "
+                                   "region to regenerate; a token cell is regenerated if any of its pixels is.")
+    modes = e.add_subparsers(dest="mode", metavar="MODE", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = modes.add_parser("inpaint", help="regenerate the masked region", formatter_class=fmt,
+                         description="Regenerate the white (>= 128) part of --mask.")
+    _common(p, candidates=True)
+    p.add_argument("--mask", required=True, metavar="MASK.png",
+                   help="white = regenerate; the image's size, the model's or the token grid's")
+    p = modes.add_parser("outpaint", help="keep a box, regenerate around it", formatter_class=fmt,
+                         description="Keep the box x0,y0,x1,y1 (pixels, x1/y1 exclusive) and regenerate the rest.")
+    _common(p, candidates=True)
+    p.add_argument("--box", metavar="x0,y0,x1,y1", help="region to keep (default: the centered half)")
+    p.add_argument("--place", action="store_true",
+                   help="draw the whole image into --box on the model's canvas (coordinates in the model's "
+                        "pixels) and generate around it")
+    p = modes.add_parser("continue", help="keep the top token rows, write the rest", formatter_class=fmt,
+                         description="Keep the top N token rows of the image and complete the bottom.")
+    _common(p, candidates=False)
+    p.add_argument("--keep-rows", type=int, required=True, metavar="N", help="token rows to keep (1 .. rows-1)")
