@@ -39,7 +39,7 @@ def generate_tokens_parallel(runner: TransformerRunner, layout: TokenLayout, gri
     r_count = rows.shape[0]
     rng = np.random.default_rng(seed)
     positions = cell_positions(layout, grid)
-    out = np.zeros((b, n), dtype=np.int64)
+    out = np.full((b, n), -1, dtype=np.int64)  # -1: not decided yet (what callbacks see)
 
     capacity = 1 + n + (h - 1)  # class token, every cell, at most one proxy per row start
     runner.start(r_count, capacity)

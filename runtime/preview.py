@@ -115,7 +115,7 @@ class PreviewRenderer:
         tokens = np.asarray(tokens, np.int64)
         b, m = tokens.shape
         if step >= total or m >= n:  # the last frame, or a full grid (parallel decoding): decode it all
-            codes = tokens if m == n else self._fill(tokens)[0]
+            codes = tokens if m == n and tokens.min() >= 0 else self._fill(tokens)[0]
             if step >= total or self.known is None:
                 return self._pil(to_uint8(self.tokenizer.decode(codes.reshape(b, h, w))))
         codes, decided = self._fill(tokens)
@@ -143,9 +143,9 @@ class PreviewRenderer:
         n = self.grid[0] * self.grid[1]
         b, m = tokens.shape
         codes = np.zeros((b, n), np.int64)
-        codes[:, :m] = tokens
+        codes[:, :m] = np.maximum(tokens, 0)
         decided = np.zeros((b, n), bool)
-        decided[:, :m] = True
+        decided[:, :m] = tokens >= 0  # parallel decoding marks undecided cells with -1
         if self.known is not None and self.known[0].shape == (b, n):
             kt, km = self.known
             codes = np.where(km & ~decided, kt, codes)

@@ -135,3 +135,11 @@ def test_tk_viewer_draws_the_image_row_by_row(tiny_dir, tmp_path, xvfb_display):
     assert stats["ok"] and stats["frames"] >= 1 and stats["final_equals_result"], stats
     assert stats["photo_size"] == [64, 64]
     assert Image.open(out).size == (16, 16)
+
+
+def test_preview_with_parallel_decoding_shows_only_decided_cells(tiny_pipe):
+    frames = []
+    images = tiny_pipe.generate([1], seed=0, parallel_window=2, preview=lambda s, n, ims: frames.append((s, ims)),
+                                preview_every=1)
+    assert frames[-1][0] == 16
+    assert list(frames[-1][1][0].getdata()) == list(images[0].getdata())
