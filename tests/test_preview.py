@@ -142,4 +142,4 @@ def test_preview_with_parallel_decoding_shows_only_decided_cells(tiny_pipe):
     images = tiny_pipe.generate([1], seed=0, parallel_window=2, preview=lambda s, n, ims: frames.append((s, ims)),
                                 preview_every=1)
     assert frames[-1][0] == 16
-    assert list(frames[-1][1][0].getdata()) == list(images[0].getdata())
+    assert np.array_equal(np.asarray(frames[-1][1][0]), np.asarray(images[0]))
