@@ -78,6 +78,14 @@ def _class_names(arg: str | None, n: int) -> list[str]:
     return [s.strip() for s in names if s.strip()]
 
 
+def carried_extras(src: Path, manifest: dict, replaced: set[str]) -> list[Path]:
+    """Files a re-export carries over from its source directory: model card, samples ... (not the
+    graphs, weights or their data files, which are written anew), unless a new --extra replaces them."""
+    made = {g["file"] for g in manifest["graphs"].values()} | set(manifest.get("weights", {}).values())
+    made |= {g["external_data"] for g in manifest["graphs"].values() if g.get("external_data")}
+    return [src / name for name in manifest["files"] if name not in made and name not in replaced]
+
+
 def run(args: argparse.Namespace) -> Path:
     from tessera.runtime.manifest import MANIFEST_NAME
 
@@ -89,7 +97,9 @@ def run(args: argparse.Namespace) -> Path:
         gpt, vq, old = load_model_dir(args.from_dir)
         names = _class_names(args.classes, gpt.cfg.num_classes) if args.classes else old["classes"]["names"]
         defaults = dict(old.get("generation_defaults", {}))
+        keep_weights = bool(old.get("weights"))  # a re-export keeps what made it re-exportable
         name = args.name or old.get("name", Path(args.out).name)
+        extras = carried_extras(Path(args.from_dir), old, {Path(f).name for f in args.extra})
     else:
         if not args.gpt or not args.vq:
             raise SystemExit("tessera export: give --from MODEL_DIR, or both --gpt and --vq")
@@ -103,13 +113,16 @@ def run(args: argparse.Namespace) -> Path:
         vq = build_vq(vcfg, args.vq_weights, args.seed)
         names = _class_names(args.classes, gcfg.num_classes)
         defaults = {}
+        keep_weights = False
+        extras = []
         name = args.name or Path(args.out).name
     for key, val in (("guidance_scale", args.default_guidance), ("temperature", args.default_temperature),
                      ("top_k", args.default_top_k), ("top_p", args.default_top_p)):
         if val is not None:
             defaults[key] = val
     spec = ExportSpec(name=name, class_names=names, generation_defaults=defaults, opset=args.opset,
-                      include_weights=args.include_weights, extra_files=[Path(f) for f in args.extra],
+                      include_weights=args.include_weights or keep_weights,
+                      extra_files=extras + [Path(f) for f in args.extra],
                       overwrite=args.overwrite, graph=args.graph,
                       external_data_threshold=None if args.external_data_threshold is None
                       else int(args.external_data_threshold))

@@ -80,3 +80,17 @@ def test_help_is_friendly():
     assert r.returncode == 0 and "generate" in r.stdout and "examples:" in r.stdout
     r = subprocess.run([sys.executable, "-m", "tessera.runtime.cli", "generate", "--help"], capture_output=True, text=True)
     assert "--guidance" in r.stdout and "--seed" in r.stdout
+
+
+def test_reexport_keeps_weights_and_extra_files(tiny_dir, tmp_path):
+    """`--from` keeps the weights and the card/sample files of its source unless replaced."""
+    import json
+
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text("# card v1\n")
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["export", "--from", str(tiny_dir), "--out", str(first), "--extra", str(card)]) == 0
+    assert main(["export", "--from", str(first), "--out", str(second)]) == 0
+    files = json.loads((second / "tessera.json").read_text())["files"]
+    assert {"MODEL_CARD.md", "gpt.safetensors", "vq.safetensors"} <= set(files)
+    assert (second / "MODEL_CARD.md").read_text() == "# card v1\n"
