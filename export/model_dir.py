@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -156,6 +157,16 @@ def _parity(gpt: GPT, vq: VQModel, tmp: Path, precision: str) -> dict:
     return report
 
 
+def _public_permissions(folder: Path) -> None:
+    """mkdtemp makes a private (0700) folder and safetensors writes 0600 files: a model directory is
+    meant to be shared, so give it the permissions a plain mkdir/open would (umask applied)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.iterdir():
+        f.chmod(0o666 & ~umask)
+
+
 def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, precision: str = "fp32",
                     quant: QuantOptions | None = None, fp32_source: Path | None = None) -> Path:
     """Export, quantize to `precision`, check parity, write the manifest; move into `out` only once all
@@ -213,6 +224,7 @@ def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, pr
                  for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = _manifest(gpt, vq, spec, report, files, _graph_entries(spec, tmp, entries, facts))
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        _public_permissions(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)

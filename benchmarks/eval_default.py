@@ -1,0 +1,251 @@
+"""Evaluate the shipped MNIST default (tokenizer + class-conditional transformer) on the held-out split.
+
+    python benchmarks/eval_default.py --vq runs/vq --gpt runs/gpt --out benchmarks/results/default_eval.json
+
+Reports, on the fixed held-out split of `tessera.export.data` (last 60 images per class):
+* tokenizer: reconstruction PSNR (gray, [0, 1] scale), codebook usage, evaluation-classifier
+  accuracy on the originals vs on the reconstructions;
+* generation, for a guidance-scale sweep (`--per-class` images per class each): conditional
+  accuracy per class and overall (share classified as the requested class), Fréchet distance
+  to the held-out images in the classifier's feature space, and a memorisation check: each
+  generated image's L2 distance (gray pixels in [0, 1], 784-d) to its nearest TRAIN image,
+  compared with the same for the held-out real images (generated should be no closer).
+
+Generation goes through a `generate_fn(labels, seed) -> images [N, 3, 28, 28] in [-1, 1]`, so any
+backend (this PyTorch reference, an ONNX runtime, ...) can be evaluated with `evaluate_generator`.
+The CLI default builds it with `torch_generate_fn`: a plain loop, one full forward per token
+(no KV cache), classifier-free guidance as LlamaGen (cond rows + null-class rows, logits =
+uncond + (cond - uncond) * scale, the sampled token fed to both), temperature / top-k / top-p.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from digit_classifier import DigitClassifier, frechet_distance, get_classifier  # noqa: E402
+
+from tessera.export.config import GPTConfig  # noqa: E402
+from tessera.export.data import SPLIT_DESCRIPTION, mnist_split, psnr, to_gray01  # noqa: E402
+from tessera.export.train_tokenizer import evaluate_vq, load_vq  # noqa: E402
+from tessera.export.transformer import GPT  # noqa: E402
+from tessera.export.vq import VQModel  # noqa: E402
+
+GenerateFn = Callable[[torch.Tensor, int], torch.Tensor]
+
+# Recommended default sampling settings for the MNIST model (chosen with this script's sweep).
+DEFAULT_SAMPLING = dict(guidance_scale=3.0, temperature=1.0, top_k=0, top_p=1.0)
+
+
+def load_gpt(path: str) -> GPT:
+    from safetensors.torch import load_file
+
+    with open(os.path.join(path, "config.json")) as f:
+        cfg = GPTConfig.from_dict(json.load(f))
+    model = GPT(cfg)
+    model.load_state_dict(load_file(os.path.join(path, "gpt.safetensors")))
+    return model.eval()
+
+
+def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """LlamaGen's sampling: logits / max(T, 1e-5), top-k, top-p (keeps the first token over p), multinomial."""
+    logits = logits / max(temperature, 1e-5)
+    if top_k and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1, None]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        s, order = torch.sort(logits, descending=True, dim=-1)
+        cum = torch.softmax(s, dim=-1).cumsum(-1)
+        remove = cum > top_p
+        remove[..., 1:] = remove[..., :-1].clone()
+        remove[..., 0] = False
+        logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+@torch.no_grad()
+def torch_generate_codes(gpt: GPT, labels: torch.Tensor, guidance_scale: float = 1.0, temperature: float = 1.0,
+                         top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> torch.Tensor:
+    """Reference KV-free loop: codes `[B, grid*grid]` for class `labels [B]`."""
+    cfg = gpt.cfg
+    gen = torch.Generator().manual_seed(seed)
+    b = len(labels)
+    cfg_on = guidance_scale != 1.0
+    cls = labels if not cfg_on else torch.cat([labels, torch.full_like(labels, cfg.null_class)])
+    cls_ids = gpt.class_token(cls)[:, None]
+    codes = torch.empty(b, 0, dtype=torch.long)
+    for t in range(cfg.block_size):
+        prefix = codes if not cfg_on else torch.cat([codes, codes])
+        ids = torch.cat([cls_ids, prefix], dim=1)
+        pos = torch.cat([torch.zeros(1, dtype=torch.long), gpt.cell_position(torch.arange(t))])
+        logits, _ = gpt(ids, pos.expand(len(ids), -1))
+        logits = logits[:, -1]
+        if cfg_on:
+            cond, uncond = logits[:b], logits[b:]
+            logits = uncond + (cond - uncond) * guidance_scale
+        tok = sample_logits(logits, temperature, top_k, top_p, gen)
+        codes = torch.cat([codes, tok[:, None]], dim=1)
+    return codes
+
+
+def torch_generate_fn(gpt: GPT, vq: VQModel, guidance_scale: float = 1.0, temperature: float = 1.0,
+                      top_k: int = 0, top_p: float = 1.0, batch_size: int = 250) -> GenerateFn:
+    """A `generate_fn(labels, seed) -> images [N, 3, 28, 28] in [-1, 1]` over the PyTorch models."""
+    gpt.eval()
+    vq.eval()
+
+    @torch.no_grad()
+    def generate(labels: torch.Tensor, seed: int) -> torch.Tensor:
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        out = []
+        for i in range(0, len(labels), batch_size):
+            codes = torch_generate_codes(gpt, labels[i:i + batch_size], guidance_scale, temperature, top_k, top_p,
+                                         seed=seed + i)
+            g = gpt.cfg.grid
+            out.append(vq.decode_codes(codes.view(-1, g, g)).clamp(-1, 1))
+        return torch.cat(out)
+
+    return generate
+
+
+def nearest_train_distance(images: torch.Tensor, train_flat: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """L2 distance (gray pixels in [0, 1], 784-d) from each image to its nearest train image."""
+    q = to_gray01(torch.as_tensor(images).float()).flatten(1)
+    return torch.cat([torch.cdist(q[i:i + batch_size], train_flat).min(1).values for i in range(0, len(q), batch_size)])
+
+
+def _dist_stats(d: torch.Tensor) -> dict:
+    d = d.double()
+    return dict(median=round(float(d.median()), 4), mean=round(float(d.mean()), 4), min=round(float(d.min()), 4),
+                p05=round(float(torch.quantile(d, 0.05)), 4))
+
+
+def evaluate_generator(generate_fn: GenerateFn, data: dict, clf: DigitClassifier, per_class: int = 50,
+                       seed: int = 0, num_classes: int = 10, real_feats: torch.Tensor | None = None,
+                       train_flat: torch.Tensor | None = None, heldout_nn: torch.Tensor | None = None) -> dict:
+    """Conditional accuracy, Fréchet distance to held-out, memorisation check for one generate_fn."""
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    t0 = time.time()
+    images = generate_fn(labels, seed)
+    gen_time = time.time() - t0
+    pred = clf.predict(images)
+    per_cls = {str(c): round(float((pred[labels == c] == c).float().mean()), 4) for c in range(num_classes)}
+    real_feats = real_feats if real_feats is not None else clf.features(data["test_x"])
+    train_flat = train_flat if train_flat is not None else to_gray01(data["train_x"]).flatten(1)
+    heldout_nn = heldout_nn if heldout_nn is not None else nearest_train_distance(data["test_x"], train_flat)
+    gen_nn = nearest_train_distance(images, train_flat)
+    return dict(
+        n_images=len(images), generation_time_s=round(gen_time, 1),
+        accuracy=round(float((pred == labels).float().mean()), 4), accuracy_per_class=per_cls,
+        frechet_distance=round(frechet_distance(clf.features(images), real_feats), 3),
+        nearest_train_l2_generated=_dist_stats(gen_nn), nearest_train_l2_heldout=_dist_stats(heldout_nn),
+        generated_not_closer_than_heldout=bool(gen_nn.median() >= heldout_nn.median()),
+        mean_pixel_std_across_samples=round(float(to_gray01(images).std(0).mean()), 4),
+        _images=images)
+
+
+def run_eval(vq: VQModel, generators: dict, clf: DigitClassifier, data: dict | None = None, per_class: int = 50,
+             seed: int = 0, log=print) -> dict:
+    """Tokenizer metrics + one `evaluate_generator` per entry of `generators` ({name: generate_fn})."""
+    data = data if data is not None else mnist_split()
+    test_x, test_y = data["test_x"], data["test_y"]
+    with torch.no_grad():
+        recon = torch.cat([vq.decode_codes(vq.encode_codes(test_x[i:i + 200])).clamp(-1, 1)
+                           for i in range(0, len(test_x), 200)])
+    real_feats = clf.features(test_x)
+    train_flat = to_gray01(data["train_x"]).flatten(1)
+    heldout_nn = nearest_train_distance(test_x, train_flat)
+    ref_idx = torch.randperm(len(data["train_x"]), generator=torch.Generator().manual_seed(seed))[: len(test_x)]
+    tok = evaluate_vq(vq, test_x)
+    result = dict(
+        split=SPLIT_DESCRIPTION,
+        tokenizer=dict(heldout_psnr_db=round(psnr(recon, test_x), 3), heldout_codes_used=tok["codes_used"],
+                       train_codes_used=evaluate_vq(vq, data["train_x"])["codes_used"],
+                       codebook_size=tok["codebook_size"], heldout_code_perplexity=round(tok["code_perplexity"], 1),
+                       classifier_accuracy_originals=round(clf.accuracy(test_x, test_y), 4),
+                       classifier_accuracy_reconstructions=round(clf.accuracy(recon, test_y), 4),
+                       frechet_distance_reconstructions=round(frechet_distance(clf.features(recon), real_feats), 3)),
+        reference=dict(frechet_distance_train_vs_heldout=round(
+                           frechet_distance(clf.features(data["train_x"][ref_idx]), real_feats), 3),
+                       nearest_train_l2_heldout=_dist_stats(heldout_nn),
+                       classifier=clf.info),
+        generation={},
+    )
+    log(json.dumps(result["tokenizer"]))
+    for name, fn in generators.items():
+        r = evaluate_generator(fn, data, clf, per_class, seed, real_feats=real_feats, train_flat=train_flat,
+                               heldout_nn=heldout_nn)
+        r.pop("_images")
+        result["generation"][str(name)] = r
+        log(f"{name}: acc {r['accuracy']} FD {r['frechet_distance']} nn-median gen "
+            f"{r['nearest_train_l2_generated']['median']} vs held-out {r['nearest_train_l2_heldout']['median']} "
+            f"({r['generation_time_s']} s)")
+    return result
+
+
+def save_grid(images: torch.Tensor, path: str, nrow: int) -> None:
+    from PIL import Image
+
+    g = (to_gray01(images) * 255).round().byte().numpy()
+    n, h, w = g.shape
+    rows = (n + nrow - 1) // nrow
+    canvas = np.zeros((rows * h, nrow * w), dtype=np.uint8)
+    for i in range(n):
+        canvas[(i // nrow) * h:(i // nrow + 1) * h, (i % nrow) * w:(i % nrow + 1) * w] = g[i]
+    Image.fromarray(canvas).save(path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vq", default="runs/vq")
+    p.add_argument("--gpt", default="runs/gpt")
+    p.add_argument("--classifier", default="runs/classifier.pt", help="cached evaluation classifier (trained if absent)")
+    p.add_argument("--out", default="benchmarks/results/default_eval.json")
+    p.add_argument("--scales", default="1.0,2.0,3.0,4.0", help="guidance scales to sweep")
+    p.add_argument("--default-scale", type=float, default=DEFAULT_SAMPLING["guidance_scale"])
+    p.add_argument("--temperature", type=float, default=DEFAULT_SAMPLING["temperature"])
+    p.add_argument("--top-k", type=int, default=DEFAULT_SAMPLING["top_k"])
+    p.add_argument("--top-p", type=float, default=DEFAULT_SAMPLING["top_p"])
+    p.add_argument("--per-class", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--grid", default=None, help="optional PNG path: a sample grid at the default scale (10 per class)")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    data = mnist_split()
+    vq, gpt = load_vq(a.vq), load_gpt(a.gpt)
+    clf = get_classifier(a.classifier, data=data)
+    scales = [float(s) for s in a.scales.split(",") if s]
+    samp = dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p)
+    gens = {f"cfg={s:g}": torch_generate_fn(gpt, vq, guidance_scale=s, **samp) for s in scales}
+    t0 = time.time()
+    result = run_eval(vq, gens, clf, data, a.per_class, a.seed)
+    result["sampling"] = dict(samp, guidance_scales=scales, per_class=a.per_class, seed=a.seed,
+                              backend="PyTorch reference loop, one full forward per token, no KV cache")
+    default_key = f"cfg={a.default_scale:g}"
+    result["default"] = dict(guidance_scale=a.default_scale, **samp,
+                             metrics=result["generation"].get(default_key))
+    result["models"] = dict(vq=a.vq, gpt=a.gpt, vq_params=vq.num_params(), gpt_params=gpt.num_params())
+    result["eval_time_s"] = round(time.time() - t0, 1)
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    if a.grid:
+        fn = torch_generate_fn(gpt, vq, guidance_scale=a.default_scale, **samp)
+        save_grid(fn(torch.arange(10).repeat_interleave(10), a.seed + 1), a.grid, nrow=10)
+    print(f"wrote {a.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
