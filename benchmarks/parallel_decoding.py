@@ -1,0 +1,141 @@
+"""Parallel (ZipAR-style) decoding vs sequential: transformer calls, time per image and quality.
+
+    python benchmarks/parallel_decoding.py                 # default model + GPT-B shape
+    python benchmarks/parallel_decoding.py --skip-gpt-b    # default model only
+
+Default model (50 images per class, the model's default sampling): calls and seconds per image,
+conditional accuracy and Fréchet distance from the digit classifier (benchmarks/eval_default.py).
+GPT-B-shaped model (random weights, LlamaGen GPT-B at 256px: 16x16 tokens): calls and seconds
+per image with guidance. Writes benchmarks/results/parallel_decoding.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+GPT_B_DIR = HERE / ".cache" / "parallel" / "gpt-b"
+
+
+def runtime_generate_fn(pipe, window):
+    """`generate_fn(labels, seed) -> images [N, 3, 28, 28]` over the ONNX runtime, counting calls."""
+    import torch
+
+    stats = {"calls": 0, "batches": 0}
+
+    def generate(labels, seed):
+        labels = np.asarray(labels)
+        out = []
+        for i in range(0, len(labels), 50):
+            toks = pipe.generate_tokens(labels[i:i + 50].tolist(), seed=seed + i, parallel_window=window)
+            stats["calls"] += pipe.last_calls  # the images of one batch share its calls
+            stats["batches"] += 1
+            out.append(pipe.tokenizer.decode(toks))
+        return torch.from_numpy(np.concatenate(out)).clamp(-1, 1)
+
+    return generate, stats
+
+
+def default_model_rows(windows, per_class: int) -> list[dict]:
+    from digit_classifier import get_classifier
+    from eval_default import evaluate_generator
+
+    from tessera.export.data import mnist_split
+    from tessera.runtime import Pipeline
+
+    pipe = Pipeline.load(providers="cpu", threads=2)
+    data = mnist_split()
+    clf = get_classifier(str(HERE.parent / "runs" / "classifier.pt"), data)
+    rows = []
+    for window in windows:
+        gen, stats = runtime_generate_fn(pipe, window)
+        t0 = time.perf_counter()
+        m = evaluate_generator(gen, data, clf, per_class=per_class)
+        seconds = time.perf_counter() - t0
+        rows.append({"window": window, "calls_per_image": stats["calls"] / stats["batches"],
+                     "seconds_per_image": m["generation_time_s"] / m["n_images"],
+                     "accuracy": m["accuracy"], "frechet": m["frechet_distance"],
+                     "eval_seconds": round(seconds, 1)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def ensure_gpt_b() -> Path:
+    if not (GPT_B_DIR / "tessera.json").is_file():
+        GPT_B_DIR.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "tessera.runtime.cli", "export", "--gpt", "GPT-B", "--vq", "VQ-Tiny",
+                        "--vq-set", "image_size=64", "--vq-set", "codebook_size=16384", "--random-weights",
+                        "--out", str(GPT_B_DIR), "--overwrite"], check=True)
+    return GPT_B_DIR
+
+
+def gpt_b_rows(windows, repeats: int) -> list[dict]:
+    from tessera.runtime import Pipeline
+
+    pipe = Pipeline.load(ensure_gpt_b(), providers="cpu", threads=2, verify="none")
+    rows = []
+    for window in windows:
+        times = []
+        for r in range(repeats):
+            t0 = time.perf_counter()
+            pipe.generate_tokens([r % 1000], guidance_scale=4.0, top_k=2000, seed=r, parallel_window=window)
+            times.append(time.perf_counter() - t0)
+        rows.append({"window": window, "calls_per_image": pipe.last_calls,
+                     "seconds_per_image": float(np.median(times))})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def table(rows: list[dict], quality: bool) -> list[str]:
+    base = rows[0]
+    head = "| decoding | calls / image | fewer calls | s / image | speed-up |"
+    sep = "|---|---|---|---|---|"
+    if quality:
+        head += " accuracy | Fréchet dist. |"
+        sep += "---|---|"
+    lines = [head, sep]
+    for r in rows:
+        name = "sequential" if r["window"] is None else f"parallel, window {r['window']}"
+        line = (f"| {name} | {r['calls_per_image']:.0f} | {base['calls_per_image'] / r['calls_per_image']:.2f}x | "
+                f"{r['seconds_per_image']:.3f} | {base['seconds_per_image'] / r['seconds_per_image']:.2f}x |")
+        if quality:
+            line += f" {r['accuracy']:.1%} | {r['frechet']:.1f} |"
+        lines.append(line)
+    return lines
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--per-class", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=3, help="images per setting on the GPT-B shape")
+    ap.add_argument("--skip-gpt-b", action="store_true")
+    ap.add_argument("--out", default=str(HERE / "results" / "parallel_decoding.md"))
+    args = ap.parse_args(argv)
+    out = ["# Parallel (ZipAR-style) decoding vs sequential", "",
+           f"`python benchmarks/parallel_decoding.py` — {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
+           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, 2 threads, "
+           f"load average {os.getloadavg()[0]:.1f}", ""]
+    out += ["## Shipped default model (7x7 tokens, 50 images per class, default sampling)", "",
+            "Calls are per batch of 50 images (one class); accuracy and Fréchet distance from the digit "
+            "classifier on the held-out split (benchmarks/eval_default.py).", ""]
+    out += table(default_model_rows([None, 4, 2, 1], args.per_class), quality=True)
+    if not args.skip_gpt_b:
+        out += ["", "## GPT-B shape (16x16 tokens, random weights, one image with guidance = batch 2)", ""]
+        out += table(gpt_b_rows([None, 8, 4, 2], args.repeats), quality=False)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(out) + "\n")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
