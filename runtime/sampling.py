@@ -40,12 +40,13 @@ def sample(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) ->
     if cfg.temperature == 0:
         return logits.argmax(axis=-1).astype(np.int64)
     n, v = logits.shape
-    scaled = logits.astype(np.float64) / max(cfg.temperature, 1e-5)
-    if 0 < cfg.top_k < v:
-        cand = np.argpartition(scaled, v - cfg.top_k, axis=-1)[:, v - cfg.top_k:]
+    inv_t = 1.0 / max(cfg.temperature, 1e-5)
+    if 0 < cfg.top_k < v:  # order is the same before and after scaling: partition the raw logits
+        cand = np.argpartition(logits, v - cfg.top_k, axis=-1)[:, v - cfg.top_k:]
+        vals = np.take_along_axis(logits, cand, axis=-1).astype(np.float64) * inv_t
     else:
         cand = np.broadcast_to(np.arange(v), (n, v))
-    vals = np.take_along_axis(scaled, cand, axis=-1)
+        vals = logits.astype(np.float64) * inv_t
     if cfg.top_p < 1.0:
         order = np.argsort(-vals, axis=-1, kind="stable")
         sorted_vals = np.take_along_axis(vals, order, axis=-1)
@@ -55,9 +56,10 @@ def sample(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) ->
         drop = np.empty_like(drop_sorted)
         np.put_along_axis(drop, order, drop_sorted, axis=-1)
         vals = np.where(drop, -np.inf, vals)
-    by_id = np.argsort(cand, axis=-1)
-    cand = np.take_along_axis(cand, by_id, axis=-1)
-    vals = np.take_along_axis(vals, by_id, axis=-1)
+    if 0 < cfg.top_k < v:  # partition order is arbitrary: put candidates in token-id order
+        by_id = np.argsort(cand, axis=-1)
+        cand = np.take_along_axis(cand, by_id, axis=-1)
+        vals = np.take_along_axis(vals, by_id, axis=-1)
     p = np.exp(vals - vals.max(-1, keepdims=True))
     cdf = np.cumsum(p, axis=-1)
     u = rng.random(n) * cdf[:, -1]
