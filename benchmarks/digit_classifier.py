@@ -109,7 +109,7 @@ def get_classifier(path: str = "runs/classifier.pt", data: dict | None = None, r
                    **train_kwargs) -> DigitClassifier:
     """Load the cached classifier at `path`, or train it (train split only) and cache it there."""
     if os.path.exists(path) and not retrain:
-        ck = torch.load(path, weights_only=False)
+        ck = torch.load(path, weights_only=True)  # tensors and plain values only: no pickled code runs
         model = DigitCNN()
         model.load_state_dict(ck["model"])
         return DigitClassifier(model, ck.get("info"))
