@@ -20,7 +20,7 @@ def add_preview_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preview-dir", metavar="DIR",
                    help="write live preview frames DIR/frame-STEP.png while generating (the partial image)")
     p.add_argument("--preview-every", metavar="N", default=None,
-                   help="tokens per preview frame: a number, 'row' (default) or 'auto' (per row, at most ~8%% "
+                   help="tokens per preview frame: a number, 'row', or 'auto' (default: per row, at most ~8%% "
                         "of the generation time)")
 
 

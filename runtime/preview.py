@@ -1,7 +1,8 @@
 """Live previews: the partial image, every N tokens, while the transformer writes it.
 
 `PreviewRenderer` is a generation step callback (`callback(step, total, tokens)`). Every `every`
-decided tokens (default: one token row) and at the last token it decodes the grid so far and
+decided tokens (default "auto": at most one per token row, within 8% of the generation time) and at
+the last token it decodes the grid so far and
 calls `preview(step, total, images)` with one PIL image per row of the batch.
 
 Cells not decided yet are decoded as the most frequent code among the decided cells of that image
@@ -50,7 +51,7 @@ class PreviewRenderer:
     its result instead of decoding again. A band is decoded without the rows around it, so rows
     may show faint seams until the final frame.
 
-    every: tokens per frame (an int), None or "row" (one frame per token row), or "auto": at most
+    every: tokens per frame (an int), "row" (one frame per token row), or None / "auto": at most
     one frame per row, but a frame is put off (merged into a later one) while rendering it would
     take the preview past `budget` (default 8%) of the generation time so far; the last frame is
     never skipped. `budget` may also be given with an explicit cadence.
@@ -66,7 +67,8 @@ class PreviewRenderer:
             raise InvalidInputError(f"preview must be callable as preview(step, total, images), got {type(preview).__name__}")
         self.tokenizer, self.grid, self.preview, self.callback = tokenizer, tuple(grid), preview, callback
         self.every = preview_interval(every, grid)
-        auto = isinstance(every, str) and every.strip().lower() == "auto"
+        # Unset cadence = "auto": one frame per row at most, within the 8% time budget.
+        auto = every is None or (isinstance(every, str) and every.strip().lower() == "auto")
         self.budget = AUTO_BUDGET if auto and budget is None else budget
         self.skipped = 0
         self.frame_seconds: list[float] = []
