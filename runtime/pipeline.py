@@ -32,6 +32,21 @@ def default_model_dir() -> Path:
 _SLOW_ON_CPU = ("fp16",)
 
 
+def check_fused_on_cuda(manifest: Manifest, providers: list[str]) -> str | None:
+    """onnxruntime's CUDA GroupQueryAttention runs fp16/bf16 only: an fp32 fused graph would run its
+    attention on the CPU, copying the cache each step. Say so and name the variants that fit."""
+    graph = manifest.data.get("graphs", {}).get("transformer", {})
+    if not providers or providers[0] != "CUDAExecutionProvider":
+        return None
+    if graph.get("kind") != "fused" or graph.get("precision") not in ("fp32", "int8", "int4"):
+        return None
+    msg = (f"{manifest.root.name}: its fused {graph.get('precision')} transformer uses GroupQueryAttention, which "
+           "onnxruntime's CUDA provider runs in fp16 only; on CUDA use the fp16 variant (tessera export --quant fp16) "
+           "or a --graph portable export")
+    warnings.warn(msg, RuntimeWarning, stacklevel=4)
+    return msg
+
+
 def check_precision_providers(manifest: Manifest, providers: list[str]) -> str | None:
     """Warn when the model's graphs need a provider that is not in use (fp16 graphs on CPU only).
     Returns the warning text, or None."""
@@ -56,6 +71,7 @@ class Pipeline:
         self.manifest = manifest
         self.providers = providers
         check_precision_providers(manifest, providers)
+        check_fused_on_cuda(manifest, providers)
         opener = partial(open_session, providers=providers, threads=threads)
         self.transformer = TransformerRunner(opener(manifest.graph_path("transformer")), manifest)
         self.tokenizer = ImageTokenizer(manifest, opener)

@@ -123,3 +123,15 @@ def test_export_rejects_mismatched_parts(tiny_models, tmp_path):
     gpt, vq = tiny_models
     with pytest.raises(ExportError, match="3 class names for 10 classes"):
         write_model_dir(gpt, vq, tmp_path / "m", ExportSpec("x", ["a", "b", "c"]))
+
+
+def test_fused_fp32_on_cuda_gets_a_warning(tiny_dir, portable_dir):
+    """No GPU here: the check itself, on the manifests of both graph kinds."""
+    from tessera.runtime import load_manifest
+    from tessera.runtime.pipeline import check_fused_on_cuda
+
+    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    with pytest.warns(RuntimeWarning, match="fp16 only"):
+        assert "--quant fp16" in check_fused_on_cuda(load_manifest(tiny_dir, verify="none"), cuda)
+    assert check_fused_on_cuda(load_manifest(portable_dir, verify="none"), cuda) is None
+    assert check_fused_on_cuda(load_manifest(tiny_dir, verify="none"), ["CPUExecutionProvider"]) is None
