@@ -38,8 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -48,6 +46,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_env import cpu_model, versions as _versions  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -601,32 +602,8 @@ def kv_bytes_per_token(shape: Shape, rows: int) -> float:
 # Report
 # ==================================================================================================
 def versions() -> dict:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for pkg in ("tessera-ar", "numpy", "onnx", "onnxruntime", "onnxruntime-genai", "torch", "transformers", "optimum",
-                "optimum-onnx", "tokenizers"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    try:
-        out["git"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True).stdout.strip() + " (+ uncommitted changes)" * bool(
-            subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True).stdout)
-    except OSError:
-        pass
-    return out
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return _versions(("tessera-ar", "numpy", "onnx", "onnxruntime", "onnxruntime-genai", "torch", "transformers",
+                      "optimum", "optimum-onnx", "tokenizers"))
 
 
 def fmt(x, spec=".1f", none="—"):
