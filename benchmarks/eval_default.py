@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from digit_classifier import DigitClassifier, frechet_distance, get_classifier  # noqa: E402
 
-from tessera.export.config import GPTConfig  # noqa: E402
+from tessera.export.build import load_run  # noqa: E402
 from tessera.export.data import SPLIT_DESCRIPTION, mnist_split, psnr, to_gray01  # noqa: E402
 from tessera.export.train_tokenizer import evaluate_vq, load_vq  # noqa: E402
 from tessera.export.transformer import GPT  # noqa: E402
@@ -45,13 +45,7 @@ DEFAULT_SAMPLING = dict(guidance_scale=3.0, temperature=1.0, top_k=0, top_p=1.0)
 
 
 def load_gpt(path: str) -> GPT:
-    from safetensors.torch import load_file
-
-    with open(os.path.join(path, "config.json")) as f:
-        cfg = GPTConfig.from_dict(json.load(f))
-    model = GPT(cfg)
-    model.load_state_dict(load_file(os.path.join(path, "gpt.safetensors")))
-    return model.eval()
+    return load_run(path, "gpt")
 
 
 def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,

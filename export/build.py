@@ -46,7 +46,9 @@ def vq_config(spec: str, overrides: dict | None = None) -> VQConfig:
 
 
 def build_gpt(cfg: GPTConfig, weights: str | Path | None, seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
+    """The transformer with `weights`, or seeded random weights when None."""
+    if weights is None:  # seed only for random weights: loading must not reset the caller's RNG
+        torch.manual_seed(seed)
     model = GPT(cfg)
     if weights is not None:
         load_strict(model, read_state_dict(weights), what=f"transformer ({cfg.dim}d x {cfg.n_layer} layers)")
@@ -54,11 +56,21 @@ def build_gpt(cfg: GPTConfig, weights: str | Path | None, seed: int = 0) -> GPT:
 
 
 def build_vq(cfg: VQConfig, weights: str | Path | None, seed: int = 0) -> VQModel:
-    torch.manual_seed(seed)
+    """The tokenizer with `weights`, or seeded random weights when None."""
+    if weights is None:
+        torch.manual_seed(seed)
     model = VQModel(cfg)
     if weights is not None:
         load_strict(model, read_state_dict(weights), what="VQ tokenizer", optional=("quantize.codebook_used",))
     return model.eval()
+
+
+def load_run(path: str | Path, kind: str):
+    """A training run's result (`config.json` + `gpt.safetensors` or `vq.safetensors`), kind "gpt" or "vq"."""
+    path = Path(path)
+    if kind == "gpt":
+        return build_gpt(gpt_config(str(path / "config.json")), path / "gpt.safetensors")
+    return build_vq(vq_config(str(path / "config.json")), path / "vq.safetensors")
 
 
 def load_model_dir(model_dir: str | Path) -> tuple[GPT, VQModel, dict]:

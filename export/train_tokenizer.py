@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import VQConfig, vq_preset
+from .config import vq_preset
 from .data import SPLIT_DESCRIPTION, mnist_split, psnr
 from .vq import VQModel
 
@@ -70,13 +70,9 @@ def write_json(path: str, obj: dict) -> None:
 
 def load_vq(path: str) -> VQModel:
     """A trained tokenizer from a directory holding vq.safetensors + config.json."""
-    from safetensors.torch import load_file
+    from .build import load_run
 
-    with open(os.path.join(path, "config.json")) as f:
-        cfg = VQConfig.from_dict(json.load(f))
-    model = VQModel(cfg)
-    model.load_state_dict(load_file(os.path.join(path, "vq.safetensors")))
-    return model.eval()
+    return load_run(path, "vq")
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, max_shift: int = 1) -> torch.Tensor:
