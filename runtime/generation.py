@@ -70,10 +70,11 @@ def generate_tokens(runner: TransformerRunner, layout: TokenLayout, grid: tuple[
     ids = np.empty((r, 1), np.int64)
     pos = np.empty((r, 1), np.int64)
     masks = [np.ones((r, 1, t), bool) for t in range(n + 1)]  # masks[t]: attend to all t cached tokens
+    guided_logits = np.empty((b, logits.shape[-1]), np.float32) if guided else None
     for j in range(prefix, n):
         step = logits[:, -1]
         if guided:
-            step = apply_guidance(step, b, guidance_scale)
+            step = apply_guidance(step, b, guidance_scale, out=guided_logits)
         tok = sample(step, sampling, rng)
         if known is not None:
             tok = np.where(known_mask[:, j], known_tokens[:, j], tok)

@@ -29,39 +29,57 @@ class SamplingConfig:
         return SamplingConfig(self.temperature, min(self.top_k, vocab_size), self.top_p)
 
 
-def apply_guidance(logits: np.ndarray, batch: int, scale: float) -> np.ndarray:
-    """LlamaGen's classifier-free guidance: rows [:batch] conditional, [batch:] null class."""
+def apply_guidance(logits: np.ndarray, batch: int, scale: float, out: np.ndarray | None = None) -> np.ndarray:
+    """LlamaGen's classifier-free guidance: rows [:batch] conditional, [batch:] null class.
+    `out` ([batch, ...], float32) takes the result without allocating; the value is the same."""
     cond, uncond = logits[:batch], logits[batch:]
-    return uncond + (cond - uncond) * np.float32(scale)
+    if out is None:
+        return uncond + (cond - uncond) * np.float32(scale)
+    np.subtract(cond, uncond, out=out)
+    out *= np.float32(scale)
+    out += uncond
+    return out
+
+
+def top_k_mask(logits: np.ndarray, k: int) -> np.ndarray:
+    """True for logits >= each row's k-th largest (ties kept, as LlamaGen's `logits < v[-1]` cut
+    does). One value partition per row: no index arrays, no sort."""
+    v = logits.shape[-1]
+    kth = np.partition(logits, v - k, axis=-1)[..., v - k, None]
+    return logits >= kth
 
 
 def sample(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) -> np.ndarray:
-    """Draw one token per row of `logits [N, V]` (float32). Returns int64 `[N]`."""
+    """Draw one token per row of `logits [N, V]` (float32). Returns int64 `[N]`.
+
+    Per row: candidates (top-k, then top-p) in token-id order, float64 probabilities, one
+    uniform per row (`rng.random(N)`, one call per step) placed on their cumulative sum."""
     if cfg.temperature == 0:
         return logits.argmax(axis=-1).astype(np.int64)
     n, v = logits.shape
     inv_t = 1.0 / max(cfg.temperature, 1e-5)
-    if 0 < cfg.top_k < v:  # order is the same before and after scaling: partition the raw logits
-        cand = np.argpartition(logits, v - cfg.top_k, axis=-1)[:, v - cfg.top_k:]
-        vals = np.take_along_axis(logits, cand, axis=-1).astype(np.float64) * inv_t
-    else:
-        cand = np.broadcast_to(np.arange(v), (n, v))
-        vals = logits.astype(np.float64) * inv_t
-    if cfg.top_p < 1.0:
-        order = np.argsort(-vals, axis=-1, kind="stable")
-        sorted_vals = np.take_along_axis(vals, order, axis=-1)
-        p = np.exp(sorted_vals - sorted_vals[:, :1])
-        cum = np.cumsum(p / p.sum(-1, keepdims=True), axis=-1)
-        drop_sorted = np.concatenate([np.zeros((n, 1), bool), cum[:, :-1] > cfg.top_p], axis=-1)
-        drop = np.empty_like(drop_sorted)
-        np.put_along_axis(drop, order, drop_sorted, axis=-1)
-        vals = np.where(drop, -np.inf, vals)
-    if 0 < cfg.top_k < v:  # partition order is arbitrary: put candidates in token-id order
-        by_id = np.argsort(cand, axis=-1)
-        cand = np.take_along_axis(cand, by_id, axis=-1)
-        vals = np.take_along_axis(vals, by_id, axis=-1)
-    p = np.exp(vals - vals.max(-1, keepdims=True))
-    cdf = np.cumsum(p, axis=-1)
-    u = rng.random(n) * cdf[:, -1]
-    pick = np.minimum((cdf < u[:, None]).sum(-1), cdf.shape[1] - 1)
-    return cand[np.arange(n), pick].astype(np.int64)
+    keep = top_k_mask(logits, cfg.top_k) if 0 < cfg.top_k < v else None
+    u = rng.random(n)
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        row = logits[i]
+        cand = np.flatnonzero(keep[i]) if keep is not None else None
+        vals = (row[cand] if cand is not None else row).astype(np.float64) * inv_t
+        if cfg.top_p < 1.0:
+            vals = _top_p_cut(vals, cfg.top_p)
+        cdf = np.cumsum(np.exp(vals - vals.max()))
+        pick = min(int(np.searchsorted(cdf, u[i] * cdf[-1], side="left")), cdf.size - 1)
+        out[i] = cand[pick] if cand is not None else pick
+    return out
+
+
+def _top_p_cut(vals: np.ndarray, top_p: float) -> np.ndarray:
+    """-inf for the candidates outside the smallest set, by descending probability, whose mass
+    exceeds `top_p` (the most likely one always stays). Ties keep token-id order."""
+    order = np.argsort(-vals, kind="stable")
+    p = np.exp(vals[order] - vals[order[0]])
+    cum = np.cumsum(p / p.sum())
+    drop = np.empty(vals.size, bool)
+    drop[order[0]] = False
+    drop[order[1:]] = cum[:-1] > top_p
+    return np.where(drop, -np.inf, vals)
