@@ -63,7 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "'dynamic' MatMulInteger with uint8 weights and dynamically quantized activations")
     q.add_argument("--external-data-threshold", type=float, default=None, metavar="BYTES",
                    help="keep a graph's tensors in GRAPH.onnx.data when they pass BYTES "
-                        "(default $TESSERA_EXTERNAL_DATA_THRESHOLD or 1.8e9: protobuf's 2 GB limit)")
+                        "(default $TESSERA_EXTERNAL_DATA_THRESHOLD or 16 MiB: onnxruntime memory-maps the file, "
+                        "which lowers peak memory; protobuf's 2 GB limit forces it above that)")
     gen = p.add_argument_group("generation defaults recorded in the manifest")
     gen.add_argument("--default-guidance", type=float)
     gen.add_argument("--default-temperature", type=float)

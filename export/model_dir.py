@@ -44,7 +44,7 @@ class ExportSpec:
     overwrite: bool = False
     graph: str = "fused"  # transformer graph kind: "fused" (onnxruntime kernels) or "portable" (standard ops)
     # Graphs whose tensors pass this many bytes keep them in `<graph>.onnx.data` (None: the
-    # $TESSERA_EXTERNAL_DATA_THRESHOLD environment variable, else 1.8 GB, under protobuf's 2 GB).
+    # $TESSERA_EXTERNAL_DATA_THRESHOLD environment variable, else 16 MiB: memory-mapped weights).
     external_data_threshold: int | None = None
 
 

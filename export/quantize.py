@@ -22,8 +22,11 @@ Methods (chosen from measurements on this project's AVX2 / no-VNNI CPUs, see
 - int4: weight-only blockwise `MatMulNBits` (symmetric, `block_size` 32 by default) on the
   MatMuls with constant weights. Tokenizer stays fp32.
 
-Graphs whose tensors pass `external_data_threshold` bytes (2 GB protobuf limit) are saved with
-their weights in `<graph>.onnx.data` next to the graph.
+Graphs whose tensors pass `external_data_threshold` bytes (16 MiB by default) keep their weights
+in `<graph>.onnx.data` next to the graph. onnxruntime memory-maps such a file instead of parsing
+the weights into the protobuf and copying them out again: on GPT-B that lowered the peak memory
+of opening the transformer from 551 to 430 MiB (fp32) and 193 to 100 MiB (int4), and opening
+time from 1.3 to 0.5 s. Small graphs stay one file. Above 2 GB there is no choice (protobuf).
 """
 from __future__ import annotations
 
@@ -37,8 +40,9 @@ from pathlib import Path
 import onnx
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
-# A protobuf message cannot exceed 2 GiB; keep a margin for the graph structure itself.
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+# Weights above this go to a memory-mapped `.data` file (see the module docstring); it is also
+# far under protobuf's 2 GiB message limit.
+EXTERNAL_DATA_THRESHOLD = 16 * 2**20
 EXTERNAL_DATA_ENV = "TESSERA_EXTERNAL_DATA_THRESHOLD"
 INT8_ACCURACY_LEVEL = 4  # int8 compute: level 0 (fp32 compute) of 8-bit MatMulNBits was 9x slower on CPU
 INT8_METHODS = ("weight-only", "dynamic")
@@ -60,7 +64,7 @@ class QuantOptions:
     int8_weights: str = "uint8"  # dynamic: or "int8-reduce-range" (7-bit signed weights)
     int8_per_channel: bool = False  # dynamic
     fp16_kv_cache: bool = True  # fp16 variant: KV cache IO in float16 (logits stay float32)
-    external_data_threshold: int | None = None  # None: $TESSERA_EXTERNAL_DATA_THRESHOLD or 1.8 GB
+    external_data_threshold: int | None = None  # None: $TESSERA_EXTERNAL_DATA_THRESHOLD or 16 MiB
 
     def validate(self) -> "QuantOptions":
         bs = self.int4_block_size

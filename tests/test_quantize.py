@@ -209,3 +209,23 @@ def test_external_data_threshold_from_environment(tmp_path, monkeypatch):
     assert save_graph(onnx.load(str(path)), path) is False and not (tmp_path / "m.onnx.data").exists()
     loaded = onnx.load(str(path))
     assert numpy_helper.to_array(loaded.graph.initializer[0]).sum() == 64 * 64
+
+
+def test_weights_over_16_mib_are_memory_mapped_by_default(tmp_path, monkeypatch):
+    """GPT-B-sized graphs (and anything over 16 MiB of weights) get a .data file onnxruntime maps."""
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from tessera.export.quantize import EXTERNAL_DATA_ENV, save_graph
+
+    monkeypatch.delenv(EXTERNAL_DATA_ENV, raising=False)
+    n = 2048 + 64  # 1024 x 2112 fp32 = 8.25 MiB per tensor, two of them: just over 16 MiB
+    ws = [numpy_helper.from_array(np.full((1024, n), 0.5 * (i + 1), np.float32), f"w{i}") for i in range(2)]
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w0"], ["a"]), helper.make_node("Add", ["a", "w1"], ["y"])],
+                          "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1024, 1024])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1024, n])], ws)
+    path = tmp_path / "big.onnx"
+    assert save_graph(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), path) is True
+    assert path.stat().st_size < 10_000 and (tmp_path / "big.onnx.data").stat().st_size == 2 * 1024 * n * 4
+    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": np.eye(1024, dtype=np.float32)})[0]
+    assert np.allclose(y, 1.5)
