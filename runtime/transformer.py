@@ -5,7 +5,11 @@ Two cache layouts, named by the manifest (`graphs.transformer.kv_cache`):
 * "shared-buffer" (the fused graph): one preallocated `[batch, heads, capacity, head_dim]`
   buffer per layer and K/V, bound through IO binding as both `past_key_values.*` and
   `present.*`, so each step writes only its new entries in place. Logits land in a
-  preallocated array. No per-step allocation or copy of the cache.
+  preallocated array. No per-step allocation or copy of the cache. The buffers outlive a
+  generation: the next one of the same batch size (and no larger capacity) reuses them, since
+  attention reads only the first `length` entries (the graph takes lengths from the mask).
+  A fresh GPT-B cache at batch 8 (75 MB) cost ~45 ms of page faults per image. `release()`
+  frees them.
 * "concat" (the portable, traced graph): `present = concat(past, new)`, fed back each step.
 
 Callers see one interface: `start(batch, capacity)`, then `runner(ids, positions, mask)` per
@@ -45,6 +49,7 @@ class TransformerRunner:
         self.device = _DEVICE_OF_PROVIDER.get(session.get_providers()[0], "cpu")
         self.length = 0
         self.capacity = 0
+        self.kv: list[ort.OrtValue] = []
 
     # --- cache lifecycle ---------------------------------------------------------------------
     def start(self, batch: int, capacity: int) -> None:
@@ -53,6 +58,9 @@ class TransformerRunner:
         if not self.shared:
             self.past = [np.zeros((batch, self.n_head, 0, self.head_dim), self.kv_dtype) for _ in self.past_names]
             return
+        if self.kv and self.kv[0].shape()[0] == batch and self.kv[0].shape()[2] >= capacity:
+            return  # reuse the cache, the binding and the logits buffers of the last generation
+        self.release()
         shape = [batch, self.n_head, capacity, self.head_dim]
         if self.device == "cpu":
             self._host_kv = [np.zeros(shape, self.kv_dtype) for _ in self.past_names]
@@ -65,6 +73,10 @@ class TransformerRunner:
             self.io.bind_ortvalue_input(past, value)
             self.io.bind_ortvalue_output(present, value)
         self._logits = {}  # seq length -> (host array, OrtValue) reused across steps
+
+    def release(self) -> None:
+        """Free the KV cache and the buffers bound to the session (the next `start` allocates anew)."""
+        self.kv, self._host_kv, self._logits, self.io = [], [], {}, None
 
     def truncate(self, length: int) -> None:
         """Forget cached tokens past `length` (speculative decoding rolls back this way)."""

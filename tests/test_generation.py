@@ -46,6 +46,23 @@ def test_runner_rejects_overflow_and_truncates(tiny_pipe):
     assert runner.length == 1
 
 
+def test_cache_reused_across_generations_gives_a_fresh_runners_tokens(tiny_dir):
+    """The second generation runs over the first one's stale cache entries: none may be read."""
+    from tessera.runtime import Pipeline
+
+    pipe, fresh = Pipeline.load(tiny_dir, providers="cpu"), Pipeline.load(tiny_dir, providers="cpu")
+    pipe.generate_tokens([1, 2, 3, 4], guidance_scale=3.0, seed=0)
+    kv = pipe.transformer.kv[0]
+    got = pipe.generate_tokens([5, 6, 7, 8], guidance_scale=3.0, seed=9)
+    assert pipe.transformer.kv[0] is kv, "same batch and capacity: the cache is reused"
+    np.testing.assert_array_equal(got, fresh.generate_tokens([5, 6, 7, 8], guidance_scale=3.0, seed=9))
+    pipe.generate_tokens([5], guidance_scale=3.0, seed=9)  # another batch size: a new cache
+    assert pipe.transformer.kv[0] is not kv
+    pipe.transformer.release()
+    assert pipe.transformer.kv == []
+    np.testing.assert_array_equal(got, pipe.generate_tokens([5, 6, 7, 8], guidance_scale=3.0, seed=9))
+
+
 def test_guidance_changes_tokens(tiny_pipe):
     a = tiny_pipe.generate_tokens([1, 2, 3], guidance_scale=1.0, seed=5)
     b = tiny_pipe.generate_tokens([1, 2, 3], guidance_scale=4.0, seed=5)
