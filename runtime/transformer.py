@@ -6,10 +6,10 @@ Two cache layouts, named by the manifest (`graphs.transformer.kv_cache`):
   buffer per layer and K/V, bound through IO binding as both `past_key_values.*` and
   `present.*`, so each step writes only its new entries in place. Logits land in a
   preallocated array. No per-step allocation or copy of the cache. The buffers outlive a
-  generation: the next one of the same batch size (and no larger capacity) reuses them, since
-  attention reads only the first `length` entries (the graph takes lengths from the mask).
-  A fresh GPT-B cache at batch 8 (75 MB) cost ~45 ms of page faults per image. `release()`
-  frees them.
+  generation: the next one with no more rows and tokens reuses them (on the CPU a smaller
+  batch takes the first rows of the cache), since attention reads only the first `length`
+  entries (the graph takes lengths from the mask). A fresh GPT-B cache at batch 8 (75 MB)
+  cost ~45 ms of page faults per image. `release()` frees them.
 * "concat" (the portable, traced graph): `present = concat(past, new)`, fed back each step.
 
 Callers see one interface: `start(batch, capacity)`, then `runner(ids, positions, mask)` per
@@ -60,12 +60,16 @@ class TransformerRunner:
             return
         if self.kv and self.kv[0].shape()[0] == batch and self.kv[0].shape()[2] >= capacity:
             return  # reuse the cache, the binding and the logits buffers of the last generation
-        self.release()
         shape = [batch, self.n_head, capacity, self.head_dim]
         if self.device == "cpu":
-            self._host_kv = [np.zeros(shape, self.kv_dtype) for _ in self.past_names]
-            self.kv = [ort.OrtValue.ortvalue_from_numpy(a) for a in self._host_kv]
+            host = getattr(self, "_host_kv", [])
+            if not (host and host[0].shape[0] >= batch and host[0].shape[2] >= capacity):
+                self.release()  # before allocating: never two caches at once
+                host = self._host_kv = [np.zeros(shape, self.kv_dtype) for _ in self.past_names]
+            # A smaller batch takes the first rows of a larger cache: still one contiguous block.
+            self.kv = [ort.OrtValue.ortvalue_from_numpy(a[:batch]) for a in host]
         else:
+            self.release()
             self.kv = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype, self.device, 0)
                        for _ in self.past_names]
         self.io = self.session.io_binding()

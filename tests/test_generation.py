@@ -56,8 +56,12 @@ def test_cache_reused_across_generations_gives_a_fresh_runners_tokens(tiny_dir):
     got = pipe.generate_tokens([5, 6, 7, 8], guidance_scale=3.0, seed=9)
     assert pipe.transformer.kv[0] is kv, "same batch and capacity: the cache is reused"
     np.testing.assert_array_equal(got, fresh.generate_tokens([5, 6, 7, 8], guidance_scale=3.0, seed=9))
-    pipe.generate_tokens([5], guidance_scale=3.0, seed=9)  # another batch size: a new cache
-    assert pipe.transformer.kv[0] is not kv
+    one = pipe.generate_tokens([5], guidance_scale=3.0, seed=9)  # fewer rows: the first rows of the cache
+    host = pipe.transformer._host_kv[0]
+    assert pipe.transformer.kv[0].shape()[0] == 2 and host.shape[0] == 8
+    np.testing.assert_array_equal(one, fresh.generate_tokens([5], guidance_scale=3.0, seed=9))
+    pipe.generate_tokens([1, 2, 3, 4, 5], guidance_scale=3.0, seed=9)  # more rows: a larger cache
+    assert pipe.transformer._host_kv[0].shape[0] == 10
     pipe.transformer.release()
     assert pipe.transformer.kv == []
     np.testing.assert_array_equal(got, pipe.generate_tokens([5, 6, 7, 8], guidance_scale=3.0, seed=9))
