@@ -49,7 +49,8 @@ class TransformerRunner:
         self.device = _DEVICE_OF_PROVIDER.get(session.get_providers()[0], "cpu")
         self.length = 0
         self.capacity = 0
-        self.kv: list[ort.OrtValue] = []
+        self.kv: list[ort.OrtValue] = []  # bound to the session for the current batch
+        self._host_kv: list[np.ndarray] = []  # CPU: the allocation behind kv (may hold more rows)
 
     # --- cache lifecycle ---------------------------------------------------------------------
     def start(self, batch: int, capacity: int) -> None:
@@ -62,14 +63,14 @@ class TransformerRunner:
             return  # reuse the cache, the binding and the logits buffers of the last generation
         shape = [batch, self.n_head, capacity, self.head_dim]
         if self.device == "cpu":
-            host = getattr(self, "_host_kv", [])
+            host = self._host_kv
             if not (host and host[0].shape[0] >= batch and host[0].shape[2] >= capacity):
-                self.release()  # before allocating: never two caches at once
+                self._free_buffers()  # before allocating: never two caches at once
                 host = self._host_kv = [np.zeros(shape, self.kv_dtype) for _ in self.past_names]
             # A smaller batch takes the first rows of a larger cache: still one contiguous block.
             self.kv = [ort.OrtValue.ortvalue_from_numpy(a[:batch]) for a in host]
         else:
-            self.release()
+            self._free_buffers()
             self.kv = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype, self.device, 0)
                        for _ in self.past_names]
         self.io = self.session.io_binding()
@@ -80,6 +81,10 @@ class TransformerRunner:
 
     def release(self) -> None:
         """Free the KV cache and the buffers bound to the session (the next `start` allocates anew)."""
+        self._free_buffers()
+        self.length = self.capacity = 0
+
+    def _free_buffers(self) -> None:
         self.kv, self._host_kv, self._logits, self.io = [], [], {}, None
 
     def truncate(self, length: int) -> None:
@@ -95,6 +100,8 @@ class TransformerRunner:
         """Append `input_ids [B, S]` at `position_ids` and return logits `[B, S, V]` (a view reused
         by the next call of the same S: copy it to keep it)."""
         s = input_ids.shape[1]
+        if self.capacity == 0:
+            raise InvalidInputError("no KV cache: call start(batch, capacity) before running the transformer")
         if self.length + s > self.capacity:
             raise InvalidInputError(f"KV cache full: {self.length} + {s} tokens > capacity {self.capacity}")
         if self.shared:

@@ -48,7 +48,7 @@ def test_runner_rejects_overflow_and_truncates(tiny_pipe):
 
 def test_cache_reused_across_generations_gives_a_fresh_runners_tokens(tiny_dir):
     """The second generation runs over the first one's stale cache entries: none may be read."""
-    from tessera.runtime import Pipeline
+    from tessera.runtime import InvalidInputError, Pipeline
 
     pipe, fresh = Pipeline.load(tiny_dir, providers="cpu"), Pipeline.load(tiny_dir, providers="cpu")
     pipe.generate_tokens([1, 2, 3, 4], guidance_scale=3.0, seed=0)
@@ -64,6 +64,8 @@ def test_cache_reused_across_generations_gives_a_fresh_runners_tokens(tiny_dir):
     assert pipe.transformer._host_kv[0].shape[0] == 10
     pipe.transformer.release()
     assert pipe.transformer.kv == []
+    with pytest.raises(InvalidInputError, match="call start"):
+        pipe.transformer(np.zeros((2, 1), np.int64), np.zeros((2, 1), np.int64), np.ones((2, 1, 1), bool))
     np.testing.assert_array_equal(got, pipe.generate_tokens([5, 6, 7, 8], guidance_scale=3.0, seed=9))
 
 
