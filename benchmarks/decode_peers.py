@@ -654,12 +654,13 @@ def bandwidth_rate(bw: dict | None, rows: int) -> float | None:
     return max(rates) if rates else None
 
 
-def fp32_floor(res: dict, bw: dict | None, shape: "Shape", rows: int) -> float | None:
-    """ms to read our fp32 graph's weights and the mean KV cache once, at this run's MatMul rate for
-    `rows` rows: what any fp32 decode step must at least spend on memory."""
-    wb = res.get("tessera-fp32", {}).get("weight_bytes")
+def read_ms(weight_bytes: int | None, bw: dict | None, shape: Shape, rows: int, kv: bool = False) -> float | None:
+    """ms to read the weights (and with `kv`, the mean KV cache) once at this run's MatMul rate for
+    `rows` rows: the bound, and with the cache the floor any fp32 decode step spends on memory."""
     rate = bandwidth_rate(bw, rows)
-    return (wb + kv_bytes_per_token(shape, rows)) / (rate * 1e9) * 1e3 if wb and rate else None
+    if not weight_bytes or not rate:
+        return None
+    return (weight_bytes + (kv_bytes_per_token(shape, rows) if kv else 0)) / (rate * 1e9) * 1e3
 
 
 def needed_time(ms: float, bound: float | None) -> str:
@@ -717,9 +718,7 @@ def build_report(state: dict) -> str:
             for rows, s in r["stats"].items():
                 rows_i = int(rows)
                 wb = r.get("weight_bytes")
-                rate = bandwidth_rate(bw, rows_i)
-                bound = wb / (rate * 1e9) * 1e3 if wb and rate else None
-                bound_kv = (wb + kv_bytes_per_token(shape, rows_i)) / (rate * 1e9) * 1e3 if wb and rate else None
+                bound, bound_kv = read_ms(wb, bw, shape, rows_i), read_ms(wb, bw, shape, rows_i, kv=True)
                 ours = OURS_FOR.get(peer)
                 if shape.model_dir and peer != "tessera-default":
                     ours = "tessera-default"
@@ -752,9 +751,7 @@ def build_report(state: dict) -> str:
                 for rows in ("2", "8"):
                     o = res.get(ours, {}).get("stats", {}).get(rows)
                     if peer == "bound":
-                        wb = res.get(ours, {}).get("weight_bytes")
-                        rate = bandwidth_rate(bw, int(rows))
-                        p_ms = wb / (rate * 1e9) * 1e3 if wb and rate else None
+                        p_ms = read_ms(res.get(ours, {}).get("weight_bytes"), bw, shape, int(rows))
                     else:
                         ps = res.get(peer, {}).get("stats", {}).get(rows)
                         p_ms = ps["median_ms"] if ps else None
@@ -765,9 +762,11 @@ def build_report(state: dict) -> str:
                     ratio = o["median_ms"] / p_ms if kind == "le" else p_ms / o["median_ms"]
                     ok = ratio <= need if kind == "le" else ratio >= need
                     rname = "ours/peer" if kind == "le" else "peer/ours"
+                    floor = read_ms(res[ours].get("weight_bytes"), bw, shape, int(rows), kv=True) \
+                        if ours == "tessera-fp32" else None
                     a(f"| {label} | {rows} | {o['median_ms']:.1f} | {p_ms:.1f} | {ratio:.2f} ({rname}) | "
                       f"{'<=' if kind == 'le' else '>='} {need} | {'PASS' if ok else 'FAIL'} | "
-                      f"{needed_time(p_ms * need if kind == 'le' else p_ms / need, fp32_floor(res, bw, shape, int(rows)) if ours == 'tessera-fp32' else None)} |")
+                      f"{needed_time(p_ms * need if kind == 'le' else p_ms / need, floor)} |")
             a("")
             a("*ours would need*: the decode time that meets the target in this run; for fp32, as a multiple of "
               "the fp32 floor (`bound+KV`: the weights and the mean KV cache read once at the rate a bare MatMul of "
