@@ -26,6 +26,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from tessera.runtime.compat import OLDEST_TESTED, fused_form
+
 from .config import DEFAULT_OPSET
 from .onnx_export import transformer_io_names
 from .transformer import GPT, rope_2d_tables
@@ -55,8 +57,11 @@ def _t(w: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def build_fused_transformer(model: GPT, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+def build_fused_transformer(model: GPT, opset: int = DEFAULT_OPSET,
+                            target_onnxruntime: str = OLDEST_TESTED) -> onnx.ModelProto:
+    """The fused graph in the operator form that `target_onnxruntime` loads (runtime/compat.py)."""
     cfg = model.cfg
+    form = fused_form(target_onnxruntime)
     sd = {k: v.detach().float() for k, v in model.state_dict().items()}
     n_head, eps = cfg.n_head, cfg.norm_eps
     g = _Graph()
@@ -64,9 +69,8 @@ def build_fused_transformer(model: GPT, opset: int = DEFAULT_OPSET) -> onnx.Mode
 
     # Lengths for GroupQueryAttention, derived from the mask's shape [batch, seq, total].
     shape = g.node("Shape", ["attention_mask"], 1, "mask_shape")
-    idx = {k: g.const(f"idx_{k}", np.array(k, np.int64)) for k in (0, 1, 2)}
+    idx = {k: g.const(f"idx_{k}", np.array(k, np.int64)) for k in (0, 2)}
     batch = g.node("Gather", [shape, idx[0]], 1, "batch", axis=0)
-    seq = g.node("Gather", [shape, idx[1]], 1, "seq", axis=0)
     total = g.node("Gather", [shape, idx[2]], 1, "total", axis=0)
     batch_1d = g.node("Unsqueeze", [batch, g.const("axes0", np.array([0], np.int64))], 1, "batch_1d")
     one = g.const("one", np.array(1, np.int64))
@@ -74,8 +78,13 @@ def build_fused_transformer(model: GPT, opset: int = DEFAULT_OPSET) -> onnx.Mode
     seqlens_k = g.node("Expand", [g.node("Cast", [last], 1, "last_i32", to=TensorProto.INT32), batch_1d], 1,
                        "seqlens_k")
     total_i32 = g.node("Cast", [total], 1, "total_i32", to=TensorProto.INT32)
-    query_lens = g.node("Expand", [g.node("Cast", [seq], 1, "seq_i32", to=TensorProto.INT32), batch_1d], 1,
-                        "query_seqlens")
+    # Multi-token calls at our (non-contiguous) positions need `query_seqlens` (onnxruntime 1.32+);
+    # the runtime runs such calls one query at a time on the older form (runtime/compat.py).
+    query_lens = []
+    if form.gqa_query_seqlens:
+        seq = g.node("Gather", [shape, g.const("idx_1", np.array(1, np.int64))], 1, "seq", axis=0)
+        query_lens = [g.node("Expand", [g.node("Cast", [seq], 1, "seq_i32", to=TensorProto.INT32), batch_1d], 1,
+                             "query_seqlens")]
     bias = g.node("Where", ["attention_mask", g.const("zero_f", np.array(0.0, np.float32)),
                             g.const("neg_inf", np.array(-np.inf, np.float32))], 1, "mask_bias")
     bias = g.node("Unsqueeze", [bias, g.const("axes1", np.array([1], np.int64))], 1, "attention_bias")
@@ -100,7 +109,7 @@ def build_fused_transformer(model: GPT, opset: int = DEFAULT_OPSET) -> onnx.Mode
         # Packed q|k|v; GQA rotates q and k itself with the 2D tables, gathered by position_ids.
         attn, _, _ = g.node("GroupQueryAttention",
                             [qkv, "", "", inputs[3 + 2 * i], inputs[4 + 2 * i], seqlens_k, total_i32, cos, sin,
-                             "position_ids", bias, "", "", "", "", "", query_lens],
+                             "position_ids", bias, *(["", "", "", "", "", *query_lens] if query_lens else [])],
                             [f"{p}attn", outputs[1 + 2 * i], outputs[2 + 2 * i]], f"{p}gqa", domain="com.microsoft",
                             num_heads=n_head, kv_num_heads=n_head, do_rotary=1, rotary_interleaved=1)
         o = g.node("MatMul", [attn, g.const(f"{p}wo", _t(sd[p + "attention.wo.weight"]))], 1, f"{p}wo")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from tessera.runtime.compat import OLDEST_TESTED, fused_form
+
 from .config import DEFAULT_OPSET
 from .transformer import GPT, GPTForExport
 from .vq import VQDecoderForExport, VQEncoderForExport, VQModel
@@ -43,22 +45,27 @@ GRAPH_KINDS = {
 PROTOBUF_LIMIT = 2_000_000_000  # larger graphs keep their weights in an external data file
 
 
-def export_transformer(model: GPT, path: Path, opset: int = DEFAULT_OPSET, kind: str = "fused") -> dict:
-    """Write the transformer graph of `kind` to `path`; return its manifest facts."""
+def export_transformer(model: GPT, path: Path, opset: int = DEFAULT_OPSET, kind: str = "fused",
+                       target_onnxruntime: str = OLDEST_TESTED) -> dict:
+    """Write the transformer graph of `kind` to `path`; return its manifest facts, including the
+    oldest onnxruntime that loads it (runtime/compat.py)."""
     if kind not in GRAPH_KINDS:
         raise ValueError(f"unknown graph kind {kind!r}; choose one of {sorted(GRAPH_KINDS)}")
     if kind == "portable":
         trace_transformer(model, path, opset)
+        return {**GRAPH_KINDS[kind], "min_onnxruntime": OLDEST_TESTED}
     else:
         import onnx
 
         from .onnx_builder import build_fused_transformer
 
-        proto = build_fused_transformer(model, opset)
+        form = fused_form(target_onnxruntime)
+        proto = build_fused_transformer(model, opset, target_onnxruntime)
         big = proto.ByteSize() > PROTOBUF_LIMIT
         onnx.save_model(proto, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
                         location=path.name + ".data" if big else None)
-    return dict(GRAPH_KINDS[kind])
+        return {**GRAPH_KINDS[kind], "min_onnxruntime": form.min_onnxruntime,
+                "multi_query": form.multi_query}
 
 
 @torch.no_grad()

@@ -47,14 +47,30 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _run(sess, model: GPT, ids, pos, mask, past_np, past_t):
-    feeds = {"input_ids": ids.numpy(), "position_ids": pos.numpy(), "attention_mask": mask.numpy()}
-    for i in range(model.cfg.n_layer):
+def _run_onnx(sess, n_layer: int, ids, pos, mask, past_np):
+    feeds = {"input_ids": ids, "position_ids": pos, "attention_mask": mask}
+    for i in range(n_layer):
         feeds[f"past_key_values.{i}.key"], feeds[f"past_key_values.{i}.value"] = past_np[2 * i], past_np[2 * i + 1]
     out = sess.run(None, feeds)
+    return out[0].astype(np.float32), out[1:]
+
+
+def _run(sess, model: GPT, ids, pos, mask, past_np, past_t, one_query_per_call: bool = False):
+    """Both sides of one call. one_query_per_call: the ONNX side runs the queries one by one over
+    its growing past, as the runtime does for the fused graph's 1.22 form (runtime/compat.py)."""
+    n_layer = model.cfg.n_layer
+    if one_query_per_call and ids.shape[1] > 1:
+        rows, past_len = [], past_np[0].shape[2]
+        for j in range(ids.shape[1]):
+            o, past_np = _run_onnx(sess, n_layer, ids[:, j:j + 1].numpy(), pos[:, j:j + 1].numpy(),
+                                   mask[:, j:j + 1, :past_len + j + 1].numpy(), past_np)
+            rows.append(o)
+        o = np.concatenate(rows, axis=1)
+    else:
+        o, past_np = _run_onnx(sess, n_layer, ids.numpy(), pos.numpy(), mask.numpy(), past_np)
     with torch.no_grad():
         logits, presents = model(ids, pos, mask, past_t)
-    return out[0].astype(np.float32), out[1:], logits.numpy(), presents
+    return o, past_np, logits.numpy(), presents
 
 
 def _kv_dtype(sess) -> type:
@@ -68,8 +84,11 @@ def _agreement(o: np.ndarray, t: np.ndarray) -> list[bool]:
 
 
 @torch.no_grad()
-def transformer_parity(model: GPT, path: Path, batch: int = 2, decode_steps: int = 4, seed: int = 0) -> dict:
-    """Max |logit| error per phase, feeding each side its own cache (errors would compound)."""
+def transformer_parity(model: GPT, path: Path, batch: int = 2, decode_steps: int = 4, seed: int = 0,
+                       multi_query: str = "batched") -> dict:
+    """Max |logit| error per phase, feeding each side its own cache (errors would compound).
+    multi_query: the graph's form (runtime/compat.py); "one-query-per-call" runs the
+    multi-query call as the runtime does for that form."""
     cfg, sess = model.cfg, _session(path)
     model.eval()
     g = torch.Generator().manual_seed(seed)
@@ -81,7 +100,7 @@ def transformer_parity(model: GPT, path: Path, batch: int = 2, decode_steps: int
     empty = [np.zeros((batch, cfg.n_head, 0, cfg.head_dim), _kv_dtype(sess)) for _ in range(2 * cfg.n_layer)]
     o, past_np, t, past_t = _run(sess, model, ids, pos, mask, empty, None)
     errors = {"prefill": float(np.abs(o - t).max())}
-    agree = {"prefill": _agreement(o, t), "decode": [], "multi_query": []}
+    agree = {"prefill": _agreement(o, t), "decode": [], "multi_query": [], "prefix_prefill": []}
     scale = float(np.abs(t).max())
     steps = []
     for j in range(decode_steps):
@@ -103,9 +122,20 @@ def transformer_parity(model: GPT, path: Path, batch: int = 2, decode_steps: int
     mask = torch.ones(batch, s, past_len + s, dtype=torch.bool)
     mask[:, :, past_len:] = cells[None, :, None] >= cells[None, None, :]
     mask[0, 0, 2] = False
-    o, _, t, _ = _run(sess, model, tok, pos, mask, past_np, past_t)
+    o, _, t, _ = _run(sess, model, tok, pos, mask, past_np, past_t, multi_query == "one-query-per-call")
     errors["multi_query"] = float(np.abs(o - t).max())
     agree["multi_query"] = _agreement(o, t)
+    # A prefill of the class token and a known prefix that crosses a row, so its positions are
+    # not contiguous (editing and continuation prefill this way).
+    n_known = min(cfg.grid + 2, cfg.grid * cfg.grid - 1)
+    cells = torch.arange(n_known)
+    ids = torch.cat([model.class_token(labels)[:, None], torch.randint(0, cfg.vocab_size, (batch, n_known),
+                                                                      generator=g)], 1)
+    pos = torch.cat([torch.zeros(1, dtype=torch.long), model.cell_position(cells)]).expand(batch, -1).contiguous()
+    mask = torch.ones(batch, n_known + 1, n_known + 1, dtype=torch.bool).tril()
+    o, _, t, _ = _run(sess, model, ids, pos, mask, empty, None, multi_query == "one-query-per-call")
+    errors["prefix_prefill"] = float(np.abs(o - t).max())
+    agree["prefix_prefill"] = _agreement(o, t)
     worst = max(errors.values())
     every = [a for v in agree.values() for a in v]
     return {"max_abs_logit_error": worst, "by_phase": errors, "logit_scale": scale,

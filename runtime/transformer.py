@@ -18,9 +18,10 @@ call, where `mask` is `[batch, seq, length + seq]` and the new tokens are append
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 
+from .backend import ort
 from .errors import InvalidInputError, ModelDirectoryError
+from .compat import multi_query
 from .manifest import Manifest
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -36,7 +37,10 @@ class TransformerRunner:
         t = manifest.transformer
         self.n_layer, self.n_head, self.head_dim = int(t["n_layer"]), int(t["n_head"]), int(t["head_dim"])
         self.vocab_size = int(t["vocab_size"])
-        self.shared = manifest.graph("transformer").get("kv_cache", "concat") == "shared-buffer"
+        graph = manifest.graph("transformer")
+        self.shared = graph.get("kv_cache", "concat") == "shared-buffer"
+        # The fused graph's broadest operator form takes one query per call correctly (compat.py).
+        self.one_query_per_call = multi_query(graph) == "one-query-per-call"
         inputs = {i.name: i for i in session.get_inputs()}
         self.past_names = [f"past_key_values.{i}.{kv}" for i in range(self.n_layer) for kv in ("key", "value")]
         self.present_names = [f"present.{i}.{kv}" for i in range(self.n_layer) for kv in ("key", "value")]
@@ -104,6 +108,8 @@ class TransformerRunner:
             raise InvalidInputError("no KV cache: call start(batch, capacity) before running the transformer")
         if self.length + s > self.capacity:
             raise InvalidInputError(f"KV cache full: {self.length} + {s} tokens > capacity {self.capacity}")
+        if s > 1 and self.one_query_per_call:
+            return self._run_one_query_per_call(input_ids, position_ids, attention_mask)
         if self.shared:
             logits = self._run_shared(input_ids, position_ids, attention_mask)
         else:
@@ -113,6 +119,25 @@ class TransformerRunner:
             logits, self.past = out[0], out[1:]
         self.length += s
         return logits
+
+    def _run_one_query_per_call(self, input_ids, position_ids, attention_mask) -> np.ndarray:
+        """S queries as S single-query calls: query j sees the past and queries < j, exactly what
+        the batched call's causal-in-call-order attention gives it; the mask can only hide more.
+        Prefill of a known prefix, editing's scoring and parallel decoding take this path on the
+        fused graph's 1.22 form; one-token decode steps never do."""
+        b, s = input_ids.shape
+        key = ("split", s)
+        if key not in self._logits:
+            self._logits[key] = (np.empty((b, s, self.vocab_size), self.logits_dtype), None)
+        out = self._logits[key][0]
+        past = self.length
+        for j in range(s):
+            column = np.s_[:, j:j + 1]
+            out[:, j] = self._run_shared(np.ascontiguousarray(input_ids[column]),
+                                         np.ascontiguousarray(position_ids[column]),
+                                         np.ascontiguousarray(attention_mask[:, j:j + 1, :past + j + 1]))[:, 0]
+            self.length += 1
+        return out
 
     def _run_shared(self, input_ids, position_ids, attention_mask) -> np.ndarray:
         io = self.io

@@ -21,13 +21,14 @@ def tiny_models():
     return gpt, vq
 
 
-def _export_tiny(tmp_path_factory, tiny_models, graph: str) -> Path:
+def _export_tiny(tmp_path_factory, tiny_models, graph: str, target_onnxruntime: str = "1.22") -> Path:
     from tessera.export.model_dir import ExportSpec, write_model_dir
 
     gpt, vq = tiny_models
-    out = tmp_path_factory.mktemp("models") / f"tiny-{graph}"
+    out = tmp_path_factory.mktemp("models") / f"tiny-{graph}-{target_onnxruntime}"
     spec = ExportSpec(name="tiny", class_names=DIGITS, include_weights=True, graph=graph,
-                      generation_defaults={"guidance_scale": 2.0, "top_k": 16})
+                      generation_defaults={"guidance_scale": 2.0, "top_k": 16},
+                      target_onnxruntime=target_onnxruntime)
     return write_model_dir(gpt, vq, out, spec)
 
 
@@ -35,6 +36,12 @@ def _export_tiny(tmp_path_factory, tiny_models, graph: str) -> Path:
 def tiny_dir(tmp_path_factory, tiny_models) -> Path:
     """The default export: fused transformer graph, shared-buffer KV cache."""
     return _export_tiny(tmp_path_factory, tiny_models, "fused")
+
+
+@pytest.fixture(scope="session")
+def batched_dir(tmp_path_factory, tiny_models) -> Path:
+    """The fused graph in its onnxruntime 1.32 form: multi-query calls over a past run batched."""
+    return _export_tiny(tmp_path_factory, tiny_models, "fused", "1.32")
 
 
 @pytest.fixture(scope="session")

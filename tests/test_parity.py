@@ -41,8 +41,11 @@ def test_prefill_and_decode_steps_match(tiny_models, any_dir, batch):
         pos = gpt.cell_position(torch.full((batch, 1), step))
 
 
-def test_several_queries_at_non_contiguous_positions(tiny_models, any_dir):
-    """How parallel decoding calls the graph: S tokens, scattered cells, a runtime-built mask."""
+@pytest.mark.parametrize("kind", ["portable", "fused-1.32"])
+def test_several_queries_at_non_contiguous_positions(tiny_models, portable_dir, batched_dir, kind):
+    """How parallel decoding calls the graph: S tokens, scattered cells, a runtime-built mask.
+    (The fused graph's 1.22 form runs such calls one query at a time: tests/test_compat.py.)"""
+    any_dir = portable_dir if kind == "portable" else batched_dir
     gpt, _ = tiny_models
     cfg = gpt.cfg
     sess = ort.InferenceSession(str(any_dir / "transformer.onnx"), providers=["CPUExecutionProvider"])
@@ -74,7 +77,7 @@ def test_export_records_parity(tiny_dir):
 
     m = json.loads((tiny_dir / "tessera.json").read_text())
     t = m["parity"]["transformer"]
-    assert set(t["by_phase"]) == {"prefill", "decode", "multi_query"}
+    assert set(t["by_phase"]) == {"prefill", "decode", "multi_query", "prefix_prefill"}
     assert t["max_abs_logit_error"] < 1e-4
     assert m["parity"]["tokenizer"]["decoder_max_abs_error"] < 1e-4
 

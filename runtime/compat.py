@@ -1,0 +1,132 @@
+"""Which onnxruntime builds a graph needs: written once at export, checked once at load.
+
+onnxruntime's contrib operators grow inputs from release to release, and a graph that uses a
+newer form does not load on an older build ("This is an invalid model. In Node, ...
+GroupQueryAttention"). The accelerator flavours lag the CPU package by several releases
+(onnxruntime-rocm stops at 1.22, -directml at 1.24, -gpu at 1.31), so the exporter writes the
+form of the *target* build and records in the manifest the oldest onnxruntime that loads each
+graph; the runtime compares that with the installed version before opening anything.
+
+The fused transformer has two forms:
+
+* ``1.22``: GroupQueryAttention with 11 inputs (rotary by `position_ids`, the mask as
+  `attention_bias`). It loads on every build from 1.22 on, but only a one-token call is right:
+  a first call of several tokens rotates them by their index, not by `position_ids` (our cells
+  are not contiguous), and several tokens over a past are refused at batch > 1. The runtime runs
+  such calls one query at a time (the same logits: queries are causal in call order). Decode
+  steps are unchanged; known-prefix prefill, editing's scoring and parallel decoding make more
+  calls.
+* ``1.32``: adds `query_seqlens`, which makes multi-token calls honour `position_ids` and run
+  batched over a past.
+
+Versions here are those the support-matrix test (tests/test_ort_matrix.py) installs and runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .backend import parse_version as release_numbers
+from .errors import InvalidInputError, ModelDirectoryError
+
+OLDEST_TESTED = "1.22"
+
+
+@dataclass(frozen=True)
+class FusedForm:
+    """One operator form of the fused transformer graph."""
+
+    min_onnxruntime: str  # the oldest onnxruntime that loads it
+    gqa_query_seqlens: bool  # GroupQueryAttention takes `query_seqlens` (input 16)
+    multi_query: str  # "batched", or "one-query-per-call" where a multi-token call would be wrong
+
+
+FUSED_FORMS = (  # oldest first
+    FusedForm("1.22", gqa_query_seqlens=False, multi_query="one-query-per-call"),
+    FusedForm("1.32", gqa_query_seqlens=True, multi_query="batched"),
+)
+# What manifests written before the field existed meant: every fused graph used the 1.32 form.
+LEGACY_FUSED = FUSED_FORMS[-1]
+MULTI_QUERY_MODES = ("batched", "one-query-per-call")
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """'1.22.2.post3' -> (1, 22, 2); '1.24.0.dev20250101' -> (1, 24, 0); not a version: an error."""
+    parts = release_numbers(text)
+    if not parts:
+        raise InvalidInputError(f"{text!r} is not an onnxruntime version (expected e.g. 1.22 or 1.31.1)")
+    return parts
+
+
+def fused_form(target_onnxruntime: str) -> FusedForm:
+    """The newest fused form that `target_onnxruntime` loads, or an error below the oldest tested."""
+    target = parse_version(target_onnxruntime)
+    fitting = [f for f in FUSED_FORMS if parse_version(f.min_onnxruntime) <= target]
+    if not fitting:
+        raise InvalidInputError(
+            f"target onnxruntime {target_onnxruntime} is older than the oldest tested build ({OLDEST_TESTED}); "
+            f"use --target-onnxruntime {OLDEST_TESTED} or newer, or --graph portable")
+    return fitting[-1]
+
+
+def required_version(graph: dict) -> str:
+    """The oldest onnxruntime that loads this manifest graph entry."""
+    if "min_onnxruntime" in graph:
+        return str(graph["min_onnxruntime"])
+    return LEGACY_FUSED.min_onnxruntime if graph.get("kind") == "fused" else OLDEST_TESTED
+
+
+def multi_query(graph: dict) -> str:
+    """How the runtime may call the transformer with several query tokens."""
+    if graph.get("kv_cache") != "shared-buffer":
+        return "batched"  # the traced graph has no such restriction
+    mode = graph.get("multi_query", LEGACY_FUSED.multi_query)
+    if mode not in MULTI_QUERY_MODES:
+        raise ModelDirectoryError(f"graphs.transformer.multi_query is {mode!r}; expected one of "
+                                  f"{', '.join(MULTI_QUERY_MODES)}. Re-export the model.")
+    return mode
+
+
+def check_loadable(graphs: dict[str, dict], installed: str, model_name: str) -> None:
+    """One line naming the version found, the version needed and the fix, before any session opens."""
+    have = parse_version(installed)
+    for name, graph in graphs.items():
+        need = required_version(graph)
+        try:
+            too_old = have < parse_version(need)
+        except InvalidInputError:
+            raise ModelDirectoryError(f"graphs.{name}.min_onnxruntime is {need!r}, not a version; "
+                                      "re-export the model") from None
+        if too_old:
+            fix = (f"re-export it for this build: tessera export --from DIR --target-onnxruntime {installed}"
+                   if graph.get("kind") == "fused" and parse_version(installed) >= parse_version(OLDEST_TESTED)
+                   else "re-export it with: tessera export --from DIR --graph portable")
+            raise ModelDirectoryError(
+                f"{model_name}: its {name} graph needs onnxruntime >= {need}, but {installed} is installed; "
+                f"upgrade onnxruntime (or your accelerator's flavour of it), or {fix}")
+
+
+@dataclass(frozen=True)
+class OptimizerBug:
+    """A graph optimizer of some onnxruntime builds that breaks loading one kind of our graphs."""
+
+    optimizer: str
+    kind: str  # graph kind in the manifest ("portable", "fused") or "" for the tokenizer graphs
+    precision: str
+    first_bad: str  # oldest build seen failing
+    fixed_in: str  # oldest build after first_bad seen working
+    seen: str
+
+
+OPTIMIZER_BUGS = (
+    OptimizerBug("SimplifiedLayerNormFusion", "portable", "fp16", "1.24", "1.31",
+                 "fails to load with 'Attempting to get index by a name which does not exist: "
+                 "InsertedPrecisionFreeCast_...' on 1.24.4 and 1.27.0; 1.22.1 and 1.31.1 load it"),
+)
+
+
+def disabled_optimizers(graph: dict, installed: str) -> list[str]:
+    """Optimizers to switch off for this manifest graph entry on the installed onnxruntime."""
+    have = parse_version(installed)
+    return [bug.optimizer for bug in OPTIMIZER_BUGS
+            if graph.get("kind", "") == bug.kind and graph.get("precision") == bug.precision
+            and parse_version(bug.first_bad) <= have < parse_version(bug.fixed_in)]
