@@ -1,14 +1,13 @@
 """`Pipeline`: load a model directory, generate images from class labels (diffusers-style calls)."""
 from __future__ import annotations
 
-import warnings
-from functools import partial
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
+from .compat import check_loadable, disabled_optimizers
 from .errors import InvalidInputError
 from .generation import StepCallback, generate_tokens
 from .parallel import generate_tokens_parallel
@@ -16,7 +15,8 @@ from .images import to_pil
 from .manifest import Manifest, load_manifest
 from .providers import resolve_providers
 from .sampling import SamplingConfig
-from .session import open_session
+from .provider_fit import warn_if_unsuited
+from .session import active_provider, open_session, ort_version
 from .tokenizer import ImageTokenizer
 from .transformer import TransformerRunner
 
@@ -28,38 +28,6 @@ def default_model_dir() -> Path:
     return shipped()
 
 
-# Precisions that run slowly on the CPU provider (no fast fp16 kernels there): a GPU variant.
-_SLOW_ON_CPU = ("fp16",)
-
-
-def check_fused_on_cuda(manifest: Manifest, providers: list[str]) -> str | None:
-    """onnxruntime's CUDA GroupQueryAttention runs fp16/bf16 only: an fp32 fused graph would run its
-    attention on the CPU, copying the cache each step. Say so and name the variants that fit."""
-    graph = manifest.data.get("graphs", {}).get("transformer", {})
-    if not providers or providers[0] != "CUDAExecutionProvider":
-        return None
-    if graph.get("kind") != "fused" or graph.get("precision") not in ("fp32", "int8", "int4"):
-        return None
-    msg = (f"{manifest.root.name}: its fused {graph.get('precision')} transformer uses GroupQueryAttention, which "
-           "onnxruntime's CUDA provider runs in fp16 only; on CUDA use the fp16 variant (tessera export --quant fp16) "
-           "or a --graph portable export")
-    warnings.warn(msg, RuntimeWarning, stacklevel=4)
-    return msg
-
-
-def check_precision_providers(manifest: Manifest, providers: list[str]) -> str | None:
-    """Warn when the model's graphs need a provider that is not in use (fp16 graphs on CPU only).
-    Returns the warning text, or None."""
-    slow = sorted({g.get("precision") for g in manifest.data.get("graphs", {}).values()} & set(_SLOW_ON_CPU))
-    if not slow or any(p != "CPUExecutionProvider" for p in providers):
-        return None
-    msg = (f"{manifest.root.name}: {'/'.join(slow)} graphs run slowly on the CPU execution provider (the only "
-           "one in use); use the fp32, int8 or int4 variant of this model on CPU, or a GPU provider "
-           "(providers='cuda') for this one")
-    warnings.warn(msg, RuntimeWarning, stacklevel=4)  # the caller of Pipeline.load
-    return msg
-
-
 class Pipeline:
     """Class-conditional image generation from an exported model directory.
 
@@ -67,27 +35,52 @@ class Pipeline:
     >>> images = pipe.generate([3, "seven"], seed=0)
     """
 
-    def __init__(self, manifest: Manifest, providers: list[str], threads: int | None = None):
+    def __init__(self, manifest: Manifest, providers: list[str], threads: int | None = None,
+                 provider_options: dict | None = None, session_options=None):
         self.manifest = manifest
-        self.providers = providers
-        check_precision_providers(manifest, providers)
-        check_fused_on_cuda(manifest, providers)
-        opener = partial(open_session, providers=providers, threads=threads)
+        graphs = manifest.data["graphs"]
+        installed = ort_version()
+        check_loadable(graphs, installed, manifest.root.name)  # before any session opens
+        warn_if_unsuited(graphs, providers[0], manifest.root.name)
+
+        def opener(path: Path):
+            entry = next((g for g in graphs.values() if g.get("file") == path.name), {})
+            return open_session(path, providers, threads, provider_options, session_options,
+                                disabled_optimizers(entry, installed))
+
         self.transformer = TransformerRunner(opener(manifest.graph_path("transformer")), manifest)
         self.tokenizer = ImageTokenizer(manifest, opener)
+        # What really runs each graph: onnxruntime may drop a requested provider (it warns then).
+        self.graph_providers = {"transformer": active_provider(self.transformer.session),
+                                "tokenizer_decoder": active_provider(self.tokenizer.decoder)}
+        self.providers = list(dict.fromkeys([self.graph_providers["transformer"], *providers]))
+        if self.graph_providers["transformer"] != providers[0]:
+            warn_if_unsuited(graphs, self.graph_providers["transformer"], manifest.root.name)
         self.layout = manifest.layout
         self.grid = manifest.grid
         self.last_calls = 0
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, providers: str | list[str] = "auto",
-             threads: int | None = None, verify: str = "full") -> "Pipeline":
+             threads: int | None = None, verify: str = "full", provider_options: dict | None = None,
+             session_options=None) -> "Pipeline":
         """Open `model_dir` (default: the shipped model) on the best or the requested providers.
 
-        verify: "full" (sha256 of every file), "size" (fast) or "none".
+        Args:
+            model_dir: a directory made by `tessera export`; None: the shipped default model.
+            providers: "auto" (the best provider whose device is really there), one name or alias
+                ("cpu", "cuda", "dml", ...) or a list in priority order.
+            threads: CPU threads per graph (default: onnxruntime's choice).
+            verify: "full" (sha256 of every file), "size" (fast) or "none".
+            provider_options: {provider or alias: {option: value}}, e.g. {"cuda": {"device_id": 1}}.
+            session_options: an onnxruntime.SessionOptions, or a dict of its attributes and
+                config entries, e.g. {"intra_op_num_threads": 2, "session.intra_op.allow_spinning": "0"}.
+
+        `pipe.providers` lists the providers in use, the one that runs the transformer first;
+        `pipe.graph_providers` names the provider that runs each graph.
         """
         manifest = load_manifest(model_dir if model_dir is not None else default_model_dir(), verify=verify)
-        return cls(manifest, resolve_providers(providers), threads)
+        return cls(manifest, resolve_providers(providers), threads, provider_options, session_options)
 
     # --- the calls ---------------------------------------------------------------------------
     @property

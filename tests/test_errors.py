@@ -105,7 +105,7 @@ def test_export_refuses_existing_dir_and_leaves_nothing_on_failure(tiny_models, 
     names = [str(i) for i in range(10)]
     existing = tmp_path / "taken"
     existing.mkdir()
-    with pytest.raises(ExportError, match="already exists; pass --overwrite"):
+    with pytest.raises(ExportError, match="already exists and is a directory without a tessera.json manifest"):
         write_model_dir(gpt, vq, existing, ExportSpec("x", names))
 
     def broken(*a, **k):
@@ -125,13 +125,17 @@ def test_export_rejects_mismatched_parts(tiny_models, tmp_path):
         write_model_dir(gpt, vq, tmp_path / "m", ExportSpec("x", ["a", "b", "c"]))
 
 
-def test_fused_fp32_on_cuda_gets_a_warning(tiny_dir, portable_dir):
+def test_model_that_does_not_suit_the_provider_gets_a_warning(tiny_dir, portable_dir):
     """No GPU here: the check itself, on the manifests of both graph kinds."""
     from tessera.runtime import load_manifest
-    from tessera.runtime.pipeline import check_fused_on_cuda
+    from tessera.runtime.provider_fit import fit_warning, warn_if_unsuited
 
-    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    fused = load_manifest(tiny_dir, verify="none").data["graphs"]
+    portable = load_manifest(portable_dir, verify="none").data["graphs"]
     with pytest.warns(RuntimeWarning, match="fp16 only"):
-        assert "--quant fp16" in check_fused_on_cuda(load_manifest(tiny_dir, verify="none"), cuda)
-    assert check_fused_on_cuda(load_manifest(portable_dir, verify="none"), cuda) is None
-    assert check_fused_on_cuda(load_manifest(tiny_dir, verify="none"), ["CPUExecutionProvider"]) is None
+        assert "--graph fused --quant fp16" in warn_if_unsuited(fused, "CUDAExecutionProvider", "tiny")
+    assert fit_warning(portable, "CUDAExecutionProvider", "tiny") is None  # standard ops run on CUDA
+    assert fit_warning(fused, "CPUExecutionProvider", "tiny") is None
+    assert "--graph portable" in fit_warning(fused, "DmlExecutionProvider", "tiny")
+    fp16 = {"transformer": {"kind": "fused", "precision": "fp16"}}
+    assert "--quant int4" in fit_warning(fp16, "CPUExecutionProvider", "tiny")
