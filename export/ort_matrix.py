@@ -1,0 +1,220 @@
+"""The onnxruntime support matrix: which builds load each graph kind and precision, and agree with PyTorch.
+
+Each tested onnxruntime version gets its own virtual environment (it sees this environment's
+numpy, pillow and tessera through --system-site-packages, and shadows onnxruntime with its own
+wheel). `export/ort_probe.py` runs there; this module computes the PyTorch references and
+compares. Wheels come from a local cache, so checking makes no network call: fill the cache once
+with `download_wheels` (CI does, in .ci/run).
+
+A cell passes when the directory loads and
+- fp32: every logit of the call scenario is within the export's fp32 bound of PyTorch, sampled
+  and greedy tokens equal the PyTorch reference loop's, parallel-decoding tokens equal those of
+  the newest build, and decoded images are within the image bound;
+- fp16 / int8 / int4: the logits are within that precision's export bounds against PyTorch fp32
+  (relative error, argmax agreement), all tokens equal the newest build's for the same graphs,
+  and images are within the precision's image bound of PyTorch's decoding of the same tokens.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import ort_probe, parity
+from .build import load_model_dir
+from .reference import generate_tokens as reference_tokens
+
+# One release of each line the accelerator flavours ship (rocm 1.22, directml/openvino 1.24,
+# migraphx/webgpu 1.27, gpu 1.31) and the newest CPU build.
+MATRIX_VERSIONS = ("1.22.1", "1.24.4", "1.27.0", "1.31.1", "1.32.0")
+CACHE_ENV = "TESSERA_ORT_MATRIX_CACHE"
+PROBE_TIMEOUT_S = 600
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tessera" / "ort-matrix")
+
+
+def wheel_dir() -> Path:
+    return cache_root() / "wheels"
+
+
+def _wheel(version: str) -> Path | None:
+    found = sorted(wheel_dir().glob(f"onnxruntime-{version}-*.whl"))
+    return found[0] if found else None
+
+
+def download_wheels(versions=MATRIX_VERSIONS) -> None:
+    """Fetch the CPU wheel of each version for this interpreter (the one step that needs the index)."""
+    wheel_dir().mkdir(parents=True, exist_ok=True)
+    for v in versions:
+        if v != installed_version() and _wheel(v) is None:
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                            "-d", str(wheel_dir()), f"onnxruntime=={v}"], check=True)
+
+
+def installed_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def missing_wheels(versions=MATRIX_VERSIONS) -> list[str]:
+    return [v for v in versions if v != installed_version() and _wheel(v) is None]
+
+
+def interpreter(version: str) -> Path:
+    """A Python whose onnxruntime is `version` (this one, or a cached venv made from the wheel)."""
+    if version == installed_version():
+        return Path(sys.executable)
+    env = cache_root() / "envs" / f"{version}-py{sys.version_info[0]}{sys.version_info[1]}"
+    python = env / "bin" / "python"
+    check = [str(python), "-c", "import onnxruntime; print(onnxruntime.__version__)"]
+    if python.exists() and subprocess.run(check, capture_output=True, text=True).stdout.strip() == version:
+        return python
+    wheel = _wheel(version)
+    if wheel is None:
+        raise FileNotFoundError(f"no cached onnxruntime {version} wheel in {wheel_dir()}; "
+                                "run: python benchmarks/ort_matrix.py --download-only")
+    subprocess.run([sys.executable, "-m", "venv", "--clear", "--system-site-packages", str(env)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-index", "--no-deps", str(wheel)], check=True)
+    got = subprocess.run(check, capture_output=True, text=True).stdout.strip()
+    if got != version:
+        raise RuntimeError(f"the venv for onnxruntime {version} imports {got or 'nothing'}")
+    return python
+
+
+def run_probe(version: str, dirs: list[Path], out: Path) -> dict:
+    """Probe `dirs` under onnxruntime `version`; returns {dir: {"status": ..., arrays ...}}."""
+    python = interpreter(version)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([str(python), "-m", "tessera.export.ort_probe", str(out), *map(str, dirs)],
+                          capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=env)
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(f"the probe under onnxruntime {version} failed: {proc.stderr.strip()[-800:]}")
+    data = np.load(out)
+    status = json.loads(str(data["status"]))
+    if status["onnxruntime"] != version:
+        raise RuntimeError(f"the probe for {version} ran on onnxruntime {status['onnxruntime']}")
+    results = {}
+    for i, d in enumerate(dirs):
+        prefix = f"{i}/"
+        results[str(d)] = {"status": status["dirs"][str(d)],
+                           **{k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)}}
+    return results
+
+
+@dataclass
+class Reference:
+    """What PyTorch says for one model directory's probe."""
+
+    precision: str
+    logits: list[np.ndarray]
+    tokens_sampled: np.ndarray
+    tokens_greedy: np.ndarray
+    decode: object  # tokens -> images (PyTorch tokenizer)
+
+
+@torch.no_grad()
+def reference(model_dir: Path) -> Reference:
+    gpt, vq, manifest = load_model_dir(model_dir)
+    t = manifest["token_layout"]
+    grid = (manifest["grid"]["height"], manifest["grid"]["width"])
+    calls = ort_probe.scenario(t["vocab_size"], t["class_token_offset"], manifest["classes"]["null_class_id"],
+                               grid, t["rope_grid"])
+    logits, past = [], None
+    for c in calls:
+        out, past = gpt(torch.from_numpy(c["ids"]), torch.from_numpy(c["pos"]), torch.from_numpy(c["mask"]), past)
+        logits.append(out.numpy())
+    from tessera.runtime.sampling import SamplingConfig
+
+    sampled = reference_tokens(gpt, list(ort_probe.LABELS), ort_probe.SAMPLED["guidance_scale"],
+                               SamplingConfig(top_k=ort_probe.SAMPLED["top_k"]), ort_probe.SAMPLED["seed"])
+    greedy = reference_tokens(gpt, list(ort_probe.LABELS), 1.0, SamplingConfig(temperature=0.0), 0)
+
+    @torch.no_grad()
+    def decode(tokens: np.ndarray) -> np.ndarray:
+        return vq.decode_codes(torch.from_numpy(tokens)).numpy()
+
+    return Reference(manifest["graphs"]["transformer"]["precision"], logits, sampled, greedy, decode)
+
+
+def judge(got: dict, ref: Reference, newest: dict | None) -> tuple[bool, str]:
+    """(passed, why) for one probe result against PyTorch and the newest build's result."""
+    if got["status"] != "ok":
+        return False, got["status"]
+    logits = [got[f"logits_{k}"] for k in range(len(ref.logits))]
+    err = max(float(np.abs(o - t).max()) for o, t in zip(logits, ref.logits))
+    scale = max(float(np.abs(t).max()) for t in ref.logits)
+    agree = float(np.mean(np.concatenate([(o.argmax(-1) == t.argmax(-1)).ravel() for o, t in zip(logits, ref.logits)])))
+    problems = []
+    if ref.precision == "fp32":
+        if not err <= parity.FP32_LOGIT_ATOL:
+            problems.append(f"logit error {err:.2g}")
+        for key, want in (("tokens_sampled", ref.tokens_sampled), ("tokens_greedy", ref.tokens_greedy)):
+            if not np.array_equal(got[key], want):
+                problems.append(f"{key} differ from PyTorch ({np.mean(got[key] != want):.0%})")
+        image_atol = parity.FP32_IMAGE_ATOL
+    else:
+        bounds = parity.QUANT_BOUNDS[ref.precision]
+        if not err / max(scale, 1e-12) <= bounds["relative_logit_error"]:
+            problems.append(f"relative logit error {err / scale:.2g}")
+        if agree < bounds["argmax_agreement"]:
+            problems.append(f"argmax agreement {agree:.0%}")
+        image_atol = bounds["image_atol"]
+    keys = ("tokens_parallel",) if ref.precision == "fp32" else ("tokens_sampled", "tokens_greedy", "tokens_parallel")
+    for key in keys if newest is not None else ():
+        if not np.array_equal(got[key], newest[key]):
+            problems.append(f"{key} differ from the newest build ({np.mean(got[key] != newest[key]):.0%})")
+    image_err = float(np.abs(got["images"] - ref.decode(got["tokens_sampled"])).max())
+    if not image_err <= image_atol:
+        problems.append(f"image error {image_err:.2g}")
+    detail = f"logit err {err:.1e}, argmax {agree:.0%}, image err {image_err:.1e}"
+    return not problems, "; ".join(problems) or detail
+
+
+def run_matrix(dirs: dict[str, Path], workdir: Path, versions=MATRIX_VERSIONS) -> dict[str, dict[str, tuple]]:
+    """{label: {version: (passed, why)}} for the labelled model directories."""
+    refs = {label: reference(d) for label, d in dirs.items()}
+    paths = list(dirs.values())
+    results = {v: run_probe(v, paths, workdir / f"probe-{v}.npz") for v in versions}
+    newest = results[max(versions, key=lambda v: tuple(int(p) for p in v.split(".")))]
+    table: dict[str, dict[str, tuple]] = {}
+    for label, d in dirs.items():
+        table[label] = {v: judge(results[v][str(d)], refs[label], newest[str(d)]) for v in versions}
+    return table
+
+
+def markdown(table: dict[str, dict[str, tuple]], versions=MATRIX_VERSIONS) -> str:
+    lines = ["| model directory | " + " | ".join(versions) + " |", "|---|" + "---|" * len(versions)]
+    for label, row in table.items():
+        lines.append(f"| {label} | " + " | ".join("yes" if row[v][0] else "no" for v in versions) + " |")
+    failures = [f"- {label} on {v}: {why}" for label, row in table.items() for v, (ok, why) in row.items() if not ok]
+    return "\n".join(lines + ([""] + failures if failures else [])) + "\n"
+
+
+def tiny_model_dirs(root: Path) -> dict[str, Path]:
+    """GPT-Tiny / VQ-Tiny with random weights (scaled so sampling depends on them), exported in
+    every graph kind and precision: `{"fused fp32": DIR, ...}`."""
+    from .build import build_gpt, build_vq
+    from .config import gpt_preset, vq_preset
+    from .model_dir import ExportSpec, write_model_dirs
+
+    gpt = build_gpt(gpt_preset("GPT-Tiny"), None, seed=1)
+    for p in gpt.parameters():
+        if p.dim() > 1:
+            p.data.mul_(10.0)
+    vq = build_vq(vq_preset("VQ-Tiny"), None, seed=2)
+    names = [str(i) for i in range(gpt.cfg.num_classes)]
+    dirs = {}
+    for kind in ("fused", "portable"):
+        spec = ExportSpec(name=f"tiny-{kind}", class_names=names, include_weights=True, graph=kind)
+        for d in write_model_dirs(gpt, vq, root / f"tiny-{kind}", spec):
+            dirs[f"tiny {kind} {d.name.rsplit('-', 1)[1]}"] = d
+    return dirs

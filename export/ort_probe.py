@@ -1,0 +1,90 @@
+"""Run model directories on whatever onnxruntime this interpreter has; write what came out.
+
+The support matrix (export/ort_matrix.py) runs this module with each tested onnxruntime version's
+interpreter: `python -m tessera.export.ort_probe OUT.npz DIR [DIR ...]`. It imports the runtime
+only (never torch), so it runs in an environment that holds nothing but an old onnxruntime.
+For each directory it records the load error, or the logits of a fixed call scenario (prefill,
+decode steps, a multi-query call over a past, through the runtime's own KV-cache runner),
+generated token grids (sampled with guidance, greedy, parallel) and their decoded images.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SCENARIO_ROWS = 2
+DECODE_STEPS = 4
+LABELS = (1, 2)
+SAMPLED = {"guidance_scale": 2.0, "top_k": 16, "temperature": 1.0, "seed": 0}
+
+
+def scenario(vocab_size: int, class_token_offset: int, null_class_id: int, grid: tuple[int, int],
+             rope_grid: int) -> list[dict]:
+    """The calls of the logits check, in order: the class token and a known prefix that crosses a
+    row, single-token decode steps, then three queries at non-contiguous cells over that past
+    with one past entry hidden."""
+    rng = np.random.default_rng(0)
+    h, w = grid
+    r = SCENARIO_ROWS
+    cell_pos = lambda c: 1 + (c // w) * rope_grid + c % w  # noqa: E731 (the manifest's layout)
+    known = min(w + 2, h * w - DECODE_STEPS - 1)  # a prefix that crosses a row: non-contiguous positions
+    ids = np.concatenate([[[class_token_offset + LABELS[0]], [class_token_offset + null_class_id]],
+                          rng.integers(0, vocab_size, (r, known))], axis=1).astype(np.int64)
+    pos = np.concatenate([[0], cell_pos(np.arange(known))]).astype(np.int64)
+    calls = [{"ids": ids, "pos": np.broadcast_to(pos, (r, known + 1)).copy(),
+              "mask": np.broadcast_to(np.tril(np.ones((known + 1, known + 1), bool)), (r, known + 1, known + 1)).copy()}]
+    for j in range(known, known + DECODE_STEPS):
+        calls.append({"ids": rng.integers(0, vocab_size, (r, 1)).astype(np.int64),
+                      "pos": np.full((r, 1), cell_pos(j), np.int64), "mask": np.ones((r, 1, j + 2), bool)})
+    first = known + DECODE_STEPS
+    cells = np.minimum(np.array([first, first + 3, first + w]), h * w - 1)
+    s, past = len(cells), first + 1
+    mask = np.ones((r, s, past + s), bool)
+    mask[:, :, past:] = cells[None, :, None] >= cells[None, None, :]
+    mask[0, 0, 2] = False
+    calls.append({"ids": rng.integers(0, vocab_size, (r, s)).astype(np.int64),
+                  "pos": np.broadcast_to(cell_pos(cells), (r, s)).astype(np.int64).copy(), "mask": mask})
+    return calls
+
+
+def probe(model_dir: Path) -> dict[str, np.ndarray]:
+    from tessera.runtime import Pipeline
+
+    pipe = Pipeline.load(model_dir, providers="cpu")
+    layout = pipe.layout
+    out: dict[str, np.ndarray] = {}
+    runner = pipe.transformer
+    calls = scenario(layout.vocab_size, layout.class_token_offset, layout.null_class_id, pipe.grid,
+                     layout.rope_grid)
+    runner.start(SCENARIO_ROWS, sum(c["ids"].shape[1] for c in calls))
+    for k, c in enumerate(calls):
+        out[f"logits_{k}"] = np.array(runner(c["ids"], c["pos"], c["mask"]), np.float32)
+    runner.release()
+    out["tokens_sampled"] = pipe.generate_tokens(list(LABELS), **SAMPLED)
+    out["tokens_greedy"] = pipe.generate_tokens(list(LABELS), guidance_scale=1.0, temperature=0.0)
+    out["tokens_parallel"] = pipe.generate_tokens(list(LABELS), parallel_window=2, **SAMPLED)
+    out["images"] = pipe.tokenizer.decode(out["tokens_sampled"]).astype(np.float32)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    import onnxruntime
+
+    target, dirs = Path(argv[0]), argv[1:]
+    arrays, status = {}, {"onnxruntime": onnxruntime.__version__, "dirs": {}}
+    for i, d in enumerate(dirs):
+        try:
+            for key, value in probe(Path(d)).items():
+                arrays[f"{i}/{key}"] = value
+            status["dirs"][d] = "ok"
+        except Exception as e:  # recorded, not raised: the matrix shows every failure
+            status["dirs"][d] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+    np.savez(target, status=np.array(json.dumps(status)), **arrays)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
