@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+from tessera.runtime.compat import OLDEST_TESTED
+
 from .config import DEFAULT_OPSET, GPT_PRESETS, VQ_PRESETS
 
 # This module stays importable without torch (it builds `tessera --help`); the heavy stage is
@@ -41,6 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     out.add_argument("--graph", choices=["fused", "portable"], default="fused",
                      help="transformer graph: 'fused' uses onnxruntime's fused kernels (GroupQueryAttention, "
                           "in-place KV cache; fastest), 'portable' only standard ONNX ops (any ONNX runtime)")
+    out.add_argument("--target-onnxruntime", metavar="VERSION", default=OLDEST_TESTED,
+                     help="the oldest onnxruntime the model must load on (the GPU/NPU flavours lag the CPU "
+                          "package); the fused graph takes the newest operator form that version accepts. "
+                          f"Default {OLDEST_TESTED}: every tested build. 1.32+ runs parallel decoding's "
+                          "multi-query calls batched")
     q = p.add_argument_group(
         "precision (quantized variants)",
         "--quant fp32|fp16|int8|int4 writes one model directory of that precision at --out. "
@@ -82,10 +89,14 @@ def _class_names(arg: str | None, n: int) -> list[str]:
 
 def carried_extras(src: Path, manifest: dict, replaced: set[str]) -> list[Path]:
     """Files a re-export carries over from its source directory: model card, samples ... (not the
-    graphs, weights or their data files, which are written anew), unless a new --extra replaces them."""
-    made = {g["file"] for g in manifest["graphs"].values()} | set(manifest.get("weights", {}).values())
+    graphs, weights or their data files, which are written anew), unless a new --extra replaces them.
+    Only plain file names inside `src` (the runtime's check): a hostile manifest copies nothing."""
+    from tessera.runtime.manifest import file_inside
+
+    made = {g["file"] for g in manifest["graphs"].values()} | set((manifest.get("weights") or {}).values())
     made |= {g["external_data"] for g in manifest["graphs"].values() if g.get("external_data")}
-    return [src / name for name in manifest["files"] if name not in made and name not in replaced]
+    paths = [file_inside(src, name, f"files[{json.dumps(name)}]") for name in manifest["files"]]
+    return [path for path in paths if path.name not in made and path.name not in replaced]
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -125,7 +136,7 @@ def run(args: argparse.Namespace) -> Path:
     spec = ExportSpec(name=name, class_names=names, generation_defaults=defaults, opset=args.opset,
                       include_weights=args.include_weights or keep_weights,
                       extra_files=extras + [Path(f) for f in args.extra],
-                      overwrite=args.overwrite, graph=args.graph,
+                      overwrite=args.overwrite, graph=args.graph, target_onnxruntime=args.target_onnxruntime,
                       external_data_threshold=None if args.external_data_threshold is None
                       else int(args.external_data_threshold))
     quant = QuantOptions(int4_block_size=args.int4_block_size, int4_accuracy_level=args.int4_accuracy_level,

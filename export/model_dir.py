@@ -4,8 +4,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+import secrets
 import shutil
+import signal
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -14,7 +19,9 @@ import onnx
 import torch
 from safetensors.torch import save_file
 
-from tessera.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, sha256_file
+from tessera.runtime.compat import OLDEST_TESTED, fused_form, multi_query
+from tessera.runtime.errors import InvalidInputError
+from tessera.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, is_plain_file_name, sha256_file
 
 from . import parity
 from .config import GPTConfig, VQConfig
@@ -43,6 +50,9 @@ class ExportSpec:
     extra_files: list[Path] = field(default_factory=list)  # model card, sample sheets ...
     overwrite: bool = False
     graph: str = "fused"  # transformer graph kind: "fused" (onnxruntime kernels) or "portable" (standard ops)
+    # The oldest onnxruntime the graphs must load on (runtime/compat.py): the fused graph takes the
+    # newest operator form that build accepts. The default loads on every tested build.
+    target_onnxruntime: str = OLDEST_TESTED
     # Graphs whose tensors pass this many bytes keep them in `<graph>.onnx.data` (None: the
     # $TESSERA_EXTERNAL_DATA_THRESHOLD environment variable, else 16 MiB: memory-mapped weights).
     external_data_threshold: int | None = None
@@ -68,10 +78,45 @@ def check_compatible(gpt: GPTConfig, vq: VQConfig, class_names: list[str]) -> No
         raise ExportError("transformer and tokenizer do not fit together: " + "; ".join(problems))
 
 
+def not_a_model_dir(path: Path) -> str | None:
+    """None when `path` is a Tessera model directory (its root holds a regular tessera.json whose
+    format is "tessera-model"), else what is there instead, for an error message."""
+    if path.is_symlink():
+        return f"a symlink (to {os.readlink(path)})"
+    if not path.is_dir():
+        return "a file, not a directory" if path.is_file() else "not a directory"
+    manifest = path / MANIFEST_NAME
+    if manifest.is_symlink() or not manifest.is_file():
+        return f"a directory without a {MANIFEST_NAME} manifest, not a Tessera model directory"
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return f"a directory whose {MANIFEST_NAME} is not valid JSON, not a Tessera model directory"
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return f"a directory whose {MANIFEST_NAME} is not a Tessera manifest, not a Tessera model directory"
+    return None
+
+
+def _refuse_replacing(out: Path, what: str) -> ExportError:
+    return ExportError(f"{out} is {what}: --overwrite only ever replaces a Tessera model directory, so nothing "
+                       "was touched; choose another --out, or move that away yourself")
+
+
 def prepare_output(out: Path, overwrite: bool) -> None:
-    """Fail before any work if the destination is taken or cannot be written."""
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out} already exists; pass --overwrite to replace it")
+    """Fail before any work if the destination is taken or cannot be written. `overwrite` only ever
+    replaces a Tessera model directory (see `not_a_model_dir`): a user's files are never touched.
+    Also removes the stale partial directories of dead exports to `out` (`remove_stale_partials`)."""
+    if out.name in ("", ".", ".."):
+        raise ExportError(f"--out {out} must name the model directory itself (e.g. --out models/mine)")
+    if out.exists() or out.is_symlink():
+        what = not_a_model_dir(out)
+        if what is not None:
+            if overwrite:
+                raise _refuse_replacing(out, what)
+            raise ExportError(f"{out} already exists and is {what}; choose another --out "
+                              "(--overwrite only ever replaces a Tessera model directory)")
+        if not overwrite:
+            raise ExportError(f"{out} already exists; pass --overwrite to replace it")
     parent = out.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +124,125 @@ def prepare_output(out: Path, overwrite: bool) -> None:
         probe.close()
     except OSError as e:
         raise ExportError(f"cannot write into {parent} ({e.strerror or e}); choose another --out") from e
+    remove_stale_partials(out)
+
+
+# A partial directory is `.OUT.partial-PID-XXXXXXXX` (tempfile.mkdtemp's 8 random characters) next to
+# OUT; older exports wrote `.OUT.partial-XXXXXXXX`.
+STALE_PARTIAL_AGE_S = 3600.0
+
+
+def _partial_prefix(out: Path) -> str:
+    return f".{out.name}.partial-{os.getpid()}-"
+
+
+def _process_gone(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate it: rely on the age rule alone
+        return True
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
+
+
+def remove_stale_partials(out: Path, max_age_s: float = STALE_PARTIAL_AGE_S) -> list[Path]:
+    """Remove what dead exports to `out` left behind. The rule (safe by construction): only a real
+    directory (not a symlink) next to `out` whose name is exactly `.{out.name}.partial-` + [PID-] +
+    mkdtemp's 8 random characters, in which nothing was modified for `max_age_s` (1 hour), and, when
+    its name carries the exporting process id, that process no longer runs on this machine. A killed
+    export (SIGTERM, Ctrl-C) cleans up itself; this is for SIGKILL, power loss and the like."""
+    parent = out.resolve().parent
+    pattern = re.compile(re.escape(f".{out.name}.partial-") + r"(?:(\d+)-)?[a-z0-9_]{8}")
+    removed = []
+    try:
+        candidates = list(parent.iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for path in candidates:
+        m = pattern.fullmatch(path.name)
+        if m is None or path.is_symlink() or not path.is_dir():
+            continue
+        try:
+            newest = max([path.stat().st_mtime] + [f.lstat().st_mtime for f in path.iterdir()])
+        except OSError:
+            continue
+        if now - newest < max_age_s or (m.group(1) is not None and not _process_gone(int(m.group(1)))):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+class _TerminateGuard:
+    """While an export runs in the main thread, SIGTERM (whose default action kills the process on
+    the spot, leaving `.OUT.partial-*` behind) raises SystemExit(143) so the cleanup runs; while the
+    finished directory is moved into place (`held`) it is deferred until the move is done. Installed
+    only over the default action (an application's own handler or SIG_IGN is left alone); the previous
+    handler is restored by `restore`."""
+
+    def __init__(self):
+        self.installed = False
+        self.held = False
+        self.pending = False
+        sigterm = getattr(signal, "SIGTERM", None)
+        if sigterm is None or threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            if signal.getsignal(sigterm) is signal.SIG_DFL:
+                signal.signal(sigterm, self._handler)
+                self.installed = True
+        except (ValueError, OSError):
+            pass
+
+    def _handler(self, signum, frame):
+        if self.held:
+            self.pending = True
+            return
+        raise SystemExit(128 + signum)
+
+    def hold(self) -> None:
+        self.held = True
+
+    def restore(self) -> None:
+        """Put the default action back (unless someone replaced our handler meanwhile); a SIGTERM
+        deferred by `hold` then ends the export: SystemExit(143)."""
+        if self.installed:
+            if signal.getsignal(signal.SIGTERM) == self._handler:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            self.installed = False
+        if self.pending:
+            self.pending = False
+            raise SystemExit(128 + signal.SIGTERM)
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Move the finished `tmp` to `out`. An existing `out` must (still) be a Tessera model directory:
+    it is renamed aside to a fresh unique `.OUT.old-*`, `tmp` renamed to `out`, and only then is the old
+    one removed; a failure in between puts the old directory back."""
+    if not (out.exists() or out.is_symlink()):
+        tmp.rename(out)
+        return
+    what = not_a_model_dir(out)  # it may have changed while the export ran
+    if what is not None:
+        raise _refuse_replacing(out, what)
+    while True:
+        old = out.with_name(f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+        if not (old.exists() or old.is_symlink()):
+            break
+    out.rename(old)
+    try:
+        tmp.rename(out)
+    except BaseException:
+        if old.is_dir() and not (out.exists() or out.is_symlink()):
+            old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def variant_dirs(out: str | Path, precisions: list[str] | tuple[str, ...]) -> dict[str, Path]:
@@ -92,8 +256,8 @@ def _graph_entries(spec: ExportSpec, root: Path, quant_entries: dict[str, dict],
     """Each graph's file, exporter facts, precision, method (+ options), opset and external data file."""
     graphs = {}
     for name, fname in GRAPH_FILES.items():
-        entry = {"file": fname, **(facts or {}).get(name, {}), "precision": "fp32", "method": "none",
-                 **quant_entries.get(name, {}), "opset": spec.opset}
+        entry = {"file": fname, "min_onnxruntime": OLDEST_TESTED, **(facts or {}).get(name, {}),
+                 "precision": "fp32", "method": "none", **quant_entries.get(name, {}), "opset": spec.opset}
         if data_file(root / fname).exists():
             entry["external_data"] = data_file(root / fname).name
         graphs[name] = entry
@@ -144,11 +308,12 @@ def _manifest(gpt: GPT, vq: VQModel, spec: ExportSpec, parity_report: dict, file
     }
 
 
-def _parity(gpt: GPT, vq: VQModel, tmp: Path, precision: str) -> dict:
+def _parity(gpt: GPT, vq: VQModel, tmp: Path, precision: str, transformer_facts: dict) -> dict:
     sizes = parity.QUANT_PARITY if precision != "fp32" else {}
     report = {
         "precision": precision,
-        "transformer": parity.transformer_parity(gpt, tmp / GRAPH_FILES["transformer"], **sizes),
+        "transformer": parity.transformer_parity(gpt, tmp / GRAPH_FILES["transformer"], **sizes,
+                                                 multi_query=multi_query(transformer_facts)),
         "tokenizer": parity.tokenizer_parity(vq, tmp / GRAPH_FILES["tokenizer_encoder"],
                                              tmp / GRAPH_FILES["tokenizer_decoder"]),
     }
@@ -184,12 +349,20 @@ def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, pr
         else quant.external_data_threshold
     quant = QuantOptions(**{**quant.__dict__, "external_data_threshold": threshold})
     check_compatible(gpt.cfg, vq.cfg, spec.class_names)
+    try:
+        fused_form(spec.target_onnxruntime)  # before any work: a target below the oldest tested
+    except InvalidInputError as e:
+        raise ExportError(str(e)) from None
     for f in spec.extra_files:
         if not Path(f).is_file():
             raise ExportError(f"extra file {f} does not exist")
+        if not is_plain_file_name(Path(f).name):  # the runtime refuses a listed name it cannot trust
+            raise ExportError(f"extra file {f}: its name must not contain '\\' or ':'; rename it")
     prepare_output(out, spec.overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.resolve().parent))
+    tmp = None
+    guard = _TerminateGuard()  # SIGTERM -> SystemExit: the partial directory is removed below
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=_partial_prefix(out), dir=out.resolve().parent))
         graphs = {name: tmp / fname for name, fname in GRAPH_FILES.items()}
         facts: dict[str, dict] = {}
         if fp32_source is not None:
@@ -202,18 +375,19 @@ def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, pr
                     if src.exists():
                         shutil.copy2(src, tmp / src.name)
         else:
-            facts["transformer"] = export_transformer(gpt, graphs["transformer"], spec.opset, spec.graph)
+            facts["transformer"] = export_transformer(gpt, graphs["transformer"], spec.opset, spec.graph,
+                                                      spec.target_onnxruntime)
             export_tokenizer(vq, graphs["tokenizer_encoder"], graphs["tokenizer_decoder"], spec.opset)
             for path in graphs.values():
                 finalize_graph(path, threshold)
             if precision != "fp32":  # a broken export must not hide behind quantization bounds
-                fp32 = _parity(gpt, vq, tmp, "fp32")
+                fp32 = _parity(gpt, vq, tmp, "fp32", facts["transformer"])
                 parity.check(fp32["transformer"], fp32["tokenizer"])
         try:
             entries = quantize_graphs(graphs, precision, quant)
         except Exception as e:
             raise ExportError(str(e)) from e
-        report = _parity(gpt, vq, tmp, precision)
+        report = _parity(gpt, vq, tmp, precision, facts.get("transformer", {}))
         parity.check(report["transformer"], report["tokenizer"], precision)
         if spec.include_weights:
             save_file({k: v.contiguous() for k, v in gpt.state_dict().items()}, str(tmp / WEIGHT_FILES["transformer"]))
@@ -225,18 +399,15 @@ def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, pr
         manifest = _manifest(gpt, vq, spec, report, files, _graph_entries(spec, tmp, entries, facts))
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         _public_permissions(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        guard.hold()  # from here a SIGTERM waits until the directory is in place (see restore)
+        _install(tmp, out)
         return out
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        guard.restore()
 
 
 def write_model_dirs(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec,
