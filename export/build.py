@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from tessera.runtime.errors import ModelDirectoryError
 from tessera.runtime.manifest import load_manifest
 
 from .checkpoints import load_strict, read_state_dict
@@ -74,12 +75,21 @@ def load_run(path: str | Path, kind: str):
 
 
 def load_model_dir(model_dir: str | Path) -> tuple[GPT, VQModel, dict]:
-    """Rebuild the PyTorch models of a model directory exported with its weights."""
+    """Rebuild the PyTorch models of a model directory exported with its weights. The directory is
+    untrusted input: `load_manifest` checks that every name it lists is a plain file name inside it
+    and verifies sizes and checksums before anything is read."""
+    from .model_dir import ExportError
+
     manifest = load_manifest(model_dir, verify="full")
     weights = manifest.data.get("weights") or {}
     if not weights:
-        raise ValueError(f"{model_dir} was exported without its PyTorch weights (--include-weights); "
-                         "it cannot be re-exported")
+        raise ExportError(f"{model_dir} was exported without its PyTorch weights (no --include-weights), so it "
+                          "cannot be re-exported; export again from the original checkpoints (--gpt-weights, "
+                          "--vq-weights) with --include-weights")
+    missing = [k for k in ("transformer", "tokenizer") if k not in weights]
+    if missing:
+        raise ModelDirectoryError(f"{model_dir}: the manifest's 'weights' lacks {' and '.join(missing)}; "
+                                  "export again from the original checkpoints with --include-weights")
     root = manifest.root
     gpt = build_gpt(GPTConfig.from_dict(manifest.data["transformer"]), root / weights["transformer"])
     vq = build_vq(VQConfig.from_dict(manifest.data["tokenizer"]), root / weights["tokenizer"])

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from .errors import InvalidInputError, ModelDirectoryError
 
@@ -23,6 +24,89 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# --- a model directory is untrusted input: every name it lists stays inside it ----------------
+_UNTRUSTED_FIX = "the manifest is damaged or was tampered with; re-export the model or get it from a trusted source"
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def is_plain_file_name(name) -> bool:
+    """A non-empty str naming a file directly inside a directory on every OS: no separator ('/' or
+    '\\'), no drive or stream (':'), not '.' or '..', not absolute, no NUL."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\:\0")
+            and PurePosixPath(name).name == name and PureWindowsPath(name).name == name)
+
+
+def file_inside(root: Path, name, field: str) -> Path:
+    """`root / name` after checking that `name` is a plain file name and that the path, symlinks
+    resolved, stays inside `root`; else a ModelDirectoryError naming `field`. No file is opened."""
+    if not is_plain_file_name(name):
+        raise ModelDirectoryError(f"{field}: not a plain file name inside the model directory ({name!r}); "
+                                  + _UNTRUSTED_FIX)
+    path = root / name
+    try:
+        real_root, real = root.resolve(), path.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise ModelDirectoryError(f"{field}: {name!r} cannot be resolved ({e}); " + _UNTRUSTED_FIX) from None
+    if not real.is_relative_to(real_root):
+        raise ModelDirectoryError(f"{field}: {name!r} is a symlink to {real}, outside the model directory; "
+                                  "copy the file into the directory instead, or " + _UNTRUSTED_FIX)
+    return path
+
+
+def _quoted(name) -> str:
+    return json.dumps(name) if isinstance(name, str) else repr(name)
+
+
+def check_names(manifest: "Manifest") -> None:
+    """Every name the manifest lists (`files`, each graph's `file` and `external_data`, `weights`)
+    is a plain file name inside the model directory, each graph and weights file is listed in
+    `files`, and each `files` entry has a well-formed `bytes` and `sha256`. Opens no listed file."""
+    data, root = manifest.data, manifest.root
+    files = data.get("files")
+    if not isinstance(files, dict):
+        raise ModelDirectoryError(f"{root / MANIFEST_NAME}: 'files' is not an object of file name -> "
+                                  "{sha256, bytes}; " + _UNTRUSTED_FIX)
+    for name, meta in files.items():
+        field = f"files[{_quoted(name)}]"
+        file_inside(root, name, field)
+        if not isinstance(meta, dict):
+            raise ModelDirectoryError(f"{field}: expected {{\"sha256\": ..., \"bytes\": ...}}, got {meta!r}; "
+                                      + _UNTRUSTED_FIX)
+        size, digest = meta.get("bytes"), meta.get("sha256")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ModelDirectoryError(f'{field}["bytes"]: expected a size in bytes (an integer >= 0), '
+                                      f"got {size!r}; " + _UNTRUSTED_FIX)
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise ModelDirectoryError(f'{field}["sha256"]: expected 64 hex digits, got {digest!r}; '
+                                      + _UNTRUSTED_FIX)
+    graphs = data.get("graphs")
+    if not isinstance(graphs, dict):
+        raise ModelDirectoryError(f"{root / MANIFEST_NAME}: 'graphs' is not an object of graph name -> entry; "
+                                  + _UNTRUSTED_FIX)
+    listed = []
+    for gname, entry in graphs.items():
+        gfield = f"graphs[{_quoted(gname)}]"
+        if not isinstance(entry, dict):
+            raise ModelDirectoryError(f"{gfield}: expected an object with a 'file', got {entry!r}; " + _UNTRUSTED_FIX)
+        keys = ["file"] + (["external_data"] if entry.get("external_data") is not None else [])
+        for key in keys:
+            field = f'{gfield}["{key}"]'
+            file_inside(root, entry.get(key), field)
+            listed.append((field, entry[key]))
+    weights = data.get("weights") or {}
+    if not isinstance(weights, dict):
+        raise ModelDirectoryError(f"{root / MANIFEST_NAME}: 'weights' is not an object of model -> file name; "
+                                  + _UNTRUSTED_FIX)
+    for wname, fname in weights.items():
+        field = f"weights[{_quoted(wname)}]"
+        file_inside(root, fname, field)
+        listed.append((field, fname))
+    for field, fname in listed:
+        if fname not in files:
+            raise ModelDirectoryError(f"{field}: {fname!r} is not listed in 'files', so it cannot be verified; "
+                                      + _UNTRUSTED_FIX)
 
 
 @dataclass(frozen=True)
@@ -83,7 +167,13 @@ class Manifest:
             ) from None
 
     def graph_path(self, name: str) -> Path:
-        return self.root / self.graph(name)["file"]
+        entry = self.graph(name)
+        path = file_inside(self.root, entry.get("file") if isinstance(entry, dict) else None,
+                           f'graphs[{_quoted(name)}]["file"]')
+        if path.name not in self.data.get("files", {}):
+            raise ModelDirectoryError(f'graphs[{_quoted(name)}]["file"]: {path.name!r} is not listed in '
+                                      "'files', so it cannot be verified; " + _UNTRUSTED_FIX)
+        return path
 
     # --- class labels -----------------------------------------------------------------------
     def class_id(self, label: int | str) -> int:
@@ -125,23 +215,32 @@ def load_manifest(model_dir: str | Path, verify: str = "full") -> Manifest:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ModelDirectoryError(f"{path} is not valid JSON ({e}); re-export the model") from e
-    if data.get("format") != FORMAT or not isinstance(data.get("format_version"), int):
-        raise ModelDirectoryError(f"{path} is not a Tessera manifest (format {data.get('format')!r})")
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("format_version"), int):
+        raise ModelDirectoryError(f"{path} is not a Tessera manifest "
+                                  f"(format {data.get('format') if isinstance(data, dict) else None!r})")
     if data["format_version"] > FORMAT_VERSION:
         raise ModelDirectoryError(f"{path} has format version {data['format_version']}, newer than this runtime "
                                   f"understands ({FORMAT_VERSION}); upgrade tessera-ar")
     for key in ("transformer", "grid", "classes", "token_layout", "graphs", "files"):
         if key not in data:
             raise ModelDirectoryError(f"{path} lacks the '{key}' section; re-export the model")
-    manifest = Manifest(root, data)
     if verify not in ("full", "size", "none"):
         raise InvalidInputError(f"verify must be 'full', 'size' or 'none', got {verify!r}")
+    manifest = Manifest(root, data)
+    check_names(manifest)  # always: a name check opens nothing and costs nothing
     if verify != "none":
-        verify_files(manifest, full=verify == "full")
+        _verify_listed(manifest, full=verify == "full")
     return manifest
 
 
 def verify_files(manifest: Manifest, full: bool = True) -> None:
+    """Check the size (and with `full` the sha256) of every file the manifest lists, after checking
+    that every listed name stays inside the model directory (`check_names`)."""
+    check_names(manifest)
+    _verify_listed(manifest, full)
+
+
+def _verify_listed(manifest: Manifest, full: bool) -> None:
     for name, meta in manifest.data["files"].items():
         f = manifest.root / name
         if not f.is_file():
@@ -150,6 +249,6 @@ def verify_files(manifest: Manifest, full: bool = True) -> None:
         if size != meta["bytes"]:
             raise ModelDirectoryError(f"{f} is {size} bytes but the manifest says {meta['bytes']}: "
                                       "the file is truncated or was replaced; re-export or re-copy the model")
-        if full and sha256_file(f) != meta["sha256"]:
+        if full and sha256_file(f) != meta["sha256"].lower():
             raise ModelDirectoryError(f"{f} fails its sha256 checksum: the file is corrupt or was modified; "
                                       "re-export or re-copy the model")
