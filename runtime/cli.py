@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .cli_options import add_model_arguments, pipeline_from_args
 from .editing_cli import add_edit_parser, add_preview_arguments, preview_callback
 from .errors import ExtraNotInstalledError, InvalidInputError, TesseraError
 
@@ -69,12 +70,10 @@ def _save(image, path: Path) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .images import image_grid
-    from .pipeline import Pipeline
 
     out = Path(args.out)
     _check_writable(out)
-    pipe = Pipeline.load(args.model, providers=args.providers.split(",") if args.providers != "auto" else "auto",
-                         threads=args.threads, verify=args.verify)
+    pipe = pipeline_from_args(args)
     labels = pipe.labels(args.classes, args.num)  # validates before any work
     progress = Progress(f"generating {len(labels)} image{'s' if len(labels) > 1 else ''}", enabled=not args.quiet)
     progress = preview_callback(args, pipe, progress)  # --preview-dir: live frames
@@ -98,7 +97,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             _save(im, path)
             written.append(path)
     if not args.quiet:
-        print(f"{len(images)} image(s) in {elapsed:.2f}s on {pipe.providers[0]} -> "
+        print(f"{len(images)} image(s) in {elapsed:.2f}s on {pipe.graph_providers['transformer']} -> "
               + (str(written[0]) if len(written) == 1 else f"{written[0]} ... {written[-1]}"), file=sys.stderr)
     return 0
 
@@ -106,7 +105,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from .manifest import load_manifest
     from .pipeline import default_model_dir
+    from .backend import installed_flavours
+    from .compat import required_version
     from .providers import available_providers
+    from .session import ort_version
 
     m = load_manifest(args.model or default_model_dir(), verify=args.verify)
     if args.json:
@@ -128,13 +130,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  defaults     {json.dumps(m.generation_defaults)}")
     for name, g in d["graphs"].items():
         size = d["files"].get(g["file"], {}).get("bytes", 0)
-        print(f"  {name:18s} {g['file']:28s} {g['precision']:5s} opset {g['opset']}  {size / 1e6:7.2f} MB")
+        print(f"  {name:18s} {g['file']:28s} {g['precision']:5s} opset {g['opset']}  {size / 1e6:7.2f} MB  "
+              f"onnxruntime >= {required_version(g)}")
     par = d.get("parity", {})
     if par.get("transformer"):
         print(f"  parity       transformer max |logit err| {par['transformer']['max_abs_logit_error']:.2e}; "
               f"decoder {par['tokenizer']['decoder_max_abs_error']:.2e}")
     print(f"  exported by  tessera-ar {d.get('exported_by', {}).get('version')}")
-    print(f"  providers here: {', '.join(available_providers())}")
+    print(f"  here         onnxruntime {ort_version()} ({', '.join(installed_flavours()) or 'no flavour listed'}); "
+          f"providers {', '.join(available_providers())}")
     return 0
 
 
@@ -195,10 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode image rows in parallel, each W tokens behind the row above (fewer steps)")
     g.add_argument("--grid-size", type=int, metavar="N",
                    help="generate an N x N token grid instead of the trained size (larger images)")
-    g.add_argument("--providers", default="auto", help="auto, or comma-separated: cpu, cuda, rocm, migraphx, dml ...")
-    g.add_argument("--threads", type=int, help="CPU threads (default: onnxruntime's choice)")
-    g.add_argument("--verify", choices=["full", "size", "none"], default="size",
-                   help="check model files against the manifest: sha256, size only, or not at all")
+    add_model_arguments(g)
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     add_preview_arguments(g)
     g.set_defaults(func=cmd_generate)

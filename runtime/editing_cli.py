@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+from .cli_options import add_model_arguments, pipeline_from_args
 from .errors import InvalidInputError
 
 EDIT_EPILOG = """examples:
@@ -71,15 +72,13 @@ def _load_image(path: str, what: str):
 def cmd_edit(args: argparse.Namespace) -> int:
     from .cli import Progress, _check_writable, _save
     from .images import image_grid
-    from .pipeline import Pipeline
 
     out = Path(args.out)
     _check_writable(out)
     image = _load_image(args.image, "IMAGE")
     mask = _load_image(args.mask, "--mask") if getattr(args, "mask", None) else None
     writer = preview_from_args(args, args.scale)
-    pipe = Pipeline.load(args.model, providers=args.providers.split(",") if args.providers != "auto" else "auto",
-                         threads=args.threads, verify=args.verify)
+    pipe = pipeline_from_args(args)
     label = args.class_label
     if label is not None:
         pipe.manifest.class_id(label)  # validate before any work
@@ -129,9 +128,7 @@ def _common(p: argparse.ArgumentParser, candidates: bool) -> None:
     p.add_argument("--grid", action="store_true", help="write all results into one sheet")
     p.add_argument("--scale", type=int, default=1, help="nearest-neighbour upscaling of the saved images")
     add_preview_arguments(p)
-    p.add_argument("--providers", default="auto", help="auto, or comma-separated: cpu, cuda, rocm, migraphx, dml ...")
-    p.add_argument("--threads", type=int, help="CPU threads (default: onnxruntime's choice)")
-    p.add_argument("--verify", choices=["full", "size", "none"], default="size")
+    add_model_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_edit)
 

@@ -94,3 +94,23 @@ def test_reexport_keeps_weights_and_extra_files(tiny_dir, tmp_path):
     files = json.loads((second / "tessera.json").read_text())["files"]
     assert {"MODEL_CARD.md", "gpt.safetensors", "vq.safetensors"} <= set(files)
     assert (second / "MODEL_CARD.md").read_text() == "# card v1\n"
+
+
+def test_provider_and_session_options(tiny_dir, tmp_path, capsys):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    assert main(["generate", "5", "--model", str(tiny_dir), "--out", str(a), "--seed", "9", "-q"]) == 0
+    assert main(["generate", "5", "--model", str(tiny_dir), "--out", str(b), "--seed", "9", "-q", "--providers", "cpu",
+                 "--session-option", "intra_op_num_threads=1", "--session-option",
+                 "session.intra_op.allow_spinning=0", "--provider-option", "arena_extend_strategy=kSameAsRequested"]) == 0
+    assert a.read_bytes() == b.read_bytes()  # options change how, never what
+    capsys.readouterr()
+    assert main(["generate", "5", "--model", str(tiny_dir), "--out", str(b), "--session-option", "threads"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'threads' is not of the form key=value" in err
+    assert main(["generate", "5", "--model", str(tiny_dir), "--out", str(b), "--session-option", "no_such=1"]) == 1
+    assert "unknown session option 'no_such'" in capsys.readouterr().err
+
+
+def test_generate_summary_names_the_provider_that_ran(tiny_dir, tmp_path, capsys):
+    assert main(["generate", "5", "--model", str(tiny_dir), "--out", str(tmp_path / "a.png")]) == 0
+    assert "on CPUExecutionProvider" in capsys.readouterr().err
