@@ -358,6 +358,9 @@ def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, pr
             raise ExportError(f"extra file {f} does not exist")
         if not is_plain_file_name(Path(f).name):  # the runtime refuses a listed name it cannot trust
             raise ExportError(f"extra file {f}: its name must not contain '\\' or ':'; rename it")
+        reserved = {*GRAPH_FILES.values(), *WEIGHT_FILES.values(), MANIFEST_NAME}
+        if Path(f).name in reserved or Path(f).name.endswith(".onnx.data"):
+            raise ExportError(f"extra file {f} would replace the model's own {Path(f).name}; rename it")
     prepare_output(out, spec.overwrite)
     tmp = None
     guard = _TerminateGuard()  # SIGTERM -> SystemExit: the partial directory is removed below

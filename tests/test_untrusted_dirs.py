@@ -432,3 +432,16 @@ def test_reexport_of_a_dir_without_weights_is_one_clear_line(model_copy, tmp_pat
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--include-weights" in err and "original checkpoints" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["transformer.onnx", "gpt.safetensors", "tessera.json", "transformer.onnx.data"])
+def test_extra_file_cannot_replace_the_models_own_files(tiny_models, tmp_path, name):
+    from tessera.export.model_dir import ExportError, ExportSpec, write_model_dir
+
+    gpt, vq = tiny_models
+    extra = tmp_path / "src" / name
+    extra.parent.mkdir()
+    extra.write_bytes(b"not a graph")
+    with pytest.raises(ExportError, match="would replace the model's own"):
+        write_model_dir(gpt, vq, tmp_path / "m", ExportSpec("x", [str(i) for i in range(10)], extra_files=[extra]))
+    assert not (tmp_path / "m").exists() and _hidden(tmp_path) == []
