@@ -81,7 +81,8 @@ def load_model_dir(model_dir: str | Path) -> tuple[GPT, VQModel, dict]:
     from .model_dir import ExportError
 
     manifest = load_manifest(model_dir, verify="full")
-    weights = manifest.data.get("weights") or {}
+    spec = manifest.spec  # validated: types, ranges and cross-checks (tessera.runtime.spec)
+    weights = spec.weights
     if not weights:
         raise ExportError(f"{model_dir} was exported without its PyTorch weights (no --include-weights), so it "
                           "cannot be re-exported; export again from the original checkpoints (--gpt-weights, "
@@ -91,6 +92,11 @@ def load_model_dir(model_dir: str | Path) -> tuple[GPT, VQModel, dict]:
         raise ModelDirectoryError(f"{model_dir}: the manifest's 'weights' lacks {' and '.join(missing)}; "
                                   "export again from the original checkpoints with --include-weights")
     root = manifest.root
-    gpt = build_gpt(GPTConfig.from_dict(manifest.data["transformer"]), root / weights["transformer"])
-    vq = build_vq(VQConfig.from_dict(manifest.data["tokenizer"]), root / weights["tokenizer"])
+    absent = [weights[k] for k in ("transformer", "tokenizer") if not (root / weights[k]).is_file()]
+    if absent:  # an installed copy leaves the export-only weights out (the runtime does not need them)
+        raise ExportError(f"{model_dir} lists its PyTorch weights but {' and '.join(absent)} are not there (an "
+                          "installed copy leaves them out); re-export from a copy that has them, e.g. the "
+                          "source repository's models/ folder")
+    gpt = build_gpt(GPTConfig.from_dict(spec.transformer.to_dict()), root / weights["transformer"])
+    vq = build_vq(VQConfig.from_dict(spec.tokenizer.to_dict()), root / weights["tokenizer"])
     return gpt, vq, manifest.data

@@ -6,11 +6,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import ExportError
+
 # LlamaGen keeps weights under one of these keys, or at the top level.
 _NESTED_KEYS = ("model", "module", "state_dict", "ema")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ExportError, ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 

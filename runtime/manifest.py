@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from .errors import InvalidInputError, ModelDirectoryError
+from .spec import FORMAT, FORMAT_VERSION, MANIFEST_NAME, ModelSpec, TokenLayout  # noqa: F401 (re-exported)
 
-MANIFEST_NAME = "tessera.json"
-FORMAT = "tessera-model"
-FORMAT_VERSION = 1
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest of 100,000 class names is ~5 MB; more is not a manifest
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -109,54 +108,45 @@ def check_names(manifest: "Manifest") -> None:
                                       + _UNTRUSTED_FIX)
 
 
-@dataclass(frozen=True)
-class TokenLayout:
-    """Where tokens and positions sit in the transformer's input space."""
-
-    vocab_size: int  # image codes are 0 .. vocab_size - 1
-    class_token_offset: int  # class c is fed as class_token_offset + c
-    null_class_id: int
-    rope_grid: int  # cell (row, col) has position id 1 + row * rope_grid + col; the class has 0
-
-    def class_ids(self, labels):
-        return labels + self.class_token_offset
-
-    def cell_position(self, row, col):
-        return 1 + row * self.rope_grid + col
-
-
 @dataclass
 class Manifest:
+    """A loaded model directory: `root`, the raw manifest `data`, and `spec`, the validated
+    contract (runtime/spec.py) the views below read."""
+
     root: Path
     data: dict
+    spec: ModelSpec | None = None  # set by load_manifest; for a Manifest built by hand, built on first use
+
+    def _spec(self) -> ModelSpec:
+        if self.spec is None:
+            self.spec = ModelSpec.from_manifest(self.data, self.root)
+        return self.spec
 
     # --- typed views of what the runtime needs ---------------------------------------------
     @property
     def transformer(self) -> dict:
-        return self.data["transformer"]
+        """The transformer section as a dict (validated; `spec.transformer` is the typed form)."""
+        return self._spec().transformer.to_dict()
 
     @property
     def grid(self) -> tuple[int, int]:
-        g = self.data["grid"]
-        return int(g["height"]), int(g["width"])
+        return self._spec().grid
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.data["classes"]["names"])
+        return self._spec().class_names
 
     @property
     def num_classes(self) -> int:
-        return int(self.data["classes"]["count"])
+        return self._spec().num_classes
 
     @property
     def layout(self) -> TokenLayout:
-        t = self.data["token_layout"]
-        return TokenLayout(int(t["vocab_size"]), int(t["class_token_offset"]), int(self.data["classes"]["null_class_id"]),
-                           int(t["rope_grid"]))
+        return self._spec().layout
 
     @property
     def generation_defaults(self) -> dict:
-        return dict(self.data.get("generation_defaults", {}))
+        return self._spec().generation.to_dict()
 
     def graph(self, name: str) -> dict:
         try:
@@ -212,9 +202,14 @@ def load_manifest(model_dir: str | Path, verify: str = "full") -> Manifest:
         raise ModelDirectoryError(f"{root} is not a Tessera model directory: {MANIFEST_NAME} is missing. "
                                   "Pass a directory made by `tessera export`.")
     try:
+        size = path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise ModelDirectoryError(f"{path} is {size} bytes, more than a manifest can be "
+                                      f"({MAX_MANIFEST_BYTES} bytes); " + _UNTRUSTED_FIX)
         data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelDirectoryError(f"{path} is not valid JSON ({e}); re-export the model") from e
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: absurdly nested JSON
+        raise ModelDirectoryError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:200]}); "
+                                  "re-export the model") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("format_version"), int):
         raise ModelDirectoryError(f"{path} is not a Tessera manifest "
                                   f"(format {data.get('format') if isinstance(data, dict) else None!r})")
@@ -228,6 +223,8 @@ def load_manifest(model_dir: str | Path, verify: str = "full") -> Manifest:
         raise InvalidInputError(f"verify must be 'full', 'size' or 'none', got {verify!r}")
     manifest = Manifest(root, data)
     check_names(manifest)  # always: a name check opens nothing and costs nothing
+    # Then the schema: every section, type, range and cross-check (runtime/spec.py); opens nothing.
+    manifest.spec = ModelSpec.from_manifest(data, root)
     if verify != "none":
         _verify_listed(manifest, full=verify == "full")
     return manifest
@@ -241,8 +238,13 @@ def verify_files(manifest: Manifest, full: bool = True) -> None:
 
 
 def _verify_listed(manifest: Manifest, full: bool) -> None:
+    # The PyTorch weights serve re-export only: an install may leave them out (the wheel does),
+    # but when present they are verified like every other file.
+    export_only = set((manifest.data.get("weights") or {}).values())
     for name, meta in manifest.data["files"].items():
         f = manifest.root / name
+        if name in export_only and not f.exists():
+            continue
         if not f.is_file():
             raise ModelDirectoryError(f"{f} is missing from the model directory; re-export or re-copy the model")
         size = f.stat().st_size

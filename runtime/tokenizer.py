@@ -8,6 +8,7 @@ import numpy as np
 
 from .errors import InvalidInputError
 from .manifest import Manifest
+from .spec import TensorSig, check_session
 
 SessionFactory = Callable[[Path], object]
 
@@ -17,18 +18,36 @@ class ImageTokenizer:
 
     def __init__(self, manifest: Manifest, open_session: SessionFactory):
         self.manifest = manifest
+        self.spec = spec = manifest._spec()
         self._open = open_session
+        self.codebook_size = spec.tokenizer.codebook_size
+        self.downsample = spec.tokenizer.downsample
         self.decoder = open_session(manifest.graph_path("tokenizer_decoder"))
+        self._check("tokenizer_decoder", self.decoder)
         self._encoder = None
-        tok = manifest.data["tokenizer"]
-        self.codebook_size = int(tok["codebook_size"])
-        self.downsample = int(tok["downsample"])
 
     @property
     def encoder(self):
         if self._encoder is None:
-            self._encoder = self._open(self.manifest.graph_path("tokenizer_encoder"))
+            encoder = self._open(self.manifest.graph_path("tokenizer_encoder"))
+            self._check("tokenizer_encoder", encoder)
+            self._encoder = encoder
         return self._encoder
+
+    def _check(self, name: str, session) -> None:
+        """The opened graph takes and gives what the manifest says (names, element types, channels);
+        else one ModelDirectoryError naming the graph and the mismatch."""
+        graph, channels = self.spec.graph(name), self.spec.image.channels
+        codes = TensorSig(None, ("tensor(int64)",), (None, None, None))
+        if name == "tokenizer_decoder":  # codes [B, h, w] -> image [B, C, H, W]
+            ins = [TensorSig(graph.inputs[0], codes.types, codes.dims)]
+            outs = [TensorSig(graph.outputs[0], ("tensor(float)", "tensor(float16)"), (None, channels, None, None),
+                              (None, "image.channels"))]
+        else:  # image [B, C, H, W] (fed as float32) -> codes [B, h, w]
+            ins = [TensorSig(graph.inputs[0], ("tensor(float)",), (None, channels, None, None),
+                             (None, "image.channels"))]
+            outs = [TensorSig(graph.outputs[0], codes.types, codes.dims)]
+        check_session(session, graph, ins, outs, self.manifest.root.name)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """codes `[B, h, w]` -> images `[B, 3, h*ds, w*ds]` (float, about [-1, 1])."""
@@ -37,7 +56,7 @@ class ImageTokenizer:
             raise InvalidInputError(f"codes must be [batch, height, width], got shape {codes.shape}")
         if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
             raise InvalidInputError(f"codes must lie in 0..{self.codebook_size - 1}; got {codes.min()}..{codes.max()}")
-        return self.decoder.run(None, {"codes": codes.astype(np.int64)})[0]
+        return self.decoder.run(None, {self.spec.graph("tokenizer_decoder").inputs[0]: codes.astype(np.int64)})[0]
 
     def decode_tiled(self, codes: np.ndarray, tile: int, overlap: int | None = None) -> np.ndarray:
         """Decode a large grid tile by tile (peak memory of one `tile x tile` decode).
@@ -75,7 +94,8 @@ class ImageTokenizer:
         if images.ndim != 4 or images.shape[2] % self.downsample or images.shape[3] % self.downsample:
             raise InvalidInputError(f"images must be [batch, 3, H, W] with H, W multiples of {self.downsample}; "
                                     f"got shape {images.shape}")
-        return self.encoder.run(None, {"image": images})[0]
+        encoder = self.encoder
+        return encoder.run(None, {self.spec.graph("tokenizer_encoder").inputs[0]: images})[0]
 
 
 def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
