@@ -3,8 +3,10 @@ appear row by row.
 
     python examples/tk_viewer.py [--model DIR] [--scale 8]
 
-Generation runs in a worker thread; its preview frames go through a queue that the Tk main loop
-drains with `after` (Tk calls stay on the main thread). Stdlib Tkinter + Pillow only.
+Generation runs in a worker thread that drives `Pipeline.stream` (one step per token, a preview
+frame every `--every` tokens); the frames go through a queue that the Tk main loop drains with
+`after` (Tk calls stay on the main thread). Stop cancels the generation through a `CancelToken`
+(it ends within one token; the pipeline stays usable). Stdlib Tkinter + Pillow only.
 
 `--headless-test OUT.png` is the hook for tests: the window generates once for `--class`, saves
 the image last drawn on the canvas to OUT.png and prints one JSON line of statistics
@@ -26,7 +28,7 @@ from tkinter import ttk
 import numpy as np
 from PIL import Image
 
-from tessera.runtime import Pipeline
+from tessera.runtime import CancelToken, GenerationCancelled, Pipeline
 
 
 def photo_from(image: Image.Image, scale: int) -> tk.PhotoImage:
@@ -48,8 +50,9 @@ class Viewer:
         self.result: list[Image.Image] | None = None
         self.error: BaseException | None = None
         self.on_done = None
+        self.cancel: CancelToken | None = None
 
-        root.title(f"Tessera — {pipe.manifest.data.get('name', 'model')}")
+        root.title(f"Tessera — {pipe.manifest.root.name}")
         bar = ttk.Frame(root, padding=6)
         bar.pack(side=tk.TOP, fill=tk.X)
         ttk.Label(bar, text="class").pack(side=tk.LEFT)
@@ -61,9 +64,12 @@ class Viewer:
         ttk.Spinbox(bar, from_=0, to=2**31 - 1, textvariable=self.seed_var, width=8).pack(side=tk.LEFT, padx=4)
         self.button = ttk.Button(bar, text="Generate", command=self.generate)
         self.button.pack(side=tk.LEFT, padx=4)
+        self.stop_button = ttk.Button(bar, text="Stop", command=self.stop)
+        self.stop_button.pack(side=tk.LEFT, padx=4)
+        self.stop_button.state(["disabled"])
         self.status = tk.StringVar(value="ready")
         ttk.Label(root, textvariable=self.status, padding=(6, 0)).pack(side=tk.BOTTOM, fill=tk.X)
-        h, w = pipe.manifest.data["image"]["height"], pipe.manifest.data["image"]["width"]
+        h, w = pipe.image_size
         self.canvas = tk.Canvas(root, width=w * scale, height=h * scale, background="#808080", highlightthickness=0)
         self.canvas.pack(padx=6, pady=6)
         self.photo = photo_from(Image.new("RGB", (w, h), (128, 128, 128)), scale)
@@ -77,15 +83,24 @@ class Viewer:
         self.button.state(["disabled"])
         self.status.set(f"generating {label} ...")
         self.result = None
-        self.worker = threading.Thread(target=self._run, args=(label, seed), daemon=True)
+        self.cancel = CancelToken()
+        self.stop_button.state(["!disabled"])
+        self.worker = threading.Thread(target=self._run, args=(label, seed, self.cancel), daemon=True)
         self.worker.start()
         self.root.after(15, self._drain)
 
-    def _run(self, label: str, seed: int) -> None:
+    def stop(self) -> None:
+        if self.cancel is not None:
+            self.cancel.cancel()  # the worker's stream raises GenerationCancelled within one token
+
+    def _run(self, label: str, seed: int, cancel: CancelToken) -> None:
         try:
-            images = self.pipe.generate([label], seed=seed, preview_every=self.every,
-                                        preview=lambda step, total, ims: self.frames.put((step, total, ims[0])))
-            self.frames.put(("done", images))
+            for step in self.pipe.stream([label], seed=seed, preview_every=self.every, cancel=cancel):
+                if step.images:  # a preview frame; the last step carries the final image
+                    self.frames.put((step.step, step.total, step.images[0]))
+            self.frames.put(("done", step.result.images))
+        except GenerationCancelled as e:
+            self.frames.put(("cancelled", e))
         except BaseException as e:  # shown in the status line
             self.frames.put(("error", e))
 
@@ -97,7 +112,7 @@ class Viewer:
                 item = self.frames.get_nowait()
             except queue.Empty:
                 break
-            if item[0] in ("done", "error"):
+            if item[0] in ("done", "error", "cancelled"):
                 finished = item
             else:
                 latest = item
@@ -109,7 +124,10 @@ class Viewer:
             self.root.after(15, self._drain)
             return
         self.button.state(["!disabled"])
-        if finished[0] == "error":
+        self.stop_button.state(["disabled"])
+        if finished[0] == "cancelled":
+            self.status.set(f"stopped after {finished[1].step}/{finished[1].total} tokens")
+        elif finished[0] == "error":
             self.error = finished[1]
             self.status.set(f"error: {finished[1]}")
         else:

@@ -1,20 +1,21 @@
 """Reference PyTorch generation loop with a KV cache: the baseline the ONNX runtime must equal.
 
-It samples with the runtime's own numpy sampler, so one seed gives one token grid in both.
+It samples with the runtime's own numpy sampler and its per-image streams (image i draws from
+`default_rng(seed + i)`, or from `seed[i]` for a list), so one seed gives one token grid in both.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from tessera.runtime.sampling import SamplingConfig, apply_guidance, sample
+from tessera.runtime.sampling import ImageStreams, SamplingConfig, apply_guidance, image_seeds, sample
 
 from .transformer import GPT
 
 
 @torch.no_grad()
 def generate_tokens(model: GPT, labels, guidance_scale: float = 1.0,
-                    sampling: SamplingConfig = SamplingConfig(), seed: int = 0) -> np.ndarray:
+                    sampling: SamplingConfig = SamplingConfig(), seed=0) -> np.ndarray:
     """Class ids -> token grids `[B, grid, grid]` (int64), as LlamaGen generates them."""
     model.eval()
     cfg = model.cfg
@@ -22,7 +23,7 @@ def generate_tokens(model: GPT, labels, guidance_scale: float = 1.0,
     b, n = labels.shape[0], cfg.grid * cfg.grid
     guided = guidance_scale > 1.0
     rows = torch.cat([labels, torch.full_like(labels, cfg.null_class)]) if guided else labels
-    rng = np.random.default_rng(seed)
+    rng = ImageStreams(image_seeds(seed, b), n)  # one stream per image
     sampling = sampling.validate(cfg.vocab_size)
 
     ids = model.class_token(rows)[:, None]

@@ -13,103 +13,134 @@ Bookkeeping for a raster-order model (the token at cell j predicts cell j+1):
   latest token of row r-1). A proxy is masked out for every later query: it is never context.
 * a row's last token, not needed as any query, is fed as plain context (its logits unused).
 
-Each call lists its entries in raster order (the fused graph is causal in call order) and the
-mask lets an entry see the class token, every real token that precedes it in raster order, and
-itself. With `window >= width` this is exactly sequential decoding, token for token.
+Each call lists its real entries in raster order, then its proxies (the fused graph is causal
+in call order; a proxy is context for nobody, so it may come last), and the mask lets an entry
+see the class token, every real token that precedes it in raster order, and itself. After the
+call the proxies' cache slots are dropped again (`runner.truncate`): the cache never holds more
+than the class token and the h*w cells, so every grid up to the rotary table (`rope_grid`) fits
+the fused graph's cos/sin cache (one row per position) at every window. With `window >= width`
+this is exactly sequential decoding, token for token.
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 
-from .generation import StepCallback, cell_positions, guidance_rows
+from .decoding import DecodeRequest, DecodeState, decode
+from .generation import cell_positions, guidance_rows
 from .manifest import TokenLayout
-from .sampling import SamplingConfig, apply_guidance, sample
+from .results import StepCallback
+from .sampling import ImageStreams, SamplingConfig, apply_guidance, image_seeds, sample
 from .transformer import TransformerRunner
 
 
+class ParallelDecoder:
+    """Rows advance in parallel, each `window` tokens behind the row above (see the module doc)."""
+
+    name = "parallel"
+
+    def __init__(self, window: int):
+        self.window = int(window)
+
+    def start(self, request: DecodeRequest) -> DecodeState:
+        # -1: not decided yet (what callbacks see)
+        return DecodeState(np.full((request.labels.shape[0], request.cells), -1, np.int64), prefix_view=False)
+
+    def steps(self, runner, layout: TokenLayout, request: DecodeRequest, state: DecodeState) -> Iterator[int]:
+        h, w = request.grid
+        n, b, window = h * w, request.labels.shape[0], self.window
+        guidance_scale, sampling, rng = request.guidance_scale, request.sampling, request.rng
+        guided = guidance_scale > 1.0
+        rows = guidance_rows(request.labels, layout, guided)
+        r_count = rows.shape[0]
+        positions = cell_positions(layout, request.grid)
+        out = state.out
+        if request.known is not None:
+            raise ValueError("the parallel decoder takes no known cells; use the sequential decoder")
+
+        runner.start(r_count, 1 + n + (h - 1))  # cached: class + cells; transient: a proxy per row start
+        slot_raster = np.full(1 + n, n + 1, np.int64)  # raster index held by each cache slot (class: -1)
+        slot_raster[0] = -1
+        logits = runner(layout.class_ids(rows)[:, None].astype(np.int64), np.zeros((r_count, 1), np.int64),
+                        np.ones((r_count, 1, 1), bool))
+        state.calls = 1
+        state.mark("prefill")
+        decided = 0
+        done = np.zeros(h, np.int64)  # cells sampled per row
+        pending: dict[int, int] = {}  # row -> raster index of its latest sampled cell, not yet fed
+        queries = [(0, 0)]  # (logit column, row) of the entries whose logits predict a row's next cell
+
+        while True:
+            # 1. Sample the next cell of every row that had a query (image i's draws in query order).
+            step = logits[:, [col for col, _ in queries]]  # [R, A, V]
+            if guided:
+                step = apply_guidance(step, b, guidance_scale)
+            a = len(queries)
+            toks = sample(np.ascontiguousarray(step.transpose(1, 0, 2)).reshape(a * b, -1), sampling, rng)
+            for k, (_, row) in enumerate(queries):
+                cell = row * w + done[row]
+                out[:, cell] = toks[k * b:(k + 1) * b]
+                pending[row] = cell
+                done[row] += 1
+            decided += a
+            yield decided
+            if decided == n:
+                return
+
+            # 2. Plan the next call: one query per row allowed to advance, plus context-only feeds.
+            entries = []  # (raster index, real token (else proxy), query row or -1)
+            for row in range(h):
+                c = done[row]
+                if c >= w or (row > 0 and done[row - 1] < w and done[row - 1] < c + window):
+                    continue
+                if c > 0:
+                    if row not in pending:
+                        continue  # its input was fed already (cannot happen with one query per row per call)
+                    entries.append((pending.pop(row), True, row))
+                else:  # first cell: predicted from (row-1, w-1)
+                    last = (row - 1) * w + w - 1
+                    if pending.get(row - 1) == last:
+                        entries.append((pending.pop(row - 1), True, row))
+                    else:
+                        entries.append((last, False, row))  # proxy
+            for row, cell in list(pending.items()):
+                if done[row] == w:  # a finished row's last token: context only
+                    entries.append((cell, True, -1))
+                    del pending[row]
+            entries.sort(key=lambda e: (not e[1], e[0]))  # real entries in raster order, then proxies
+
+            # 3. Ids, positions and the mask of this call.
+            s = len(entries)
+            ids = np.empty((r_count, s), np.int64)
+            raster = np.array([e[0] for e in entries])
+            real = np.array([e[1] for e in entries])
+            for k, (cell, is_real, row) in enumerate(entries):
+                if is_real:
+                    ids[:, k] = np.tile(out[:, cell], r_count // b)
+                else:  # proxy for (row-1, w-1): the token above it if sampled, else row-1's latest token
+                    src = cell - w if row >= 2 and done[row - 2] == w else (row - 1) * w + done[row - 1] - 1
+                    ids[:, k] = np.tile(out[:, src], r_count // b)
+            pos = np.broadcast_to(positions[raster], (r_count, s)).copy()
+            length = runner.length
+            past = slot_raster[:length][None, :] < raster[:, None]  # cached slots hold real tokens only
+            new = (real[None, :] & (raster[None, :] < raster[:, None])) | np.eye(s, dtype=bool)
+            mask = np.broadcast_to(np.concatenate([past, new], axis=1), (r_count, s, length + s)).copy()
+            n_real = int(real.sum())
+            slot_raster[length:length + n_real] = raster[:n_real]
+            queries = [(k, row) for k, (_, _, row) in enumerate(entries) if row >= 0]
+            logits = runner(ids, pos, mask)
+            if n_real < s:
+                runner.truncate(length + n_real)  # the proxies are context for nobody: free their slots
+            state.calls += 1
+
+
 def generate_tokens_parallel(runner: TransformerRunner, layout: TokenLayout, grid: tuple[int, int],
-                             labels: np.ndarray, guidance_scale: float, sampling: SamplingConfig, seed: int,
+                             labels: np.ndarray, guidance_scale: float, sampling: SamplingConfig, seed,
                              window: int, callback: StepCallback | None = None) -> tuple[np.ndarray, int]:
-    """Class ids `[B]` -> (token grids `[B, h, w]`, number of transformer calls)."""
-    h, w = grid
-    n = h * w
-    b = labels.shape[0]
-    guided = guidance_scale > 1.0
-    rows = guidance_rows(labels, layout, guided)
-    r_count = rows.shape[0]
-    rng = np.random.default_rng(seed)
-    positions = cell_positions(layout, grid)
-    out = np.full((b, n), -1, dtype=np.int64)  # -1: not decided yet (what callbacks see)
-
-    capacity = 1 + n + (h - 1)  # class token, every cell, at most one proxy per row start
-    runner.start(r_count, capacity)
-    slot_raster = np.full(capacity, n + 1, np.int64)  # raster index held by each cache slot (class: -1)
-    slot_visible = np.zeros(capacity, bool)  # real tokens are context; proxies never are
-    slot_raster[0], slot_visible[0] = -1, True
-    logits = runner(layout.class_ids(rows)[:, None].astype(np.int64), np.zeros((r_count, 1), np.int64),
-                    np.ones((r_count, 1, 1), bool))
-    calls, decided = 1, 0
-    done = np.zeros(h, np.int64)  # cells sampled per row
-    pending: dict[int, int] = {}  # row -> raster index of its latest sampled cell, not yet fed
-    queries = [(0, 0)]  # (logit column, row) of the entries whose logits predict a row's next cell
-
-    while True:
-        # 1. Sample the next cell of every row that had a query.
-        step = logits[:, [col for col, _ in queries]]  # [R, A, V]
-        if guided:
-            step = apply_guidance(step, b, guidance_scale)
-        a = len(queries)
-        toks = sample(np.ascontiguousarray(step.transpose(1, 0, 2)).reshape(a * b, -1), sampling, rng)
-        for k, (_, row) in enumerate(queries):
-            cell = row * w + done[row]
-            out[:, cell] = toks[k * b:(k + 1) * b]
-            pending[row] = cell
-            done[row] += 1
-        decided += a
-        if callback is not None:
-            callback(decided, n, out)
-        if decided == n:
-            return out.reshape(b, h, w), calls
-
-        # 2. Plan the next call: one query per row allowed to advance, plus context-only feeds.
-        entries = []  # (raster index, token source cell or None for proxy, proxy content row, query row)
-        for row in range(h):
-            c = done[row]
-            if c >= w or (row > 0 and done[row - 1] < w and done[row - 1] < c + window):
-                continue
-            if c > 0:
-                if row not in pending:
-                    continue  # its input was fed already (cannot happen with one query per row per call)
-                entries.append((pending.pop(row), True, row))
-            else:  # first cell: predicted from (row-1, w-1)
-                last = (row - 1) * w + w - 1
-                if pending.get(row - 1) == last:
-                    entries.append((pending.pop(row - 1), True, row))
-                else:
-                    entries.append((last, False, row))  # proxy
-        for row, cell in list(pending.items()):
-            if done[row] == w:  # a finished row's last token: context only
-                entries.append((cell, True, -1))
-                del pending[row]
-        entries.sort(key=lambda e: e[0])
-
-        # 3. Ids, positions and the mask of this call.
-        s = len(entries)
-        ids = np.empty((r_count, s), np.int64)
-        raster = np.array([e[0] for e in entries])
-        real = np.array([e[1] for e in entries])
-        for k, (cell, is_real, row) in enumerate(entries):
-            if is_real:
-                ids[:, k] = np.tile(out[:, cell], r_count // b)
-            else:  # proxy for (row-1, w-1): the token above it if sampled, else row-1's latest token
-                src = cell - w if row >= 2 and done[row - 2] == w else (row - 1) * w + done[row - 1] - 1
-                ids[:, k] = np.tile(out[:, src], r_count // b)
-        pos = np.broadcast_to(positions[raster], (r_count, s)).copy()
-        length = runner.length
-        past = slot_visible[:length][None, :] & (slot_raster[:length][None, :] < raster[:, None])
-        new = (real[None, :] & (raster[None, :] < raster[:, None])) | np.eye(s, dtype=bool)
-        mask = np.broadcast_to(np.concatenate([past, new], axis=1), (r_count, s, length + s)).copy()
-        slot_raster[length:length + s], slot_visible[length:length + s] = raster, real
-        queries = [(k, row) for k, (_, _, row) in enumerate(entries) if row >= 0]
-        logits = runner(ids, pos, mask)
-        calls += 1
+    """Class ids `[B]` -> (token grids `[B, h, w]`, number of transformer calls): `ParallelDecoder`."""
+    labels = np.asarray(labels, np.int64)
+    rng = ImageStreams(image_seeds(seed, labels.shape[0]), grid[0] * grid[1])
+    result = decode(ParallelDecoder(window), runner, layout,
+                    DecodeRequest(labels, tuple(grid), guidance_scale, sampling, rng), callback)
+    return result.tokens, result.calls

@@ -1,24 +1,45 @@
-"""`Pipeline`: load a model directory, generate images from class labels (diffusers-style calls)."""
+"""`Pipeline`: load a model directory, generate images from class labels (diffusers-style calls).
+
+The generation path: `GenerationConfig` (runtime/config.py) resolved once against the manifest,
+a decoder strategy (runtime/decoding.py: sequential in generation.py, ZipAR in parallel.py) run
+on a transformer runner lent by the pool (runtime/runners.py), one `GenerationResult`
+(runtime/results.py). Editing (runtime/editing.py, image_processing.py) and previews
+(runtime/preview.py) sit beside it; none of them imports this module.
+"""
 from __future__ import annotations
 
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
 from .compat import check_loadable, disabled_optimizers
+from .config import DEFAULT_MEMORY_BUDGET, GenerationConfig, check_budget, check_int
+from .decoding import DecodeRequest, result_of, run_steps
+from .editing import EditResult, check_tokens, complete_tokens, continue_cells, draws_per_image, inpaint_cells, \
+    outpaint_cells
 from .errors import InvalidInputError
-from .generation import StepCallback, generate_tokens
-from .parallel import generate_tokens_parallel
+from .generation import SequentialDecoder
+from .image_processing import to_model_input
 from .images import to_pil
 from .manifest import Manifest, load_manifest
+from .parallel import ParallelDecoder
+from .preview import PreviewRenderer, with_preview
 from .providers import resolve_providers
-from .sampling import SamplingConfig
 from .provider_fit import warn_if_unsuited
+from .results import CancelToken, GenerationCancelled, GenerationResult, Step, StepCallback
+from .runners import RunnerPool
+from .sampling import ImageStreams
 from .session import active_provider, open_session, ort_version
 from .tokenizer import ImageTokenizer
 from .transformer import TransformerRunner
+
+# Generations one Pipeline runs at once from different threads (each with its own KV cache).
+DEFAULT_CONCURRENCY = 4
 
 
 def default_model_dir() -> Path:
@@ -28,15 +49,54 @@ def default_model_dir() -> Path:
     return shipped()
 
 
+class _Stop:
+    """The cancel state of one generation: its own flag (`Pipeline.interrupt`) or the caller's token."""
+
+    __slots__ = ("own", "token")
+
+    def __init__(self, token: CancelToken | None):
+        self.own, self.token = False, token
+
+    def cancel(self) -> None:
+        self.own = True
+
+    @property
+    def cancelled(self) -> bool:
+        return self.own or (self.token is not None and self.token.cancelled)
+
+
 class Pipeline:
     """Class-conditional image generation from an exported model directory.
 
     >>> pipe = Pipeline.load()                      # the shipped default model
     >>> images = pipe.generate([3, "seven"], seed=0)
+    >>> result = pipe.run([3], GenerationConfig(seed=5, guidance_scale=4.0))   # tokens, images, calls, timings
+    >>> for step in pipe.stream([3], preview_every="row"): ...                # partial tokens and frames
+
+    A seed names an image: image i of a call uses the random stream `seed + i` (or `seed[i]`), so
+    `generate([7], seed=s)` is the first image of `generate([7, 3], seed=s)` and `generate([3],
+    seed=s + 1)` its second, the same on every provider (up to the last-bit differences of batched
+    arithmetic, which can move a draw only when its uniform lands within ~1e-6 of a bucket edge).
+
+    Threads: one Pipeline may serve several threads. Each generation borrows a transformer runner
+    (its own KV cache and IO binding) from a pool over the one onnxruntime session, whose `run` is
+    thread-safe; concurrent calls give exactly the images the same calls give one after another.
+    At most `max_concurrency` generations run at once (more wait for a runner); each running one
+    holds its own KV cache. Separate pipelines and processes on one model directory share nothing
+    but the read-only files.
+
+    Cancelling: pass `cancel=CancelToken()` and call `token.cancel()` from any thread, call
+    `pipe.interrupt()` (every generation running now), or return False from the step callback.
+    The generation stops before its next transformer call and raises `GenerationCancelled`; the
+    pipeline stays usable.
+
+    Memory: a request whose estimated memory (KV cache, logits) exceeds `memory_budget` bytes
+    (default 4 GiB; None: no check) is refused with an InvalidInputError before any allocation.
     """
 
     def __init__(self, manifest: Manifest, providers: list[str], threads: int | None = None,
-                 provider_options: dict | None = None, session_options=None):
+                 provider_options: dict | None = None, session_options=None,
+                 memory_budget: int | None = DEFAULT_MEMORY_BUDGET, max_concurrency: int = DEFAULT_CONCURRENCY):
         self.manifest = manifest
         graphs = manifest.data["graphs"]
         installed = ort_version()
@@ -48,7 +108,10 @@ class Pipeline:
             return open_session(path, providers, threads, provider_options, session_options,
                                 disabled_optimizers(entry, installed))
 
-        self.transformer = TransformerRunner(opener(manifest.graph_path("transformer")), manifest)
+        session = opener(manifest.graph_path("transformer"))
+        self.transformer = TransformerRunner(session, manifest)  # the first runner of the pool
+        self._runners = RunnerPool(self.transformer, lambda: TransformerRunner(session, manifest),
+                                   check_int("max_concurrency", max_concurrency, 1))
         self.tokenizer = ImageTokenizer(manifest, opener)
         # What really runs each graph: onnxruntime may drop a requested provider (it warns then).
         self.graph_providers = {"transformer": active_provider(self.transformer.session),
@@ -58,12 +121,16 @@ class Pipeline:
             warn_if_unsuited(graphs, self.graph_providers["transformer"], manifest.root.name)
         self.layout = manifest.layout
         self.grid = manifest.grid
-        self.last_calls = 0
+        self.memory_budget = memory_budget
+        self._lock = threading.Lock()  # guards _running, _last_calls and the lazy encoder
+        self._running: set[_Stop] = set()
+        self._last_calls = 0
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, providers: str | list[str] = "auto",
              threads: int | None = None, verify: str = "full", provider_options: dict | None = None,
-             session_options=None) -> "Pipeline":
+             session_options=None, memory_budget: int | None = DEFAULT_MEMORY_BUDGET,
+             max_concurrency: int = DEFAULT_CONCURRENCY) -> "Pipeline":
         """Open `model_dir` (default: the shipped model) on the best or the requested providers.
 
         Args:
@@ -75,135 +142,351 @@ class Pipeline:
             provider_options: {provider or alias: {option: value}}, e.g. {"cuda": {"device_id": 1}}.
             session_options: an onnxruntime.SessionOptions, or a dict of its attributes and
                 config entries, e.g. {"intra_op_num_threads": 2, "session.intra_op.allow_spinning": "0"}.
+            memory_budget: bytes one generation may plan to use (default 4 GiB); None: no check.
+            max_concurrency: generations that may run at once from different threads (default 4),
+                each with its own KV cache; more wait.
 
         `pipe.providers` lists the providers in use, the one that runs the transformer first;
         `pipe.graph_providers` names the provider that runs each graph.
         """
         manifest = load_manifest(model_dir if model_dir is not None else default_model_dir(), verify=verify)
-        return cls(manifest, resolve_providers(providers), threads, provider_options, session_options)
+        return cls(manifest, resolve_providers(providers), threads, provider_options, session_options,
+                   memory_budget, max_concurrency)
 
-    # --- the calls ---------------------------------------------------------------------------
+    # --- options ----------------------------------------------------------------------------
     @property
     def class_names(self) -> list[str]:
         return self.manifest.class_names
 
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """The trained image's (height, width) in pixels."""
+        return self.grid[0] * self.tokenizer.downsample, self.grid[1] * self.tokenizer.downsample
+
+    def config(self, config: GenerationConfig | None = None, **options) -> GenerationConfig:
+        """`config` with `options` replaced, resolved against this model's defaults and validated."""
+        cfg = GenerationConfig.from_options(config, **options)
+        return cfg.resolve(self.manifest.generation_defaults, self.layout.vocab_size, self.layout.rope_grid,
+                           self.grid)
+
     def sampling_options(self, guidance_scale=None, temperature=None, top_k=None, top_p=None):
-        """Fill unset options from the manifest's generation defaults and validate them."""
-        d = self.manifest.generation_defaults
-        g = float(d.get("guidance_scale", 1.0) if guidance_scale is None else guidance_scale)
-        if not np.isfinite(g) or g < 0:
-            raise InvalidInputError(f"guidance_scale must be >= 0 (<= 1 turns guidance off), got {g}")
-        cfg = SamplingConfig(
-            temperature=float(d.get("temperature", 1.0) if temperature is None else temperature),
-            top_k=int(d.get("top_k", 0) if top_k is None else top_k),
-            top_p=float(d.get("top_p", 1.0) if top_p is None else top_p),
-        )
-        try:
-            return g, cfg.validate(self.layout.vocab_size)
-        except ValueError as e:
-            raise InvalidInputError(str(e)) from None
+        """(guidance_scale, SamplingConfig) with unset options from the manifest's defaults, validated."""
+        cfg = self.config(guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p)
+        return cfg.guidance_scale, cfg.sampling
 
     def labels(self, class_labels: int | str | Sequence[int | str], num_images_per_class: int = 1) -> np.ndarray:
-        if isinstance(class_labels, (int, str, np.integer)):
+        """Class ids or names -> ids `[len(labels) * num_images_per_class]`, label-major."""
+        n = check_int("num_images_per_class", num_images_per_class, 1)
+        if isinstance(class_labels, np.ndarray) and class_labels.ndim == 0:
+            class_labels = class_labels.item()
+        if isinstance(class_labels, (str, int, np.integer)) and not isinstance(class_labels, (bool, np.bool_)):
             class_labels = [class_labels]
-        if num_images_per_class < 1:
-            raise InvalidInputError(f"num_images_per_class must be >= 1, got {num_images_per_class}")
-        ids = [self.manifest.class_id(c) for c in class_labels for _ in range(num_images_per_class)]
-        if not ids:
+        if not isinstance(class_labels, (list, tuple, np.ndarray)):
+            raise InvalidInputError("class_labels must be a class id, a class name or a list of them, "
+                                    f"got {type(class_labels).__name__}")
+        for label in class_labels:
+            if isinstance(label, (bool, np.bool_)) or not isinstance(label, (str, int, np.integer)):
+                raise InvalidInputError(f"class labels must be integer ids (0..{self.manifest.num_classes - 1}) "
+                                        f"or class names, got {label!r} ({type(label).__name__})")
+        if len(class_labels) == 0:
             raise InvalidInputError("give at least one class label")
-        return np.asarray(ids, dtype=np.int64)
+        ids = [self.manifest.class_id(c) for c in class_labels]
+        return np.repeat(np.asarray(ids, dtype=np.int64), n)
 
     def grid_size(self, grid: int | tuple[int, int] | None) -> tuple[int, int]:
         """The token grid to generate: the trained one, or a larger one within the rotary table."""
-        if grid is None:
-            return self.grid
-        h, w = (grid, grid) if isinstance(grid, (int, np.integer)) else tuple(grid)
-        limit = self.layout.rope_grid
-        if not (0 < h <= limit and 0 < w <= limit):
-            raise InvalidInputError(f"grid {h}x{w} is outside what this model's rotary table covers "
-                                    f"(1..{limit} per side; trained on {self.grid[0]}x{self.grid[1]})")
-        return int(h), int(w)
+        return self.config(grid=grid).grid
 
-    def generate_tokens(self, class_labels, guidance_scale: float | None = None, temperature: float | None = None,
-                        top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-                        num_images_per_class: int = 1, callback: StepCallback | None = None,
-                        parallel_window: int | None = None, grid: int | tuple[int, int] | None = None
-                        ) -> np.ndarray:
-        """Class labels (ids or names) -> token grids `[N, h, w]`.
+    def _plan(self, class_labels, cfg: GenerationConfig):
+        """Validate everything and check the memory budget before anything is allocated."""
+        cfg = self.config(cfg)
+        listed = isinstance(class_labels, (list, tuple)) or (isinstance(class_labels, np.ndarray)
+                                                             and class_labels.ndim > 0)
+        count = len(class_labels) if listed else 1  # the labels are checked after the budget
+        queries = cfg.grid[0] if cfg.parallel_window is not None else 1
+        check_budget("generate", count * cfg.num_images_per_class, cfg.guided, cfg.grid, self.manifest.transformer,
+                     self.layout.vocab_size, self.memory_budget, queries)
+        labels = self.labels(class_labels, cfg.num_images_per_class)
+        seeds = cfg.seeds(labels.shape[0])
+        n = cfg.grid[0] * cfg.grid[1]
+        request = DecodeRequest(labels, cfg.grid, cfg.guidance_scale, cfg.sampling, ImageStreams(seeds, n))
+        decoder = SequentialDecoder() if cfg.parallel_window is None else ParallelDecoder(cfg.parallel_window)
+        return cfg, request, decoder
 
-        parallel_window: decode rows in parallel, each `parallel_window` tokens behind the row above
-        (ZipAR-style; fewer transformer calls, see runtime/parallel.py). None: one token per call.
-        grid: generate a larger token grid than trained (quality degrades away from the trained size).
-        `self.last_calls` holds the number of transformer calls of the last generation.
+    # --- the core: borrow a runner, run a decoder ---------------------------------------------
+    @contextmanager
+    def _session(self, cancel: CancelToken | None):
+        """A runner lent for one generation, and its cancel state (registered for `interrupt`)."""
+        if cancel is not None and not isinstance(cancel, CancelToken):
+            raise InvalidInputError(f"cancel must be a CancelToken, got {type(cancel).__name__}")
+        stop = _Stop(cancel)
+        with self._runners.borrow() as runner:
+            with self._lock:
+                self._running.add(stop)
+            try:
+                yield runner, stop
+            finally:
+                with self._lock:
+                    self._running.discard(stop)
+
+    def _steps(self, request: DecodeRequest, decoder, cancel: CancelToken | None):
+        """Yields (step, state) after each decision; returns the GenerationResult (no images)."""
+        with self._session(cancel) as (runner, stop):
+            state = decoder.start(request)
+            for step in run_steps(decoder, runner, self.layout, request, state, stop):
+                yield step, state
+            result = result_of(decoder, request, state)
+        with self._lock:
+            self._last_calls = result.calls
+        return result
+
+    def interrupt(self) -> int:
+        """Cancel every generation running on this pipeline now (from any thread); each raises
+        `GenerationCancelled` within one step. Later calls are not affected. Returns how many."""
+        with self._lock:
+            running = list(self._running)
+        for stop in running:
+            stop.cancel()
+        return len(running)
+
+    def _finish(self, result: GenerationResult, cfg: GenerationConfig, decode_images: bool, renderer=None):
+        result.config = cfg
+        if decode_images:
+            t0 = time.perf_counter()
+            result.images = self.decode(result.tokens)
+            result.timings["images"] = time.perf_counter() - t0
+            if renderer is not None:
+                renderer.show_final(result.images, result.tokens[0].size)
+        return result
+
+    @staticmethod
+    def _check_callback(callback) -> None:
+        if callback is not None and not callable(callback):
+            raise InvalidInputError("callback must be callable as callback(step, total, tokens) (return False "
+                                    f"to stop), got {type(callback).__name__}")
+
+    # --- the calls ------------------------------------------------------------------------------
+    def run(self, class_labels, config: GenerationConfig | None = None, *, callback: StepCallback | None = None,
+            cancel: CancelToken | None = None, preview=None, preview_every=None, decode_images: bool = True,
+            **options) -> GenerationResult:
+        """Class labels -> a `GenerationResult` (tokens, images, seeds, transformer calls, timings).
+
+        Args:
+            class_labels: a class id or name, or a list of them.
+            config: a `GenerationConfig`; `options` (its field names) replace its values.
+            callback: `callback(step, total, tokens)` after each decided token; return False to stop.
+            cancel: a `CancelToken`; `cancel.cancel()` from any thread stops the generation.
+            preview: `preview(step, total, images)` receives partial images (runtime/preview.py);
+                preview_every: tokens per frame, "row" or "auto" (default).
+            decode_images: False skips the image decoder (`result.images` None).
+
+        Raises:
+            InvalidInputError: an option out of range or of the wrong type, or over the memory budget.
+            GenerationCancelled: stopped by `cancel`, `interrupt()` or the callback.
         """
-        g, sampling = self.sampling_options(guidance_scale, temperature, top_k, top_p)
-        labels = self.labels(class_labels, num_images_per_class)
-        size = self.grid_size(grid)
-        if parallel_window is None:
-            tokens = generate_tokens(self.transformer, self.layout, size, labels, g, sampling, int(seed), callback)
-            self.last_calls = size[0] * size[1]
-            return tokens
-        if int(parallel_window) < 1:
-            raise InvalidInputError(f"parallel_window must be >= 1 (or None for sequential), got {parallel_window}")
-        tokens, self.last_calls = generate_tokens_parallel(self.transformer, self.layout, size, labels, g, sampling,
-                                                           int(seed), int(parallel_window), callback)
-        return tokens
-
-    def decode(self, tokens: np.ndarray, tile: int | None = None) -> list[Image.Image]:
-        """Token grids -> images; `tile` decodes large grids tile by tile to bound peak memory."""
-        if tile:
-            return to_pil(self.tokenizer.decode_tiled(tokens, tile))
-        return to_pil(self.tokenizer.decode(tokens))
-
-    def generate(self, class_labels, guidance_scale: float | None = None, temperature: float | None = None,
-                 top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-                 num_images_per_class: int = 1, callback: StepCallback | None = None,
-                 parallel_window: int | None = None, grid: int | tuple[int, int] | None = None,
-                 preview=None, preview_every: int | str | None = None) -> list[Image.Image]:
-        """Class labels -> one PIL image per label (x num_images_per_class). Unset options use the
-        model's defaults from its manifest. The same seed gives the same images on every provider."""
+        cfg, request, decoder = self._plan(class_labels, GenerationConfig.from_options(config, **options))
+        self._check_callback(callback)
         renderer = None
         if preview is not None or preview_every is not None:  # live previews: runtime/preview.py
-            from .preview import with_preview
+            renderer = callback = with_preview(self.tokenizer, cfg.grid, preview, preview_every, callback,
+                                               render_last=not decode_images)
+            renderer = renderer if preview is not None else None
+        total = request.cells
+        steps = self._steps(request, decoder, cancel)
+        try:
+            while True:
+                step, state = next(steps)
+                if callback is not None and callback(step, total, state.view(step)) is False:
+                    raise GenerationCancelled(step, total, state.view(step).copy())
+        except StopIteration as stop:
+            result = stop.value
+        finally:
+            steps.close()
+        return self._finish(result, cfg, decode_images, renderer)
 
-            callback = renderer = with_preview(self.tokenizer, self.grid_size(grid), preview, preview_every, callback)
-        tokens = self.generate_tokens(class_labels, guidance_scale, temperature, top_k, top_p, seed,
-                                      num_images_per_class, callback, parallel_window, grid)
-        final = getattr(renderer, "final_images", None) if preview is not None else None
-        return final if final is not None else self.decode(tokens)  # the last frame is the full decode
+    def stream(self, class_labels, config: GenerationConfig | None = None, *, cancel: CancelToken | None = None,
+               preview_every=None, decode_images: bool = True, **options) -> Iterator[Step]:
+        """Class labels -> an iterator of `Step`s an app can drive: one per decision (partial tokens,
+        and preview images when `preview_every` is given and a frame is due), the last one with
+        `.result` (and the final images). Breaking out of the loop (or `cancel`) stops the
+        generation; the runner is given back when the iterator is closed or exhausted.
+
+        >>> for step in pipe.stream([7], seed=1, preview_every="row"):
+        ...     if step.images: show(step.images[0])
+        >>> step.result.images
+        """
+        cfg, request, decoder = self._plan(class_labels, GenerationConfig.from_options(config, **options))
+        return self._stream(cfg, request, decoder, cancel, preview_every, decode_images)
+
+    def _stream(self, cfg, request, decoder, cancel, preview_every, decode_images) -> Iterator[Step]:
+        frames: list = []
+        renderer = None if preview_every is None else PreviewRenderer(
+            self.tokenizer, cfg.grid, lambda s, t, ims: frames.append(ims), preview_every, render_last=False)
+        total = request.cells
+        steps = self._steps(request, decoder, cancel)
+        try:
+            while True:
+                step, state = next(steps)
+                if step < total:
+                    view = state.view(step)
+                    if renderer is not None:
+                        renderer(step, total, view)
+                    yield Step(step, total, view.copy(), frames.pop() if frames else None)
+                    frames.clear()
+        except StopIteration as stop:
+            result = stop.value
+        finally:
+            steps.close()
+        result = self._finish(result, cfg, decode_images)
+        yield Step(total, total, result.tokens.reshape(len(result.labels), -1).copy(), result.images, result)
+
+    def generate(self, class_labels, guidance_scale: float | None = None, temperature: float | None = None,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | Sequence[int] = 0,
+                 num_images_per_class: int = 1, callback: StepCallback | None = None,
+                 parallel_window: int | None = None, grid: int | tuple[int, int] | None = None,
+                 preview=None, preview_every: int | str | None = None, *, cancel: CancelToken | None = None,
+                 return_result: bool = False) -> list[Image.Image] | GenerationResult:
+        """Class labels -> one PIL image per label (x num_images_per_class), label-major.
+
+        Args:
+            class_labels: a class id or name (case-insensitive), or a list of them.
+            guidance_scale, temperature, top_k, top_p: sampling (None: the model's defaults, from
+                its manifest); see `GenerationConfig`.
+            seed: an integer >= 0 (image i uses seed + i) or a list of seeds, one per image.
+            num_images_per_class: images per label.
+            callback: `callback(step, total, tokens)` after each decided token; return False to stop.
+            parallel_window: None: one token per call; k >= 1: ZipAR rows, k tokens apart.
+            grid: token grid (h, w) or an int; None: the trained grid.
+            preview, preview_every: live partial images (runtime/preview.py).
+            cancel: a `CancelToken` to stop the generation from another thread.
+            return_result: return the `GenerationResult` instead of the image list.
+
+        The same seed gives the same images on every provider.
+        """
+        result = self.run(class_labels, callback=callback, cancel=cancel, preview=preview,
+                          preview_every=preview_every, guidance_scale=guidance_scale, temperature=temperature,
+                          top_k=top_k, top_p=top_p, seed=seed, num_images_per_class=num_images_per_class,
+                          parallel_window=parallel_window, grid=grid)
+        return result if return_result else result.images
 
     __call__ = generate
 
-    # --- editing (runtime/editing.py): the same sampling options as generate --------------------
+    def generate_tokens(self, class_labels, guidance_scale: float | None = None, temperature: float | None = None,
+                        top_k: int | None = None, top_p: float | None = None, seed: int | Sequence[int] = 0,
+                        num_images_per_class: int = 1, callback: StepCallback | None = None,
+                        parallel_window: int | None = None, grid: int | tuple[int, int] | None = None, *,
+                        cancel: CancelToken | None = None) -> np.ndarray:
+        """Class labels (ids or names) -> token grids `[N, h, w]` (the images not decoded); the
+        options as `generate`. `run(..., decode_images=False)` gives the whole result."""
+        return self.run(class_labels, callback=callback, cancel=cancel, decode_images=False,
+                        guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p,
+                        seed=seed, num_images_per_class=num_images_per_class, parallel_window=parallel_window,
+                        grid=grid).tokens
+
+    @property
+    def last_calls(self) -> int:
+        """Deprecated: transformer calls of the last generation finished on this pipeline (any
+        thread). Use `run(...).calls` / `generate(..., return_result=True).calls`."""
+        return self._last_calls
+
+    def decode(self, tokens: np.ndarray, tile: int | None = None) -> list[Image.Image]:
+        """Token grids `[N, h, w]` -> images; `tile` decodes large grids tile by tile to bound peak memory."""
+        codes = np.asarray(tokens) if not isinstance(tokens, np.ndarray) else tokens
+        if codes.ndim == 2:
+            codes = codes[None]
+        if codes.ndim != 3 or codes.size == 0 or not np.issubdtype(codes.dtype, np.integer):
+            raise InvalidInputError(f"tokens must be a non-empty integer array [N, h, w] of codes, got "
+                                    f"{codes.dtype} {codes.shape}")
+        size = self.tokenizer.codebook_size
+        if codes.min() < 0 or codes.max() >= size:
+            raise InvalidInputError(f"token codes must lie in 0..{size - 1}, got {codes.min()}..{codes.max()}")
+        limit = self.layout.rope_grid * 4
+        if codes.shape[1] > limit or codes.shape[2] > limit:
+            raise InvalidInputError(f"a token grid of {codes.shape[1]}x{codes.shape[2]} is larger than this model "
+                                    f"decodes (at most {limit} per side)")
+        px = codes.shape[0] * codes.shape[1] * codes.shape[2] * self.tokenizer.downsample ** 2 * 3 * 4 * 8
+        if self.memory_budget is not None and px > self.memory_budget:
+            raise InvalidInputError(f"decoding {codes.shape[0]} grids of {codes.shape[1]}x{codes.shape[2]} would need "
+                                    f"about {px / 2**30:.1f} GiB, over the memory budget of "
+                                    f"{self.memory_budget / 2**30:.1f} GiB; decode fewer at once or use tile=")
+        if tile:
+            return to_pil(self.tokenizer.decode_tiled(codes, tile))
+        return to_pil(self.tokenizer.decode(codes))
+
+    def release(self) -> None:
+        """Free the idle runners' KV caches (the next generation allocates anew)."""
+        self._runners.release()
+
+    # --- editing (runtime/editing.py; the known-cells input of the sequential decoder) ----------
     def inpaint(self, image, mask, class_label=None, **options):
         """Regenerate the masked part of `image` (PIL or array; fit to the model's size, aspect kept,
         padded with its border colour). mask: white / True = regenerate, the input image's size, the
         model's canvas size or the token grid's; a token cell is regenerated if any of its pixels is.
-        class_label None: unconditional (null class, no guidance). Options: num_images, candidates
-        (draws reranked by the likelihood of the kept cells after the hole; see runtime/editing.py),
-        guidance_scale, temperature, top_k, top_p, seed, callback, preview, preview_every,
-        return_result (an EditResult with tokens, scores and images instead of the image list)."""
-        from .editing import inpaint
+        class_label None: unconditional (null class, no guidance). Options (see `edit_tokens`):
+        num_images, candidates (draws reranked by the likelihood of the kept cells after the hole;
+        see runtime/editing.py), guidance_scale, temperature, top_k, top_p, seed, callback, cancel,
+        preview, preview_every, return_result (an EditResult instead of the image list)."""
+        canvas, regen = inpaint_cells(image, mask, self.image_size, self.grid)
+        return self._edit(canvas, None, regen, class_label, **options)
 
-        return inpaint(self, image, mask, class_label, **options)
-
-    def outpaint(self, image, box=None, class_label=None, **options):
+    def outpaint(self, image, box=None, class_label=None, *, place: bool = False, **options):
         """Keep `box` (x0, y0, x1, y1, exclusive; default the centered half) and regenerate around it.
         place=False: the box is in the input image's pixels. place=True: the image is scaled into the
         box on the model's canvas (extend a small image). Other options as `inpaint`."""
-        from .editing import outpaint
-
-        return outpaint(self, image, box, class_label, **options)
+        canvas, regen = outpaint_cells(image, box, place, self.image_size, self.grid)
+        return self._edit(canvas, None, regen, class_label, **options)
 
     def continue_image(self, image, keep_rows: int, class_label=None, **options):
         """Keep the top `keep_rows` token rows of `image` and write the rest (a prefilled prefix).
         Options as `inpaint` (no candidates: nothing known follows the hole)."""
-        from .editing import continue_image
+        canvas, regen = continue_cells(image, keep_rows, self.image_size, self.grid)
+        options["candidates"] = 1
+        return self._edit(canvas, None, regen, class_label, **options)
 
-        return continue_image(self, image, keep_rows, class_label, **options)
+    def edit_tokens(self, tokens, regenerate, class_label=None, **options) -> EditResult:
+        """The edit on a token grid: `tokens [h, w]`, `regenerate [h, w]` bool -> EditResult.
 
-    def edit_tokens(self, tokens, regenerate, class_label=None, **options):
-        """The edit on a token grid: `tokens [h, w]`, `regenerate [h, w]` bool -> EditResult."""
-        from .editing import edit_tokens
+        Options: num_images (>= 1), candidates (>= 1), guidance_scale, temperature, top_k, top_p,
+        seed (draw r of the num_images x K draws uses seed + r), callback, cancel, preview,
+        preview_every."""
+        source, regen = check_tokens(tokens, regenerate, self.grid, self.layout.vocab_size)
+        options["return_result"] = True
+        return self._edit(None, source, regen, class_label, **options)
 
-        return edit_tokens(self, tokens, regenerate, class_label, **options)
+    _EDIT_SAMPLING = ("guidance_scale", "temperature", "top_k", "top_p", "seed")
+
+    def _edit(self, canvas, source, regen, class_label, *, num_images: int = 1, candidates: int = 4,
+              callback: StepCallback | None = None, cancel: CancelToken | None = None, preview=None,
+              preview_every=None, return_result: bool = False, **sampling):
+        unknown = sorted(set(sampling) - set(self._EDIT_SAMPLING))
+        if unknown:
+            raise InvalidInputError(f"unknown edit option(s) {', '.join(unknown)}; valid: num_images, candidates, "
+                                    f"callback, cancel, preview, preview_every, return_result, "
+                                    f"{', '.join(self._EDIT_SAMPLING)}")
+        cfg = self.config(**sampling)
+        self._check_callback(callback)
+        label = None if class_label is None else self.manifest.class_id(class_label)
+        k = draws_per_image(regen, candidates, num_images)
+        rows = int(num_images) * k
+        check_budget("edit", rows, cfg.guided and label is not None, self.grid, self.manifest.transformer,
+                     self.layout.vocab_size, self.memory_budget)
+        seeds = cfg.seeds(rows)
+        if source is None:
+            with self._lock:  # the encoder session opens on first use
+                encoder = self.tokenizer.encoder
+            source = np.asarray(self.tokenizer.encode(to_model_input(canvas)))[0].astype(np.int64)
+            del encoder
+        if preview is not None:
+            n = self.grid[0] * self.grid[1]
+            known = (np.tile(np.asarray(source).reshape(n), (rows, 1)), np.tile(~np.asarray(regen, bool).reshape(n),
+                                                                               (rows, 1)))
+            callback = with_preview(self.tokenizer, self.grid, preview, preview_every, callback, known=known)
+        elif preview_every is not None:
+            with_preview(self.tokenizer, self.grid, None, preview_every)  # a clear error for a bad value
+        with self._session(cancel) as (runner, stop):
+            result = complete_tokens(runner, self.layout, self.grid, source, regen, label, cfg.guidance_scale,
+                                     cfg.sampling, seeds, num_images, k, callback, stop)
+        result.images = self.decode(result.tokens)
+        if canvas is not None:
+            result.canvas = Image.fromarray(canvas)
+        return result if return_result else result.images

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import InvalidInputError
-from .generation import StepCallback
+from .results import StepCallback
 from .images import to_uint8
 
 # preview(step, total, images) -> None
@@ -47,8 +47,9 @@ class PreviewRenderer:
 
     Frames are incremental: only the token rows that changed since the previous frame are decoded
     (a band of the grid, about 1/h of a full decode) and pasted into the last frame's pixels; the
-    last frame is one full, exact decode (`final_images`), which `Pipeline.generate` returns as
-    its result instead of decoding again. A band is decoded without the rows around it, so rows
+    last frame is one full, exact decode. With `render_last=False` (what `Pipeline.generate` does)
+    the renderer does not decode the last frame itself: the pipeline decodes the result once and
+    hands it over with `show_final(images)`. A band is decoded without the rows around it, so rows
     may show faint seams until the final frame.
 
     every: tokens per frame (an int), "row" (one frame per token row), or None / "auto": at most
@@ -57,12 +58,13 @@ class PreviewRenderer:
     never skipped. `budget` may also be given with an explicit cadence.
 
     known: optional `(tokens [B, n], mask [B, n])` of cells fixed in advance (editing); they are
-    shown from the first frame. `callback`: another step callback, called first on every step.
+    shown from the first frame. `callback`: another step callback, called first on every step;
+    its return value is returned (False stops the generation).
     """
 
     def __init__(self, tokenizer, grid: tuple[int, int], preview: PreviewCallback, every=None,
                  callback: StepCallback | None = None, known: tuple[np.ndarray, np.ndarray] | None = None,
-                 fill_color=(128, 128, 128), budget: float | None = None):
+                 fill_color=(128, 128, 128), budget: float | None = None, render_last: bool = True):
         if not callable(preview):
             raise InvalidInputError(f"preview must be callable as preview(step, total, images), got {type(preview).__name__}")
         self.tokenizer, self.grid, self.preview, self.callback = tokenizer, tuple(grid), preview, callback
@@ -78,22 +80,23 @@ class PreviewRenderer:
         self.frames = 0
         self.seconds = 0.0  # time spent rendering (decoder calls and conversions), not in `preview`
         self.steps: list[int] = []
-        self.final_images: list[Image.Image] | None = None
+        self.render_last = render_last
         self._last_step = 0
         self._pixels: np.ndarray | None = None  # [B, H, W, C] uint8, the previous frame
         self._done = 0  # cells shown as decided in the previous frame (raster prefix)
 
-    def __call__(self, step: int, total: int, tokens: np.ndarray) -> None:
-        if self.callback is not None:
-            self.callback(step, total, tokens)
+    def __call__(self, step: int, total: int, tokens: np.ndarray):
+        answer = self.callback(step, total, tokens) if self.callback is not None else None
+        if answer is False or (step >= total and not self.render_last):
+            return answer
         if step < total and step // self.every <= self._last_step // self.every:
-            return
+            return answer
         t0 = time.perf_counter()
         if self.budget is not None and step < total:
             expected = _FRAME_COST.get(self.tokenizer, 0.0)
             if self.seconds + expected > self.budget * (t0 - self._t0 - self.seconds):
                 self.skipped += 1  # put off: the next step tries again
-                return
+                return answer
         self._last_step = step
         images = self.render(step, total, tokens)
         spent = time.perf_counter() - t0
@@ -106,10 +109,16 @@ class PreviewRenderer:
                 pass
         self.frames += 1
         self.steps.append(step)
-        if step >= total:
-            self.final_images = images
-            images = [im.copy() for im in images]
         self.preview(step, total, images)
+        return answer
+
+    def show_final(self, images: list[Image.Image], total: int | None = None) -> None:
+        """The last frame: the finished `images` (decoded by the caller), handed over as copies."""
+        total = int(total if total is not None else self.grid[0] * self.grid[1])
+        self.frames += 1
+        self.steps.append(total)
+        self._last_step = total
+        self.preview(total, total, [im.copy() for im in images])
 
     def render(self, step: int, total: int, tokens: np.ndarray) -> list[Image.Image]:
         h, w = self.grid
@@ -166,14 +175,14 @@ class PreviewRenderer:
 
 
 def with_preview(tokenizer, grid: tuple[int, int], preview: PreviewCallback | None, every=None,
-                 callback: StepCallback | None = None, known=None) -> StepCallback | None:
+                 callback: StepCallback | None = None, known=None, render_last: bool = True) -> StepCallback | None:
     """Wrap `callback` so that `preview` also receives frames; returns `callback` unchanged when
     `preview` is None."""
     if preview is None:
         if every is not None:
             preview_interval(every, grid)  # still a clear error for a bad value
         return callback
-    return PreviewRenderer(tokenizer, grid, preview, every, callback, known)
+    return PreviewRenderer(tokenizer, grid, preview, every, callback, known, render_last=render_last)
 
 
 class FrameWriter:

@@ -3,12 +3,53 @@
 Candidates are ordered by token id before the inverse-CDF draw, so tiny logit differences
 between providers (1e-6) move a draw only when the uniform lands within that distance of a
 bucket edge, instead of reshuffling whole buckets.
+
+A seed names an image (`ImageStreams`): image i draws its uniforms from its own stream,
+`default_rng(seeds[i])`, one per cell it decides, in the order it decides them. So an image is
+the same alone, in a batch or in a sheet, and guidance rows (conditional + null class) share
+their image's stream (they are sampled as one guided row).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
+
+
+class ImageStreams:
+    """One numpy random stream per image, drawn ahead: `uniforms [draws, images]`.
+
+    Stands in for a `numpy.random.Generator` in `sample`: `random(k * images)` returns the next
+    k draws of every image, draw-major (row q * images + i is image i's draw q), as a view; no
+    allocation and no Python work per step. Image i's stream is `default_rng(seeds[i]).random(draws)`,
+    so its draws do not depend on which other images share the batch.
+    """
+
+    def __init__(self, seeds: Sequence[int], draws: int):
+        self.seeds = tuple(int(s) for s in seeds)
+        self.uniforms = np.empty((max(int(draws), 0), len(self.seeds)))
+        for i, s in enumerate(self.seeds):
+            self.uniforms[:, i] = np.random.default_rng(s).random(self.uniforms.shape[0])
+        self.used = 0
+
+    def random(self, n: int) -> np.ndarray:
+        b = len(self.seeds)
+        k = n // b
+        if k * b != n or self.used + k > self.uniforms.shape[0]:
+            raise ValueError(f"{n} draws do not fit {b} image streams with {self.uniforms.shape[0] - self.used} "
+                             "draws left")
+        out = self.uniforms[self.used:self.used + k].reshape(n)
+        self.used += k
+        return out
+
+
+def image_seeds(seed: int | Sequence[int], count: int) -> tuple[int, ...]:
+    """The seed of each of `count` images: `seed + i` for an int, else the given list (checked by
+    `GenerationConfig`)."""
+    if isinstance(seed, (int, np.integer)):
+        return tuple(int(seed) + i for i in range(count))
+    return tuple(int(s) for s in seed)
 
 
 @dataclass(frozen=True)
@@ -53,7 +94,8 @@ def sample(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) ->
     """Draw one token per row of `logits [N, V]` (float32). Returns int64 `[N]`.
 
     Per row: candidates (top-k, then top-p) in token-id order, float64 probabilities, one
-    uniform per row (`rng.random(N)`, one call per step) placed on their cumulative sum."""
+    uniform per row (`rng.random(N)`, one call per step; `rng` may be an `ImageStreams`) placed
+    on their cumulative sum."""
     if cfg.temperature == 0:
         return logits.argmax(axis=-1).astype(np.int64)
     n, v = logits.shape

@@ -23,10 +23,38 @@ from .backend import ort
 from .errors import InvalidInputError, ModelDirectoryError
 from .compat import multi_query
 from .manifest import Manifest
+from .spec import TensorSig, check_session
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 # Providers whose buffers live on a device ORT can allocate on; others keep the cache in host memory.
 _DEVICE_OF_PROVIDER = {"CUDAExecutionProvider": "cuda"}
+
+
+_FLOAT_TYPES = tuple(_ORT_TYPES)
+
+
+def check_transformer_graph(session, spec, model: str) -> None:
+    """The opened transformer graph takes and gives what the manifest says: the `io` names, int64 ids
+    and positions, a bool mask, float KV tensors `[batch, n_kv_head, length, head_dim]` and logits
+    `[batch, sequence, vocab_size]`; else one ModelDirectoryError naming the graph and the mismatch."""
+    t, io = spec.transformer, spec.io
+    kv_dims, kv_fields = (None, t.n_kv_head, None, t.head_dim), (None, "transformer.n_kv_head", None,
+                                                                  "transformer.head_dim")
+    ints = ("tensor(int64)",)
+    inputs = [TensorSig(io.input_ids, ints, (None, None)), TensorSig(io.position_ids, ints, (None, None)),
+              TensorSig(io.attention_mask, ("tensor(bool)",), (None, None, None))]
+    inputs += [TensorSig(n, _FLOAT_TYPES, kv_dims, kv_fields) for n in io.past_names(t.n_layer)]
+    outputs = [TensorSig(io.logits, _FLOAT_TYPES, (None, None, t.vocab_size), (None, None, "transformer.vocab_size"))]
+    outputs += [TensorSig(n, _FLOAT_TYPES, kv_dims, kv_fields) for n in io.present_names(t.n_layer)]
+    graph = spec.graph("transformer")
+    check_session(session, graph, inputs, outputs, model)
+    if graph.kv_cache == "shared-buffer":  # past and present share one buffer: one element type
+        types = {a.type for a in [*session.get_inputs(), *session.get_outputs()]
+                 if a.name in set(io.past_names(t.n_layer)) | set(io.present_names(t.n_layer))}
+        if len(types) > 1:
+            raise ModelDirectoryError(f"{model}: its transformer graph ({graph.file}) does not match the manifest: "
+                                      f"its past and present KV tensors differ in type ({sorted(types)}) but "
+                                      "graphs.transformer.kv_cache is 'shared-buffer'; re-export the model")
 
 
 class TransformerRunner:
@@ -34,22 +62,22 @@ class TransformerRunner:
 
     def __init__(self, session: ort.InferenceSession, manifest: Manifest):
         self.session = session
-        t = manifest.transformer
-        self.n_layer, self.n_head, self.head_dim = int(t["n_layer"]), int(t["n_head"]), int(t["head_dim"])
-        self.vocab_size = int(t["vocab_size"])
+        spec = manifest._spec()
+        t = spec.transformer
+        self.n_layer, self.n_head, self.head_dim = t.n_layer, t.n_head, t.head_dim
+        self.n_kv_head = t.n_kv_head  # the heads the cache holds (== n_head unless queries are grouped)
+        self.vocab_size = t.vocab_size
         graph = manifest.graph("transformer")
         self.shared = graph.get("kv_cache", "concat") == "shared-buffer"
         # The fused graph's broadest operator form takes one query per call correctly (compat.py).
         self.one_query_per_call = multi_query(graph) == "one-query-per-call"
+        io = self.names = spec.io  # the graph's input/output names (manifest: graphs.transformer.io)
+        self.past_names, self.present_names = io.past_names(self.n_layer), io.present_names(self.n_layer)
+        check_transformer_graph(session, spec, manifest.root.name)
         inputs = {i.name: i for i in session.get_inputs()}
-        self.past_names = [f"past_key_values.{i}.{kv}" for i in range(self.n_layer) for kv in ("key", "value")]
-        self.present_names = [f"present.{i}.{kv}" for i in range(self.n_layer) for kv in ("key", "value")]
-        missing = [n for n in ["input_ids", "position_ids", "attention_mask", *self.past_names] if n not in inputs]
-        if missing:
-            raise ModelDirectoryError(f"transformer graph lacks inputs {missing[:4]}; it does not match its "
-                                      "manifest. Re-export the model.")
         self.kv_dtype = _ORT_TYPES.get(inputs[self.past_names[0]].type, np.float32)
-        self.logits_dtype = _ORT_TYPES.get(session.get_outputs()[0].type, np.float32)
+        outputs = {o.name: o for o in session.get_outputs()}
+        self.logits_dtype = _ORT_TYPES.get(outputs[io.logits].type, np.float32)
         self.device = _DEVICE_OF_PROVIDER.get(session.get_providers()[0], "cpu")
         self.length = 0
         self.capacity = 0
@@ -61,11 +89,11 @@ class TransformerRunner:
         """Begin a generation of `batch` rows that will hold at most `capacity` tokens."""
         self.length, self.capacity, self.batch = 0, capacity, batch
         if not self.shared:
-            self.past = [np.zeros((batch, self.n_head, 0, self.head_dim), self.kv_dtype) for _ in self.past_names]
+            self.past = [np.zeros((batch, self.n_kv_head, 0, self.head_dim), self.kv_dtype) for _ in self.past_names]
             return
         if self.kv and self.kv[0].shape()[0] == batch and self.kv[0].shape()[2] >= capacity:
             return  # reuse the cache, the binding and the logits buffers of the last generation
-        shape = [batch, self.n_head, capacity, self.head_dim]
+        shape = [batch, self.n_kv_head, capacity, self.head_dim]
         if self.device == "cpu":
             host = self._host_kv
             if not (host and host[0].shape[0] >= batch and host[0].shape[2] >= capacity):
@@ -113,7 +141,9 @@ class TransformerRunner:
         if self.shared:
             logits = self._run_shared(input_ids, position_ids, attention_mask)
         else:
-            feeds = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention_mask}
+            names = self.names
+            feeds = {names.input_ids: input_ids, names.position_ids: position_ids,
+                     names.attention_mask: attention_mask}
             feeds.update(zip(self.past_names, self.past))
             out = self.session.run(None, feeds)
             logits, self.past = out[0], out[1:]
@@ -141,14 +171,15 @@ class TransformerRunner:
 
     def _run_shared(self, input_ids, position_ids, attention_mask) -> np.ndarray:
         io = self.io
-        io.bind_cpu_input("input_ids", input_ids)
-        io.bind_cpu_input("position_ids", position_ids)
-        io.bind_cpu_input("attention_mask", attention_mask)
+        names = self.names
+        io.bind_cpu_input(names.input_ids, input_ids)
+        io.bind_cpu_input(names.position_ids, position_ids)
+        io.bind_cpu_input(names.attention_mask, attention_mask)
         s = input_ids.shape[1]
         if s not in self._logits:
             host = np.empty((self.batch, s, self.vocab_size), self.logits_dtype)
             self._logits[s] = (host, ort.OrtValue.ortvalue_from_numpy(host))
         host, value = self._logits[s]
-        io.bind_ortvalue_output("logits", value)
+        io.bind_ortvalue_output(names.logits, value)
         self.session.run_with_iobinding(io)
         return host

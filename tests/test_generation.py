@@ -24,12 +24,21 @@ def test_runtime_tokens_equal_pytorch_reference(tiny_models, any_pipe, guidance,
     np.testing.assert_array_equal(got, ref)
 
 
-def test_graph_kinds_are_recorded(tiny_pipe, any_pipe):
-    kinds = {p.manifest.graph("transformer")["kind"]: p.manifest.graph("transformer")["kv_cache"]
-             for p in (tiny_pipe, any_pipe)}
-    assert kinds.get("fused", "shared-buffer") == "shared-buffer"
-    assert kinds.get("portable", "concat") == "concat"
-    assert tiny_pipe.transformer.shared and tiny_pipe.manifest.graph("transformer")["kind"] == "fused"
+def test_graph_kinds_are_recorded(tiny_pipe, portable_dir):
+    from tessera.runtime import Pipeline
+
+    portable = Pipeline.load(portable_dir, providers="cpu")
+    graphs = {p.manifest.graph("transformer")["kind"]: (p.manifest.graph("transformer")["kv_cache"], p.transformer.shared)
+              for p in (tiny_pipe, portable)}
+    assert graphs == {"fused": ("shared-buffer", True), "portable": ("concat", False)}
+
+
+def test_result_reports_tokens_calls_and_timings(tiny_pipe):
+    r = tiny_pipe.generate([3, 4], seed=2, return_result=True)
+    np.testing.assert_array_equal(r.tokens, tiny_pipe.generate_tokens([3, 4], seed=2))
+    assert r.calls == 16 and r.seeds == (2, 3) and r.labels.tolist() == [3, 4] and r.decoder == "sequential"
+    assert len(r.images) == 2 and all(r.timings[k] > 0 for k in ("prefill", "decode", "images"))
+    assert r.config.guidance_scale == 2.0 and r.config.top_k == 16  # the manifest's defaults, resolved
 
 
 def test_runner_rejects_overflow_and_truncates(tiny_pipe):

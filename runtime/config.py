@@ -1,0 +1,195 @@
+"""`GenerationConfig`: every option of one generation in one frozen object, checked in one place.
+
+Unset options (None) take the model's generation defaults from its manifest when the config is
+`resolve`d; a resolved config holds only concrete, validated values. Each invalid value raises an
+`InvalidInputError` naming the argument and the range it accepts, wrong types included (no raw
+TypeError / ValueError from deep inside numpy).
+
+A seed names an image: image i of a call draws from its own random stream, seeded with
+`seed + i` (or `seed[i]` when a list is given, one per image), so image i is the same alone,
+in a batch or in a sheet.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .errors import InvalidInputError
+from .sampling import SamplingConfig, image_seeds
+
+# Default memory a single generation may plan to use (KV cache, logits, sampler buffers); a
+# request above it is refused before anything is allocated. Override per pipeline with
+# `Pipeline.load(..., memory_budget=BYTES)` or `pipe.memory_budget = BYTES` (None: no check).
+DEFAULT_MEMORY_BUDGET = 4 << 30
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def check_int(name: str, v, lo: int, hi: int | None = None, note: str = "") -> int:
+    """`v` as an int in lo..hi, else an InvalidInputError naming `name` and the range."""
+    if not _is_int(v) or v < lo or (hi is not None and v > hi):
+        rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        raise InvalidInputError(f"{name} must be {rng} (an integer){note}, got {v!r}")
+    return int(v)
+
+
+def check_real(name: str, v, lo: float, hi: float | None = None, lo_open: bool = False, note: str = "") -> float:
+    """`v` as a finite float in [lo, hi] ((lo, hi] with `lo_open`), else an InvalidInputError."""
+    ok = _is_real(v) and math.isfinite(float(v)) and (float(v) > lo if lo_open else float(v) >= lo) \
+        and (hi is None or float(v) <= hi)
+    if not ok:
+        left = "(" if lo_open else "["
+        rng = f"{'>' if lo_open else '>='} {lo:g}" if hi is None else f"in {left}{lo:g}, {hi:g}]"
+        raise InvalidInputError(f"{name} must be {rng} (a finite number){note}, got {v!r}")
+    return float(v)
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """The options of one generation (diffusers-style names).
+
+    Args:
+        guidance_scale: classifier-free guidance (LlamaGen's form); <= 1 turns it off. None: the
+            model's default.
+        temperature: >= 0; 0 is greedy. None: the model's default.
+        top_k: integer >= 0; 0 keeps every token. None: the model's default.
+        top_p: in (0, 1]; 1 keeps every token. None: the model's default.
+        seed: an integer >= 0 (image i uses `seed + i`) or a list of integers >= 0, one per image.
+        num_images_per_class: images per class label (integer >= 1).
+        parallel_window: None decodes one token per call (sequential); an integer >= 1 decodes rows
+            in parallel, each this many tokens behind the row above (ZipAR, runtime/parallel.py).
+        grid: the token grid (h, w) or one int for a square; None: the trained grid. Each side at
+            most the model's rotary table (`rope_grid`).
+    """
+
+    guidance_scale: float | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | tuple[int, ...] = 0
+    num_images_per_class: int = 1
+    parallel_window: int | None = None
+    grid: int | tuple[int, int] | None = None
+    resolved: bool = field(default=False, repr=False, compare=False)
+
+    FIELDS = ("guidance_scale", "temperature", "top_k", "top_p", "seed", "num_images_per_class",
+              "parallel_window", "grid")
+
+    @classmethod
+    def from_options(cls, config: "GenerationConfig | None" = None, **options) -> "GenerationConfig":
+        """`config` (or the defaults) with the given options replaced; unknown names are an error."""
+        unknown = sorted(set(options) - set(cls.FIELDS))
+        if unknown:
+            raise InvalidInputError(f"unknown generation option(s) {', '.join(unknown)}; "
+                                    f"valid: {', '.join(cls.FIELDS)}")
+        if config is not None and not isinstance(config, GenerationConfig):
+            raise InvalidInputError(f"config must be a GenerationConfig, got {type(config).__name__}")
+        base = config if config is not None else cls()
+        return replace(base, resolved=False, **options) if options else base
+
+    # --- resolution against the model --------------------------------------------------------
+    def resolve(self, defaults: Mapping, vocab_size: int, rope_grid: int,
+                trained_grid: tuple[int, int]) -> "GenerationConfig":
+        """Fill unset options from the manifest's `defaults`, validate everything, and return a
+        config of concrete values (`resolved=True`). Idempotent."""
+        if self.resolved:
+            return self
+        d = defaults or {}
+
+        def pick(name, fallback):
+            v = getattr(self, name)
+            return (d.get(name, fallback), " (the model's default)") if v is None else (v, "")
+
+        g, note = pick("guidance_scale", 1.0)
+        g = check_real("guidance_scale", g, 0.0, note=" (<= 1 turns guidance off)" + note)
+        t, note = pick("temperature", 1.0)
+        t = check_real("temperature", t, 0.0, note=" (0 = greedy)" + note)
+        k, note = pick("top_k", 0)
+        k = min(check_int("top_k", k, 0, note=" (0 = off)" + note), int(vocab_size))
+        p, note = pick("top_p", 1.0)
+        p = check_real("top_p", p, 0.0, 1.0, lo_open=True, note=" (1 = off)" + note)
+        n = check_int("num_images_per_class", self.num_images_per_class, 1)
+        window = None if self.parallel_window is None else check_int(
+            "parallel_window", self.parallel_window, 1, note=" (or None for sequential decoding)")
+        seed = self.seed
+        if _is_int(seed):
+            seed = check_int("seed", seed, 0, note=" (or a list of them, one per image)")
+        elif isinstance(seed, (list, tuple, np.ndarray)) and len(seed) > 0:
+            seed = tuple(check_int(f"seed[{i}]", s, 0) for i, s in enumerate(seed))
+        else:
+            raise InvalidInputError(f"seed must be an integer >= 0 or a non-empty list of them (one per image), "
+                                    f"got {seed!r}")
+        grid = self._grid(rope_grid, trained_grid)
+        return GenerationConfig(g, t, k, p, seed, n, window, grid, resolved=True)
+
+    def _grid(self, limit: int, trained: tuple[int, int]) -> tuple[int, int]:
+        grid = self.grid
+        if grid is None:
+            return int(trained[0]), int(trained[1])
+        if _is_int(grid):
+            h = w = grid
+        elif isinstance(grid, (tuple, list)) and len(grid) == 2 and all(_is_int(v) for v in grid):
+            h, w = grid
+        else:
+            raise InvalidInputError(f"grid must be an integer or a pair (height, width) of integers in 1..{limit} "
+                                    f"(token cells), got {grid!r}")
+        if not (0 < h <= limit and 0 < w <= limit):
+            raise InvalidInputError(f"grid {h}x{w} is outside what this model's rotary table covers "
+                                    f"(1..{limit} per side; trained on {trained[0]}x{trained[1]})")
+        return int(h), int(w)
+
+    # --- views of a resolved config ------------------------------------------------------------
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(self.temperature, self.top_k, self.top_p)
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance_scale > 1.0
+
+    def seeds(self, images: int) -> tuple[int, ...]:
+        """The seed of each image of a call of `images` images."""
+        if not _is_int(self.seed) and len(self.seed) != images:
+            raise InvalidInputError(f"seed lists {len(self.seed)} seeds but the call makes {images} image(s): "
+                                    "give one seed per image, or one integer (image i uses seed + i)")
+        return image_seeds(self.seed, images)
+
+
+def memory_estimate(images: int, guided: bool, grid: tuple[int, int], transformer: Mapping,
+                    vocab_size: int, queries: int = 1) -> int:
+    """Bytes a generation of `images` images plans to hold: the KV cache (float32 upper bound),
+    the logits of one call and the sampler's per-row buffers, the token grids and uniforms."""
+    rows = images * (2 if guided else 1)
+    n = grid[0] * grid[1]
+    capacity = 1 + n + grid[0]
+    kv = rows * int(transformer["n_layer"]) * 2 * int(transformer["n_head"]) * int(transformer["head_dim"]) \
+        * capacity * 4
+    logits = rows * queries * vocab_size * 4 * 3  # the call's logits, guidance and the top-k partition
+    return int(kv + logits + images * n * 16 + rows * (n + 1) ** 2 // 2)
+
+
+def check_budget(what: str, images: int, guided: bool, grid: tuple[int, int], transformer: Mapping,
+                 vocab_size: int, budget: int | None, queries: int = 1) -> None:
+    """Refuse (InvalidInputError) a request whose memory estimate exceeds `budget` bytes."""
+    if budget is None:
+        return
+    need = memory_estimate(images, guided, grid, transformer, vocab_size, queries)
+    if need > budget:
+        per = max(1, memory_estimate(1, guided, grid, transformer, vocab_size, queries))
+        raise InvalidInputError(
+            f"{what}: {images} image(s) at grid {grid[0]}x{grid[1]} would need about {need / 2**30:.2f} GiB "
+            f"(KV cache and logits), over the memory budget of {budget / 2**30:.2f} GiB; split the request "
+            f"(at most {max(1, budget // per)} images per call) or raise the budget with "
+            "Pipeline.load(..., memory_budget=BYTES) / pipe.memory_budget = BYTES (None: no check)")
+
+
+__all__ = ["GenerationConfig", "DEFAULT_MEMORY_BUDGET", "memory_estimate", "check_budget", "check_int", "check_real"]
