@@ -2,7 +2,7 @@
 
     python benchmarks/eval_default.py --vq runs/vq --gpt runs/gpt --out benchmarks/results/default_eval.json
 
-Reports, on the fixed held-out split of `tessera.export.data` (last 60 images per class):
+Reports, on the fixed held-out split of `tessera.training.data` (last 60 images per class):
 * tokenizer: reconstruction PSNR (gray, [0, 1] scale), codebook usage, evaluation-classifier
   accuracy on the originals vs on the reconstructions;
 * generation, for a guidance-scale sweep (`--per-class` images per class each): conditional
@@ -22,21 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from typing import Callable
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from digit_classifier import DigitClassifier, frechet_distance, get_classifier  # noqa: E402
-
-from tessera.export.build import load_run  # noqa: E402
-from tessera.export.data import SPLIT_DESCRIPTION, mnist_split, psnr, to_gray01  # noqa: E402
-from tessera.export.train_tokenizer import evaluate_vq, load_vq  # noqa: E402
-from tessera.export.transformer import GPT  # noqa: E402
-from tessera.export.vq import VQModel  # noqa: E402
+from tessera.export.build import load_run
+from tessera.export.transformer import GPT
+from tessera.export.vq import VQModel
+from tessera.training.data import SPLIT_DESCRIPTION, mnist_split, psnr, to_gray01
+from tessera.training.digit_classifier import DigitClassifier, frechet_distance, get_classifier
+from tessera.training.train_tokenizer import evaluate_vq, load_vq
 
 GenerateFn = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -202,7 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vq", default="runs/vq")
     p.add_argument("--gpt", default="runs/gpt")
-    p.add_argument("--classifier", default="runs/classifier.pt", help="cached evaluation classifier (trained if absent)")
+    p.add_argument("--classifier", default=None,
+                   help="cached evaluation classifier, trained if absent (default: ~/.cache/tessera/classifier.pt)")
     p.add_argument("--out", default="benchmarks/results/default_eval.json")
     p.add_argument("--scales", default="1.0,2.0,3.0,4.0", help="guidance scales to sweep")
     p.add_argument("--default-scale", type=float, default=DEFAULT_SAMPLING["guidance_scale"])

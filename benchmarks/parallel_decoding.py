@@ -37,8 +37,9 @@ def runtime_generate_fn(pipe, window):
         labels = np.asarray(labels)
         out = []
         for i in range(0, len(labels), 50):
-            toks = pipe.generate_tokens(labels[i:i + 50].tolist(), seed=seed + i, parallel_window=window)
-            stats["calls"] += pipe.last_calls  # the images of one batch share its calls
+            result = pipe.run(labels[i:i + 50].tolist(), seed=seed + i, parallel_window=window, decode_images=False)
+            toks = result.tokens
+            stats["calls"] += result.calls  # the images of one batch share its calls
             stats["batches"] += 1
             out.append(pipe.tokenizer.decode(toks))
         return torch.from_numpy(np.concatenate(out)).clamp(-1, 1)
@@ -47,15 +48,15 @@ def runtime_generate_fn(pipe, window):
 
 
 def default_model_rows(windows, per_class: int) -> list[dict]:
-    from digit_classifier import get_classifier
     from eval_default import evaluate_generator
 
-    from tessera.export.data import mnist_split
     from tessera.runtime import Pipeline
+    from tessera.training.data import mnist_split
+    from tessera.training.digit_classifier import get_classifier
 
     pipe = Pipeline.load(providers="cpu", threads=2)
     data = mnist_split()
-    clf = get_classifier(str(HERE.parent / "runs" / "classifier.pt"), data)
+    clf = get_classifier(None, data)  # cached under ~/.cache/tessera
     rows = []
     for window in windows:
         gen, stats = runtime_generate_fn(pipe, window)
@@ -73,7 +74,7 @@ def default_model_rows(windows, per_class: int) -> list[dict]:
 def ensure_gpt_b() -> Path:
     if not (GPT_B_DIR / "tessera.json").is_file():
         GPT_B_DIR.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "tessera.runtime.cli", "export", "--gpt", "GPT-B", "--vq", "VQ-Tiny",
+        subprocess.run([sys.executable, "-m", "tessera.cli", "export", "--gpt", "GPT-B", "--vq", "VQ-Tiny",
                         "--vq-set", "image_size=64", "--vq-set", "codebook_size=16384", "--random-weights",
                         "--out", str(GPT_B_DIR), "--overwrite"], check=True)
     return GPT_B_DIR
@@ -88,9 +89,10 @@ def gpt_b_rows(windows, repeats: int) -> list[dict]:
         times = []
         for r in range(repeats):
             t0 = time.perf_counter()
-            pipe.generate_tokens([r % 1000], guidance_scale=4.0, top_k=2000, seed=r, parallel_window=window)
+            calls = pipe.run([r % 1000], guidance_scale=4.0, top_k=2000, seed=r, parallel_window=window,
+                             decode_images=False).calls
             times.append(time.perf_counter() - t0)
-        rows.append({"window": window, "calls_per_image": pipe.last_calls,
+        rows.append({"window": window, "calls_per_image": calls,
                      "seconds_per_image": float(np.median(times))})
         print(rows[-1], flush=True)
     return rows

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from decode_peers import run_rounds, should_stop  # same folder (on sys.path in the workers)
+from bench_timing import run_rounds, should_stop  # same folder (on sys.path in the workers)
 
 # Ids past the 16384 image codes: a class-like prompt token, bos/eos/pad for the HF tooling.
 EXTRA_IDS = 16

@@ -303,7 +303,7 @@ def code_hash() -> str:
 
 
 def tessera_cli() -> list[str]:
-    return [sys.executable, "-c", "import sys; from tessera.runtime.cli import main; sys.exit(main(sys.argv[1:]))"]
+    return [sys.executable, "-c", "import sys; from tessera.cli.main import main; sys.exit(main(sys.argv[1:]))"]
 
 
 class Runner:
@@ -470,9 +470,9 @@ class QualityEval:
 
         torch.set_num_threads(threads)
         import eval_default as ev
-        from digit_classifier import get_classifier
 
-        from tessera.export.data import mnist_split, to_gray01
+        from tessera.training.data import mnist_split, to_gray01
+        from tessera.training.digit_classifier import get_classifier
 
         self.torch, self.ev = torch, ev
         self.data = mnist_split()
@@ -930,7 +930,7 @@ Token agreement compares each variant's tokens with fp32's for the same classes 
 the quality set). Once one token differs, the rest of that image is conditioned on different context, so
 agreement counts whole-image divergence, not per-token logit error. Conditional accuracy / Fréchet distance:
 `benchmarks/eval_default.evaluate_generator` with the classifier at runs/classifier.pt (held-out split of
-`tessera.export.data.mnist_split`). The GPT-B-shaped model has random weights: its quality columns measure only
+`tessera.training.data.mnist_split`). The GPT-B-shaped model has random weights: its quality columns measure only
 quantization noise on near-uniform logits, not image quality."""
 
 

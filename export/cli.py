@@ -3,15 +3,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
+from dataclasses import fields
 from pathlib import Path
 
 from tessera.runtime.compat import OLDEST_TESTED
 
-from .config import DEFAULT_OPSET, GPT_PRESETS, VQ_PRESETS
+from .config import DEFAULT_OPSET, GPT_PRESETS, VQ_PRESETS, GPTConfig, VQConfig
+from .errors import InvalidInputError
 
 # This module stays importable without torch (it builds `tessera --help`); the heavy stage is
-# imported inside run().
+# imported inside run(). Every argument error is an InvalidInputError raised before any work (the
+# `tessera` CLI turns it into one `tessera: error:` line); nothing here exits the process.
+
+OPSETS = range(17, 21)  # the TorchScript exporter's range that the graphs here are built for
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,25 +27,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--gpt", metavar="PRESET|CONFIG.json",
                      help=f"transformer preset ({', '.join(GPT_PRESETS)}) or config file")
     src.add_argument("--gpt-weights", metavar="FILE", help="transformer weights (.safetensors or LlamaGen .pt)")
-    src.add_argument("--gpt-set", action="append", metavar="KEY=VALUE", help="override a transformer setting")
+    src.add_argument("--gpt-set", action="append", metavar="KEY=VALUE",
+                     help="override a transformer setting, e.g. num_classes=10 (repeatable; VALUE is JSON or text)")
     src.add_argument("--vq", metavar="PRESET|CONFIG.json",
                      help=f"tokenizer preset ({', '.join(VQ_PRESETS)}) or config file")
     src.add_argument("--vq-weights", metavar="FILE", help="tokenizer weights (.safetensors or LlamaGen .pt)")
-    src.add_argument("--vq-set", action="append", metavar="KEY=VALUE", help="override a tokenizer setting")
+    src.add_argument("--vq-set", action="append", metavar="KEY=VALUE",
+                     help="override a tokenizer setting, e.g. ch_mult=[1,2,2] (repeatable)")
     src.add_argument("--random-weights", action="store_true",
                      help="allow missing weight files: random weights (for speed tests and CI)")
-    src.add_argument("--seed", type=int, default=0, help="seed for random weights")
+    src.add_argument("--seed", type=int, default=0, help="seed for random weights (>= 0; default 0)")
     out = p.add_argument_group("output")
-    out.add_argument("--out", required=True, metavar="DIR", help="model directory to write (created atomically)")
-    out.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
-    out.add_argument("--name", help="model name recorded in the manifest")
+    out.add_argument("--out", required=True, metavar="DIR",
+                     help="model directory to write (created atomically; missing parent folders are created)")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace DIR if it is a Tessera model directory (anything else is never touched)")
+    out.add_argument("--name", help="model name recorded in the manifest (default: the name of DIR)")
     out.add_argument("--classes", metavar="NAMES|FILE",
                      help="class names: comma-separated, or a file with one per line (default: 0..N-1)")
     out.add_argument("--include-weights", action="store_true",
                      help="also store the PyTorch weights (safetensors) so the directory can be re-exported")
     out.add_argument("--extra", action="append", default=[], metavar="FILE",
                      help="copy a file into the directory (model card, samples); checksummed")
-    out.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    out.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                     help=f"ONNX opset of the graphs, {OPSETS.start}..{OPSETS.stop - 1} (default {DEFAULT_OPSET})")
     out.add_argument("--graph", choices=["fused", "portable"], default="fused",
                      help="transformer graph: 'fused' uses onnxruntime's fused kernels (GroupQueryAttention, "
                           "in-place KV cache; fastest), 'portable' only standard ONNX ops (any ONNX runtime)")
@@ -73,18 +84,124 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default $TESSERA_EXTERNAL_DATA_THRESHOLD or 16 MiB: onnxruntime memory-maps the file, "
                         "which lowers peak memory; protobuf's 2 GB limit forces it above that)")
     gen = p.add_argument_group("generation defaults recorded in the manifest")
-    gen.add_argument("--default-guidance", type=float)
-    gen.add_argument("--default-temperature", type=float)
-    gen.add_argument("--default-top-k", type=int)
-    gen.add_argument("--default-top-p", type=float)
+    gen.add_argument("--default-guidance", type=float, metavar="G",
+                     help="classifier-free guidance scale, >= 0 (<= 1 turns it off; default: the source "
+                          "directory's with --from, else the runtime's 1.0)")
+    gen.add_argument("--default-temperature", type=float, metavar="T",
+                     help="sampling temperature, >= 0 (0 = greedy; default: as --default-guidance, else 1.0)")
+    gen.add_argument("--default-top-k", type=int, metavar="K",
+                     help="sample among the K likeliest tokens, >= 0 (0 = all; default: as above, else 0)")
+    gen.add_argument("--default-top-p", type=float, metavar="P",
+                     help="nucleus sampling mass in (0, 1] (1 = off; default: as above, else 1.0)")
+
+
+def _overrides(items: list[str] | None, cls, flag: str) -> dict:
+    """--gpt-set/--vq-set KEY=VALUE items -> {key: value}, each key a field of `cls` and each value of
+    the field's kind (VALUE is read as JSON, else kept as text)."""
+    kinds = {f.name: f.type for f in fields(cls)}
+    out = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InvalidInputError(f"{flag} {item!r} must look like KEY=VALUE, e.g. {flag} {next(iter(kinds))}=...")
+        if key not in kinds:
+            raise InvalidInputError(f"{flag}: unknown setting {key!r}; known: {', '.join(sorted(kinds))}")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text.strip()
+        kind = str(kinds[key])
+        numeric = kind in ("int", "float") and isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind in ("int", "float") and not numeric or kind == "int" and isinstance(value, float):
+            raise InvalidInputError(f"{flag} {key}={text}: {key} must be {'an integer' if kind == 'int' else 'a number'}")
+        if kind == "int" and value < 1 or kind == "float" and not (math.isfinite(value) and value >= 0):
+            raise InvalidInputError(f"{flag} {key}={text}: {key} must be {'>= 1' if kind == 'int' else 'finite, >= 0'}")
+        out[key] = value
+    return out
+
+
+def _config(spec: str, overrides: dict, cls, presets: dict, flag: str):
+    """A preset name or a JSON config file (`flag`), with overrides; every problem an InvalidInputError."""
+    path = Path(spec)
+    try:
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, ValueError) as e:
+                raise InvalidInputError(f"{flag} {spec}: not a readable JSON config ({e})") from None
+            if not isinstance(data, dict):
+                raise InvalidInputError(f"{flag} {spec}: a config file holds one JSON object")
+            return cls.from_dict({**data, **overrides})
+        if spec not in presets:
+            raise InvalidInputError(f"{flag} {spec!r} is neither a preset ({', '.join(presets)}) nor a config file")
+        return cls(**{**presets[spec], **overrides})
+    except (TypeError, ValueError) as e:
+        if isinstance(e, InvalidInputError):
+            raise
+        raise InvalidInputError(f"{flag} {spec}: {e}") from None
+
+
+def validate_arguments(args: argparse.Namespace) -> None:
+    """Every check that needs neither torch nor a file's contents, before any work."""
+    if args.from_dir and (args.gpt or args.vq or args.gpt_weights or args.vq_weights or args.gpt_set or args.vq_set):
+        raise InvalidInputError("--from takes its configs and weights from MODEL_DIR; drop --gpt, --vq, "
+                                "--gpt-weights, --vq-weights, --gpt-set and --vq-set")
+    if not args.from_dir:
+        if not args.gpt or not args.vq:
+            raise InvalidInputError("give --from MODEL_DIR, or both --gpt and --vq")
+        missing = [f for f, w in (("--gpt-weights", args.gpt_weights), ("--vq-weights", args.vq_weights)) if not w]
+        if missing and not args.random_weights:
+            raise InvalidInputError(f"{' and '.join(missing)} not given; pass the weight files, or --random-weights "
+                                    "to export random weights on purpose")
+        for flag, path in (("--gpt-weights", args.gpt_weights), ("--vq-weights", args.vq_weights)):
+            if path and not Path(path).is_file():
+                raise InvalidInputError(f"{flag} {path} is not a file")
+    if args.seed < 0:
+        raise InvalidInputError(f"--seed must be >= 0, got {args.seed}")
+    if args.opset not in OPSETS:
+        raise InvalidInputError(f"--opset must be {OPSETS.start}..{OPSETS.stop - 1}, got {args.opset}")
+    t = args.external_data_threshold
+    if t is not None and not (math.isfinite(t) and t >= 0):
+        raise InvalidInputError(f"--external-data-threshold must be a number of bytes >= 0, got {t}")
+    if args.classes is not None and Path(args.classes).is_dir():
+        raise InvalidInputError(f"--classes {args.classes} is a directory; give names or a file with one per line")
+    for flag, v, ok, what in (
+            ("--default-guidance", args.default_guidance, lambda v: math.isfinite(v) and v >= 0, ">= 0"),
+            ("--default-temperature", args.default_temperature, lambda v: math.isfinite(v) and v >= 0, ">= 0"),
+            ("--default-top-k", args.default_top_k, lambda v: v >= 0, ">= 0"),
+            ("--default-top-p", args.default_top_p, lambda v: 0 < v <= 1, "in (0, 1]")):
+        if v is not None and not ok(v):
+            raise InvalidInputError(f"{flag} must be {what}, got {v}")
+    for f in args.extra:
+        if not Path(f).is_file():
+            raise InvalidInputError(f"--extra {f} is not a file")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--out {out} is a file; give a directory to create")
 
 
 def _class_names(arg: str | None, n: int) -> list[str]:
+    """--classes: comma-separated names or a file with one per line; exactly `n`, distinct."""
     if arg is None:
         return [str(i) for i in range(n)]
     path = Path(arg)
-    names = path.read_text().splitlines() if path.is_file() else arg.split(",")
-    return [s.strip() for s in names if s.strip()]
+    try:
+        names = path.read_text(encoding="utf-8").splitlines() if path.is_file() else arg.split(",")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidInputError(f"--classes {arg}: cannot read the file ({e})") from None
+    names = [s.strip() for s in names if s.strip()]
+    source = f"the file {arg}" if path.is_file() else "--classes"
+    if len(names) != n:
+        raise InvalidInputError(f"{source} gives {len(names)} class name{'s' * (len(names) != 1)}; the transformer "
+                                f"has {n} classes (one name each, comma-separated or one per line)")
+    dup = sorted({s for s in names if names.count(s) > 1})
+    if dup:
+        raise InvalidInputError(f"{source} names {', '.join(map(repr, dup))} more than once; class names must differ")
+    bad = [s for s in names if any(ord(c) < 32 or ord(c) == 127 for c in s)]
+    if bad:
+        raise InvalidInputError(f"{source}: class name {bad[0]!r} holds a control character")
+    return names
 
 
 def carried_extras(src: Path, manifest: dict, replaced: set[str]) -> list[Path]:
@@ -102,9 +219,15 @@ def carried_extras(src: Path, manifest: dict, replaced: set[str]) -> list[Path]:
 def run(args: argparse.Namespace) -> Path:
     from tessera.runtime.manifest import MANIFEST_NAME
 
-    from .build import build_gpt, build_vq, gpt_config, load_model_dir, parse_overrides, vq_config
+    validate_arguments(args)
+    quant = _quant_options(args)
+    if not args.from_dir:  # configs before torch: a typo costs no import time
+        gcfg = _config(args.gpt, _overrides(args.gpt_set, GPTConfig, "--gpt-set"), GPTConfig, GPT_PRESETS, "--gpt")
+        vcfg = _config(args.vq, _overrides(args.vq_set, VQConfig, "--vq-set"), VQConfig, VQ_PRESETS, "--vq")
+        names = _class_names(args.classes, gcfg.num_classes)
+
+    from .build import build_gpt, build_vq, load_model_dir
     from .model_dir import ExportSpec, write_model_dir, write_model_dirs
-    from .quantize import QuantOptions
 
     if args.from_dir:
         gpt, vq, old = load_model_dir(args.from_dir)
@@ -114,17 +237,8 @@ def run(args: argparse.Namespace) -> Path:
         name = args.name or old.get("name", Path(args.out).name)
         extras = carried_extras(Path(args.from_dir), old, {Path(f).name for f in args.extra})
     else:
-        if not args.gpt or not args.vq:
-            raise SystemExit("tessera export: give --from MODEL_DIR, or both --gpt and --vq")
-        missing = [f for f, w in (("--gpt-weights", args.gpt_weights), ("--vq-weights", args.vq_weights)) if not w]
-        if missing and not args.random_weights:
-            raise SystemExit(f"tessera export: {' and '.join(missing)} not given; pass the weight files, "
-                             "or --random-weights to export random weights on purpose")
-        gcfg = gpt_config(args.gpt, parse_overrides(args.gpt_set))
-        vcfg = vq_config(args.vq, parse_overrides(args.vq_set))
         gpt = build_gpt(gcfg, args.gpt_weights, args.seed)
         vq = build_vq(vcfg, args.vq_weights, args.seed)
-        names = _class_names(args.classes, gcfg.num_classes)
         defaults = {}
         keep_weights = False
         extras = []
@@ -139,12 +253,6 @@ def run(args: argparse.Namespace) -> Path:
                       overwrite=args.overwrite, graph=args.graph, target_onnxruntime=args.target_onnxruntime,
                       external_data_threshold=None if args.external_data_threshold is None
                       else int(args.external_data_threshold))
-    quant = QuantOptions(int4_block_size=args.int4_block_size, int4_accuracy_level=args.int4_accuracy_level,
-                         int8_method=args.int8_method)
-    try:
-        quant.validate()
-    except ValueError as e:
-        raise SystemExit(f"tessera export: {e}") from None
     t0 = time.perf_counter()
     if args.quant == "all":
         outs = write_model_dirs(gpt, vq, args.out, spec, quant=quant)
@@ -155,6 +263,18 @@ def run(args: argparse.Namespace) -> Path:
     print(f"exported {len(outs)} model director{'y' if len(outs) == 1 else 'ies'} in "
           f"{time.perf_counter() - t0:.1f}s")
     return outs[0] if len(outs) == 1 else Path(args.out)
+
+
+def _quant_options(args: argparse.Namespace):
+    from .quantize import QuantOptions  # onnx, not torch
+
+    quant = QuantOptions(int4_block_size=args.int4_block_size, int4_accuracy_level=args.int4_accuracy_level,
+                         int8_method=args.int8_method)
+    try:
+        quant.validate()
+    except ValueError as e:
+        raise InvalidInputError(f"--quant {args.quant}: {e}") from None
+    return quant
 
 
 def _report(out: Path, manifest_name: str) -> None:

@@ -20,12 +20,14 @@ import torch
 from safetensors.torch import save_file
 
 from tessera.runtime.compat import OLDEST_TESTED, fused_form, multi_query
-from tessera.runtime.errors import InvalidInputError
-from tessera.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, is_plain_file_name, sha256_file
+from tessera.runtime.errors import InvalidInputError, ModelDirectoryError
+from tessera.runtime.manifest import FORMAT, MANIFEST_NAME, is_plain_file_name, sha256_file
+from tessera.runtime.spec import (ClassesSpec, FileEntry, GraphIO, ImageSpec, ModelSpec, TokenLayout,
+                                  generation_defaults, graph_spec, tokenizer_spec, transformer_spec)
 
 from . import parity
 from .config import GPTConfig, VQConfig
-from .onnx_export import DEFAULT_OPSET, export_tokenizer, export_transformer, transformer_io_names
+from .onnx_export import DEFAULT_OPSET, export_tokenizer, export_transformer
 from .quantize import PRECISIONS, QuantOptions, data_file, finalize_graph, quantize_graphs
 from .transformer import GPT
 from .vq import VQModel
@@ -35,8 +37,7 @@ GRAPH_FILES = {"transformer": "transformer.onnx", "tokenizer_decoder": "tokenize
 WEIGHT_FILES = {"transformer": "gpt.safetensors", "tokenizer": "vq.safetensors"}
 
 
-class ExportError(RuntimeError):
-    """The export could not produce a complete, correct model directory."""
+from .errors import ExportError  # noqa: E402  (defined in errors.py, under TesseraError; re-exported here)
 
 
 @dataclass
@@ -266,46 +267,42 @@ def _graph_entries(spec: ExportSpec, root: Path, quant_entries: dict[str, dict],
 
 def _manifest(gpt: GPT, vq: VQModel, spec: ExportSpec, parity_report: dict, files: dict[str, dict],
               graphs: dict | None = None) -> dict:
+    """The manifest, written through the runtime's contract (`tessera.runtime.spec.ModelSpec`) and read
+    back by it: a manifest the runtime would refuse is an ExportError here, not a surprise at load."""
     g, v = gpt.cfg, vq.cfg
-    inputs, outputs = transformer_io_names(g.n_layer)
+    io = GraphIO()  # the transformer graph's names, written once as patterns (graphs.transformer.io)
     graphs = graphs or {n: {"file": f, "precision": "fp32", "method": "none", "opset": spec.opset}
                         for n, f in GRAPH_FILES.items()}
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "name": spec.name,
-        "description": spec.description,
-        "family": "llamagen-c2i",
-        "exported_by": {"package": "tessera-ar", "version": package_version(), "torch": torch.__version__,
-                        "onnx": onnx.__version__, "python": platform.python_version()},
-        "transformer": {**g.to_dict(), "head_dim": g.head_dim, "ffn_dim": g.ffn_dim, "n_kv_head": g.n_head,
-                        "parameters": gpt.num_params()},
-        "tokenizer": {**v.to_dict(), "downsample": v.downsample, "grid": v.grid, "parameters": vq.num_params()},
-        "image": {"height": v.image_size, "width": v.image_size, "channels": v.in_channels, "value_range": [-1, 1]},
-        "grid": {"height": g.grid, "width": g.grid},
-        "classes": {"count": g.num_classes, "names": spec.class_names, "null_class_id": g.null_class},
-        "token_layout": {
-            "vocab_size": g.vocab_size,
-            "class_token_offset": g.vocab_size,
-            "input_ids": "image codes 0..vocab_size-1; class c -> class_token_offset + c; "
-                         "null class (guidance) -> class_token_offset + null_class_id",
-            "class_position_id": 0,
-            "rope_grid": g.rope_grid,
-            "cell_position_id": "1 + row * rope_grid + col (row-major cells)",
-            "attention_mask": "bool [batch, sequence, past + sequence], True = may attend",
-            "sequence": "class token, then image tokens in raster order; the token at cell j predicts cell j+1",
-        },
-        "graphs": {
-            "transformer": {**graphs["transformer"], "inputs": inputs, "outputs": outputs},
-            "tokenizer_decoder": {**graphs["tokenizer_decoder"], "inputs": ["codes"], "outputs": ["image"]},
-            "tokenizer_encoder": {**graphs["tokenizer_encoder"], "inputs": ["image"], "outputs": ["codes"]},
-        },
-        "weights": dict(WEIGHT_FILES) if spec.include_weights else {},
-        "generation_defaults": {"guidance_scale": 1.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
-                                **spec.generation_defaults},
-        "parity": parity_report,
-        "files": files,
-    }
+    tokenizer_io = {"tokenizer_decoder": (["codes"], ["image"]), "tokenizer_encoder": (["image"], ["codes"])}
+    try:
+        transformer = transformer_spec({**g.to_dict(), "head_dim": g.head_dim, "ffn_dim": g.ffn_dim,
+                                        "n_kv_head": g.n_head, "parameters": gpt.num_params()})
+        entries = {"transformer": {**graphs["transformer"], "inputs": io.inputs(g.n_layer),
+                                   "outputs": io.outputs(g.n_layer), "io": io.to_dict()}}
+        entries.update({name: {**graphs[name], "inputs": ins, "outputs": outs}
+                        for name, (ins, outs) in tokenizer_io.items()})
+        model = ModelSpec(
+            name=spec.name, description=spec.description, family="llamagen-c2i", conditioning="class",
+            transformer=transformer,
+            tokenizer=tokenizer_spec({**v.to_dict(), "downsample": v.downsample, "grid": v.grid,
+                                      "parameters": vq.num_params()}),
+            image=ImageSpec(height=v.image_size, width=v.image_size, channels=v.in_channels, value_range=(-1, 1)),
+            grid=(g.grid, g.grid),
+            classes=ClassesSpec(names=tuple(spec.class_names), null_class_id=g.null_class),
+            layout=TokenLayout(vocab_size=g.vocab_size, class_token_offset=g.vocab_size,
+                               null_class_id=g.null_class, rope_grid=g.rope_grid),
+            graphs=tuple(graph_spec(name, entry, transformer) for name, entry in entries.items()),
+            files={name: FileEntry(meta["sha256"], meta["bytes"]) for name, meta in files.items()},
+            weights=dict(WEIGHT_FILES) if spec.include_weights else {},
+            generation=generation_defaults(dict(spec.generation_defaults)),
+            info={"exported_by": {"package": "tessera-ar", "version": package_version(), "torch": torch.__version__,
+                                  "onnx": onnx.__version__, "python": platform.python_version()},
+                  "parity": parity_report})
+        data = model.to_manifest()
+        ModelSpec.from_manifest(data)  # every cross-check the runtime makes at load
+    except ModelDirectoryError as e:
+        raise ExportError(f"this export would write a manifest the runtime refuses: {e}") from None
+    return data
 
 
 def _parity(gpt: GPT, vq: VQModel, tmp: Path, precision: str, transformer_facts: dict) -> dict:

@@ -27,10 +27,17 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from tessera.runtime.compat import OLDEST_TESTED, fused_form
+from tessera.runtime.spec import GraphIO
 
 from .config import DEFAULT_OPSET
-from .onnx_export import transformer_io_names
 from .transformer import GPT, rope_2d_tables
+
+
+def transformer_io_names(n_layer: int) -> tuple[list[str], list[str]]:
+    """The transformer graph's input and output names (Optimum / onnxruntime-genai convention), shared by
+    the built graph here and the traced one (onnx_export.py)."""
+    io = GraphIO()  # the names are defined once, in the model contract (runtime/spec.py)
+    return io.inputs(n_layer), io.outputs(n_layer)
 
 
 class _Graph:

@@ -15,14 +15,9 @@ import torch
 from tessera.runtime.compat import OLDEST_TESTED, fused_form
 
 from .config import DEFAULT_OPSET
+from .onnx_builder import build_fused_transformer, transformer_io_names  # noqa: F401 (model_dir's too)
 from .transformer import GPT, GPTForExport
 from .vq import VQDecoderForExport, VQEncoderForExport, VQModel
-
-
-def transformer_io_names(n_layer: int) -> tuple[list[str], list[str]]:
-    past = [f"past_key_values.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
-    present = [f"present.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
-    return ["input_ids", "position_ids", "attention_mask", *past], ["logits", *present]
 
 
 def _export(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
@@ -56,8 +51,6 @@ def export_transformer(model: GPT, path: Path, opset: int = DEFAULT_OPSET, kind:
         return {**GRAPH_KINDS[kind], "min_onnxruntime": OLDEST_TESTED}
     else:
         import onnx
-
-        from .onnx_builder import build_fused_transformer
 
         form = fused_form(target_onnxruntime)
         proto = build_fused_transformer(model, opset, target_onnxruntime)

@@ -39,7 +39,10 @@ QUANT_BOUNDS = {
 QUANT_PARITY = {"batch": 4, "decode_steps": 8}
 
 
-class ParityError(RuntimeError):
+from .errors import ExportError  # noqa: E402
+
+
+class ParityError(ExportError):
     """An exported graph disagrees with the PyTorch model beyond tolerance."""
 
 

@@ -49,7 +49,10 @@ INT8_METHODS = ("weight-only", "dynamic")
 INT8_WEIGHT_TYPES = ("uint8", "int8-reduce-range")  # for the dynamic method
 
 
-class QuantizationError(RuntimeError):
+from .errors import ExportError  # noqa: E402
+
+
+class QuantizationError(ExportError):
     """A graph could not be converted to the requested precision."""
 
 

@@ -99,8 +99,19 @@ def test_report_and_plot(qv, tmp_path):
 
 
 def test_int4_levels_follow_the_cli_default(qv):
-    levels = qv.int4_levels()
-    assert {levels["int4"], levels["int4-alt"]} == {0, 4} or levels["int4-alt"] == 4
+    """"int4" is whatever `tessera export` uses by default, read here from the export CLI's own parser;
+    "int4-alt" is the other of the two measured levels (0 = fp32 compute, 4 = int8 compute)."""
+    import argparse
+
+    from tessera.export.cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    default = parser.get_default("int4_accuracy_level")
+    assert default in (0, 4)
+    assert qv.int4_levels() == {"int4": default, "int4-alt": 4 - default}
+    labels = qv.variant_labels(qv.int4_levels())
+    assert labels["int4"] == f"int4 (acc-level {default}, default)" and f"acc-level {4 - default}" in labels["int4-alt"]
 
 
 def test_skip_parsing(qv):

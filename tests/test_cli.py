@@ -1,12 +1,15 @@
-"""The `tessera` command: generate (files or a grid), info, export, help, and its errors."""
+"""The `tessera` command: generate (files or a sheet), info, export, help, and its errors."""
 from __future__ import annotations
 
+import argparse
+import json
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
-from tessera.runtime.cli import main
+from tessera.cli.main import build_parser, main
 
 
 def test_generate_one_file_per_image(tiny_dir, tmp_path, capsys):
@@ -19,18 +22,32 @@ def test_generate_one_file_per_image(tiny_dir, tmp_path, capsys):
     assert "16/16 tokens" in err and "4 image(s)" in err
 
 
-def test_generate_grid_with_scale(tiny_dir, tmp_path):
+def test_generate_sheet_with_scale(tiny_dir, tmp_path):
     out = tmp_path / "sheet.png"
-    assert main(["generate", "1", "2", "-n", "3", "--grid", "--scale", "2", "--model", str(tiny_dir),
+    assert main(["generate", "1", "2", "-n", "3", "--sheet", "--scale", "2", "--model", str(tiny_dir),
                  "--out", str(out), "-q"]) == 0
     w, h = Image.open(out).size
     assert (w, h) == (3 * 32 + 4 * 2, 2 * 32 + 3 * 2)  # 3 columns (images per class), 2 rows
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sheet.png"]
+
+
+def test_grid_is_a_hidden_deprecated_alias_of_sheet(tiny_dir, tmp_path, capsys):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    assert main(["generate", "1", "2", "-n", "2", "--sheet", "--model", str(tiny_dir), "--out", str(a), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["generate", "1", "2", "-n", "2", "--grid", "--model", str(tiny_dir), "--out", str(b), "-q"]) == 0
+    assert a.read_bytes() == b.read_bytes()
+    err = capsys.readouterr().err
+    assert err == "tessera: warning: --grid is deprecated: use --sheet (one contact sheet); --grid-size is the token grid\n"
+    help_text = subprocess.run([sys.executable, "-m", "tessera.cli", "generate", "--help"], capture_output=True,
+                               text=True).stdout
+    assert "--sheet" in help_text and "--grid-size" in help_text and "--grid " not in help_text
 
 
 def test_same_seed_same_file(tiny_dir, tmp_path):
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     for p in (a, b):
-        main(["generate", "5", "--model", str(tiny_dir), "--out", str(p), "--seed", "9", "-q"])
+        assert main(["generate", "5", "--model", str(tiny_dir), "--out", str(p), "--seed", "9", "-q"]) == 0
     assert a.read_bytes() == b.read_bytes()
 
 
@@ -47,7 +64,15 @@ def test_errors_are_one_line(tiny_dir, tmp_path, capsys):
     assert "must end in .png" in capsys.readouterr().err
     assert main(["generate", "1", "--model", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 1
     assert "tessera.json is missing" in capsys.readouterr().err
-    assert main(["generate", "1", "--model", str(tiny_dir), "--providers", "cuda", "--out", str(tmp_path / "x.png")]) in (0, 1)
+    from tessera.runtime import available_providers
+
+    cuda = main(["generate", "1", "--model", str(tiny_dir), "--providers", "cuda", "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    if "CUDAExecutionProvider" in available_providers():
+        assert cuda == 0 and (tmp_path / "x.png").is_file()
+    else:  # no CUDA here: one line that names the provider, and no image
+        assert cuda == 1 and err.startswith("tessera: error: ") and err.count("\n") == 1 and "cuda" in err.lower()
+        assert not (tmp_path / "x.png").exists()
 
 
 def test_info(tiny_dir, capsys):
@@ -69,17 +94,68 @@ def test_export_command_round_trip(tiny_dir, tmp_path, capsys):
 
 
 def test_export_needs_weights_or_explicit_random(tmp_path, capsys):
-    import pytest
-
-    with pytest.raises(SystemExit, match="--random-weights"):
-        main(["export", "--gpt", "GPT-Tiny", "--vq", "VQ-Tiny", "--out", str(tmp_path / "m")])
+    assert main(["export", "--gpt", "GPT-Tiny", "--vq", "VQ-Tiny", "--out", str(tmp_path / "m")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tessera: error: --gpt-weights and --vq-weights not given") and "--random-weights" in err
+    assert not (tmp_path / "m").exists()
 
 
 def test_help_is_friendly():
-    r = subprocess.run([sys.executable, "-m", "tessera.runtime.cli", "--help"], capture_output=True, text=True)
-    assert r.returncode == 0 and "generate" in r.stdout and "examples:" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "tessera.runtime.cli", "generate", "--help"], capture_output=True, text=True)
-    assert "--guidance" in r.stdout and "--seed" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "tessera.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "generate" in r.stdout and "examples:" in r.stdout and "viewer" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "tessera.cli", "generate", "--help"], capture_output=True, text=True)
+    assert "--guidance" in r.stdout and "--seed" in r.stdout and "(default: None)" not in r.stdout
+
+
+def test_help_shows_the_selected_models_real_defaults(tiny_dir, capsys):
+    """The tiny model records guidance 2.0 and top-k 16; the shipped model's guidance is read from its manifest."""
+    assert main(["generate", "--model", str(tiny_dir), "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "default: the model's, 2 for tiny" in out and "default: the model's, 16 for tiny" in out
+    assert main(["edit", "inpaint", "--model", str(tiny_dir), "--help"]) == 0
+    assert "default: the model's, 2 for tiny" in " ".join(capsys.readouterr().out.split())
+    from tessera.models import default_model_dir
+
+    shipped = json.loads((default_model_dir() / "tessera.json").read_text())
+    assert main(["generate", "--help"]) == 0
+    g = shipped["generation_defaults"]["guidance_scale"]
+    assert f"default: the model's, {g:g} for {shipped['name']}" in " ".join(capsys.readouterr().out.split())
+    assert main(["generate", "--model", "/no/such/dir", "--help"]) == 0  # unreadable: the generic text
+    assert "default: the model's; e.g. guidance 3.0 for the shipped model" in " ".join(capsys.readouterr().out.split())
+
+
+def test_every_option_of_every_command_has_help():
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, f"{path} {name}")
+            elif action.help != argparse.SUPPRESS:
+                yield path, action
+
+    actions = list(walk(build_parser(["--help"]), "tessera"))
+    commands = {path for path, _ in actions}
+    assert {"tessera generate", "tessera info", "tessera export", "tessera edit inpaint", "tessera edit outpaint",
+            "tessera edit continue", "tessera viewer"} <= commands
+    missing = [(path, action.option_strings or action.dest) for path, action in actions if not action.help]
+    assert missing == []
+
+
+def test_version(capsys):
+    import tessera
+
+    assert tessera.__version__ not in ("", "0+unknown")
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"tessera {tessera.__version__}\n"
+    r = subprocess.run(["tessera", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == f"tessera {tessera.__version__}\n"
+
+
+def test_usage_errors_exit_2_and_no_command_prints_help(capsys):
+    assert main(["generate"]) == 2  # no class
+    assert "the following arguments are required: classes" in capsys.readouterr().err
+    assert main([]) == 2
+    assert "usage: tessera" in capsys.readouterr().out
 
 
 def test_reexport_keeps_weights_and_extra_files(tiny_dir, tmp_path):

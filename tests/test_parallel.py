@@ -88,7 +88,7 @@ def test_shipped_model_largest_grid_with_every_window():
 def test_cli_parallel_and_grid(tiny_dir, tmp_path):
     from PIL import Image
 
-    from tessera.runtime.cli import main
+    from tessera.cli.main import main
 
     out = tmp_path / "big.png"
     assert main(["generate", "2", "--model", str(tiny_dir), "--parallel-window", "2", "--grid-size", "6",

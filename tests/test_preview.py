@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from tessera.runtime import InvalidInputError
-from tessera.runtime.cli import main
+from tessera.cli.main import main
 from tessera.runtime.preview import PreviewRenderer
 
 ROOT = Path(__file__).resolve().parents[1]

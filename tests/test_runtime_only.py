@@ -13,8 +13,8 @@ def _run(code: str) -> subprocess.CompletedProcess:
 
 
 def test_import_runtime_does_not_import_torch():
-    r = subprocess.run([sys.executable, "-c", "import sys, tessera.runtime, tessera.runtime.cli; "
-                        "tessera.runtime.cli.build_parser(); print('torch' in sys.modules)"],
+    r = subprocess.run([sys.executable, "-c", "import sys, tessera.runtime, tessera.cli.main; "
+                        "tessera.cli.main.build_parser(); print('torch' in sys.modules)"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
@@ -23,7 +23,7 @@ def test_import_runtime_does_not_import_torch():
 def test_generate_without_torch(tiny_dir, tmp_path):
     out = tmp_path / "x.png"
     r = _run(f"""
-        from tessera.runtime.cli import main
+        from tessera.cli.main import main
         raise SystemExit(main(["generate", "4", "--model", r"{tiny_dir}", "--out", r"{out}", "-q"]))
     """)
     assert r.returncode == 0, r.stderr
@@ -32,7 +32,7 @@ def test_generate_without_torch(tiny_dir, tmp_path):
 
 def test_export_without_torch_names_the_extra(tmp_path):
     r = _run(f"""
-        from tessera.runtime.cli import main
+        from tessera.cli.main import main
         raise SystemExit(main(["export", "--gpt", "GPT-Tiny", "--vq", "VQ-Tiny", "--random-weights",
                                "--out", r"{tmp_path / 'm'}"]))
     """)

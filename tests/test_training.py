@@ -13,10 +13,10 @@ pytest.importorskip("safetensors")
 pytest.importorskip("tqdm")
 
 from tessera.export.config import VQConfig, vq_preset  # noqa: E402
-from tessera.export.data import HELDOUT_PER_CLASS, load_mnist, mnist_split, split_indices  # noqa: E402
-from tessera.export.train_tokenizer import load_vq, train_tokenizer  # noqa: E402
-from tessera.export.train_transformer import train_transformer  # noqa: E402
 from tessera.export.vq import VQModel  # noqa: E402
+from tessera.training.data import HELDOUT_PER_CLASS, load_mnist, mnist_split, split_indices  # noqa: E402
+from tessera.training.train_tokenizer import load_vq, train_tokenizer  # noqa: E402
+from tessera.training.train_transformer import train_transformer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +82,20 @@ def test_transformer_few_steps_lower_loss(tmp_path, data):
     assert m["evals"][-1]["heldout_loss"] < m["evals"][0]["heldout_loss"] + 1e-6
     for name in ("gpt.safetensors", "config.json", "metrics.json"):
         assert os.path.exists(tmp_path / "gpt" / name)
+
+
+def test_classifier_cache_is_outside_the_tree(tmp_path, monkeypatch):
+    """The evaluation classifier caches under $TESSERA_CACHE, else $XDG_CACHE_HOME/tessera, else
+    ~/.cache/tessera: never in the source tree."""
+    from pathlib import Path
+
+    from tessera.training.digit_classifier import cache_dir
+
+    monkeypatch.setenv("TESSERA_CACHE", str(tmp_path / "tc"))
+    assert cache_dir() == tmp_path / "tc"
+    monkeypatch.delenv("TESSERA_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "tessera"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_dir() == Path.home() / ".cache" / "tessera"
+    assert not cache_dir().resolve().is_relative_to(Path(__file__).resolve().parents[1])

@@ -19,7 +19,7 @@ import pytest
 
 from tessera.runtime import ModelDirectoryError, load_manifest
 from tessera.runtime import manifest as manifest_mod
-from tessera.runtime.cli import main
+from tessera.cli.main import main
 
 NAMES = [str(i) for i in range(10)]
 
@@ -445,3 +445,18 @@ def test_extra_file_cannot_replace_the_models_own_files(tiny_models, tmp_path, n
     with pytest.raises(ExportError, match="would replace the model's own"):
         write_model_dir(gpt, vq, tmp_path / "m", ExportSpec("x", [str(i) for i in range(10)], extra_files=[extra]))
     assert not (tmp_path / "m").exists() and _hidden(tmp_path) == []
+
+
+def test_installed_copy_without_the_pytorch_weights_loads_but_cannot_reexport(tiny_dir, tmp_path, capsys):
+    """The wheel leaves the export-only weights out; present weights are still verified."""
+    from tessera.runtime import Pipeline
+
+    d = tmp_path / "installed"
+    shutil.copytree(tiny_dir, d)
+    (d / "gpt.safetensors").unlink()
+    assert Pipeline.load(d, providers="cpu", verify="full").generate_tokens([1], seed=0).shape[0] == 1
+    assert main(["export", "--from", str(d), "--out", str(tmp_path / "again")]) == 1
+    assert "gpt.safetensors are not there" in capsys.readouterr().err
+    (d / "vq.safetensors").write_bytes(b"tampered")
+    with pytest.raises(ModelDirectoryError, match="vq.safetensors"):
+        load_manifest(d, verify="size")

@@ -6,14 +6,17 @@ import sys
 import time
 from pathlib import Path
 
-from .cli_options import add_model_arguments, pipeline_from_args
-from .errors import InvalidInputError
+from tessera.runtime.errors import InvalidInputError
+from tessera.runtime.image_processing import load_image
+
+from .options import HelpFormatter, add_model_arguments, add_sampling_arguments, pipeline_from_args
+from .output import Progress, check_counts, check_pixels, check_writable, save_image
 
 EDIT_EPILOG = """examples:
   tessera edit inpaint digit.png --mask hole.png --class seven --out fixed.png
   tessera edit outpaint digit.png --box 7,7,21,21 --class 3 --out around.png
   tessera edit outpaint small.png --place --box 7,7,21,21 --out extended.png   # small.png drawn into the box
-  tessera edit continue digit.png --keep-rows 3 --class 8 -n 4 --grid --out endings.png
+  tessera edit continue digit.png --keep-rows 3 --class 8 -n 4 --sheet --out endings.png
 """
 
 
@@ -21,8 +24,8 @@ def add_preview_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preview-dir", metavar="DIR",
                    help="write live preview frames DIR/frame-STEP.png while generating (the partial image)")
     p.add_argument("--preview-every", metavar="N", default=None,
-                   help="tokens per preview frame: a number, 'row', or 'auto' (default: per row, at most ~8%% "
-                        "of the generation time)")
+                   help="tokens per preview frame: a number, 'row', or 'auto' (default: auto = per row, at most "
+                        "~8%% of the generation time)")
 
 
 def preview_from_args(args: argparse.Namespace, scale: int = 1):
@@ -34,7 +37,7 @@ def preview_from_args(args: argparse.Namespace, scale: int = 1):
         if every is not None:
             raise InvalidInputError("--preview-every needs --preview-dir")
         return None
-    from .preview import FrameWriter
+    from tessera.runtime.preview import FrameWriter
 
     folder = Path(args.preview_dir)
     try:
@@ -49,34 +52,23 @@ def preview_callback(args: argparse.Namespace, pipe, callback):
     writer = preview_from_args(args, getattr(args, "scale", 1))
     if writer is None:
         return callback
-    from .preview import with_preview
+    from tessera.runtime.preview import with_preview
 
     grid = pipe.grid_size(getattr(args, "grid_size", None)) if hasattr(pipe, "grid_size") else pipe.grid
     return with_preview(pipe.tokenizer, grid, writer, args.preview_every, callback)
 
 
-def _load_image(path: str, what: str):
-    from PIL import Image, UnidentifiedImageError
-
-    p = Path(path)
-    if not p.is_file():
-        raise InvalidInputError(f"{what} {p} does not exist")
-    try:
-        with Image.open(p) as im:
-            im.load()
-            return im.copy()
-    except (UnidentifiedImageError, OSError) as e:
-        raise InvalidInputError(f"{what} {p} is not a readable image ({e})") from None
-
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from .cli import Progress, _check_writable, _save
-    from .images import image_grid
+    from tessera.runtime.images import image_grid
 
     out = Path(args.out)
-    _check_writable(out)
-    image = _load_image(args.image, "IMAGE")
-    mask = _load_image(args.mask, "--mask") if getattr(args, "mask", None) else None
+    check_writable(out)
+    check_counts(args.num, args.scale)
+    if getattr(args, "candidates", 1) < 1:
+        raise InvalidInputError(f"--candidates must be >= 1, got {args.candidates}")
+    image = load_image(args.image, "IMAGE")
+    mask = load_image(args.mask, "--mask") if getattr(args, "mask", None) else None
     writer = preview_from_args(args, args.scale)
     pipe = pipeline_from_args(args)
     label = args.class_label
@@ -94,15 +86,18 @@ def cmd_edit(args: argparse.Namespace) -> int:
     else:
         images = pipe.continue_image(image, args.keep_rows, label, **options)
     elapsed = time.perf_counter() - t0
+    sheet = args.sheet or args.grid_alias
+    w, h = images[0].width * args.scale, images[0].height * args.scale
+    check_pixels(w, h, len(images) if sheet else 1)
     if args.scale > 1:
         images = [im.resize((im.width * args.scale, im.height * args.scale), 0) for im in images]
-    if len(images) == 1 or args.grid:
+    if len(images) == 1 or sheet:
         written = [out]
-        _save(images[0] if len(images) == 1 else image_grid(images), out)
+        save_image(images[0] if len(images) == 1 else image_grid(images), out)
     else:
         written = [out.with_name(f"{out.stem}-{i:03d}{out.suffix}") for i in range(len(images))]
         for im, path in zip(images, written):
-            _save(im, path)
+            save_image(im, path)
     if not args.quiet:
         extra = f"; {len(writer.written)} preview frames in {args.preview_dir}" if writer else ""
         print(f"{args.mode}: {len(images)} image(s) in {elapsed:.2f}s -> "
@@ -110,50 +105,52 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common(p: argparse.ArgumentParser, candidates: bool) -> None:
+def _common(p: argparse.ArgumentParser, candidates: bool, defaults) -> None:
+    from .output import MAX_IMAGES, MAX_SCALE
+
     p.add_argument("image", metavar="IMAGE", help="the input image (any size: fit to the model's, aspect kept)")
     p.add_argument("--class", dest="class_label", metavar="C",
                    help="class id or name to condition on (default: none, the unconditional model)")
     p.add_argument("--model", metavar="DIR", help="model directory (default: the shipped model)")
-    p.add_argument("-n", "--num", type=int, default=1, help="number of results")
+    p.add_argument("-n", "--num", type=int, default=1, help=f"number of results, 1..{MAX_IMAGES}")
     if candidates:
         p.add_argument("--candidates", type=int, default=4,
-                       help="draws per result, the one most consistent with the kept cells after the hole wins")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (with --class; <= 1: off)")
-    p.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy)")
-    p.add_argument("--top-k", type=int, help="sample among the k likeliest tokens (0 = all)")
-    p.add_argument("--top-p", type=float, help="nucleus sampling mass (1 = off)")
-    p.add_argument("-o", "--out", default="edited.png", help="output image (several: OUT-000.png ... unless --grid)")
-    p.add_argument("--grid", action="store_true", help="write all results into one sheet")
-    p.add_argument("--scale", type=int, default=1, help="nearest-neighbour upscaling of the saved images")
+                       help="draws per result, >= 1: the one most consistent with the kept cells after the hole wins")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same results, on every provider")
+    add_sampling_arguments(p, defaults, guidance_note=", and without --class")
+    p.add_argument("-o", "--out", default="edited.png",
+                   help="output image file (several results: OUT-000.png ... unless --sheet; an existing "
+                        "directory is an error)")
+    p.add_argument("--sheet", action="store_true", help="write all results into one contact sheet (one image file)")
+    p.add_argument("--grid", dest="grid_alias", action="store_true", help=argparse.SUPPRESS)  # deprecated: --sheet
+    p.add_argument("--scale", type=int, default=1, help=f"nearest-neighbour upscaling of the saved images, 1..{MAX_SCALE}")
     add_preview_arguments(p)
     add_model_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_edit)
 
 
-def add_edit_parser(sub) -> None:
+def add_edit_parser(sub, defaults=None) -> None:
     """Add `edit` with its three modes to the `tessera` subcommands."""
     e = sub.add_parser("edit", help="inpaint, outpaint or continue an image",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EDIT_EPILOG,
                        description="Edit an image: its tokens (from the tokenizer's encoder) are kept outside the "
                                    "region to regenerate; a token cell is regenerated if any of its pixels is.")
     modes = e.add_subparsers(dest="mode", metavar="MODE", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     p = modes.add_parser("inpaint", help="regenerate the masked region", formatter_class=fmt,
                          description="Regenerate the white (>= 128) part of --mask.")
-    _common(p, candidates=True)
+    _common(p, candidates=True, defaults=defaults)
     p.add_argument("--mask", required=True, metavar="MASK.png",
                    help="white = regenerate; the image's size, the model's or the token grid's")
     p = modes.add_parser("outpaint", help="keep a box, regenerate around it", formatter_class=fmt,
                          description="Keep the box x0,y0,x1,y1 (pixels, x1/y1 exclusive) and regenerate the rest.")
-    _common(p, candidates=True)
+    _common(p, candidates=True, defaults=defaults)
     p.add_argument("--box", metavar="x0,y0,x1,y1", help="region to keep (default: the centered half)")
     p.add_argument("--place", action="store_true",
                    help="draw the whole image into --box on the model's canvas (coordinates in the model's "
                         "pixels) and generate around it")
     p = modes.add_parser("continue", help="keep the top token rows, write the rest", formatter_class=fmt,
                          description="Keep the top N token rows of the image and complete the bottom.")
-    _common(p, candidates=False)
+    _common(p, candidates=False, defaults=defaults)
     p.add_argument("--keep-rows", type=int, required=True, metavar="N", help="token rows to keep (1 .. rows-1)")

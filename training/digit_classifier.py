@@ -1,9 +1,10 @@
 """A small MNIST digit classifier used only for evaluation (accuracy, Fréchet distance features).
 
-Trained on the TRAIN part of the fixed split (`tessera.export.data.mnist_split`), seeded, about a
-minute on one CPU core, cached at a path the caller gives (e.g. runs/classifier.pt):
+Trained on the TRAIN part of the fixed split (`tessera.training.data.mnist_split`), seeded, about a
+minute on one CPU core, cached outside the source tree: at the path the caller gives, else
+$TESSERA_CACHE/classifier.pt, else ~/.cache/tessera/classifier.pt (XDG_CACHE_HOME respected):
 
-    clf = get_classifier("runs/classifier.pt")      # trains once, then loads
+    clf = get_classifier()      # trains once, then loads
     clf.predict(images)    # images [N, 3, 28, 28] in [-1, 1] -> labels [N]
     clf.features(images)   # -> [N, 128] penultimate-layer features (for a Fréchet distance)
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -105,16 +107,26 @@ def train_classifier(data: dict, epochs: int = 15, batch_size: int = 64, lr: flo
     return clf
 
 
-def get_classifier(path: str = "runs/classifier.pt", data: dict | None = None, retrain: bool = False,
+def cache_dir() -> Path:
+    """Where Tessera caches things it can rebuild: $TESSERA_CACHE, else $XDG_CACHE_HOME/tessera,
+    else ~/.cache/tessera. Never inside the source tree or an installed package."""
+    if os.environ.get("TESSERA_CACHE"):
+        return Path(os.environ["TESSERA_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "tessera"
+
+
+def get_classifier(path: str | os.PathLike | None = None, data: dict | None = None, retrain: bool = False,
                    **train_kwargs) -> DigitClassifier:
-    """Load the cached classifier at `path`, or train it (train split only) and cache it there."""
+    """Load the cached classifier at `path` (default: `cache_dir() / "classifier.pt"`), or train it
+    (train split only, about a minute) and cache it there."""
+    path = str(path) if path is not None else str(cache_dir() / "classifier.pt")
     if os.path.exists(path) and not retrain:
         ck = torch.load(path, weights_only=True)  # tensors and plain values only: no pickled code runs
         model = DigitCNN()
         model.load_state_dict(ck["model"])
         return DigitClassifier(model, ck.get("info"))
     if data is None:
-        from tessera.export.data import mnist_split
+        from .data import mnist_split
 
         data = mnist_split()
     clf = train_classifier(data, **train_kwargs)
@@ -142,7 +154,7 @@ if __name__ == "__main__":
     import argparse
 
     p = argparse.ArgumentParser(description="train/cache the evaluation digit classifier")
-    p.add_argument("--path", default="runs/classifier.pt")
+    p.add_argument("--path", default=None, help="cache file (default: ~/.cache/tessera/classifier.pt)")
     p.add_argument("--retrain", action="store_true")
     a = p.parse_args()
     c = get_classifier(a.path, retrain=a.retrain)

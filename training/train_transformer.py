@@ -1,6 +1,6 @@
 """Train the class-conditional transformer (preset `GPT-Digits`) on tokenizer codes of MNIST.
 
-    python -m tessera.export.train_transformer --vq runs/vq --out runs/gpt --steps 500 --batch-size 128
+    python -m tessera.training.train_transformer --vq runs/vq --out runs/gpt --steps 500 --batch-size 128
 
 The trained tokenizer (`--vq`, a directory with vq.safetensors + config.json) encodes the train
 split once, in memory (optionally also `--aug-copies` randomly shifted copies, +-1 pixel, to
@@ -22,12 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import gpt_preset
+from tessera.export.config import gpt_preset
+from tessera.export.transformer import GPT
+from tessera.export.vq import VQModel
+
 from .data import SPLIT_DESCRIPTION, mnist_split
 from .train_tokenizer import (augment, load_vq, lr_at, rng_state, save_checkpoint, seed_everything,
                               set_rng_state, write_json)
-from .transformer import GPT
-from .vq import VQModel
 
 
 @torch.no_grad()

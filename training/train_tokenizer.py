@@ -1,6 +1,6 @@
 """Train the VQ tokenizer (preset `VQ-Digits`) on the MNIST train split.
 
-    python -m tessera.export.train_tokenizer --out runs/vq --steps 800 --batch-size 64
+    python -m tessera.training.train_tokenizer --out runs/vq --steps 800 --batch-size 64
 
 Reproducible (seeded torch / numpy / python RNGs, seeded batch order), resumable: every
 `--ckpt-every` steps `out/checkpoint.pt` holds model + optimizer + step + RNG states, and a run
@@ -24,9 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import vq_preset
+from tessera.export.config import vq_preset
+from tessera.export.vq import VQModel
+
 from .data import SPLIT_DESCRIPTION, mnist_split, psnr
-from .vq import VQModel
 
 
 # --- helpers shared with train_transformer ------------------------------------------------
@@ -70,7 +71,7 @@ def write_json(path: str, obj: dict) -> None:
 
 def load_vq(path: str) -> VQModel:
     """A trained tokenizer from a directory holding vq.safetensors + config.json."""
-    from .build import load_run
+    from tessera.export.build import load_run
 
     return load_run(path, "vq")
 

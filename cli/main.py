@@ -1,0 +1,300 @@
+"""The `tessera` command: generate images, inspect a model directory, export models, edit images.
+
+The CLI is the one layer that knows both the runtime and the export stage, and the only place that
+turns errors into exit codes: 0 done, 1 a `tessera: error:` line (any TesseraError: bad input, model
+directory, provider, export), 2 a usage error (argparse). Library code never exits the process.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from tessera import __version__
+from tessera.runtime.errors import ExtraNotInstalledError, TesseraError
+
+from .edit import add_edit_parser, add_preview_arguments, preview_callback
+from .options import (HelpFormatter, add_model_arguments, add_sampling_arguments, add_verify_argument, model_defaults,
+                      model_from_argv, pipeline_from_args, resolve_verify)
+from .output import MAX_IMAGES, MAX_SCALE, Progress, check_counts, check_pixels, check_writable, safe_name, save_image
+
+EPILOG = """examples:
+  tessera generate 7                      a digit 7 from the shipped model -> tessera.png
+  tessera generate 0 1 2 -n 4 --sheet --scale 4 --out digits.png   one contact sheet, a row per class
+  tessera generate seven --seed 3 --guidance 4 --top-k 50
+  tessera info                            what the shipped model is (classes, sizes, parity)
+  tessera export --gpt GPT-B --gpt-weights c2i_B_256.pt --vq VQ-16 --vq-weights vq_ds16_c2i.pt --out gpt-b
+  tessera viewer                          a window: pick a class, watch it being generated (Tkinter)
+
+exit status: 0 done, 1 an error (one `tessera: error:` line), 2 a usage error.
+"""
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tessera.runtime.images import image_grid
+
+    out = Path(args.out)
+    check_writable(out)
+    check_counts(len(args.classes) * max(args.num, 1) if args.num >= 1 else args.num, args.scale)
+    sheet = args.sheet or args.grid_alias
+    pipe = pipeline_from_args(args)
+    labels = pipe.labels(args.classes, args.num)  # validates before any work
+    _check_output_pixels(pipe, args, len(labels) if sheet else 1)
+    progress = Progress(f"generating {len(labels)} image{'s' if len(labels) > 1 else ''}", enabled=not args.quiet)
+    progress = preview_callback(args, pipe, progress)  # --preview-dir: live frames
+    t0 = time.perf_counter()
+    images = pipe.generate(args.classes, guidance_scale=args.guidance, temperature=args.temperature,
+                           top_k=args.top_k, top_p=args.top_p, seed=args.seed, num_images_per_class=args.num,
+                           callback=progress, parallel_window=args.parallel_window, grid=args.grid_size)
+    elapsed = time.perf_counter() - t0
+    names = pipe.class_names
+    check_pixels(images[0].width * args.scale, images[0].height * args.scale, len(images) if sheet else 1)
+    if args.scale > 1:
+        images = [im.resize((im.width * args.scale, im.height * args.scale), 0) for im in images]
+    written = []
+    if sheet or len(images) == 1:
+        page = image_grid(images, columns=args.num if sheet and len(args.classes) > 1 else None) \
+            if len(images) > 1 else images[0]
+        save_image(page, out)
+        written.append(out)
+    else:
+        for i, (im, label) in enumerate(zip(images, labels)):
+            # class names come from the manifest, which may be hostile: never a path in a file name
+            path = out.with_name(f"{out.stem}-{i:03d}-{safe_name(names[label], f'class{label}')}{out.suffix}")
+            save_image(im, path)
+            written.append(path)
+    if not args.quiet:
+        print(f"{len(images)} image(s) in {elapsed:.2f}s on {pipe.graph_providers['transformer']} -> "
+              + (str(written[0]) if len(written) == 1 else f"{written[0]} ... {written[-1]}"), file=sys.stderr)
+    return 0
+
+
+def _check_output_pixels(pipe, args: argparse.Namespace, count: int) -> None:
+    """The largest file this command will save, from the model's geometry, before generating."""
+    try:
+        h, w = pipe.grid_size(args.grid_size)
+        down = pipe.manifest.spec.tokenizer.downsample
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return  # checked again on the generated images, before upscaling
+    check_pixels(w * down * args.scale, h * down * args.scale, count)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from tessera.runtime.backend import installed_flavours
+    from tessera.runtime.compat import required_version
+    from tessera.runtime.manifest import load_manifest
+    from tessera.runtime.pipeline import default_model_dir
+    from tessera.runtime.providers import available_providers
+    from tessera.runtime.session import ort_version
+
+    m = load_manifest(args.model or default_model_dir(), verify=resolve_verify(args.verify, args.model))
+    if args.json:
+        print(json.dumps(m.data, indent=2))
+        return 0
+    spec = m.spec  # the validated manifest (runtime/spec.py)
+    t, k, image = spec.transformer, spec.tokenizer, spec.image
+    h, w = spec.grid
+    print(f"{spec.name}  ({m.root})")
+    if spec.description:
+        print(f"  {spec.description}")
+    print(f"  transformer  {t.n_layer} layers, dim {t.dim}, {t.n_head} heads, "
+          f"{(t.parameters or 0) / 1e6:.1f}M params, vocab {t.vocab_size}")
+    print(f"  tokenizer    {k.downsample}x downsampling, codebook {k.codebook_size}x{k.codebook_dim or '?'}, "
+          f"{(k.parameters or 0) / 1e6:.1f}M params")
+    print(f"  image        {image.width}x{image.height} px from a {w}x{h} token grid")
+    names = spec.class_names
+    shown = ", ".join(f"{i}={n}" for i, n in enumerate(names[:12])) + (" ..." if len(names) > 12 else "")
+    print(f"  classes      {spec.num_classes}: {shown}")
+    print(f"  defaults     {json.dumps(spec.generation.to_dict())}")
+    for g in spec.graphs:
+        size = spec.files[g.file].bytes if g.file in spec.files else 0
+        print(f"  {g.name:18s} {g.file:28s} {g.precision:5s} opset {g.opset}  {size / 1e6:7.2f} MB  "
+              f"onnxruntime >= {required_version(g.to_dict())}")
+
+    def informational(section: str, *keys):  # parity and exported_by are not part of the contract
+        value = spec.info.get(section)
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+
+    logit, decoder = (informational("parity", "transformer", "max_abs_logit_error"),
+                      informational("parity", "tokenizer", "decoder_max_abs_error"))
+    if informational("parity", "transformer"):
+        def show(v):
+            return f"{v:.2e}" if isinstance(v, (int, float)) else str(v)
+
+        print(f"  parity       transformer max |logit err| {show(logit)}; decoder {show(decoder)}")
+    print(f"  exported by  tessera-ar {informational('exported_by', 'version')}")
+    print(f"  here         onnxruntime {ort_version()} ({', '.join(installed_flavours()) or 'no flavour listed'}); "
+          f"providers {', '.join(available_providers())}")
+    return 0
+
+
+EXPORT_NEEDS = ("torch", "onnx", "safetensors")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import importlib
+
+    missing = []
+    for name in EXPORT_NEEDS:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ExtraNotInstalledError(f"`tessera export` needs the PyTorch export stage ({', '.join(missing)} not "
+                                     "installed): pip install 'tessera-ar[export]'")
+    from tessera.export.cli import run
+
+    run(args)
+    return 0
+
+
+def _export_parser(sub) -> None:
+    from tessera.export.cli import add_arguments  # torch-free: only argument definitions
+
+    p = sub.add_parser("export", help="convert PyTorch weights into a model directory (needs the 'export' extra)",
+                       description="Export a transformer and tokenizer into ONNX graphs with a manifest, checking "
+                                   "ONNX-vs-PyTorch parity. Needs: pip install 'tessera-ar[export]'.")
+    add_arguments(p)
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_viewer(args: argparse.Namespace) -> int:
+    try:
+        import tkinter  # noqa: F401
+    except ImportError:
+        raise ExtraNotInstalledError("`tessera viewer` needs Tkinter (e.g. apt install python3-tk)") from None
+    from tessera.examples.tk_viewer import main as viewer_main
+
+    return int(viewer_main(args.viewer_args) or 0)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `tessera` parser. `argv` (optional) lets `--help` show the real generation defaults of the
+    `--model` it names (read from that manifest; the shipped model's otherwise)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    defaults = model_defaults(model_from_argv(argv)) if wants_help else None
+    parser = argparse.ArgumentParser(
+        prog="tessera", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Tessera: compact autoregressive image generation with ONNX Runtime. A transformer writes an "
+                    "image as a grid of tokens, one token at a time; a VQ tokenizer turns the grid into pixels.")
+    parser.add_argument("--version", action="version", version=f"tessera {__version__}",
+                        help="print the installed version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    g = sub.add_parser("generate", help="generate images of the given classes", formatter_class=HelpFormatter,
+                       description="Generate images of the given classes (ids or names; `tessera info` lists them). "
+                                   "Sampling options left unset use the model's defaults from its manifest.")
+    g.add_argument("classes", nargs="+", help="class ids or names, e.g. 7 or seven")
+    g.add_argument("--model", metavar="DIR", help="model directory (default: the shipped model)")
+    g.add_argument("-n", "--num", type=int, default=1,
+                   help=f"images per class (at most {MAX_IMAGES} images per command)")
+    g.add_argument("--seed", type=int, default=0, help="same seed, same images, on every provider")
+    add_sampling_arguments(g, defaults)
+    g.add_argument("-o", "--out", default="tessera.png",
+                   help="output image file; several images become OUT-000-CLASS.png ... unless --sheet (class "
+                        "names made file-name safe; an existing directory is an error)")
+    g.add_argument("--sheet", action="store_true",
+                   help="write all images into one contact sheet (a row per class) instead of one file each")
+    g.add_argument("--grid", dest="grid_alias", action="store_true", help=argparse.SUPPRESS)  # deprecated: --sheet
+    g.add_argument("--scale", type=int, default=1,
+                   help=f"nearest-neighbour upscaling of the saved images, 1..{MAX_SCALE}")
+    g.add_argument("--parallel-window", type=int, metavar="W",
+                   help="decode image rows in parallel, each W tokens behind the row above (fewer steps; "
+                        "default: off, one token per step)")
+    g.add_argument("--grid-size", type=int, metavar="N",
+                   help="generate an N x N token grid instead of the trained size (larger images; default: the "
+                        "model's trained grid)")
+    add_model_arguments(g)
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    add_preview_arguments(g)
+    g.set_defaults(func=cmd_generate)
+
+    i = sub.add_parser("info", help="show a model directory's manifest in readable form", formatter_class=HelpFormatter,
+                       description="Show what a model directory holds: architecture, classes, generation defaults, "
+                                   "graphs, parity, and the onnxruntime here.")
+    i.add_argument("model", nargs="?", help="model directory (default: the shipped model)")
+    i.add_argument("--json", action="store_true", help="print the raw manifest instead")
+    add_verify_argument(i, "full")
+    i.set_defaults(func=cmd_info)
+    _export_parser(sub)
+    add_edit_parser(sub, defaults)  # tessera edit inpaint|outpaint|continue (edit.py)
+    v = sub.add_parser("viewer", help="open the example Tk viewer (python -m tessera.examples.tk_viewer)",
+                       description="The example viewer: pick a class, press Generate, watch the image appear. "
+                                   "Its options follow, e.g. `tessera viewer --model DIR --scale 8`; "
+                                   "`tessera viewer -- --help` lists them.")
+    v.add_argument("viewer_args", nargs=argparse.REMAINDER, metavar="...", help="the viewer's own options")
+    v.set_defaults(func=cmd_viewer)
+    return parser
+
+
+def _format_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings as one `tessera: warning:` line (no source file, line number or code line)."""
+    print(f"tessera: warning: {message}", file=file or sys.stderr)
+
+
+@contextlib.contextmanager
+def _quiet_output():
+    """In the CLI only: warnings as one line each, and onnxruntime's own (ANSI-coloured) log lines
+    limited to errors. A library caller keeps Python's and onnxruntime's defaults."""
+    saved = warnings.showwarning
+    warnings.showwarning = _format_warning
+    ort = None
+    try:
+        import onnxruntime as ort
+
+        ort.set_default_logger_severity(3)  # 0 verbose .. 2 warning (default), 3 error, 4 fatal
+    except (ImportError, AttributeError):
+        ort = None
+    try:
+        yield
+    finally:
+        warnings.showwarning = saved
+        if ort is not None:
+            ort.set_default_logger_severity(2)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `tessera ARGS...`; returns the exit status (0 done, 1 error, 2 usage)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version (0) or a usage error (2): argparse has printed it
+        return int(e.code or 0)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    with _quiet_output():
+        if getattr(args, "grid_alias", False):
+            warnings.warn("--grid is deprecated: use --sheet (one contact sheet); --grid-size is the token grid",
+                          FutureWarning, stacklevel=1)
+        try:
+            return args.func(args)
+        except TesseraError as e:
+            print(f"tessera: error: {_one_line(e)}", file=sys.stderr)
+            return 1
+        except MemoryError:
+            print("tessera: error: out of memory (ask for fewer or smaller images)", file=sys.stderr)
+            return 1
+        except Exception as e:  # export-stage errors outside TesseraError (CheckpointError) and file errors
+            from_export = type(e).__module__.startswith("tessera.export")
+            if from_export or isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
+                print(f"tessera: error: {_one_line(e)}", file=sys.stderr)
+                return 1
+            raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
