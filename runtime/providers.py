@@ -4,21 +4,30 @@ An onnxruntime build lists the providers it was compiled with, not the devices t
 onnxruntime-gpu lists CUDAExecutionProvider on a machine without a GPU and then silently runs on the
 CPU. So providers="auto" probes each listed accelerator with a tiny session and keeps it only when it
 survives in `get_providers()` and computes the right answer (once per process).
+
+Plugin execution providers (pip packages onnxruntime-ep-*, onnxruntime >= 1.23) are found through their
+package metadata and registered with onnxruntime once per process (plugin_providers); they count only where
+onnxruntime's own device discovery (get_ep_devices) lists a device for them, and a session gets them through
+SessionOptions.add_provider_for_devices (runtime/session.py).
 """
 from __future__ import annotations
 
 import base64
 import contextlib
+import importlib
+import importlib.util
 import io
 import os
 import re
 import sys
 import tempfile
 import warnings
+from dataclasses import dataclass
+from importlib import metadata
 
 import numpy as np
 
-from .backend import FLAVOURS, install_command, installed_flavours, ort
+from .backend import FLAVOURS, install_command, installed_flavours, onnxruntime_version, ort, parse_version
 from .errors import ProviderError
 
 # Preference for providers="auto": CUDA, then AMD (ROCm / MIGraphX), then DirectML, Qualcomm (QNN),
@@ -50,6 +59,9 @@ ALIASES = {
     "qnn": "QNNExecutionProvider",
     "webgpu": "WebGpuExecutionProvider",
     "cann": "CANNExecutionProvider",
+    "tensorrt-rtx": "NvTensorRTRTXExecutionProvider",  # a plugin EP only (onnxruntime-ep-nv-tensorrt-rtx)
+    "trt-rtx": "NvTensorRTRTXExecutionProvider",
+    "nv-tensorrt-rtx": "NvTensorRTRTXExecutionProvider",
 }
 
 # Provider -> the onnxruntime flavour (distribution) whose build has it.
@@ -89,8 +101,14 @@ def available_providers() -> list[str]:
 
 
 def full_name(name: str) -> str:
-    """'cuda' -> 'CUDAExecutionProvider'; full names (any case of an alias) pass through."""
-    return ALIASES.get(name.lower(), name) if isinstance(name, str) else name
+    """'cuda' -> 'CUDAExecutionProvider'; full names (any case of an alias) pass through. A name that is
+    no built-in alias may name an installed plugin EP ('mlx', 'nv-tensorrt-rtx', ...; see plugin_providers)."""
+    if not isinstance(name, str):
+        return name
+    full = ALIASES.get(name.lower())
+    if full is not None or name.endswith("ExecutionProvider"):
+        return full or name
+    return _plugin_aliases().get(name.lower(), name)
 
 
 @contextlib.contextmanager
@@ -146,7 +164,14 @@ def probe_provider(name: str, refresh: bool = False) -> str | None:
             opts.log_severity_level = 3
             opts.enable_mem_pattern = False  # DirectML wants these two
             opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            sess = ort.InferenceSession(PROBE_MODEL, sess_options=opts, providers=[name, "CPUExecutionProvider"])
+            if plugin_provider(name) is not None:  # a plugin EP: through its device, CPU the implicit fallback
+                devices = plugin_devices(name)
+                if not devices:
+                    raise RuntimeError("onnxruntime lists no device for it (get_ep_devices)")
+                opts.add_provider_for_devices(devices[:1], {})
+                sess = ort.InferenceSession(PROBE_MODEL, sess_options=opts)
+            else:
+                sess = ort.InferenceSession(PROBE_MODEL, sess_options=opts, providers=[name, "CPUExecutionProvider"])
             if name not in sess.get_providers():
                 reason = ""
             else:
@@ -166,9 +191,250 @@ def clear_probe_cache() -> None:
     _PROBED.clear()
 
 
+# --- plugin execution providers (onnxruntime >= 1.23) -------------------------------------------------
+# A pip package onnxruntime-ep-NAME (module onnxruntime_ep_NAME: get_library_path(), get_ep_name(s)()) holds an
+# EP library that is registered with the installed onnxruntime (register_execution_provider_library); its devices
+# are then listed by ort.get_ep_devices() and a session gets it through SessionOptions.add_provider_for_devices.
+PLUGIN_PREFIX = "onnxruntime-ep-"
+PLUGIN_API_VERSION = "1.23"  # the first onnxruntime with the plugin EP API
+# The onnxruntime each known plugin needs (from its README; registration also reports it).
+PLUGIN_MIN_ORT = {
+    "onnxruntime-ep-webgpu": "1.24.4",
+    "onnxruntime-ep-openvino": "1.23.0",
+}
+# Provider -> the plugin package that provides it (for install hints).
+PLUGIN_PACKAGE = {
+    "WebGpuExecutionProvider": "onnxruntime-ep-webgpu",
+    "OpenVINOExecutionProvider": "onnxruntime-ep-openvino",
+    "NvTensorRTRTXExecutionProvider": "onnxruntime-ep-nv-tensorrt-rtx",
+}
+# Never chosen by providers="auto" (engine builds take minutes); ask for them by name.
+NOT_AUTOMATIC = frozenset({"TensorrtExecutionProvider", "NvTensorRTRTXExecutionProvider"})
+_DEVICE_PREFERENCE = ("GPU", "NPU", "CPU")
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One execution provider of an installed onnxruntime-ep-* package."""
+
+    ep_name: str
+    distribution: str
+    version: str
+    module: str
+    library_path: str
+    registration_name: str
+    error: str | None = None  # None: registered with onnxruntime (usable where it lists a device)
+
+    @property
+    def registered(self) -> bool:
+        return self.error is None
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        short = self.ep_name.removesuffix("ExecutionProvider")
+        suffix = re.sub(r"[-_.]+", "-", self.distribution).lower().removeprefix(PLUGIN_PREFIX)
+        return tuple(dict.fromkeys(a.lower() for a in (self.ep_name, short, suffix) if a))
+
+
+# ep name -> PluginInfo, registered or not; filled once per process by _discover_plugins.
+_PLUGINS: dict[str, PluginInfo] | None = None
+
+
+def _plugin_api_missing() -> bool:
+    return not (hasattr(ort, "register_execution_provider_library") and hasattr(ort, "get_ep_devices")
+                and hasattr(ort.SessionOptions, "add_provider_for_devices"))
+
+
+def _plugin_distributions() -> list[tuple[str, str, list[str], bool]]:
+    """Installed onnxruntime-ep-* distributions: (name, version, modules, modules_guessed)."""
+    found: dict[str, tuple[str, str, list[str], bool]] = {}
+    for dist in metadata.distributions():
+        try:
+            name = dist.metadata["Name"]
+        except Exception:
+            continue
+        if not name or not re.sub(r"[-_.]+", "-", name).lower().startswith(PLUGIN_PREFIX):
+            continue
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in found:  # the same distribution on two sys.path entries: the first wins, as for imports
+            continue
+        try:
+            top = (dist.read_text("top_level.txt") or "").split()
+        except Exception:
+            top = []
+        found[key] = (name, str(dist.version), top or [key.replace("-", "_")], not top)
+    return [found[k] for k in sorted(found)]
+
+
+def _upgrade_command(version: str) -> str:
+    flavour = next(iter(installed_flavours()), "onnxruntime")
+    return f"pip install --upgrade '{flavour}>={version}'"
+
+
+def _plugin_warning(text: str) -> None:
+    warnings.warn(text, RuntimeWarning, stacklevel=4)
+
+
+def _registered_ep_names() -> set[str]:
+    try:
+        return {getattr(d, "ep_name", None) for d in ort.get_ep_devices()}
+    except Exception:
+        return set()
+
+
+def _discover_plugins() -> dict[str, PluginInfo]:
+    """Find the installed onnxruntime-ep-* packages and register each EP library once per process.
+
+    A plugin that cannot be used (module broken, onnxruntime too old, registration refused) gives one
+    RuntimeWarning naming it and is kept with `error` set; nothing here raises.
+    """
+    global _PLUGINS
+    if _PLUGINS is not None:
+        return _PLUGINS
+    plugins: dict[str, PluginInfo] = {}
+    _PLUGINS = plugins
+    try:
+        dists = _plugin_distributions()
+    except Exception:  # a broken metadata entry must not stop the runtime
+        dists = []
+    if not dists:
+        return plugins
+    installed = str(getattr(ort, "__version__", "") or "?")
+    if _plugin_api_missing():
+        names = ", ".join(d[0] for d in dists)
+        _plugin_warning(f"onnxruntime {installed} cannot load plugin execution providers (it needs onnxruntime >= "
+                        f"{PLUGIN_API_VERSION}); ignoring {names}. To use them: {_upgrade_command(PLUGIN_API_VERSION)}")
+        return plugins
+    seen_modules: set[str] = set()
+    for dist, version, modules, guessed in dists:
+        for module_name in modules:
+            if module_name in seen_modules:
+                continue
+            seen_modules.add(module_name)
+            try:
+                spec = importlib.util.find_spec(module_name)
+            except (ImportError, ValueError):
+                spec = None
+            if spec is None:
+                if not guessed:  # a meta-package (no module of its own) is fine; a listed module that is gone is not
+                    _plugin_warning(f"{dist} {version} is installed but its module {module_name} is missing; "
+                                    f"ignoring it (pip install --force-reinstall {dist})")
+                continue
+            try:
+                module = importlib.import_module(module_name)
+                library = str(module.get_library_path())
+                names = (list(module.get_ep_names()) if hasattr(module, "get_ep_names")
+                         else [module.get_ep_name()])
+            except Exception as e:
+                _plugin_warning(f"{dist} {version}: its module {module_name} could not give its EP library "
+                                f"({_first_line(e)}); ignoring it (pip install --force-reinstall {dist})")
+                continue
+            names = [str(n) for n in names if n]
+            if not names:
+                continue
+            registration = f"tessera.{module_name}"
+
+            def keep(error: str | None) -> None:
+                for n in names:
+                    plugins.setdefault(n, PluginInfo(n, dist, version, module_name, library, registration, error))
+
+            need = PLUGIN_MIN_ORT.get(re.sub(r"[-_.]+", "-", dist).lower())
+            if need and onnxruntime_version() < parse_version(need):
+                why = f"{dist} {version} ({', '.join(names)}) needs onnxruntime >= {need}, but {installed} is installed"
+                _plugin_warning(f"{why}; ignoring it. Fix: {_upgrade_command(need)} (or pip uninstall -y {dist})")
+                keep(why)
+                continue
+            if set(names) <= _registered_ep_names():  # the application registered it already
+                keep(None)
+                continue
+            try:
+                ort.register_execution_provider_library(registration, library)
+            except Exception as e:
+                text = _first_line(e)
+                if "already registered" in text.lower():
+                    keep(None)
+                    continue
+                m = re.search(r'minimum required (?:onnxruntime |ORT )?version[: ]*"?(\d+(?:\.\d+)*)', text, re.I)
+                if m or re.search(r"version", text, re.I):
+                    need = m.group(1) if m else (need or PLUGIN_API_VERSION)
+                    why = (f"{dist} {version} ({', '.join(names)}) needs onnxruntime >= {need}, but {installed} is "
+                           f"installed ({text})")
+                    _plugin_warning(f"{why}; ignoring it. Fix: {_upgrade_command(need)} (or pip uninstall -y {dist})")
+                else:
+                    why = f"{dist} {version} ({', '.join(names)}) could not be registered with onnxruntime {installed} ({text})"
+                    _plugin_warning(f"{why}; ignoring it (pip install --force-reinstall {dist}, or pip uninstall -y {dist})")
+                keep(why)
+                continue
+            keep(None)
+    return plugins
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def plugin_providers() -> dict[str, PluginInfo]:
+    """The execution providers of installed onnxruntime-ep-* packages that are registered with this
+    onnxruntime (ep name -> PluginInfo). Found and registered on the first call, once per process; a plugin
+    that cannot be used is left out (it warned once). Whether a device is there: plugin_devices(name)."""
+    return {name: info for name, info in _discover_plugins().items() if info.registered}
+
+
+def clear_plugin_cache() -> None:
+    """Forget what _discover_plugins found (for tests; onnxruntime keeps the libraries it registered)."""
+    global _PLUGINS
+    _PLUGINS = None
+
+
+def _plugin_aliases() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, info in plugin_providers().items():
+        for alias in info.aliases:
+            out.setdefault(alias, name)
+    return out
+
+
+def _device_rank(ep_device) -> int:
+    kind = getattr(getattr(ep_device, "device", None), "type", None)
+    kind = str(getattr(kind, "name", kind) or "").upper().rsplit(".", 1)[-1]
+    return _DEVICE_PREFERENCE.index(kind) if kind in _DEVICE_PREFERENCE else len(_DEVICE_PREFERENCE)
+
+
+def plugin_devices(name: str) -> list:
+    """onnxruntime's OrtEpDevice objects for execution provider `name` (device discovery of onnxruntime >=
+    1.23), GPU first, then NPU, then CPU; [] on older onnxruntime versions."""
+    if not hasattr(ort, "get_ep_devices"):
+        return []
+    name = full_name(name)
+    try:
+        devices = [d for d in ort.get_ep_devices() if getattr(d, "ep_name", None) == name]
+    except Exception:
+        return []
+    return sorted(devices, key=_device_rank)
+
+
+def plugin_provider(name: str) -> PluginInfo | None:
+    """The PluginInfo when `name` is run through a plugin EP (registered, not built into this onnxruntime)."""
+    name = full_name(name)
+    if name in available_providers():
+        return None
+    return plugin_providers().get(name)
+
+
 def install_hint(provider: str) -> str:
     """What to run to get `provider`: the flavour package and its extra, minding flavours already there."""
     provider = full_name(provider)
+    hint = _flavour_hint(provider)
+    package = PLUGIN_PACKAGE.get(provider)
+    if package and package not in hint:
+        need = PLUGIN_MIN_ORT.get(package, PLUGIN_API_VERSION)
+        plugin = f"pip install {package} (a plugin EP; needs onnxruntime >= {need})"
+        hint = plugin if provider not in PROVIDER_FLAVOUR else f"{hint}; or the plugin: {plugin}"
+    return hint
+
+
+def _flavour_hint(provider: str) -> str:
     flavour = PROVIDER_FLAVOUR.get(provider)
     present = installed_flavours()
     if flavour is None:
@@ -195,32 +461,59 @@ def resolve_providers(request: str | list[str] | tuple[str, ...] | None = "auto"
 
     'auto' keeps the accelerators of AUTO_ORDER that this build lists and that a probe session shows
     really run here, then CPU; a listed accelerator that cannot start is reported once (RuntimeWarning).
+    Plugin EPs (installed onnxruntime-ep-* packages, see plugin_providers) count only where onnxruntime's
+    device discovery lists a device for them, and are probed the same way; plugin EPs that tessera does not
+    know come after those of AUTO_ORDER.
     An explicitly requested provider that this onnxruntime build lacks is an error that lists the
-    available ones and says what to install (a silent fallback to CPU would hide a 10x slowdown).
+    available ones and says what to install (a silent fallback to CPU would hide a 10x slowdown); so is
+    a plugin EP for which onnxruntime lists no device.
     """
     available = available_providers()
+    plugins = plugin_providers()
     if request is None or request == "auto":
         chosen = []
-        for p in AUTO_ORDER:
-            if p == "CPUExecutionProvider" or p not in available:
+        extra = [p for p in plugins if p not in AUTO_ORDER]
+        for p in [*AUTO_ORDER[:-1], *extra]:
+            if p == "CPUExecutionProvider" or p in NOT_AUTOMATIC:
+                continue
+            if p in available:
+                kind = "in this onnxruntime build"
+            elif p in plugins and plugin_devices(p):
+                kind = f"registered from {plugins[p].distribution} and lists a device"
+            else:
                 continue
             first_time = p not in _PROBED
             why = probe_provider(p)
             if why is None:
                 chosen.append(p)
             elif first_time:
-                warnings.warn(f"providers='auto': {p} is in this onnxruntime build but cannot run here ({why}); "
+                warnings.warn(f"providers='auto': {p} is {kind} but cannot run here ({why}); "
                               "not using it", RuntimeWarning, stacklevel=2)
         return chosen + ["CPUExecutionProvider"]
     names = [request] if isinstance(request, str) else list(request)
     resolved = []
     for name in names:
         full = full_name(name)
-        if full not in available:
-            shown = repr(name) if full == name else f"{name!r} ({full})"
-            raise ProviderError(
-                f"execution provider {shown} is not available in this onnxruntime build; available: "
-                f"{', '.join(available)}. {install_hint(full)}; or use providers='auto'."
-            )
-        resolved.append(full)
+        shown = repr(name) if full == name else f"{name!r} ({full})"
+        if full in available:
+            resolved.append(full)
+            continue
+        if full in plugins:
+            if not plugin_devices(full):
+                raise ProviderError(
+                    f"execution provider {shown} (plugin {plugins[full].distribution} {plugins[full].version}) is "
+                    "registered, but onnxruntime's device discovery lists no device for it on this machine (check "
+                    "the GPU driver / Vulkan loader the plugin needs); or use providers='auto'."
+                )
+            resolved.append(full)
+            continue
+        failed = (_PLUGINS or {}).get(full)
+        if failed is not None and failed.error:
+            raise ProviderError(f"execution provider {shown} comes from the plugin {failed.distribution}, which "
+                                f"cannot be used: {failed.error}; or use providers='auto'.")
+        shown_available = [*available, *(p for p in plugins if p not in available)]
+        raise ProviderError(
+            f"execution provider {shown} is not available in this onnxruntime build; available: "
+            f"{', '.join(shown_available)}. {install_hint(full)}; or use providers='auto'."
+        )
     return resolved

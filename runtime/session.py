@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .backend import ort
-from .errors import InvalidInputError, ModelDirectoryError
+from .errors import InvalidInputError, ModelDirectoryError, ProviderError
+from . import providers as _providers
 from .providers import full_name
 
 _OPTION_VALUE_TYPES = (str, int, float, bool)
@@ -153,7 +154,7 @@ def build_provider_options(providers: list[str],
         return None
     if not isinstance(options, Mapping):
         raise InvalidInputError(f"provider_options must be a dict of provider -> dict, not {type(options).__name__}")
-    known = set(ort.get_all_providers()) | set(providers)
+    known = set(ort.get_all_providers()) | set(providers) | set(_providers.plugin_providers())
     by_provider: dict[str, dict[str, str]] = {}
     for name, values in options.items():
         full = full_name(name) if isinstance(name, str) else name
@@ -179,10 +180,64 @@ def build_provider_options(providers: list[str],
 def _loads_plainly(path: Path, providers: list[str]) -> bool:
     """Whether the graph opens without the user's options (so that those options made it fail)."""
     try:
-        ort.InferenceSession(str(path), sess_options=session_options(), providers=list(providers))
+        _create(path, session_options(), list(providers), None, {})
     except Exception:
         return False
     return True
+
+
+# SessionOptions objects (given by the caller, reused for every graph) that already got tessera's devices.
+_CONFIGURED: dict[int, tuple[Any, tuple]] = {}
+
+
+def uses_plugin(providers: list[str]) -> bool:
+    """Whether `providers` include a plugin EP (an onnxruntime-ep-* package), which a session gets through
+    SessionOptions.add_provider_for_devices instead of the providers list."""
+    return any(_providers.plugin_provider(p) is not None for p in providers)
+
+
+def add_providers_for_devices(opts: "ort.SessionOptions", providers: list[str],
+                              per_provider: list[dict[str, str]] | None) -> None:
+    """Put `providers` (priority order) into `opts` the plugin-EP way: each one's preferred OrtEpDevice
+    (GPU, then NPU, then CPU) with its options. CPU is onnxruntime's implicit fallback and is added only
+    when it has options; a built-in provider without an EP device goes through SessionOptions.add_provider."""
+    for i, name in enumerate(providers):
+        options = dict(per_provider[i]) if per_provider else {}
+        if name == "CPUExecutionProvider" and not options:
+            continue
+        devices = _providers.plugin_devices(name)
+        if devices:
+            opts.add_provider_for_devices(devices[:1], options)
+        elif _providers.plugin_provider(name) is not None:
+            raise RuntimeError(f"onnxruntime lists no device for {name}")
+        elif hasattr(opts, "add_provider"):
+            opts.add_provider(name, options)
+        else:
+            raise RuntimeError(f"{name} cannot be combined with a plugin execution provider in this onnxruntime")
+
+
+def _create(path: Path, opts: "ort.SessionOptions", providers: list[str],
+            per_provider: list[dict[str, str]] | None, extra: dict, shared: bool = False) -> ort.InferenceSession:
+    """ort.InferenceSession for `path` on `providers`: the providers list, or devices when a plugin EP is in it.
+    shared: `opts` is the caller's object (reused for each graph), so its devices are added only once."""
+    if not uses_plugin(providers):
+        kwargs = dict(extra)
+        if per_provider is not None:
+            kwargs["provider_options"] = per_provider
+        return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers), **kwargs)
+    signature = (tuple(providers), repr(per_provider))
+    mine = _CONFIGURED.get(id(opts)) if shared else None
+    if mine is not None and mine[0] is opts:
+        if mine[1] != signature:
+            raise InvalidInputError("one onnxruntime.SessionOptions object cannot serve two different provider "
+                                    "lists with a plugin execution provider; pass a dict of session options")
+    elif opts.has_providers():
+        pass  # the caller configured its own devices (add_provider_for_devices): those win
+    else:
+        add_providers_for_devices(opts, providers, per_provider)
+        if shared:
+            _CONFIGURED[id(opts)] = (opts, signature)
+    return ort.InferenceSession(str(path), sess_options=opts, **extra)
 
 
 def active_provider(sess: ort.InferenceSession) -> str:
@@ -199,24 +254,35 @@ def open_session(path: Path, providers: list[str], threads: int | None = None,
     provider_options: {provider or alias: {key: value}}; session_options: an ort.SessionOptions or a dict
     (see build_session_options); disabled_optimizers: graph optimizers to skip (runtime/compat.py
     lists those that break our graphs on some builds). Warns (RuntimeWarning) when onnxruntime silently drops a requested
-    provider; `active_provider(sess)` tells what runs the graph.
+    provider; `active_provider(sess)` tells what runs the graph. A plugin EP (onnxruntime-ep-*, see
+    providers.plugin_providers) in `providers` makes the session take its providers through
+    SessionOptions.add_provider_for_devices (its device, with its provider_options) instead of the providers list.
     """
     path = Path(path)
     if not path.is_file():
         raise ModelDirectoryError(f"graph {path} is missing; re-export or re-copy the model directory")
     opts = build_session_options(threads, session_options)
     per_provider = build_provider_options(list(providers), provider_options)
-    extra = {} if per_provider is None else {"provider_options": per_provider}
+    extra = {}
     if disabled_optimizers:
         extra["disabled_optimizers"] = list(disabled_optimizers)
     try:
-        sess = ort.InferenceSession(str(path), sess_options=opts, providers=list(providers), **extra)
+        sess = _create(path, opts, list(providers), per_provider, extra,
+                       shared=isinstance(session_options, ort.SessionOptions))
+    except InvalidInputError:
+        raise
     except Exception as e:  # onnxruntime raises several unrelated types for a bad file
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         if (session_options is not None or per_provider is not None) and _loads_plainly(path, providers):
             raise InvalidInputError(
                 f"onnxruntime could not load {path.name} with the given session/provider options ({first}); "
                 "it loads without them, so check those options"
+            ) from None
+        if uses_plugin(providers) and _loads_plainly(path, ["CPUExecutionProvider"]):
+            plugin = ", ".join(p for p in providers if _providers.plugin_provider(p) is not None)
+            raise ProviderError(
+                f"onnxruntime could not start the plugin execution provider {plugin} for {path.name} ({first}); "
+                "the graph loads on CPUExecutionProvider, so check the plugin's device / driver or use providers='cpu'"
             ) from None
         raise ModelDirectoryError(
             f"onnxruntime could not load {path.name} ({first}). The file is corrupt, truncated or was made "
