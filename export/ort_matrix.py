@@ -11,8 +11,9 @@ A cell passes when the directory loads and
   and greedy tokens equal the PyTorch reference loop's, parallel-decoding tokens equal those of
   the newest build, and decoded images are within the image bound;
 - fp16 / int8 / int4: the logits are within that precision's export bounds against PyTorch fp32
-  (relative error, argmax agreement), all tokens equal the newest build's for the same graphs,
-  and images are within the precision's image bound of PyTorch's decoding of the same tokens.
+  (relative error, argmax agreement) and images are within the precision's image bound of
+  PyTorch's decoding of the same tokens. Token agreement with the newest build is reported, not
+  required: quantized kernels round differently between releases, which can move a sampled draw.
 """
 from __future__ import annotations
 
@@ -168,14 +169,19 @@ def judge(got: dict, ref: Reference, newest: dict | None) -> tuple[bool, str]:
         if agree < bounds["argmax_agreement"]:
             problems.append(f"argmax agreement {agree:.0%}")
         image_atol = bounds["image_atol"]
-    keys = ("tokens_parallel",) if ref.precision == "fp32" else ("tokens_sampled", "tokens_greedy", "tokens_parallel")
-    for key in keys if newest is not None else ():
-        if not np.array_equal(got[key], newest[key]):
-            problems.append(f"{key} differ from the newest build ({np.mean(got[key] != newest[key]):.0%})")
+    same = {}
+    for key in ("tokens_sampled", "tokens_greedy", "tokens_parallel") if newest is not None else ():
+        same[key] = float(np.mean(got[key] == newest[key]))
+        # fp32 must draw the newest build's tokens exactly. A quantized kernel may round differently
+        # from one release to the next (int4/int8 compute on dynamically quantized activations), which
+        # can move a sampled draw; its bound is the export's logit and argmax parity above.
+        if ref.precision == "fp32" and key == "tokens_parallel" and same[key] < 1.0:
+            problems.append(f"{key} differ from the newest build ({1 - same[key]:.0%})")
     image_err = float(np.abs(got["images"] - ref.decode(got["tokens_sampled"])).max())
     if not image_err <= image_atol:
         problems.append(f"image error {image_err:.2g}")
-    detail = f"logit err {err:.1e}, argmax {agree:.0%}, image err {image_err:.1e}"
+    detail = (f"logit err {err:.1e}, argmax {agree:.0%}, image err {image_err:.1e}; tokens equal to the newest "
+              "build's: " + ", ".join(f"{k.split('_')[1]} {v:.0%}" for k, v in same.items()))
     return not problems, "; ".join(problems) or detail
 
 
@@ -196,7 +202,10 @@ def markdown(table: dict[str, dict[str, tuple]], versions=MATRIX_VERSIONS) -> st
     for label, row in table.items():
         lines.append(f"| {label} | " + " | ".join("yes" if row[v][0] else "no" for v in versions) + " |")
     failures = [f"- {label} on {v}: {why}" for label, row in table.items() for v, (ok, why) in row.items() if not ok]
-    return "\n".join(lines + ([""] + failures if failures else [])) + "\n"
+    quantized = [f"- {label} on {v}: {why}" for label, row in table.items() if "fp32" not in label
+                 for v, (ok, why) in row.items() if ok]
+    return "\n".join(lines + ([""] + failures if failures else [])
+                     + (["", "Quantized cells in detail (against PyTorch fp32):", ""] + quantized if quantized else [])) + "\n"
 
 
 def tiny_model_dirs(root: Path) -> dict[str, Path]:
