@@ -103,6 +103,16 @@ def _refuse_replacing(out: Path, what: str) -> ExportError:
                        "was touched; choose another --out, or move that away yourself")
 
 
+def check_finite_weights(gpt: GPT, vq: VQModel) -> None:
+    """A NaN or infinite weight makes every image garbage, and a NaN parity error compares false
+    against its bound: refuse it before any work, naming the tensors."""
+    bad = [f"{what}.{name}" for what, model in (("transformer", gpt), ("tokenizer", vq))
+           for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ExportError(f"{len(bad)} weight tensor(s) hold NaN or infinite values ({', '.join(bad[:4])}"
+                          f"{' ...' if len(bad) > 4 else ''}); the checkpoint is corrupt or diverged in training")
+
+
 def prepare_output(out: Path, overwrite: bool) -> None:
     """Fail before any work if the destination is taken or cannot be written. `overwrite` only ever
     replaces a Tessera model directory (see `not_a_model_dir`): a user's files are never touched.
@@ -346,6 +356,7 @@ def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, pr
         else quant.external_data_threshold
     quant = QuantOptions(**{**quant.__dict__, "external_data_threshold": threshold})
     check_compatible(gpt.cfg, vq.cfg, spec.class_names)
+    check_finite_weights(gpt, vq)
     try:
         fused_form(spec.target_onnxruntime)  # before any work: a target below the oldest tested
     except InvalidInputError as e:

@@ -163,10 +163,11 @@ def tokenizer_parity(vq: VQModel, encoder_path: Path, decoder_path: Path, batch:
 
 
 def check(transformer: dict | None, tokenizer: dict | None, precision: str = "fp32") -> None:
-    """Raise ParityError when an export is off: fp32 to float rounding, quantized within QUANT_BOUNDS."""
+    """Raise ParityError when an export is off: fp32 to float rounding, quantized within QUANT_BOUNDS.
+    Comparisons are written so that a NaN measurement fails (NaN compares false to any bound)."""
     problems = []
     if precision == "fp32":
-        if transformer and transformer["max_abs_logit_error"] > FP32_LOGIT_ATOL:
+        if transformer and not transformer["max_abs_logit_error"] <= FP32_LOGIT_ATOL:
             problems.append(f"transformer logits differ by {transformer['max_abs_logit_error']:.3g} "
                             f"(> {FP32_LOGIT_ATOL}; by phase {transformer['by_phase']})")
         image_atol, min_codes = FP32_IMAGE_ATOL, MIN_CODE_AGREEMENT
@@ -174,17 +175,17 @@ def check(transformer: dict | None, tokenizer: dict | None, precision: str = "fp
         if precision not in QUANT_BOUNDS:
             raise ValueError(f"no parity bounds for precision {precision!r}")
         b = QUANT_BOUNDS[precision]
-        if transformer and transformer["relative_logit_error"] > b["relative_logit_error"]:
+        if transformer and not transformer["relative_logit_error"] <= b["relative_logit_error"]:
             problems.append(f"{precision} transformer logits differ by {transformer['max_abs_logit_error']:.3g} = "
                             f"{transformer['relative_logit_error']:.1%} of the logit scale "
                             f"(> {b['relative_logit_error']:.0%}; by phase {transformer['by_phase']})")
-        if transformer and transformer["argmax_agreement"] < b["argmax_agreement"]:
+        if transformer and not transformer["argmax_agreement"] >= b["argmax_agreement"]:
             problems.append(f"{precision} transformer argmax agrees with fp32 on only "
                             f"{transformer['argmax_agreement']:.1%} of rows (< {b['argmax_agreement']:.0%})")
         image_atol, min_codes = b["image_atol"], b["code_agreement"]
-    if tokenizer and tokenizer["decoder_max_abs_error"] > image_atol:
+    if tokenizer and not tokenizer["decoder_max_abs_error"] <= image_atol:
         problems.append(f"tokenizer decoder differs by {tokenizer['decoder_max_abs_error']:.3g} (> {image_atol})")
-    if tokenizer and tokenizer["encoder_code_agreement"] < min_codes:
+    if tokenizer and not tokenizer["encoder_code_agreement"] >= min_codes:
         problems.append(f"tokenizer encoder codes agree on only {tokenizer['encoder_code_agreement']:.1%}")
     if problems:
         kind = "ONNX export" if precision == "fp32" else f"{precision} variant"

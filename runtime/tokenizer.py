@@ -6,7 +6,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, check_finite
 from .manifest import Manifest
 from .spec import TensorSig, check_session
 
@@ -56,7 +56,8 @@ class ImageTokenizer:
             raise InvalidInputError(f"codes must be [batch, height, width], got shape {codes.shape}")
         if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
             raise InvalidInputError(f"codes must lie in 0..{self.codebook_size - 1}; got {codes.min()}..{codes.max()}")
-        return self.decoder.run(None, {self.spec.graph("tokenizer_decoder").inputs[0]: codes.astype(np.int64)})[0]
+        images = self.decoder.run(None, {self.spec.graph("tokenizer_decoder").inputs[0]: codes.astype(np.int64)})[0]
+        return check_finite(images, "tokenizer_decoder")
 
     def decode_tiled(self, codes: np.ndarray, tile: int, overlap: int | None = None) -> np.ndarray:
         """Decode a large grid tile by tile (peak memory of one `tile x tile` decode).

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import ort
-from .errors import InvalidInputError, ModelDirectoryError
+from .errors import InvalidInputError, ModelDirectoryError, check_finite
 from .compat import multi_query
 from .manifest import Manifest
 from .spec import TensorSig, check_session
@@ -137,7 +137,7 @@ class TransformerRunner:
         if self.length + s > self.capacity:
             raise InvalidInputError(f"KV cache full: {self.length} + {s} tokens > capacity {self.capacity}")
         if s > 1 and self.one_query_per_call:
-            return self._run_one_query_per_call(input_ids, position_ids, attention_mask)
+            return check_finite(self._run_one_query_per_call(input_ids, position_ids, attention_mask), "transformer")
         if self.shared:
             logits = self._run_shared(input_ids, position_ids, attention_mask)
         else:
@@ -148,7 +148,7 @@ class TransformerRunner:
             out = self.session.run(None, feeds)
             logits, self.past = out[0], out[1:]
         self.length += s
-        return logits
+        return check_finite(logits, "transformer")
 
     def _run_one_query_per_call(self, input_ids, position_ids, attention_mask) -> np.ndarray:
         """S queries as S single-query calls: query j sees the past and queries < j, exactly what
