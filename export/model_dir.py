@@ -103,6 +103,24 @@ def _refuse_replacing(out: Path, what: str) -> ExportError:
                        "was touched; choose another --out, or move that away yourself")
 
 
+def record_self_test(root: Path, precision: str) -> dict:
+    """Run the finished transformer graph through the runtime, as a user's load will
+    (runtime/self_test.py), and return what its probe call gives."""
+    from tessera.runtime import self_test
+    from tessera.runtime.manifest import load_manifest
+    from tessera.runtime.session import open_session
+    from tessera.runtime.transformer import TransformerRunner
+
+    manifest = load_manifest(root, verify="none")
+    runner = TransformerRunner(open_session(manifest.graph_path("transformer"), ["CPUExecutionProvider"]), manifest)
+
+    def run(ids, positions, mask):
+        runner.start(ids.shape[0], ids.shape[1])
+        return runner(ids, positions, mask)
+
+    return self_test.record(run, manifest.layout, manifest.grid, precision)
+
+
 def check_finite_weights(gpt: GPT, vq: VQModel) -> None:
     """A NaN or infinite weight makes every image garbage, and a NaN parity error compares false
     against its bound: refuse it before any work, naming the tensors."""
@@ -408,6 +426,8 @@ def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, pr
         files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                  for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = _manifest(gpt, vq, spec, report, files, _graph_entries(spec, tmp, entries, facts))
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        manifest["graphs"]["transformer"]["self_test"] = record_self_test(tmp, precision)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         _public_permissions(tmp)
         guard.hold()  # from here a SIGTERM waits until the directory is in place (see restore)

@@ -34,6 +34,7 @@ from .provider_fit import warn_if_unsuited
 from .results import CancelToken, GenerationCancelled, GenerationResult, Step, StepCallback
 from .runners import RunnerPool
 from .sampling import ImageStreams
+from .self_test import verify as verify_self_test
 from .session import active_provider, open_session, ort_version
 from .tokenizer import ImageTokenizer
 from .transformer import TransformerRunner
@@ -112,6 +113,7 @@ class Pipeline:
         self.transformer = TransformerRunner(session, manifest)  # the first runner of the pool
         self._runners = RunnerPool(self.transformer, lambda: TransformerRunner(session, manifest),
                                    check_int("max_concurrency", max_concurrency, 1))
+        self._self_test(graphs["transformer"].get("self_test"), manifest)
         self.tokenizer = ImageTokenizer(manifest, opener)
         # What really runs each graph: onnxruntime may drop a requested provider (it warns then).
         self.graph_providers = {"transformer": active_provider(self.transformer.session),
@@ -125,6 +127,21 @@ class Pipeline:
         self._lock = threading.Lock()  # guards _running, _last_calls and the lazy encoder
         self._running: set[_Stop] = set()
         self._last_calls = 0
+
+    def _self_test(self, entry, manifest: Manifest) -> None:
+        """The graph must compute what the manifest describes (runtime/self_test.py): one small call."""
+        if entry is None:
+            return  # exported before the self-test was recorded
+        runner = self.transformer
+
+        def run(ids, positions, mask):
+            runner.start(ids.shape[0], ids.shape[1])
+            return runner(ids, positions, mask)
+
+        try:
+            verify_self_test(entry, run, manifest.layout, manifest.grid, manifest.root.name)
+        finally:
+            runner.release()
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, providers: str | list[str] = "auto",
