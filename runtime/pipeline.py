@@ -167,8 +167,9 @@ class Pipeline:
         `pipe.graph_providers` names the provider that runs each graph.
         """
         manifest = load_manifest(model_dir if model_dir is not None else default_model_dir(), verify=verify)
-        return cls(manifest, resolve_providers(providers), threads, provider_options, session_options,
-                   memory_budget, max_concurrency)
+        pipeline_class = PIPELINES[manifest.spec.family] if cls is Pipeline else cls  # the family picks the class
+        return pipeline_class(manifest, resolve_providers(providers), threads, provider_options, session_options,
+                              memory_budget, max_concurrency)
 
     # --- options ----------------------------------------------------------------------------
     @property
@@ -507,3 +508,8 @@ class Pipeline:
         if canvas is not None:
             result.canvas = Image.fromarray(canvas)
         return result if return_result else result.images
+
+
+# Which pipeline runs each model family the manifest names (spec.FAMILIES lists those it accepts).
+# A new family (text-conditioned, any-order ...) registers its own subclass here.
+PIPELINES: dict[str, type[Pipeline]] = {"llamagen-c2i": Pipeline}

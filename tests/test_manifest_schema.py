@@ -350,3 +350,16 @@ def test_check_session_order_of_outputs(tiny_dir):
     s = _Session([], [_Arg("b", "tensor(float)", [1]), _Arg("a", "tensor(float)", [1])])
     with pytest.raises(ModelDirectoryError, match="in another order"):
         check_session(s, graph, [], sig, "m")
+
+
+def test_load_dispatches_on_the_manifest_family(tiny_dir, monkeypatch):
+    import tessera.runtime.pipeline as pipeline_module
+    from tessera.runtime import Pipeline
+    from tessera.runtime.spec import FAMILIES
+
+    class FamilyPipeline(Pipeline):
+        pass
+
+    monkeypatch.setitem(pipeline_module.PIPELINES, FAMILIES[0], FamilyPipeline)
+    assert type(Pipeline.load(tiny_dir, providers="cpu")) is FamilyPipeline
+    assert set(pipeline_module.PIPELINES) == set(FAMILIES)  # every family the spec accepts has a pipeline
