@@ -28,7 +28,7 @@ from importlib import metadata
 import numpy as np
 
 from .backend import FLAVOURS, install_command, installed_flavours, onnxruntime_version, ort, parse_version
-from .errors import ProviderError
+from .errors import InvalidInputError, ProviderError
 
 # Preference for providers="auto": CUDA, then AMD (ROCm / MIGraphX), then DirectML, Qualcomm (QNN),
 # CoreML, OpenVINO, WebGPU, then CPU. Each flavour lists at most a couple of these. TensorRT is never
@@ -468,6 +468,10 @@ def resolve_providers(request: str | list[str] | tuple[str, ...] | None = "auto"
     available ones and says what to install (a silent fallback to CPU would hide a 10x slowdown); so is
     a plugin EP for which onnxruntime lists no device.
     """
+    if not (request is None or isinstance(request, str) or (isinstance(request, (list, tuple)) and request
+                                                            and all(isinstance(r, str) for r in request))):
+        raise InvalidInputError(f"providers must be 'auto', a provider name or alias (e.g. 'cpu', 'cuda') or a "
+                                f"non-empty list of them, got {request!r}")
     available = available_providers()
     plugins = plugin_providers()
     if request is None or request == "auto":

@@ -105,3 +105,11 @@ def test_a_cancelled_or_refused_call_leaves_the_pipeline_usable(tiny_pipe):
     with pytest.raises(GenerationCancelled):
         tiny_pipe.generate_tokens([2], seed=0, callback=lambda *a: False)
     np.testing.assert_array_equal(tiny_pipe.generate_tokens([2], seed=0), want)
+
+
+@pytest.mark.parametrize("providers", [123, [], ["cpu", 5], {"cpu": 1}])
+def test_providers_of_the_wrong_type(providers):
+    from tessera.runtime import InvalidInputError, Pipeline
+
+    with pytest.raises(InvalidInputError, match="providers must be"):
+        Pipeline.load(providers=providers)
