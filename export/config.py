@@ -110,11 +110,48 @@ class VQConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-# LlamaGen's published sizes (head_dim 64, vocab 16384, 1000 classes) and small presets of our own.
+# LlamaGen's transformer sizes (gpt.py: GPT_B ... GPT_3B; vocab 16384, 1000 classes, no biases).
+# head_dim 64, except GPT-3B's 100 (3200 / 32).
+LLAMAGEN_SIZES: dict[str, dict] = {
+    "B": dict(dim=768, n_layer=12, n_head=12),  # 111M
+    "L": dict(dim=1024, n_layer=24, n_head=16),  # 343M
+    "XL": dict(dim=1280, n_layer=36, n_head=20),  # 775M
+    "XXL": dict(dim=1536, n_layer=48, n_head=24),  # 1.4B
+    "3B": dict(dim=3200, n_layer=24, n_head=32),  # 3.1B
+}
+
+# LlamaGen's sampling defaults (autoregressive/sample/sample_c2i.py): cfg-scale 4.0, top-k 2000,
+# temperature 1.0, top-p 1.0, guidance on every step. Recorded as the manifest's generation defaults
+# of every LlamaGen preset (--default-* flags override them).
+LLAMAGEN_SAMPLING: dict = dict(guidance_scale=4.0, temperature=1.0, top_k=2000, top_p=1.0)
+
+
+@dataclass(frozen=True)
+class PresetInfo:
+    """What a preset says beyond its dimensions: LlamaGen's published checkpoint facts."""
+
+    checkpoint: str | None = None  # LlamaGen's file name (without .pt)
+    image_size: int | None = None  # pixels per side the checkpoint was trained at
+    tokenizer: str | None = None  # the tokenizer preset whose codes it was trained on
+    imagenet: bool = False  # 1000 ImageNet classes: the manifest records their names
+    generation_defaults: dict | None = None
+    fsdp: bool = False  # saved by FSDP: a flat state dict at the top level of the file
+    params: str = ""
+    fid: float | None = None  # LlamaGen's reported FID-50k (ImageNet at the preset's image size)
+
+
+# Published class-conditional checkpoints (LlamaGen README): name -> (size, image side, params, FID).
+_C2I = {"c2i_B_256": ("B", 256, "111M", 5.46), "c2i_B_384": ("B", 384, "111M", 6.09),
+        "c2i_L_256": ("L", 256, "343M", 3.80), "c2i_L_384": ("L", 384, "343M", 3.07),
+        "c2i_XL_384": ("XL", 384, "775M", 2.62), "c2i_XXL_384": ("XXL", 384, "1.4B", 2.34),
+        "c2i_3B_384": ("3B", 384, "3.1B", 2.18)}
+
 GPT_PRESETS: dict[str, dict] = {
-    "GPT-B": dict(dim=768, n_layer=12, n_head=12),
-    "GPT-L": dict(dim=1024, n_layer=24, n_head=16),
-    "GPT-XL": dict(dim=1280, n_layer=36, n_head=20),
+    # LlamaGen's sizes at 256 px (grid 16); the c2i_* presets below carry the image size too.
+    "GPT-B": dict(LLAMAGEN_SIZES["B"]),
+    "GPT-L": dict(LLAMAGEN_SIZES["L"]),
+    "GPT-XL": dict(LLAMAGEN_SIZES["XL"]),
+    **{name: dict(LLAMAGEN_SIZES[size], grid=side // 16) for name, (size, side, _, _) in _C2I.items()},
     # Ours: the shipped MNIST default (7x7 grid, 512 codes, 10 classes).
     "GPT-Digits": dict(dim=192, n_layer=4, n_head=3, vocab_size=512, num_classes=10, grid=7,
                        multiple_of=64, class_dropout=0.1, dropout=0.1),
@@ -123,13 +160,32 @@ GPT_PRESETS: dict[str, dict] = {
 }
 
 VQ_PRESETS: dict[str, dict] = {
-    "VQ-16": dict(),  # LlamaGen's vq_ds16_c2i
-    "VQ-8": dict(ch_mult=(1, 2, 2, 4)),
+    "vq_ds16_c2i": dict(),  # LlamaGen's 16x tokenizer (72M): 256 px -> 16x16 codes, 384 px -> 24x24
+    "vq_ds8_c2i": dict(ch_mult=(1, 2, 2, 4)),  # LlamaGen's 8x tokenizer (70M): 256 px -> 32x32 codes
+    "VQ-16": dict(),  # = vq_ds16_c2i
+    "VQ-8": dict(ch_mult=(1, 2, 2, 4)),  # = vq_ds8_c2i
     # Ours: 28x28 digits -> 7x7 codes from a 512-entry codebook.
     "VQ-Digits": dict(codebook_size=512, codebook_dim=8, ch=24, ch_mult=(1, 2, 2), z_channels=32,
                       num_res_blocks=1, norm_groups=8, image_size=28, usage_slots=512),
     "VQ-Tiny": dict(codebook_size=64, codebook_dim=4, ch=16, ch_mult=(1, 2, 2), z_channels=16, num_res_blocks=1,
                     norm_groups=4, image_size=16, usage_slots=64),
+}
+
+GPT_PRESET_INFO: dict[str, PresetInfo] = {
+    **{name: PresetInfo(image_size=256, tokenizer="vq_ds16_c2i", imagenet=True,
+                        generation_defaults=LLAMAGEN_SAMPLING) for name in ("GPT-B", "GPT-L", "GPT-XL")},
+    **{name: PresetInfo(checkpoint=name, image_size=side, tokenizer="vq_ds16_c2i", imagenet=True,
+                        generation_defaults=LLAMAGEN_SAMPLING, fsdp=size in ("XXL", "3B"), params=params, fid=fid)
+       for name, (size, side, params, fid) in _C2I.items()},
+}
+
+# Tokenizers that work at any image size (a convolutional network): with these presets the image
+# size follows the transformer's grid (grid x downsample) unless image_size is set explicitly.
+VQ_PRESET_INFO: dict[str, PresetInfo] = {
+    "vq_ds16_c2i": PresetInfo(checkpoint="vq_ds16_c2i", params="72M"),
+    "vq_ds8_c2i": PresetInfo(checkpoint="vq_ds8_c2i", params="70M"),
+    "VQ-16": PresetInfo(params="72M"),
+    "VQ-8": PresetInfo(params="70M"),
 }
 
 
@@ -145,4 +201,5 @@ def vq_preset(name: str, **overrides) -> VQConfig:
     return VQConfig(**{**VQ_PRESETS[name], **overrides})
 
 
-__all__ = ["GPTConfig", "VQConfig", "GPT_PRESETS", "VQ_PRESETS", "gpt_preset", "vq_preset", "find_multiple"]
+__all__ = ["GPTConfig", "VQConfig", "GPT_PRESETS", "VQ_PRESETS", "GPT_PRESET_INFO", "VQ_PRESET_INFO",
+           "LLAMAGEN_SAMPLING", "LLAMAGEN_SIZES", "PresetInfo", "gpt_preset", "vq_preset", "find_multiple"]

@@ -167,12 +167,20 @@ class Manifest:
 
     # --- class labels -----------------------------------------------------------------------
     def class_id(self, label: int | str) -> int:
-        """A class id or name (case-insensitive) -> id, or an error listing the valid ones."""
+        """A class id or name -> id, or an error listing the valid ones. Names match ignoring case,
+        surrounding spaces, runs of spaces and `_` for a space ("Golden_Retriever" = "golden retriever");
+        an exact match wins over a looser one."""
         names = self.class_names
         if isinstance(label, str) and not label.strip().lstrip("-").isdigit():
-            lowered = [n.lower() for n in names]
-            if label.strip().lower() in lowered:
-                return lowered.index(label.strip().lower())
+            if label in names:
+                return names.index(label)
+            key = _name_key(label)
+            keys = [_name_key(n) for n in names]
+            if key in keys:
+                return keys.index(key)
+            near = [f"{i}={n}" for i, n in enumerate(names) if key and key in keys[i]][:10]
+            if near:
+                raise InvalidInputError(f"unknown class name {label!r}; did you mean: {', '.join(near)}")
             shown = ", ".join(f"{i}={n}" for i, n in enumerate(names[:20]))
             raise InvalidInputError(f"unknown class name {label!r}; valid classes: {shown}"
                                     + (" ..." if len(names) > 20 else ""))
@@ -186,6 +194,11 @@ class Manifest:
                 + (f" ({', '.join(names[:10])}{' ...' if len(names) > 10 else ''})" if names else "")
             )
         return idx
+
+
+def _name_key(name: str) -> str:
+    """A class name as `class_id` compares it: lower case, `_` as a space, single spaces, no ends."""
+    return " ".join(name.replace("_", " ").lower().split())
 
 
 def load_manifest(model_dir: str | Path, verify: str = "full") -> Manifest:
