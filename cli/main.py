@@ -20,7 +20,8 @@ from tessera.runtime.errors import ExtraNotInstalledError, TesseraError
 from .edit import add_edit_parser, add_preview_arguments, preview_callback
 from .options import (HelpFormatter, add_model_arguments, add_sampling_arguments, add_verify_argument, model_defaults,
                       model_from_argv, pipeline_from_args, resolve_verify)
-from .output import MAX_IMAGES, MAX_SCALE, Progress, check_counts, check_pixels, check_writable, safe_name, save_image
+from .output import (MAX_IMAGES, MAX_SCALE, Progress, StageProgress, check_counts, check_pixels, check_writable,
+                     safe_name, save_image)
 
 EPILOG = """examples:
   tessera generate 7                      a digit 7 from the shipped model -> tessera.png
@@ -151,7 +152,11 @@ def cmd_export(args: argparse.Namespace) -> int:
                                      "installed): pip install 'tessera-ar[export]'")
     from tessera.export.cli import run
 
-    run(args)
+    progress = StageProgress(enabled=not args.quiet)
+    try:
+        run(args, progress=progress)
+    finally:
+        progress.finish()
     return 0
 
 

@@ -44,6 +44,63 @@ class Progress:
         self.stream.flush()
 
 
+class StageProgress:
+    """The stages of `tessera export` on stderr (a callback for tessera.export.progress): one line per
+    finished stage with its time when stderr is not a terminal; on a terminal one status line redrawn
+    in place (the running stage, then its time), ended by a newline when a model directory is written
+    and erased when a stage fails (the error is then the one `tessera: error:` line)."""
+
+    def __init__(self, enabled: bool = True, stream=None, label: str = "export"):
+        self.stream = stream or sys.stderr
+        self.enabled, self.label = enabled, label
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.started: dict[tuple[str, str], float] = {}
+        self.t0 = time.perf_counter()
+        self.open = False  # a redrawn line waits for its newline
+
+    @staticmethod
+    def _name(stage: str, detail: str) -> str:
+        return f"{stage} ({detail})" if detail else stage
+
+    def __call__(self, stage: str, status: str, detail: str = "") -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        name = self._name(stage, detail)
+        if status == "start":
+            self.started[(stage, detail)] = now
+            if self.tty:
+                self._draw(f"{self.label}: {name} ...")
+            return
+        took = now - self.started.pop((stage, detail), now)
+        if status != "done":  # the error is the one `tessera: error:` line: the stage line goes away
+            if self.open:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()
+                self.open = False
+            return
+        line = f"{self.label}: {name} done in {took:.1f}s"
+        if self.tty:
+            self._draw(line + f" (total {now - self.t0:.1f}s)")
+            if stage == "write":  # a directory is finished: its summary follows
+                self.finish()
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def _draw(self, line: str) -> None:
+        self.stream.write("\r\x1b[K" + line)
+        self.stream.flush()
+        self.open = True
+
+    def finish(self) -> None:
+        """End the redrawn line (a terminal), so what follows starts on its own line."""
+        if self.enabled and self.open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.open = False
+
+
 def check_writable(path: Path) -> None:
     """Fail before generating, not after: --out names an image file in an existing, writable folder.
     An existing directory is an error (name a file inside it), never written into."""

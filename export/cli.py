@@ -11,6 +11,7 @@ from pathlib import Path
 from tessera.runtime.compat import OLDEST_TESTED
 
 from .config import DEFAULT_OPSET, GPT_PRESETS, VQ_PRESETS, GPTConfig, VQConfig
+from . import hub
 from .errors import InvalidInputError
 
 # This module stays importable without torch (it builds `tessera --help`); the heavy stage is
@@ -25,13 +26,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--from", dest="from_dir", metavar="MODEL_DIR",
                      help="re-export a model directory that holds its PyTorch weights")
     src.add_argument("--gpt", metavar="PRESET|CONFIG.json",
-                     help=f"transformer preset ({', '.join(GPT_PRESETS)}) or config file")
-    src.add_argument("--gpt-weights", metavar="FILE", help="transformer weights (.safetensors or LlamaGen .pt)")
+                     help=f"transformer preset ({', '.join(GPT_PRESETS)}) or config file (default: the preset a "
+                          "LlamaGen file name says, e.g. --gpt-weights c2i_XL_384.pt -> c2i_XL_384)")
+    src.add_argument("--gpt-weights", metavar="FILE",
+                     help="transformer weights (.safetensors or LlamaGen .pt), or hf://OWNER/REPO/FILE from the "
+                          "Hugging Face Hub (its local cache; HF_HUB_OFFLINE=1 honoured; extra 'hub')")
     src.add_argument("--gpt-set", action="append", metavar="KEY=VALUE",
                      help="override a transformer setting, e.g. num_classes=10 (repeatable; VALUE is JSON or text)")
     src.add_argument("--vq", metavar="PRESET|CONFIG.json",
-                     help=f"tokenizer preset ({', '.join(VQ_PRESETS)}) or config file")
-    src.add_argument("--vq-weights", metavar="FILE", help="tokenizer weights (.safetensors or LlamaGen .pt)")
+                     help=f"tokenizer preset ({', '.join(VQ_PRESETS)}) or config file (default: the preset a LlamaGen "
+                          "file name says, else the one the transformer preset was trained on)")
+    src.add_argument("--vq-weights", metavar="FILE",
+                     help="tokenizer weights (.safetensors or LlamaGen .pt), or hf://OWNER/REPO/FILE from the "
+                          "Hugging Face Hub (its local cache; HF_HUB_OFFLINE=1 honoured; extra 'hub')")
     src.add_argument("--vq-set", action="append", metavar="KEY=VALUE",
                      help="override a tokenizer setting, e.g. ch_mult=[1,2,2] (repeatable)")
     src.add_argument("--random-weights", action="store_true",
@@ -44,9 +51,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="replace DIR if it is a Tessera model directory (anything else is never touched)")
     out.add_argument("--name", help="model name recorded in the manifest (default: the name of DIR)")
     out.add_argument("--classes", metavar="NAMES|FILE",
-                     help="class names: comma-separated, or a file with one per line (default: 0..N-1)")
+                     help="class names: comma-separated, or a file with one per line (default: the 1000 ImageNet "
+                          "names for LlamaGen presets, else 0..N-1)")
     out.add_argument("--include-weights", action="store_true",
                      help="also store the PyTorch weights (safetensors) so the directory can be re-exported")
+    out.add_argument("-q", "--quiet", action="store_true",
+                     help="no stage progress (load, export, parity, quantize, write) on stderr")
     out.add_argument("--extra", action="append", default=[], metavar="FILE",
                      help="copy a file into the directory (model card, samples); checksummed")
     out.add_argument("--opset", type=int, default=DEFAULT_OPSET,
@@ -86,7 +96,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     gen = p.add_argument_group("generation defaults recorded in the manifest")
     gen.add_argument("--default-guidance", type=float, metavar="G",
                      help="classifier-free guidance scale, >= 0 (<= 1 turns it off; default: the source "
-                          "directory's with --from, else the runtime's 1.0)")
+                          "directory's with --from, else the preset's (LlamaGen presets: LlamaGen's sample_c2i.py "
+                          "defaults, guidance 4.0, top-k 2000, temperature 1.0, top-p 1.0), else the runtime's 1.0)")
     gen.add_argument("--default-temperature", type=float, metavar="T",
                      help="sampling temperature, >= 0 (0 = greedy; default: as --default-guidance, else 1.0)")
     gen.add_argument("--default-top-k", type=int, metavar="K",
@@ -148,14 +159,18 @@ def validate_arguments(args: argparse.Namespace) -> None:
         raise InvalidInputError("--from takes its configs and weights from MODEL_DIR; drop --gpt, --vq, "
                                 "--gpt-weights, --vq-weights, --gpt-set and --vq-set")
     if not args.from_dir:
-        if not args.gpt or not args.vq:
-            raise InvalidInputError("give --from MODEL_DIR, or both --gpt and --vq")
+        if not (args.gpt or args.gpt_weights):  # no --vq: resolve() takes it from a file name or the preset
+            raise InvalidInputError("give --from MODEL_DIR, or both --gpt and --vq (they may be left out for "
+                                    "LlamaGen's files, whose names say the preset: --gpt-weights c2i_XL_384.pt "
+                                    "--vq-weights vq_ds16_c2i.pt)")
         missing = [f for f, w in (("--gpt-weights", args.gpt_weights), ("--vq-weights", args.vq_weights)) if not w]
         if missing and not args.random_weights:
             raise InvalidInputError(f"{' and '.join(missing)} not given; pass the weight files, or --random-weights "
                                     "to export random weights on purpose")
         for flag, path in (("--gpt-weights", args.gpt_weights), ("--vq-weights", args.vq_weights)):
-            if path and not Path(path).is_file():
+            if hub.is_hub(path):
+                hub.parse(path, flag)  # the form only; the file is fetched by run()
+            elif path and not Path(path).is_file():
                 raise InvalidInputError(f"{flag} {path} is not a file")
     if args.seed < 0:
         raise InvalidInputError(f"--seed must be >= 0, got {args.seed}")
@@ -216,30 +231,47 @@ def carried_extras(src: Path, manifest: dict, replaced: set[str]) -> list[Path]:
     return [path for path in paths if path.name not in made and path.name not in replaced]
 
 
-def run(args: argparse.Namespace) -> Path:
+def run(args: argparse.Namespace, progress=None) -> Path:
+    """`progress`: an optional stage callback (export/progress.py); this prints only the summary."""
     from tessera.runtime.manifest import MANIFEST_NAME
 
     validate_arguments(args)
     quant = _quant_options(args)
+    for attr, flag in (("gpt_weights", "--gpt-weights"), ("vq_weights", "--vq-weights")):
+        if hub.is_hub(getattr(args, attr)):  # hf://OWNER/REPO/FILE -> the cached file (same file name)
+            setattr(args, attr, hub.download(getattr(args, attr), flag))
     if not args.from_dir:  # configs before torch: a typo costs no import time
-        gcfg = _config(args.gpt, _overrides(args.gpt_set, GPTConfig, "--gpt-set"), GPTConfig, GPT_PRESETS, "--gpt")
-        vcfg = _config(args.vq, _overrides(args.vq_set, VQConfig, "--vq-set"), VQConfig, VQ_PRESETS, "--vq")
-        names = _class_names(args.classes, gcfg.num_classes)
+        from .presets import check_graph, resolve
+
+        # presets from --gpt/--vq or the LlamaGen file names; name, grid and image size checked
+        chosen = resolve(args.gpt, args.gpt_weights, _overrides(args.gpt_set, GPTConfig, "--gpt-set"),
+                         args.vq, args.vq_weights, _overrides(args.vq_set, VQConfig, "--vq-set"), _config)
+        gcfg, vcfg = chosen.gpt, chosen.vq
+        check_graph(gcfg, args.graph, chosen.gpt_preset)
+        preset_names = chosen.class_names()  # ImageNet presets: the 1000 names (export/data)
+        names = preset_names if args.classes is None and preset_names else _class_names(args.classes, gcfg.num_classes)
+        _check_shapes(args, chosen)
 
     from .build import build_gpt, build_vq, load_model_dir
     from .model_dir import ExportSpec, write_model_dir, write_model_dirs
+    from .progress import stage
 
+    _check_destination(args)  # before the first stage: a taken --out or a bad target is the only line printed
+    with stage(progress, "load", "random weights" if not (args.from_dir or args.gpt_weights or args.vq_weights)
+               else ""):
+        if args.from_dir:
+            gpt, vq, old = load_model_dir(args.from_dir)
+        else:
+            gpt = build_gpt(gcfg, args.gpt_weights, args.seed)
+            vq = build_vq(vcfg, args.vq_weights, args.seed)
     if args.from_dir:
-        gpt, vq, old = load_model_dir(args.from_dir)
         names = _class_names(args.classes, gpt.cfg.num_classes) if args.classes else old["classes"]["names"]
         defaults = dict(old.get("generation_defaults", {}))
         keep_weights = bool(old.get("weights"))  # a re-export keeps what made it re-exportable
         name = args.name or old.get("name", Path(args.out).name)
         extras = carried_extras(Path(args.from_dir), old, {Path(f).name for f in args.extra})
     else:
-        gpt = build_gpt(gcfg, args.gpt_weights, args.seed)
-        vq = build_vq(vcfg, args.vq_weights, args.seed)
-        defaults = {}
+        defaults = chosen.generation_defaults()  # LlamaGen's sampling defaults for its presets
         keep_weights = False
         extras = []
         name = args.name or Path(args.out).name
@@ -255,14 +287,38 @@ def run(args: argparse.Namespace) -> Path:
                       else int(args.external_data_threshold))
     t0 = time.perf_counter()
     if args.quant == "all":
-        outs = write_model_dirs(gpt, vq, args.out, spec, quant=quant)
+        outs = write_model_dirs(gpt, vq, args.out, spec, quant=quant, progress=progress)
     else:
-        outs = [write_model_dir(gpt, vq, args.out, spec, args.quant, quant)]
+        outs = [write_model_dir(gpt, vq, args.out, spec, args.quant, quant, progress=progress)]
     for out in outs:
         _report(out, MANIFEST_NAME)
     print(f"exported {len(outs)} model director{'y' if len(outs) == 1 else 'ies'} in "
           f"{time.perf_counter() - t0:.1f}s")
     return outs[0] if len(outs) == 1 else Path(args.out)
+
+
+def _check_destination(args: argparse.Namespace) -> None:
+    """What write_model_dir(s) refuses before any work, checked before the models are loaded."""
+    from tessera.runtime.compat import fused_form
+
+    from .model_dir import PRECISIONS, prepare_output, variant_dirs
+
+    fused_form(args.target_onnxruntime)  # an InvalidInputError for a bad or too old version
+    outs = variant_dirs(args.out, PRECISIONS).values() if args.quant == "all" else [Path(args.out)]
+    for out in outs:
+        prepare_output(out, args.overwrite)
+
+
+def _check_shapes(args: argparse.Namespace, chosen) -> None:
+    """The configs' dimensions against the weight files' tensor shapes (read without the weights),
+    before any model is built: one error naming both sides."""
+    from .presets import check_gpt_shapes, check_vq_shapes, checkpoint_shapes
+
+    for flag, path, check, cfg, preset in (
+            ("--gpt-weights", args.gpt_weights, check_gpt_shapes, chosen.gpt, chosen.gpt_preset or args.gpt),
+            ("--vq-weights", args.vq_weights, check_vq_shapes, chosen.vq, chosen.vq_preset or args.vq)):
+        if path and Path(path).is_file():
+            check(cfg, checkpoint_shapes(path), f"{flag} {Path(path).name}", preset)
 
 
 def _quant_options(args: argparse.Namespace):

@@ -28,6 +28,7 @@ from tessera.runtime.spec import (ClassesSpec, FileEntry, GraphIO, ImageSpec, Mo
 from . import parity
 from .config import GPTConfig, VQConfig
 from .onnx_export import DEFAULT_OPSET, export_tokenizer, export_transformer
+from .progress import StageCallback, stage
 from .quantize import PRECISIONS, QuantOptions, data_file, finalize_graph, quantize_graphs
 from .transformer import GPT
 from .vq import VQModel
@@ -358,10 +359,12 @@ def _public_permissions(folder: Path) -> None:
 
 
 def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, precision: str = "fp32",
-                    quant: QuantOptions | None = None, fp32_source: Path | None = None) -> Path:
+                    quant: QuantOptions | None = None, fp32_source: Path | None = None,
+                    progress: StageCallback | None = None) -> Path:
     """Export, quantize to `precision`, check parity, write the manifest; move into `out` only once all
     of it succeeded. `fp32_source`: a checked fp32 model directory of the same models whose graphs are
-    copied instead of exported again (used by `write_model_dirs`)."""
+    copied instead of exported again (used by `write_model_dirs`). `progress`: an optional stage
+    callback (export/progress.py) told of the export, parity, quantize and write stages."""
     out = Path(out)
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -395,43 +398,55 @@ def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, pr
         graphs = {name: tmp / fname for name, fname in GRAPH_FILES.items()}
         facts: dict[str, dict] = {}
         if fp32_source is not None:
-            source = json.loads((Path(fp32_source) / MANIFEST_NAME).read_text())
-            for name, entry in source["graphs"].items():  # exporter facts (e.g. graph kind) carry over
-                facts[name] = {k: v for k, v in entry.items() if k not in (
-                    "file", "precision", "method", "options", "opset", "inputs", "outputs", "external_data")}
-            for path in graphs.values():
-                for src in (Path(fp32_source) / path.name, data_file(Path(fp32_source) / path.name)):
-                    if src.exists():
-                        shutil.copy2(src, tmp / src.name)
+            with stage(progress, "export", f"{precision}, graphs copied from {Path(fp32_source).name}"):
+                source = json.loads((Path(fp32_source) / MANIFEST_NAME).read_text())
+                for name, entry in source["graphs"].items():  # exporter facts (e.g. graph kind) carry over
+                    facts[name] = {k: v for k, v in entry.items() if k not in (
+                        "file", "precision", "method", "options", "opset", "inputs", "outputs", "external_data")}
+                for path in graphs.values():
+                    for src in (Path(fp32_source) / path.name, data_file(Path(fp32_source) / path.name)):
+                        if src.exists():
+                            shutil.copy2(src, tmp / src.name)
         else:
-            facts["transformer"] = export_transformer(gpt, graphs["transformer"], spec.opset, spec.graph,
-                                                      spec.target_onnxruntime)
-            export_tokenizer(vq, graphs["tokenizer_encoder"], graphs["tokenizer_decoder"], spec.opset)
-            for path in graphs.values():
-                finalize_graph(path, threshold)
+            with stage(progress, "export", f"fp32, {spec.graph} graph"):
+                # The fused graph streams its weights into its data file as it is built (final as written).
+                facts["transformer"] = export_transformer(gpt, graphs["transformer"], spec.opset, spec.graph,
+                                                          spec.target_onnxruntime, threshold)
+                export_tokenizer(vq, graphs["tokenizer_encoder"], graphs["tokenizer_decoder"], spec.opset)
+                for name, path in graphs.items():
+                    if name != "transformer" or spec.graph != "fused":
+                        finalize_graph(path, threshold)
             if precision != "fp32":  # a broken export must not hide behind quantization bounds
-                fp32 = _parity(gpt, vq, tmp, "fp32", facts["transformer"])
-                parity.check(fp32["transformer"], fp32["tokenizer"])
-        try:
-            entries = quantize_graphs(graphs, precision, quant)
-        except Exception as e:
-            raise ExportError(str(e)) from e
-        report = _parity(gpt, vq, tmp, precision, facts.get("transformer", {}))
-        parity.check(report["transformer"], report["tokenizer"], precision)
-        if spec.include_weights:
-            save_file({k: v.contiguous() for k, v in gpt.state_dict().items()}, str(tmp / WEIGHT_FILES["transformer"]))
-            save_file({k: v.contiguous() for k, v in vq.state_dict().items()}, str(tmp / WEIGHT_FILES["tokenizer"]))
-        for f in spec.extra_files:
-            shutil.copy2(f, tmp / Path(f).name)
-        files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                 for p in sorted(tmp.iterdir()) if p.is_file()}
-        manifest = _manifest(gpt, vq, spec, report, files, _graph_entries(spec, tmp, entries, facts))
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        manifest["graphs"]["transformer"]["self_test"] = record_self_test(tmp, precision)
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        _public_permissions(tmp)
-        guard.hold()  # from here a SIGTERM waits until the directory is in place (see restore)
-        _install(tmp, out)
+                with stage(progress, "parity", "fp32"):
+                    fp32 = _parity(gpt, vq, tmp, "fp32", facts["transformer"])
+                    parity.check(fp32["transformer"], fp32["tokenizer"])
+        if precision == "fp32":
+            entries = quantize_graphs(graphs, precision, quant)  # nothing to convert: no stage to show
+        else:
+            with stage(progress, "quantize", precision):
+                try:
+                    entries = quantize_graphs(graphs, precision, quant)
+                except Exception as e:
+                    raise ExportError(str(e)) from e
+        with stage(progress, "parity", precision):
+            report = _parity(gpt, vq, tmp, precision, facts.get("transformer", {}))
+            parity.check(report["transformer"], report["tokenizer"], precision)
+        with stage(progress, "write", str(out)):
+            if spec.include_weights:
+                save_file({k: v.contiguous() for k, v in gpt.state_dict().items()},
+                          str(tmp / WEIGHT_FILES["transformer"]))
+                save_file({k: v.contiguous() for k, v in vq.state_dict().items()}, str(tmp / WEIGHT_FILES["tokenizer"]))
+            for f in spec.extra_files:
+                shutil.copy2(f, tmp / Path(f).name)
+            files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                     for p in sorted(tmp.iterdir()) if p.is_file()}
+            manifest = _manifest(gpt, vq, spec, report, files, _graph_entries(spec, tmp, entries, facts))
+            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+            manifest["graphs"]["transformer"]["self_test"] = record_self_test(tmp, precision)
+            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+            _public_permissions(tmp)
+            guard.hold()  # from here a SIGTERM waits until the directory is in place (see restore)
+            _install(tmp, out)
         return out
     except BaseException:
         if tmp is not None:
@@ -443,18 +458,20 @@ def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, pr
 
 def write_model_dirs(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec,
                      precisions: list[str] | tuple[str, ...] = PRECISIONS,
-                     quant: QuantOptions | None = None) -> list[Path]:
+                     quant: QuantOptions | None = None, progress: StageCallback | None = None) -> list[Path]:
     """One model directory per precision, `OUT-<precision>` (see `variant_dirs`). The fp32 graphs are
-    exported and checked once; each variant is written atomically on its own."""
+    exported and checked once; each variant is written atomically on its own. `progress`: as in
+    `write_model_dir`."""
     dirs = variant_dirs(out, precisions)
     for d in dirs.values():  # fail before any work if a destination is taken
         prepare_output(d, spec.overwrite)
     written = []
     source = None
     if "fp32" in dirs:
-        source = write_model_dir(gpt, vq, dirs["fp32"], spec, "fp32", quant)
+        source = write_model_dir(gpt, vq, dirs["fp32"], spec, "fp32", quant, progress=progress)
         written.append(source)
     for precision, d in dirs.items():
         if precision != "fp32":
-            written.append(write_model_dir(gpt, vq, d, spec, precision, quant, fp32_source=source))
+            written.append(write_model_dir(gpt, vq, d, spec, precision, quant, fp32_source=source,
+                                           progress=progress))
     return written

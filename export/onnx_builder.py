@@ -21,6 +21,9 @@ hide more.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 import torch
@@ -40,15 +43,40 @@ def transformer_io_names(n_layer: int) -> tuple[list[str], list[str]]:
     return io.inputs(n_layer), io.outputs(n_layer)
 
 
-class _Graph:
-    """Tiny helper to add nodes and initializers with unique names."""
+# onnx.save_model(..., save_as_external_data=True) moves a tensor out when sys.getsizeof(raw_data) reaches this.
+EXTERNAL_SIZE_THRESHOLD = 1024
 
-    def __init__(self):
+
+class _Graph:
+    """Tiny helper to add nodes and initializers with unique names. With `data` (an open binary file
+    named `location`), each initializer's bytes go to that file as it is added, laid out exactly as
+    `onnx.save_model(model, save_as_external_data=True, all_tensors_to_one_file=True, location=...,
+    size_threshold=1024)` lays them out; the proto then only points into it, so the weights are never
+    held twice (a transposed copy plus a serialized model) in memory."""
+
+    def __init__(self, data=None, location: str | None = None):
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
+        self.data, self.location = data, location
+        self.nbytes = 0  # bytes of every initializer (quantize.tensor_bytes of the finished model)
 
     def const(self, name: str, array: np.ndarray) -> str:
-        self.inits.append(numpy_helper.from_array(np.require(array, requirements="C"), name))
+        array = np.require(array, requirements="C")
+        self.nbytes += array.nbytes
+        if self.data is not None and sys.getsizeof(b"") + array.nbytes >= EXTERNAL_SIZE_THRESHOLD:
+            # The bytes go straight to the file: a TensorProto given raw_data keeps its memory (in
+            # protobuf's arena) even after ClearField, which held the whole model a second time.
+            tensor = TensorProto(name=name, dims=array.shape,
+                                 data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
+                                 data_location=TensorProto.EXTERNAL)
+            offset = self.data.tell()
+            self.data.write(array.astype(array.dtype.newbyteorder("<"), copy=False).data)
+            for key, value in (("location", self.location), ("offset", offset), ("length", array.nbytes)):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, str(value)
+        else:
+            tensor = numpy_helper.from_array(array, name)
+        self.inits.append(tensor)
         return name
 
     def node(self, op: str, inputs: list[str], outputs: list[str] | int, name: str, domain: str = "", **attrs):
@@ -66,12 +94,31 @@ def _t(w: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def build_fused_transformer(model: GPT, opset: int = DEFAULT_OPSET,
                             target_onnxruntime: str = OLDEST_TESTED) -> onnx.ModelProto:
-    """The fused graph in the operator form that `target_onnxruntime` loads (runtime/compat.py)."""
+    """The fused graph in the operator form that `target_onnxruntime` loads (runtime/compat.py),
+    its weights inside the proto."""
+    return _build(model, opset, target_onnxruntime, _Graph())
+
+
+@torch.no_grad()
+def write_fused_transformer(model: GPT, path: Path, opset: int = DEFAULT_OPSET,
+                            target_onnxruntime: str = OLDEST_TESTED) -> int:
+    """Write the fused graph to `path` with its weights in `<path>.data`, streamed there one tensor
+    at a time (peak memory: the model plus one tensor), the same bytes `onnx.save_model` with external
+    data writes. Returns the bytes of its initializers (`quantize.tensor_bytes`), so the caller can
+    fold a small graph back into one file."""
+    path = Path(path)
+    with open(path.with_name(path.name + ".data"), "wb") as data:
+        g = _Graph(data, path.name + ".data")
+        proto = _build(model, opset, target_onnxruntime, g)
+    onnx.save_model(proto, str(path))
+    return g.nbytes
+
+
+def _build(model: GPT, opset: int, target_onnxruntime: str, g: _Graph) -> onnx.ModelProto:
     cfg = model.cfg
     form = fused_form(target_onnxruntime)
-    sd = {k: v.detach().float() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().float() for k, v in model.state_dict().items()}  # fp32 weights: views, no copy
     n_head, eps = cfg.n_head, cfg.norm_eps
-    g = _Graph()
     inputs, outputs = transformer_io_names(cfg.n_layer)
 
     # Lengths for GroupQueryAttention, derived from the mask's shape [batch, seq, total].

@@ -15,7 +15,7 @@ import torch
 from tessera.runtime.compat import OLDEST_TESTED, fused_form
 
 from .config import DEFAULT_OPSET
-from .onnx_builder import build_fused_transformer, transformer_io_names  # noqa: F401 (model_dir's too)
+from .onnx_builder import build_fused_transformer, transformer_io_names, write_fused_transformer  # noqa: F401
 from .transformer import GPT, GPTForExport
 from .vq import VQDecoderForExport, VQEncoderForExport, VQModel
 
@@ -41,9 +41,11 @@ PROTOBUF_LIMIT = 2_000_000_000  # larger graphs keep their weights in an externa
 
 
 def export_transformer(model: GPT, path: Path, opset: int = DEFAULT_OPSET, kind: str = "fused",
-                       target_onnxruntime: str = OLDEST_TESTED) -> dict:
+                       target_onnxruntime: str = OLDEST_TESTED, external_data_threshold: int | None = None) -> dict:
     """Write the transformer graph of `kind` to `path`; return its manifest facts, including the
-    oldest onnxruntime that loads it (runtime/compat.py)."""
+    oldest onnxruntime that loads it (runtime/compat.py). The fused graph is written final: its
+    tensors in `<path>.data` when they pass `external_data_threshold` (quantize.external_data_threshold),
+    else in one file; the portable graph still needs `quantize.finalize_graph`."""
     if kind not in GRAPH_KINDS:
         raise ValueError(f"unknown graph kind {kind!r}; choose one of {sorted(GRAPH_KINDS)}")
     if kind == "portable":
@@ -52,11 +54,14 @@ def export_transformer(model: GPT, path: Path, opset: int = DEFAULT_OPSET, kind:
     else:
         import onnx
 
+        from .quantize import external_data_threshold as threshold, save_graph
+
         form = fused_form(target_onnxruntime)
-        proto = build_fused_transformer(model, opset, target_onnxruntime)
-        big = proto.ByteSize() > PROTOBUF_LIMIT
-        onnx.save_model(proto, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
-                        location=path.name + ".data" if big else None)
+        # Streamed into the data file (never the whole model in memory twice); a graph under the
+        # threshold (and the protobuf limit) is folded back into one file, small by definition.
+        nbytes = write_fused_transformer(model, path, opset, target_onnxruntime)
+        if nbytes <= min(threshold(external_data_threshold), PROTOBUF_LIMIT):
+            save_graph(onnx.load(str(path)), path, external_data_threshold)
         return {**GRAPH_KINDS[kind], "min_onnxruntime": form.min_onnxruntime,
                 "multi_query": form.multi_query}
 
