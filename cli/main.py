@@ -28,7 +28,7 @@ EPILOG = """examples:
   tessera generate 0 1 2 -n 4 --sheet --scale 4 --out digits.png   one contact sheet, a row per class
   tessera generate seven --seed 3 --guidance 4 --top-k 50
   tessera info                            what the shipped model is (classes, sizes, parity)
-  tessera export --gpt GPT-B --gpt-weights c2i_B_256.pt --vq VQ-16 --vq-weights vq_ds16_c2i.pt --out gpt-b
+  tessera export --gpt-weights c2i_B_256.pt --vq-weights vq_ds16_c2i.pt --out gpt-b
   tessera viewer                          a window: pick a class, watch it being generated (Tkinter)
 
 exit status: 0 done, 1 an error (one `tessera: error:` line), 2 a usage error.
