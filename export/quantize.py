@@ -5,7 +5,7 @@ temporary directory, calls `quantize_graphs` there, measures parity against the 
 model and only then writes the manifest and checksums.
 
 Methods (chosen from measurements on this project's AVX2 / no-VNNI CPUs, see
-/work/shared/notes/toolchain.md and the bounds in parity.py):
+benchmarks/results/quant_variants.md and the bounds in parity.py):
 
 - fp16: `onnxruntime.transformers.float16.convert_float_to_float16`. The transformer keeps
   `logits` float32 (sampling runs in numpy on float32) while the KV cache inputs / outputs become

@@ -10,72 +10,16 @@ import pickle
 import pytest
 import torch
 
+from llamagen_layout import gpt_shapes, vq_shapes
 from tessera.export.checkpoints import CheckpointError, load_strict, read_state_dict
 
 
 def llamagen_gpt_b() -> dict[str, torch.Tensor]:
-    d, f, v, layers = 768, 2048, 16384, 12
-    sd = {"tok_embeddings.weight": (v, d), "cls_embedding.embedding_table.weight": (1001, d),
-          "norm.weight": (d,), "output.weight": (v, d)}
-    for i in range(layers):
-        p = f"layers.{i}."
-        sd.update({p + "attention.wqkv.weight": (3 * d, d), p + "attention.wo.weight": (d, d),
-                   p + "feed_forward.w1.weight": (f, d), p + "feed_forward.w3.weight": (f, d),
-                   p + "feed_forward.w2.weight": (d, f), p + "attention_norm.weight": (d,),
-                   p + "ffn_norm.weight": (d,)})
-    return {k: torch.randn(s) * 0.02 for k, s in sd.items()}
-
-
-def _conv(sd, name, cin, cout, k):
-    sd[name + ".weight"], sd[name + ".bias"] = (cout, cin, k, k), (cout,)
-
-
-def _norm(sd, name, c):
-    sd[name + ".weight"], sd[name + ".bias"] = (c,), (c,)
-
-
-def _res(sd, p, cin, cout):
-    _norm(sd, p + ".norm1", cin), _conv(sd, p + ".conv1", cin, cout, 3)
-    _norm(sd, p + ".norm2", cout), _conv(sd, p + ".conv2", cout, cout, 3)
-    if cin != cout:
-        _conv(sd, p + ".nin_shortcut", cin, cout, 1)
-
-
-def _attn(sd, p, c):
-    _norm(sd, p + ".norm", c)
-    for n in ("q", "k", "v", "proj_out"):
-        _conv(sd, f"{p}.{n}", c, c, 1)
+    return {k: torch.randn(s) * 0.02 for k, s in gpt_shapes(768, 2048, 12).items()}
 
 
 def llamagen_vq16() -> dict[str, torch.Tensor]:
-    ch, mult, z, e = 128, (1, 1, 2, 2, 4), 256, 8
-    sd: dict = {"quantize.embedding.weight": (16384, e), "quantize.codebook_used": (65536,)}
-    _conv(sd, "quant_conv", z, e, 1), _conv(sd, "post_quant_conv", e, z, 1)
-    _conv(sd, "encoder.conv_in", 3, ch, 3)
-    cin = ch
-    for i, m in enumerate(mult):
-        for j in range(2):
-            _res(sd, f"encoder.conv_blocks.{i}.res.{j}", cin, ch * m)
-            cin = ch * m
-            if i == len(mult) - 1:
-                _attn(sd, f"encoder.conv_blocks.{i}.attn.{j}", cin)
-        if i != len(mult) - 1:
-            _conv(sd, f"encoder.conv_blocks.{i}.downsample.conv", cin, cin, 3)
-    _res(sd, "encoder.mid.0", cin, cin), _attn(sd, "encoder.mid.1", cin), _res(sd, "encoder.mid.2", cin, cin)
-    _norm(sd, "encoder.norm_out", cin), _conv(sd, "encoder.conv_out", cin, z, 3)
-    cin = ch * mult[-1]
-    _conv(sd, "decoder.conv_in", z, cin, 3)
-    _res(sd, "decoder.mid.0", cin, cin), _attn(sd, "decoder.mid.1", cin), _res(sd, "decoder.mid.2", cin, cin)
-    for k, m in enumerate(reversed(mult)):
-        for j in range(3):
-            _res(sd, f"decoder.conv_blocks.{k}.res.{j}", cin, ch * m)
-            cin = ch * m
-            if k == 0:
-                _attn(sd, f"decoder.conv_blocks.{k}.attn.{j}", cin)
-        if k != len(mult) - 1:
-            _conv(sd, f"decoder.conv_blocks.{k}.upsample.conv", cin, cin, 3)
-    _norm(sd, "decoder.norm_out", cin), _conv(sd, "decoder.conv_out", cin, 3, 3)
-    return {k: torch.randn(s) * 0.02 for k, s in sd.items()}
+    return {k: torch.randn(s) * 0.02 for k, s in vq_shapes().items()}
 
 
 @pytest.fixture(scope="module")
