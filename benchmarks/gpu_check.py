@@ -291,47 +291,11 @@ def decode_stats(run, tokens: int, rounds: int) -> dict:
     return {"median_ms": float(np.median(iv)), "p90_ms": float(np.percentile(iv, 90)), "n": int(iv.size)}
 
 
-def sampling_rng(seed: int, images: int, draws: int):
-    """The random source of the reference loop: per-image streams where the runtime has them
-    (`tessera.runtime.sampling.ImageStreams`), else one generator for the batch."""
-    try:
-        from tessera.runtime.sampling import ImageStreams, image_seeds
-    except ImportError:
-        return np.random.default_rng(seed)
-    return ImageStreams(image_seeds(seed, images), draws)
-
-
 def torch_generate(gpt, labels, guidance_scale: float, sampling, seed: int = 0, callback=None) -> np.ndarray:
-    """The reference loop of `tessera.export.reference.generate_tokens` on the model's device and
-    dtype (that function keeps tensors on the CPU): the same numpy sampler and seed, so on the CPU in
-    fp32 it gives the same tokens."""
-    import torch
+    """The PyTorch reference loop (tessera.export.reference) on the model's device and dtype."""
+    from tessera.export.reference import generate_tokens
 
-    from tessera.runtime.sampling import apply_guidance, sample
-
-    cfg, dev = gpt.cfg, next(gpt.parameters()).device
-    labels = np.asarray(labels, dtype=np.int64)
-    b, n, guided = labels.shape[0], cfg.grid * cfg.grid, guidance_scale > 1.0
-    rows = np.concatenate([labels, np.full_like(labels, cfg.null_class)]) if guided else labels
-    rng = sampling_rng(seed, b, n)
-    sampling = sampling.validate(cfg.vocab_size)
-    out = np.empty((b, n), dtype=np.int64)
-    with torch.inference_mode():
-        ids = gpt.class_token(torch.from_numpy(rows).to(dev))[:, None]
-        logits, past = gpt(ids, torch.zeros_like(ids), torch.ones(len(rows), 1, 1, dtype=torch.bool, device=dev))
-        for j in range(n):
-            step = logits[:, -1].float().cpu().numpy()
-            if guided:
-                step = apply_guidance(step, b, guidance_scale)
-            out[:, j] = tok = sample(step, sampling, rng)
-            if callback is not None:
-                callback(j + 1, n, out[:, : j + 1])
-            if j == n - 1:
-                break
-            t = torch.from_numpy(np.concatenate([tok, tok]) if guided else tok)[:, None].to(dev)
-            mask = torch.ones(len(rows), 1, j + 2, dtype=torch.bool, device=dev)
-            logits, past = gpt(t, gpt.cell_position(torch.full_like(t, j)), mask, past)
-    return out.reshape(b, cfg.grid, cfg.grid)
+    return generate_tokens(gpt, labels, guidance_scale, sampling, seed, callback)
 
 
 def time_decode(spec: ModelSpec, gpt, provider: str, tokens: int, rounds: int, log) -> list[dict]:
@@ -355,7 +319,7 @@ def time_decode(spec: ModelSpec, gpt, provider: str, tokens: int, rounds: int, l
                                                                 seed=0, callback=cb)
             rows.append({"engine": engine, "precision": precision, "batch": batch, **decode_stats(run, tokens, rounds)})
             log(f"timed {engine} batch {batch}: {rows[-1]['median_ms']:.2f} ms/token")
-        del pipe
+        pipe = None  # free its sessions before the next precision
     device = "cuda" if provider == "cuda" else "cpu"
     dtypes = [torch.float32, torch.float16] if device == "cuda" else [torch.float32]
     for dtype in dtypes:
@@ -366,7 +330,7 @@ def time_decode(spec: ModelSpec, gpt, provider: str, tokens: int, rounds: int, l
             rows.append({"engine": engine, "precision": f"torch-{dtype}", "batch": batch,
                          **decode_stats(run, tokens, rounds)})
             log(f"timed {engine} batch {batch}: {rows[-1]['median_ms']:.2f} ms/token")
-        del model
+        model = None
     if device == "cuda":
         torch.cuda.empty_cache()
     return rows
