@@ -8,8 +8,9 @@ cancellation and previews around it. Nothing else is shared: a decoder keeps no 
 generations, the runner (and its KV cache) is lent to it for one generation.
 
 Strategies: `SequentialDecoder` (runtime/generation.py: one token per call, raster order; known
-cells for editing are one of its inputs) and `ParallelDecoder` (runtime/parallel.py: ZipAR,
-several rows per call). A new one (few-step, speculative ...) is one more class here.
+cells for editing are one of its inputs), `ParallelDecoder` (runtime/parallel.py: ZipAR,
+several rows per call) and `JacobiDecoder` (runtime/jacobi.py: speculative Jacobi, several raster
+cells per call). A new one (few-step ...) is one more class here.
 """
 from __future__ import annotations
 
@@ -42,12 +43,13 @@ class DecodeRequest:
 
 
 class DecodeState:
-    """The decoder's output and bookkeeping for one generation: `out [B, h*w]`, `calls`, and
-    seconds per phase (`mark(phase)` adds the time since the previous mark)."""
+    """The decoder's output and bookkeeping for one generation: `out [B, h*w]`, `calls`, seconds
+    per phase (`mark(phase)` adds the time since the previous mark) and the decoder's own counts."""
 
     def __init__(self, out: np.ndarray, prefix_view: bool):
         self.out, self.prefix_view, self.calls = out, prefix_view, 0
         self.timings: dict[str, float] = {}
+        self.stats: dict[str, int] = {}
         self._last = time.perf_counter()
 
     def mark(self, phase: str) -> None:
@@ -82,7 +84,7 @@ def result_of(decoder: Decoder, request: DecodeRequest, state: DecodeState) -> G
     b = request.labels.shape[0]
     return GenerationResult(tokens=state.out.reshape(b, *request.grid), labels=np.asarray(request.labels),
                             seeds=tuple(getattr(request.rng, "seeds", ())), calls=state.calls,
-                            timings=state.timings, decoder=decoder.name)
+                            timings=state.timings, decoder=decoder.name, stats=state.stats)
 
 
 def decode(decoder: Decoder, runner, layout, request: DecodeRequest, callback: StepCallback | None = None,

@@ -21,6 +21,7 @@ class GenerationResult:
     labels: `[N]` class ids. seeds: the seed of each image (image i is the image of seeds[i]).
     calls: transformer calls. timings: seconds per phase ("prefill", "decode" (incl. callbacks),
     "images" when decoded). images: PIL images, or None when not decoded. decoder: its name.
+    stats: the decoder's own counts (jacobi: drafts verified and accepted, summed over images).
     """
 
     tokens: np.ndarray
@@ -31,6 +32,7 @@ class GenerationResult:
     images: list | None = None
     decoder: str = "sequential"
     config: object = None
+    stats: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -1,0 +1,204 @@
+"""Speculative Jacobi decoding (SJD, arXiv 2410.01699): several raster cells per transformer call,
+training-free, with an acceptance test that keeps the model's distribution.
+
+Each image keeps `window` draft tokens after its decided cells, each drawn from a known
+distribution q (the sampling transform of logits an earlier call gave at that cell). One call
+feeds the image's decided-but-uncached tokens, then its drafts, in raster order under a causal
+mask. The logits at the last decided token are the model's exact p for the first draft's cell,
+and stay exact for the next cell as long as drafts are accepted. Draft x at cell c is accepted
+with probability min(1, p_c(x) / q_c(x)); at the first rejection cell c is drawn from
+norm(max(0, p_c - q_c)); if every draft is accepted, one more cell is drawn from p (the bonus).
+Speculative sampling's argument makes every cell decided this way distributed as p_c given the
+cells before it, whatever q was: images follow the model's distribution (the same guidance and
+temperature/top-k/top-p transform as `sample`), only the number of calls changes. Each call
+decides at least one cell of every unfinished image.
+
+Drafts are refreshed Jacobi-style: after a call, each cell beyond the new frontier whose logits
+the call produced is redrawn from them (their context held drafts: a guess, checked by the next
+call); cells past those are drawn from the call's farthest distribution. The first call's drafts
+are token 0 (q one-hot), which needs no randomness.
+
+Batch: images advance at their own pace in one call. The cache holds, for every row, the class
+token and the cells of the slowest image but its newest one (`runner.truncate` drops the rest
+after each call: rejected drafts, and cells of faster images, which they feed again). Every
+row's entry k is the same sequence index, so positions and the causal mask are shared; a row
+with less to feed has filler entries at the end, which nothing attends to and the truncation
+drops. Guidance rows (conditional and null class) share their image's tokens and drafts.
+
+Randomness: image i's k-th call uses the k-th block of `2 * window + 1` uniforms of its own
+stream (acceptance coins, one correction or bonus draw, draft draws), used or not, so an image's
+tokens depend on its seed only, not on the batch around it — up to the float rounding of the
+transformer's logits, which a different batch or call shape may change in the last bits (as in
+sequential decoding). With temperature 0 (or top_k 1) every draft but the argmax is rejected and
+the correction is the argmax: exactly sequential decoding's tokens.
+
+On the fused graph's 1.22 form the runner runs a call's queries one at a time
+(runtime/compat.py): fewer decoder calls, not fewer session runs.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from .config import DEFAULT_JACOBI_WINDOW
+from .decoding import DecodeRequest, DecodeState
+from .errors import InvalidInputError
+from .generation import cell_positions, guidance_rows
+from .manifest import TokenLayout
+from .sampling import ImageStreams, SamplingConfig, apply_guidance, top_k_mask
+
+
+def probabilities(logits: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
+    """The distribution `sample` draws from, per row of `logits [N, V]` -> float64 `[N, V]`:
+    temperature, top-k (ties kept), top-p (the likeliest token always stays); one-hot argmax
+    for temperature 0."""
+    n, v = logits.shape
+    if cfg.temperature == 0:
+        out = np.zeros((n, v))
+        out[np.arange(n), logits.argmax(axis=-1)] = 1.0
+        return out
+    vals = logits.astype(np.float64) * (1.0 / max(cfg.temperature, 1e-5))
+    if 0 < cfg.top_k < v:
+        vals[~top_k_mask(logits, cfg.top_k)] = -np.inf
+    if cfg.top_p < 1.0:
+        order = np.argsort(-vals, axis=-1, kind="stable")
+        ranked = np.take_along_axis(vals, order, axis=-1)
+        mass = np.exp(ranked - ranked[:, :1])
+        cum = np.cumsum(mass, axis=-1) / mass.sum(axis=-1, keepdims=True)
+        drop = np.zeros_like(cum, bool)
+        drop[:, 1:] = cum[:, :-1] > cfg.top_p
+        np.put_along_axis(vals, order, np.where(drop, -np.inf, ranked), axis=-1)
+    vals -= vals.max(axis=-1, keepdims=True)
+    np.exp(vals, out=vals)
+    vals /= vals.sum(axis=-1, keepdims=True)
+    return vals
+
+
+def draw(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """One token per row of `probs [N, V]` from uniforms `u [N]` (inverse CDF in token-id order,
+    as `sample`; a zero-mass token is never drawn)."""
+    cdf = np.cumsum(probs, axis=-1)
+    picks = (cdf <= (u * cdf[:, -1])[:, None]).sum(axis=-1)
+    return np.minimum(picks, probs.shape[-1] - 1)
+
+
+def verify(drafts: np.ndarray, q: np.ndarray, p: np.ndarray, coins: np.ndarray, u_fix: float,
+           bonus: bool) -> tuple[np.ndarray, int]:
+    """Speculative acceptance of one image's drafts `[D]` (drawn from `q [D, V]`) against the
+    model's `p [D (+1 with bonus), V]` -> (the decided cells, drafts accepted): the accepted
+    drafts, then one correction from norm(max(0, p - q)) at the first rejection, or the bonus
+    from p[D] if all pass and `bonus`."""
+    d = drafts.shape[0]
+    rows = np.arange(d)
+    passed = coins[:d] * q[rows, drafts] < p[rows, drafts]
+    t = d if passed.all() else int(np.argmin(passed))
+    if t < d:
+        residual = np.maximum(p[t] - q[t], 0.0)
+        if not residual.sum() > 0:  # p == q up to rounding: nothing to correct
+            residual = p[t]
+        fix = draw(residual[None], np.array([u_fix]))
+    elif bonus:
+        fix = draw(p[d][None], np.array([u_fix]))
+    else:
+        return drafts.copy(), d
+    return np.concatenate([drafts[:t], fix]), t
+
+
+def _streams(rng, images: int, draws: int):
+    """The per-image streams with room for `draws` uniforms each (same seeds: same prefix)."""
+    seeds = getattr(rng, "seeds", None)
+    return ImageStreams(seeds, draws) if seeds and len(seeds) == images else rng
+
+
+class JacobiDecoder:
+    """Speculative Jacobi decoding with `window` drafts per image per call (see the module doc)."""
+
+    name = "jacobi"
+
+    def __init__(self, window: int = DEFAULT_JACOBI_WINDOW):
+        self.window = int(window)
+        if self.window < 1:
+            raise InvalidInputError(f"jacobi_window must be >= 1 (an integer), got {window!r}")
+
+    def start(self, request: DecodeRequest) -> DecodeState:
+        # -1: not decided yet (what callbacks see; images advance at different paces)
+        return DecodeState(np.full((request.labels.shape[0], request.cells), -1, np.int64), prefix_view=False)
+
+    def steps(self, runner, layout: TokenLayout, request: DecodeRequest, state: DecodeState) -> Iterator[int]:
+        if request.known is not None:
+            raise InvalidInputError("the jacobi decoder takes no known cells; use the sequential decoder")
+        n, b, w = request.cells, request.labels.shape[0], self.window
+        scale, sampling = request.guidance_scale, request.sampling
+        guided = scale > 1.0
+        rows = guidance_rows(request.labels, layout, guided)
+        r = rows.shape[0]
+        per_call = 2 * w + 1  # uniforms per image per call: coins, correction, drafts
+        rng = _streams(request.rng, b, n * per_call)  # at most n calls: each decides >= 1 cell
+        positions = np.concatenate([[0], cell_positions(layout, request.grid)])  # of sequence index s
+        causal = np.tril(np.ones((n + 1, n + 1), bool))
+        out = state.out
+        seq = np.zeros((b, n + 1), np.int64)  # s = 1 + c: cell c's token, decided or draft; first drafts 0
+        q = np.zeros((b, w, runner.vocab_size))  # the draft distributions
+        q[:, :, 0] = 1.0
+        decided = np.zeros(b, np.int64)
+        class_ids = layout.class_ids(rows).astype(np.int64)
+        ids_of: dict[int, np.ndarray] = {}  # call width -> ids buffer
+        runner.start(r, n + 1)
+        stats = state.stats
+        stats.update(drafts_verified=0, drafts_accepted=0)
+        length = 0  # cached sequence entries, the same for every row
+        state.mark("prefill")
+        while True:
+            fed = np.clip(n - 1 - decided, 0, w)  # drafts fed per image (the last cell's is never needed)
+            need = int(np.max(np.where(decided < n, decided + 1 - length + fed, 0)))
+            s = min(_bucket(need, w), n + 1 - length)
+            ids = ids_of.get(s)
+            if ids is None:
+                ids = ids_of[s] = np.empty((r, s), np.int64)
+            ids[:b] = seq[:, length:length + s]
+            if length == 0:
+                ids[:b, 0] = class_ids[:b]
+            if guided:
+                ids[b:] = ids[:b]
+                if length == 0:
+                    ids[b:, 0] = class_ids[b:]
+            pos = np.ascontiguousarray(np.broadcast_to(positions[length:length + s], (r, s)))
+            mask = np.ascontiguousarray(np.broadcast_to(causal[length:length + s, :length + s], (r, s, length + s)))
+            logits = runner(ids, pos, mask)
+            state.calls += 1
+            if guided:
+                logits = apply_guidance(logits, b, scale)
+            u = rng.random(per_call * b).reshape(per_call, b)
+            for i in np.flatnonzero(decided < n):
+                a = int(decided[i])
+                e0 = a - length  # entry of image i's last decided token: its logits predict cell a
+                k = int(fed[i]) + 1
+                p = probabilities(logits[i, e0:e0 + k], sampling)
+                d = min(w, n - a)
+                cells, accepted = verify(seq[i, a + 1:a + 1 + d], q[i, :d], p, u[:d, i], u[w, i], bonus=a + d < n)
+                new = a + cells.shape[0]
+                stats["drafts_verified"] += min(d, accepted + 1)
+                stats["drafts_accepted"] += accepted
+                out[i, a:new] = cells
+                seq[i, a + 1:new + 1] = cells
+                decided[i] = new
+                m = min(w, n - new)  # Jacobi refresh of the drafts after the new frontier
+                q[i, :m] = p[np.minimum(np.arange(new - a, new - a + m), k - 1)]
+                seq[i, new + 1:new + 1 + m] = draw(q[i, :m], u[w + 1:w + 1 + m, i])
+            length = int(decided.min())  # valid for every row: the class token, cells < slowest's newest
+            runner.truncate(length)
+            yield length
+            if length == n:
+                return
+
+
+def _bucket(need: int, window: int) -> int:
+    """Call width for `need` entries: exact up to 2 * (window + 1), then a power of two, so a
+    batch whose images drift apart allocates few distinct logits buffers."""
+    if need <= 2 * (window + 1):
+        return need
+    return 1 << (need - 1).bit_length()
+
+
+__all__ = ["JacobiDecoder", "probabilities", "draw", "verify"]
