@@ -24,6 +24,9 @@ from .sampling import SamplingConfig, image_seeds
 # request above it is refused before anything is allocated. Override per pipeline with
 # `Pipeline.load(..., memory_budget=BYTES)` or `pipe.memory_budget = BYTES` (None: no check).
 DEFAULT_MEMORY_BUDGET = 4 << 30
+# Decoding strategies (runtime/decoding.py) and the Jacobi decoder's drafts per call when unset.
+DECODERS = ("sequential", "parallel", "jacobi")
+DEFAULT_JACOBI_WINDOW = 4
 
 
 def _is_int(v) -> bool:
@@ -69,6 +72,10 @@ class GenerationConfig:
             in parallel, each this many tokens behind the row above (ZipAR, runtime/parallel.py).
         grid: the token grid (h, w) or one int for a square; None: the trained grid. Each side at
             most the model's rotary table (`rope_grid`).
+        decoder: "sequential", "parallel" or "jacobi"; None: "parallel" when `parallel_window` is
+            set, "jacobi" when `jacobi_window` is set, else "sequential".
+        jacobi_window: draft tokens per image per call for speculative Jacobi decoding
+            (runtime/jacobi.py), an integer >= 1; None: DEFAULT_JACOBI_WINDOW.
     """
 
     guidance_scale: float | None = None
@@ -79,10 +86,12 @@ class GenerationConfig:
     num_images_per_class: int = 1
     parallel_window: int | None = None
     grid: int | tuple[int, int] | None = None
+    decoder: str | None = None
+    jacobi_window: int | None = None
     resolved: bool = field(default=False, repr=False, compare=False)
 
     FIELDS = ("guidance_scale", "temperature", "top_k", "top_p", "seed", "num_images_per_class",
-              "parallel_window", "grid")
+              "parallel_window", "grid", "decoder", "jacobi_window")
 
     @classmethod
     def from_options(cls, config: "GenerationConfig | None" = None, **options) -> "GenerationConfig":
@@ -129,7 +138,28 @@ class GenerationConfig:
             raise InvalidInputError(f"seed must be an integer >= 0 or a non-empty list of them (one per image), "
                                     f"got {seed!r}")
         grid = self._grid(rope_grid, trained_grid)
-        return GenerationConfig(g, t, k, p, seed, n, window, grid, resolved=True)
+        decoder, jacobi_window = self._decoder(window)
+        return GenerationConfig(g, t, k, p, seed, n, window, grid, decoder=decoder, jacobi_window=jacobi_window,
+                                resolved=True)
+
+    def _decoder(self, parallel_window: int | None) -> tuple[str, int | None]:
+        """The decoder's name and the Jacobi window; a window given to another decoder is an error."""
+        name = self.decoder
+        if name is None:
+            name = "parallel" if parallel_window is not None else "jacobi" if self.jacobi_window is not None \
+                else "sequential"
+        if not isinstance(name, str) or name not in DECODERS:
+            raise InvalidInputError(f"decoder must be one of {', '.join(DECODERS)}, got {name!r}")
+        if name == "parallel" and parallel_window is None:
+            raise InvalidInputError("decoder 'parallel' needs parallel_window (an integer >= 1)")
+        if name != "parallel" and parallel_window is not None:
+            raise InvalidInputError(f"parallel_window is an option of the parallel decoder, not of {name!r}")
+        if name != "jacobi":
+            if self.jacobi_window is not None:
+                raise InvalidInputError(f"jacobi_window is an option of the jacobi decoder, not of {name!r}")
+            return name, None
+        window = DEFAULT_JACOBI_WINDOW if self.jacobi_window is None else self.jacobi_window
+        return name, check_int("jacobi_window", window, 1, note=" (draft tokens per call)")
 
     def _grid(self, limit: int, trained: tuple[int, int]) -> tuple[int, int]:
         grid = self.grid
@@ -192,4 +222,4 @@ def check_budget(what: str, images: int, guided: bool, grid: tuple[int, int], tr
             "Pipeline.load(..., memory_budget=BYTES) / pipe.memory_budget = BYTES (None: no check)")
 
 
-__all__ = ["GenerationConfig", "DEFAULT_MEMORY_BUDGET", "memory_estimate", "check_budget", "check_int", "check_real"]
+__all__ = ["GenerationConfig", "DEFAULT_MEMORY_BUDGET", "DECODERS", "DEFAULT_JACOBI_WINDOW", "memory_estimate", "check_budget", "check_int", "check_real"]

@@ -1,9 +1,9 @@
 """`Pipeline`: load a model directory, generate images from class labels (diffusers-style calls).
 
 The generation path: `GenerationConfig` (runtime/config.py) resolved once against the manifest,
-a decoder strategy (runtime/decoding.py: sequential in generation.py, ZipAR in parallel.py) run
-on a transformer runner lent by the pool (runtime/runners.py), one `GenerationResult`
-(runtime/results.py). Editing (runtime/editing.py, image_processing.py) and previews
+a decoder strategy (runtime/decoding.py: sequential in generation.py, ZipAR in parallel.py,
+speculative Jacobi in jacobi.py) run on a transformer runner lent by the pool (runtime/runners.py),
+one `GenerationResult` (runtime/results.py). Editing (runtime/editing.py, image_processing.py) and previews
 (runtime/preview.py) sit beside it; none of them imports this module.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .editing import EditResult, check_tokens, complete_tokens, continue_cells, 
     outpaint_cells
 from .errors import InvalidInputError
 from .generation import SequentialDecoder
+from .jacobi import JacobiDecoder
 from .image_processing import to_model_input
 from .images import to_pil
 from .manifest import Manifest, load_manifest
@@ -221,14 +222,15 @@ class Pipeline:
         listed = isinstance(class_labels, (list, tuple)) or (isinstance(class_labels, np.ndarray)
                                                              and class_labels.ndim > 0)
         count = len(class_labels) if listed else 1  # the labels are checked after the budget
-        queries = cfg.grid[0] if cfg.parallel_window is not None else 1
+        n = cfg.grid[0] * cfg.grid[1]
+        queries = {"parallel": cfg.grid[0], "jacobi": min(n, 2 * (cfg.jacobi_window or 0) + 2)}.get(cfg.decoder, 1)
         check_budget("generate", count * cfg.num_images_per_class, cfg.guided, cfg.grid, self.manifest.transformer,
                      self.layout.vocab_size, self.memory_budget, queries)
         labels = self.labels(class_labels, cfg.num_images_per_class)
         seeds = cfg.seeds(labels.shape[0])
-        n = cfg.grid[0] * cfg.grid[1]
         request = DecodeRequest(labels, cfg.grid, cfg.guidance_scale, cfg.sampling, ImageStreams(seeds, n))
-        decoder = SequentialDecoder() if cfg.parallel_window is None else ParallelDecoder(cfg.parallel_window)
+        decoder = ParallelDecoder(cfg.parallel_window) if cfg.decoder == "parallel" else \
+            JacobiDecoder(cfg.jacobi_window) if cfg.decoder == "jacobi" else SequentialDecoder()
         return cfg, request, decoder
 
     # --- the core: borrow a runner, run a decoder ---------------------------------------------
@@ -363,7 +365,8 @@ class Pipeline:
                  num_images_per_class: int = 1, callback: StepCallback | None = None,
                  parallel_window: int | None = None, grid: int | tuple[int, int] | None = None,
                  preview=None, preview_every: int | str | None = None, *, cancel: CancelToken | None = None,
-                 return_result: bool = False) -> list[Image.Image] | GenerationResult:
+                 return_result: bool = False, decoder: str | None = None,
+                 jacobi_window: int | None = None) -> list[Image.Image] | GenerationResult:
         """Class labels -> one PIL image per label (x num_images_per_class), label-major.
 
         Args:
@@ -378,13 +381,15 @@ class Pipeline:
             preview, preview_every: live partial images (runtime/preview.py).
             cancel: a `CancelToken` to stop the generation from another thread.
             return_result: return the `GenerationResult` instead of the image list.
+            decoder, jacobi_window: "sequential", "parallel" or "jacobi" (speculative Jacobi,
+                `jacobi_window` drafts per call); see `GenerationConfig`.
 
         The same seed gives the same images on every provider.
         """
         result = self.run(class_labels, callback=callback, cancel=cancel, preview=preview,
                           preview_every=preview_every, guidance_scale=guidance_scale, temperature=temperature,
                           top_k=top_k, top_p=top_p, seed=seed, num_images_per_class=num_images_per_class,
-                          parallel_window=parallel_window, grid=grid)
+                          parallel_window=parallel_window, grid=grid, decoder=decoder, jacobi_window=jacobi_window)
         return result if return_result else result.images
 
     __call__ = generate
