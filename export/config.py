@@ -32,8 +32,11 @@ class GPTConfig:
     norm_eps: float = 1e-5
     class_dropout: float = 0.1  # training only: share of labels replaced by the null class
     dropout: float = 0.0  # training only: residual/attention dropout
+    order: str = "raster"  # "raster" (LlamaGen) or "any": position queries name the cell to predict
 
     def __post_init__(self) -> None:
+        if self.order not in ("raster", "any"):
+            raise ValueError(f"order must be 'raster' or 'any', got {self.order!r}")
         if self.dim % self.n_head:
             raise ValueError(f"dim {self.dim} is not divisible by n_head {self.n_head}")
         if self.head_dim % 4:
@@ -59,8 +62,16 @@ class GPTConfig:
     def block_size(self) -> int:
         return self.grid * self.grid
 
+    @property
+    def query_token(self) -> int | None:
+        """Input id of the position query (the row after the null class), any-order models only."""
+        return self.vocab_size + self.num_classes + 1 if self.order == "any" else None
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.order == "raster":  # raster configs stay as they were before any-order models existed
+            del d["order"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":

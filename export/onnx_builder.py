@@ -145,7 +145,8 @@ def _build(model: GPT, opset: int, target_onnxruntime: str, g: _Graph) -> onnx.M
 
     cos, sin = rope_2d_tables(cfg)
     cos, sin = g.const("rope_cos", cos.numpy()), g.const("rope_sin", sin.numpy())
-    table = torch.cat([sd["tok_embeddings.weight"], sd["cls_embedding.embedding_table.weight"]]).numpy()
+    rows = [sd["tok_embeddings.weight"], sd["cls_embedding.embedding_table.weight"]]
+    table = torch.cat(rows + ([sd["query_embedding"]] if cfg.order == "any" else [])).numpy()
     h = g.node("Gather", [g.const("embed_table", table), "input_ids"], 1, "embed")
 
     residual_in = None  # output of the previous block still to be added to h

@@ -11,6 +11,12 @@ One forward serves training, the reference generation loop and ONNX export:
   class (guidance) is `V + num_classes`.
 * `position_ids` index the 2D rotary table: 0 is the class position (all-zero rows, as
   LlamaGen), grid cell (row, col) is `1 + row * rope_grid + col`.
+* Any-order models (`cfg.order == "any"`) add one input id, the position query
+  `cfg.query_token` (one learned row after the null class): fed at a cell's position it asks
+  "which code goes here?". Their class row of the rotary table is the identity rotation
+  instead of zeros: with relative (rotary) positions only, a zero-rotated class carries no
+  position, and a model that may start anywhere would not know where on the grid it is.
+  The class then anchors the grid at the rotary origin.
 * `attention_mask` is bool `[batch, seq, past + seq]`, True where a query may attend. None
   means plain causal attention with no past (training).
 """
@@ -73,7 +79,8 @@ def rope_2d_tables(cfg: GPTConfig) -> tuple[torch.Tensor, torch.Tensor]:
     grid = torch.cat([f[:, None, :].expand(-1, g, -1), f[None, :, :].expand(g, -1, -1)], dim=-1)
     grid = grid.reshape(g * g, half)
     zero = torch.zeros(1, half)
-    return torch.cat([zero, torch.cos(grid)]), torch.cat([zero, torch.sin(grid)])
+    first_cos = torch.ones(1, half) if cfg.order == "any" else zero  # any-order: class at the origin
+    return torch.cat([first_cos, torch.cos(grid)]), torch.cat([zero, torch.sin(grid)])
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -134,6 +141,8 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.cls_embedding = LabelEmbedder(cfg.num_classes, cfg.dim)
+        if cfg.order == "any":
+            self.query_embedding = nn.Parameter(torch.randn(1, cfg.dim) * 0.02)
         self.tok_dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
@@ -158,9 +167,15 @@ class GPT(nn.Module):
         g = grid or self.cfg.grid
         return 1 + (cell // g) * self.cfg.rope_grid + cell % g
 
+    def embedding_table(self) -> torch.Tensor:
+        """The one input table: codes, classes, null class (and the position query, any-order)."""
+        parts = [self.tok_embeddings.weight, self.cls_embedding.embedding_table.weight]
+        if self.cfg.order == "any":
+            parts.append(self.query_embedding)
+        return torch.cat(parts, dim=0)
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        table = torch.cat([self.tok_embeddings.weight, self.cls_embedding.embedding_table.weight], dim=0)
-        return F.embedding(input_ids, table)
+        return F.embedding(input_ids, self.embedding_table())
 
     # --- forward --------------------------------------------------------------------------
     def forward(self, input_ids, position_ids, attention_mask=None, past: list[KV] | None = None):

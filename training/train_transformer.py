@@ -10,6 +10,11 @@ warmup + cosine decay. Every `--eval-every` steps the token loss on the held-out
 measured; the weights with the lowest held-out loss are the ones saved (early stopping
 against memorisation). Resumable from `out/checkpoint.pt`; writes `out/gpt.safetensors`,
 `out/config.json` (GPTConfig.to_dict()) and `out/metrics.json`.
+
+`--order any` trains an any-order model instead (training/anyorder.py: position queries over random
+orders); `--init DIR` starts from a trained model's weights (gpt.safetensors in DIR, e.g. the shipped
+default), the new query row freshly initialised, so the any-order objective is a fine-tune.
+`--vq` also takes a model directory (tessera.json + vq.safetensors), reusing its tokenizer unchanged.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from tessera.export.config import gpt_preset
 from tessera.export.transformer import GPT
 from tessera.export.vq import VQModel
 
+from .anyorder import any_order_loss
 from .data import SPLIT_DESCRIPTION, mnist_split
 from .train_tokenizer import (augment, load_vq, lr_at, rng_state, save_checkpoint, seed_everything,
                               set_rng_state, write_json)
@@ -41,28 +47,51 @@ def encode_all(vq: VQModel, images: torch.Tensor, batch_size: int = 250) -> torc
 
 @torch.no_grad()
 def token_loss(model: GPT, codes: torch.Tensor, labels: torch.Tensor, batch_size: int = 300) -> float:
-    """Mean teacher-forced cross-entropy (nats/token) in eval mode (no class dropout)."""
+    """Mean teacher-forced cross-entropy (nats/token) in eval mode (no class dropout). Any-order
+    models: the query loss at 8 steps over orders fixed by a seed (the same at every check)."""
     was = model.training
     model.eval()
     tot, n = 0.0, 0
+    gen = torch.Generator().manual_seed(1234)
     for i in range(0, len(codes), batch_size):
         c, y = codes[i:i + batch_size], labels[i:i + batch_size]
-        logits = model.training_logits(c, y)
-        tot += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), c.reshape(-1), reduction="sum"))
+        if model.cfg.order == "any":
+            tot += float(any_order_loss(model, c, y, gen, steps=8)) * c.numel()
+        else:
+            logits = model.training_logits(c, y)
+            tot += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), c.reshape(-1), reduction="sum"))
         n += c.numel()
     model.train(was)
     return tot / n
+
+
+def load_vq_or_model_dir(path: str) -> VQModel:
+    """A tokenizer from a training run directory, or the one a model directory ships (its
+    tessera.json tokenizer section + vq.safetensors)."""
+    if not os.path.exists(os.path.join(path, "tessera.json")):
+        return load_vq(path)
+    from safetensors.torch import load_file
+
+    from tessera.export.config import VQConfig
+
+    with open(os.path.join(path, "tessera.json")) as f:
+        vq = VQModel(VQConfig.from_dict(json.load(f)["tokenizer"]))
+    vq.load_state_dict(load_file(os.path.join(path, "vq.safetensors")))
+    return vq.eval()
 
 
 def train_transformer(out_dir: str, vq: str | VQModel = "runs/vq", steps: int = 500, batch_size: int = 128,
                       lr: float = 1e-3, seed: int = 0, resume: bool = True, subset: int | None = None,
                       progress: bool = True, preset: str = "GPT-Digits", weight_decay: float = 0.05,
                       warmup: int = 50, ckpt_every: int = 100, eval_every: int = 50, aug_copies: int = 2,
-                      threads: int = 1, data: dict | None = None, config_overrides: dict | None = None) -> dict:
+                      threads: int = 1, data: dict | None = None, config_overrides: dict | None = None,
+                      order: str = "raster", init: str | None = None) -> dict:
     """Train (or resume) the transformer into `out_dir`; returns the metrics dict (also metrics.json).
 
     `vq`: tokenizer directory or a VQModel. `subset`: first `subset` train images only (tests).
     `config_overrides`: GPTConfig fields to override on the preset (vocab/grid must match the tokenizer).
+    `order`: "raster" (LlamaGen) or "any" (position queries); `init`: directory whose gpt.safetensors
+    the model starts from (rows it lacks, the query, keep their fresh initialisation).
     """
     from safetensors.torch import save_file
     from tqdm import tqdm
@@ -72,7 +101,7 @@ def train_transformer(out_dir: str, vq: str | VQModel = "runs/vq", steps: int = 
     seed_everything(seed)
     gen = torch.Generator().manual_seed(seed)
     data = data if data is not None else mnist_split()
-    tok = load_vq(vq) if isinstance(vq, str) else vq.eval()
+    tok = load_vq_or_model_dir(vq) if isinstance(vq, str) else vq.eval()
     train_x, train_y = data["train_x"], data["train_y"]
     if subset is not None:
         train_x, train_y = train_x[:subset], train_y[:subset]
@@ -88,11 +117,17 @@ def train_transformer(out_dir: str, vq: str | VQModel = "runs/vq", steps: int = 
     test_codes, test_labels = encode_all(tok, data["test_x"]), data["test_y"]
     t_enc = time.time() - t_enc
 
-    cfg = gpt_preset(preset, **(config_overrides or {}))
+    cfg = gpt_preset(preset, **{**(config_overrides or {}), "order": order})
     if cfg.vocab_size != tok.cfg.codebook_size or cfg.block_size != tok.cfg.grid ** 2:
         raise ValueError(f"transformer preset {preset} (vocab {cfg.vocab_size}, grid {cfg.grid}) does not match "
                          f"the tokenizer (codebook {tok.cfg.codebook_size}, grid {tok.cfg.grid})")
     model = GPT(cfg)
+    if init is not None:
+        from safetensors.torch import load_file
+
+        missing, unexpected = model.load_state_dict(load_file(os.path.join(init, "gpt.safetensors")), strict=False)
+        if unexpected or set(missing) - {"query_embedding"}:
+            raise ValueError(f"--init {init}: weights do not fit the preset (missing {missing}, unexpected {unexpected})")
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)],
@@ -100,7 +135,7 @@ def train_transformer(out_dir: str, vq: str | VQModel = "runs/vq", steps: int = 
     hparams = dict(preset=preset, steps=steps, batch_size=batch_size, lr=lr, seed=seed, subset=subset,
                    weight_decay=weight_decay, warmup=warmup, schedule="linear warmup + cosine to 0.1*lr",
                    aug_copies=aug_copies, class_dropout=cfg.class_dropout, dropout=cfg.dropout, threads=threads,
-                   eval_every=eval_every, train_sequences=len(train_codes))
+                   eval_every=eval_every, train_sequences=len(train_codes), order=order, init=init)
 
     ckpt_path = os.path.join(out_dir, "checkpoint.pt")
     start, elapsed, history, evals = 0, 0.0, [], []
@@ -130,8 +165,11 @@ def train_transformer(out_dir: str, vq: str | VQModel = "runs/vq", steps: int = 
             g["lr"] = lr_at(step, steps, lr, warmup)
         idx = torch.randint(0, len(train_codes), (batch_size,), generator=gen)
         c, y = train_codes[idx], train_labels[idx]
-        logits = model.training_logits(c, y)
-        loss = F.cross_entropy(logits.reshape(-1, cfg.vocab_size), c.reshape(-1))
+        if order == "any":
+            loss = any_order_loss(model, c, y, gen)
+        else:
+            logits = model.training_logits(c, y)
+            loss = F.cross_entropy(logits.reshape(-1, cfg.vocab_size), c.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -182,13 +220,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--aug-copies", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--order", choices=("raster", "any"), default="raster")
+    p.add_argument("--init", default=None, help="start from this directory's gpt.safetensors (fine-tune)")
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     m = train_transformer(a.out, vq=a.vq, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
                           resume=not a.no_resume, subset=a.subset, progress=not a.no_progress, preset=a.preset,
                           weight_decay=a.weight_decay, warmup=a.warmup, ckpt_every=a.ckpt_every,
-                          eval_every=a.eval_every, aug_copies=a.aug_copies, threads=a.threads)
+                          eval_every=a.eval_every, aug_copies=a.aug_copies, threads=a.threads,
+                          order=a.order, init=a.init)
     print(json.dumps({k: v for k, v in m.items() if k not in ("loss_curve",)}, indent=2))
     return m
 

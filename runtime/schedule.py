@@ -1,0 +1,87 @@
+"""Decoding schedules for any-order models: how many cells each step decides, and which.
+
+How many: the cosine schedule of MaskGIT / RandAR. After step t of T, `floor(n * cos(pi/2 * t/T))`
+cells are still open, so early steps (little context, the most uncertain) decide few cells and late
+steps, where the image is nearly fixed, decide many. Every step decides at least one cell.
+
+Which: `order="locality"` follows LPD (locality-aware parallel decoding): cells decided in the same
+step should be far from each other (they are sampled independently, so neighbours would disagree)
+and near cells already decided (where the context is most informative). `order="random"` draws a
+uniform random order, as the model was trained on. Both are numpy only and seeded per image.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import TesseraError
+
+ORDERS = ("locality", "random")
+
+
+def cosine_counts(n: int, steps: int) -> list[int]:
+    """Cells decided per step: `steps` positive counts summing to `n` (cosine, small steps first)."""
+    if not 1 <= steps <= n:
+        raise TesseraError(f"steps must be between 1 and the number of cells ({n}), got {steps}")
+    done, counts = 0, []
+    for t in range(1, steps + 1):
+        target = n - math.floor(n * math.cos(math.pi / 2 * t / steps) + 1e-9)
+        target = min(max(target, done + 1), n - (steps - t))  # >= 1 per step, >= 1 left per later step
+        counts.append(target - done)
+        done = target
+    return counts
+
+
+def _locality_step(open_cells: np.ndarray, decided: np.ndarray, count: int, rows: np.ndarray,
+                   cols: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Pick `count` open cells greedily: each one the closest to the decided cells among those
+    farthest from the cells already picked this step (ties broken at random)."""
+    picked: list[int] = []
+    cand = open_cells.copy()
+    near = np.full(len(cand), 0.0)
+    if decided.any():
+        d = np.hypot(rows[cand, None] - rows[None, decided], cols[cand, None] - cols[None, decided])
+        near = d.min(1)
+    far = np.full(len(cand), np.inf)
+    for _ in range(count):
+        # farthest from this step's picks first, then nearest to the context, then random
+        score = np.minimum(far, 1e6) * 1000.0 - near + rng.random(len(cand)) * 1e-3
+        j = int(np.argmax(score))
+        picked.append(int(cand[j]))
+        dist = np.hypot(rows[cand] - rows[cand[j]], cols[cand] - cols[cand[j]])
+        far = np.minimum(far, dist)
+        far[j] = -np.inf  # never picked twice
+    return np.asarray(picked, dtype=np.int64)
+
+
+def plan(height: int, width: int, steps: int, order: str = "locality",
+         rng: np.random.Generator | None = None, decided: np.ndarray | None = None) -> list[np.ndarray]:
+    """Row-major cell indices to decide at each step, every open cell exactly once.
+
+    `decided`: bool `[height * width]`, cells already fixed (editing); they are never planned and
+    count as context for the locality order. `rng` seeds the random order and tie-breaking.
+    """
+    if order not in ORDERS:
+        raise TesseraError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+    n = height * width
+    rng = rng if rng is not None else np.random.default_rng(0)
+    done = np.zeros(n, dtype=bool) if decided is None else np.asarray(decided, dtype=bool).copy()
+    open_cells = np.flatnonzero(~done)
+    if len(open_cells) == 0:
+        return []
+    counts = cosine_counts(len(open_cells), min(steps, len(open_cells)))
+    if order == "random":
+        perm = rng.permutation(open_cells)
+        return [a.astype(np.int64) for a in np.split(perm, np.cumsum(counts)[:-1])]
+    rows, cols = np.divmod(np.arange(n), width)
+    rows, cols = rows.astype(np.float64), cols.astype(np.float64)
+    out = []
+    for c in counts:
+        pick = _locality_step(np.flatnonzero(~done), np.flatnonzero(done), c, rows, cols, rng)
+        done[pick] = True
+        out.append(pick)
+    return out
+
+
+__all__ = ["ORDERS", "cosine_counts", "plan"]
