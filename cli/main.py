@@ -17,6 +17,7 @@ from pathlib import Path
 from tessera import __version__
 from tessera.runtime.errors import ExtraNotInstalledError, TesseraError
 
+from .bench import add_bench_parser
 from .edit import add_edit_parser, add_preview_arguments, preview_callback
 from .options import (HelpFormatter, add_model_arguments, add_sampling_arguments, add_verify_argument, model_defaults,
                       model_from_argv, pipeline_from_args, resolve_verify)
@@ -30,6 +31,7 @@ EPILOG = """examples:
   tessera info                            what the shipped model is (classes, sizes, parity)
   tessera export --gpt-weights c2i_B_256.pt --vq-weights vq_ds16_c2i.pt --out gpt-b
   tessera viewer                          a window: pick a class, watch it being generated (Tkinter)
+  tessera bench DIR1 DIR2                 measure model directories here (size, load, memory, speed, quality)
 
 exit status: 0 done, 1 an error (one `tessera: error:` line), 2 a usage error.
 """
@@ -237,6 +239,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
     _export_parser(sub)
     add_edit_parser(sub, defaults)  # tessera edit inpaint|outpaint|continue (edit.py)
+    add_bench_parser(sub)  # tessera bench DIR ... (bench.py; the tessera.bench package)
     v = sub.add_parser("viewer", help="open the example Tk viewer (python -m tessera.examples.tk_viewer)",
                        description="The example viewer: pick a class, press Generate, watch the image appear. "
                                    "Its options follow, e.g. `tessera viewer --model DIR --scale 8`; "

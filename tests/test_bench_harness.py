@@ -1,143 +1,165 @@
-"""The decode benchmark's harness (benchmarks/decode_peers.py): timing, statistics, weight bytes and the
-report, on synthetic inputs. No peer package is needed; this runs in well under a second."""
+"""The measurement harness every benchmark runs on (tessera.bench): statistics, the worker-process
+protocol and its errors, the peak-memory reader, and the one export cache key. No models; seconds."""
 from __future__ import annotations
 
-import json
-import sys
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-decode_peers = pytest.importorskip("decode_peers")
+from tessera.bench import cache, memory, stats, timing
+from tessera.bench.env import environment, is_noisy, versions
+from tessera.bench.protocol import WorkerError, run_worker
+
+WORKERS = Path(__file__).with_name("bench_test_workers.py")
 
 
+# --- statistics ---------------------------------------------------------------------------------
+def test_interval_stats_median_and_p90():
+    s = stats.interval_stats(list(range(1, 101)))
+    assert s["median_ms"] == 50.5 and s["p90_ms"] == pytest.approx(90.1) and s["n"] == 100
+    with pytest.raises(ValueError):
+        stats.interval_stats([])
+
+
+def _run(median, n=9, prefill=0.05):
+    return {"prefill_s": prefill, "whole_s": 1.0, "intervals_ms": [median] * n}
+
+
+def test_rounds_pool_or_keep_the_best():
+    runs = [_run(30.0), _run(90.0, prefill=0.07)]
+    pooled = stats.summarize_rounds(runs, "pooled")
+    assert pooled["n"] == 18 and pooled["median_ms"] == 60.0 and pooled["prefill_ms"] == pytest.approx(60.0)
+    best = stats.summarize_rounds(runs, "best")
+    assert best["median_ms"] == 30.0 and best["round_medians_ms"] == [30.0, 90.0] and best["rounds"] == 2
+    with pytest.raises(ValueError):
+        stats.summarize_rounds(runs, "mean")
+
+
+def test_spread_and_ratio():
+    assert stats.spread([10.0, 12.5]) == pytest.approx(0.25)
+    assert stats.spread([5.0]) == 0.0
+    assert stats.ratio(3.0, 4.0) == 0.75 and stats.ratio(None, 4.0) is None and stats.ratio(3.0, 0) is None
+
+
+# --- timing of generations ------------------------------------------------------------------------
 def fake_generation(step_s: float = 0.001):
-    """A stand-in for a peer's generation: `one(rows, n, max_s)` sampling n tokens step_s apart."""
     calls = []
 
     def one(rows, n, max_s):
         calls.append((rows, n, max_s))
-        t0 = time.perf_counter()
-        ts = []
+        t0, ts = time.perf_counter(), []
         for _ in range(n):
             time.sleep(step_s)
             ts.append(time.perf_counter())
-            if decode_peers.should_stop(t0, len(ts), n, max_s):
+            if timing.should_stop(t0, len(ts), n, max_s):
                 break
         return t0, ts
 
     return one, calls
 
 
-def test_run_rounds_warms_up_then_times_whole_images():
+def test_run_rounds_warms_up_then_times_whole_generations():
     one, calls = fake_generation()
-    runs = decode_peers.run_rounds(one, [2, 8], warmup=3, rounds=2, tokens=10)
-    assert calls[:2] == [(2, 3, None), (8, 3, None)]  # warm-up first, short
-    assert [c[1] for c in calls[2:]] == [10, 10, 10, 10]
-    for rows in ("2", "8"):
-        assert len(runs[rows]) == 2
-        for r in runs[rows]:
-            assert len(r["intervals_ms"]) == 9 and not r["estimated"]
-            assert r["whole_s"] >= r["prefill_s"] > 0
-    s = decode_peers.summarize(runs["2"])
-    assert s["n"] == 18 and s["rounds"] == 2 and not s["estimated"]
-    assert 0.5 <= s["median_ms"] <= s["p90_ms"] < 50
+    runs = timing.run_rounds(one, [2, 8], warmup=3, rounds=2, tokens=10)
+    assert calls[:2] == [(2, 3, None), (8, 3, None)]
+    assert [c[1] for c in calls[2:]] == [10] * 4
+    for r in runs["2"] + runs["8"]:
+        assert len(r["intervals_ms"]) == 9 and not r["estimated"] and r["whole_s"] >= r["prefill_s"] > 0
 
 
-def test_a_generation_past_max_s_is_cut_and_extrapolated():
+def test_a_generation_past_its_budget_is_cut_and_extrapolated():
     one, _ = fake_generation(step_s=0.002)
-    runs = decode_peers.run_rounds(one, [2], warmup=2, rounds=1, tokens=10_000, max_s=0.05)
-    r = runs["2"][0]
+    r = timing.run_rounds(one, [2], warmup=2, rounds=1, tokens=10_000, max_s=0.05)["2"][0]
     assert r["estimated"] and r["tokens_timed"] < 10_000
     assert r["whole_s"] == pytest.approx(r["prefill_s"] + 9_999 * np.mean(r["intervals_ms"]) / 1e3, rel=1e-3)
+    with pytest.raises(ValueError):
+        timing.timed_run(0.0, [1.0], 10)
 
 
-def test_weight_bytes_count_matmul_weights_not_gathered_tables(tmp_path):
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    table = numpy_helper.from_array(np.zeros((100, 8), np.float32), "table")
-    w = numpy_helper.from_array(np.zeros((8, 16), np.float32), "w")
-    packed = numpy_helper.from_array(np.zeros((16, 1, 4), np.uint8), "packed")  # as MatMulNBits' B
-    nodes = [helper.make_node("Gather", ["table", "ids"], ["h"]),
-             helper.make_node("MatMul", ["h", "w"], ["y"]),
-             helper.make_node("Identity", ["packed"], ["p"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16]),
-                               helper.make_tensor_value_info("p", TensorProto.UINT8, [16, 1, 4])],
-                              [table, w, packed])
-    path = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(graph), str(path))
-    assert decode_peers.weight_bytes_onnx(path) == 8 * 16 * 4 + 16 * 4
+# --- peak memory ----------------------------------------------------------------------------------
+def test_peak_memory_reader_parses_proc_status(tmp_path):
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\nRssAnon:\t 51200 kB\n")
+    assert memory.read_status(status) == {"VmHWM": 200.0, "VmRSS": 100.0, "RssAnon": 50.0}
+    assert memory.peak_rss_mib(status) == (200.0, "VmHWM")
+    peak, source = memory.peak_rss_mib(tmp_path / "missing")  # no /proc: getrusage
+    assert source == "ru_maxrss" and peak > 10
 
 
-def _state(shape, peers, bandwidth=None):
-    return {"command": "python benchmarks/decode_peers.py --quick", "started": "2026-01-01 00:00",
-            "finished": "2026-01-01 00:05", "elapsed_s": 300.0, "cpu": "test cpu", "cores": 2, "threads": 2,
-            "load_start": (0.5, 0.5, 0.5), "load_end": (0.6, 0.6, 0.6), "versions": {"numpy": np.__version__},
-            "top_k": 2000, "warmup": 8, "rounds": 1, "cache": "benchmarks/.cache", "notes": ["a note"],
-            "bandwidth": bandwidth, "shapes": [{"shape": shape, "peers": peers, "build_s": {"tessera-fp32": 3.0}}]}
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc")
+def test_peak_memory_sees_an_allocation():
+    before = memory.peak_rss_mib()[0]
+    block = np.ones(64 << 20, np.uint8)  # 64 MiB, touched
+    assert memory.peak_rss_mib()[0] >= before + 60 or before > 60 + block.size / 2**20
 
 
-def _stats(median, rounds=1, estimated=False):
-    return {"median_ms": median, "p90_ms": median * 1.2, "mean_ms": median, "n": 255, "prefill_ms": 50.0,
-            "whole_s": median * 0.256, "rounds": rounds, "estimated": estimated}
+# --- the worker-process protocol -----------------------------------------------------------------
+def test_a_worker_runs_in_a_fresh_process_and_reports_its_peak(tmp_path):
+    out = run_worker(f"{WORKERS}:echo", {"x": 3, "mib": 40}, tmp_path, "ok")
+    assert out["x"] == 3 and out["pid"] != os.getpid()
+    assert out["peak_rss_mib"] >= 40 and out["rss_source"] in ("VmHWM", "ru_maxrss")
+    assert len(out["load_before"]) == 3 and out["worker_s"] > 0
 
 
-def test_report_has_ratios_targets_and_skips():
-    from dataclasses import asdict
 
-    shape = asdict(decode_peers.gpt_b_shape(quick=True))
-    wb = 400e6
-    peers = {
-        "tessera-fp32": {"weight_bytes": wb, "stats": {"2": _stats(30.0), "8": _stats(45.0)}, "loads": [[0.5, 0.7]]},
-        "genai-fp32": {"weight_bytes": wb, "stats": {"2": _stats(40.0), "8": _stats(45.0)}},
-        "torch": {"weight_bytes": wb, "stats": {"2": _stats(150.0), "8": _stats(400.0, estimated=True)}},
-        "optimum": {"error": "build failed: something"},
-        "tessera-int4": {"skipped": "`tessera export --quant int4` does not exist in this tree yet"},
-    }
-    bw = {"runs": [{"weight_bytes": 398e6, "shape": [4096, 24320], "numpy_sum_gbps": 9.0,
-                    "matmul": {"2": {"gbps": 16.0, "median_ms": 24.9}, "8": {"gbps": 12.0, "median_ms": 33.2}}}]}
-    text = decode_peers.build_report(_state(shape, peers, bw))
-    assert "| tessera-fp32 | fp32 | 2 | 30.0 |" in text
-    assert "0.75 (vs tessera-fp32)" in text  # ours/peer vs genai at batch 2
-    assert "| fp32 decode <= 0.9x onnxruntime-genai fp32 | 2 | 30.0 | 40.0 | 0.75 (ours/peer) | <= 0.9 | PASS |" in text
-    assert "| fp32 decode <= 0.9x onnxruntime-genai fp32 | 8 | 45.0 | 45.0 | 1.00 (ours/peer) | <= 0.9 | FAIL |" in text
-    assert ">= 4x faster than PyTorch eager (fp32) | 2 | 30.0 | 150.0 | 5.00 (peer/ours) | >= 4.0 | PASS" in text
-    assert "| >= 1.3x faster than Optimum (fp32) | 2 | 30.0 | — | — | >= 1.3 | not measured |" in text
-    # bound at batch 2: 400 MB at 16 GB/s = 25 ms; 30 / 25 = 1.2
-    assert "| fp32 decode within 1.2x of the bandwidth bound | 2 | 30.0 | 25.0 | 1.20 (ours/peer) | <= 1.2 | PASS |" in text
-    assert "**optimum**: FAILED: build failed" in text and "**tessera-int4**: skipped" in text
-    assert "(est.)" in text and "a note" in text
+@pytest.mark.parametrize("target,job,message", [
+    ("{w}:fails", {}, "ValueError: bad job value 7"),
+    ("{w}:crashes", {}, "exited with status 3 and wrote no result"),
+    ("{w}:not_a_dict", {}, "returned list, not a dict"),
+    ("{w}:missing_function", {}, "no function 'missing_function'"),
+    ("no_such_module_xyz:f", {}, "ModuleNotFoundError"),
+    ("nocolon", {}, "must be 'module:function'"),
+])
+def test_worker_failures_are_one_worker_error_naming_the_cause(tmp_path, target, job, message):
+    with pytest.raises(WorkerError) as e:
+        run_worker(target.format(w=WORKERS), job, tmp_path, "bad")
+    assert message in str(e.value) and "bad" in str(e.value)
 
 
-def test_profile_aggregation(tmp_path):
-    events = [{"cat": "Session", "name": "model_run", "dur": 1000},
-              {"cat": "Session", "name": "model_run", "dur": 1200},
-              {"cat": "Node", "name": "a_kernel_time", "dur": 600, "args": {"op_name": "MatMul"}},
-              {"cat": "Node", "name": "b_kernel_time", "dur": 300, "args": {"op_name": "MatMul"}},
-              {"cat": "Node", "name": "c_kernel_time", "dur": 100, "args": {"op_name": "GroupQueryAttention"}},
-              {"cat": "Node", "name": "c_fence_before", "dur": 5, "args": {"op_name": "GroupQueryAttention"}}]
-    path = tmp_path / "p.json"
-    path.write_text(json.dumps(events))
-    agg = decode_peers.aggregate_profile(str(path))
-    assert agg["runs"] == 2 and agg["op_us"] == {"MatMul": 900.0, "GroupQueryAttention": 100.0}
-    table = decode_peers.profile_table({"tessera": agg, "genai": agg})
-    assert "| MatMul | 0.45 | 0.45 |" in table and "1.10 (2 runs)" in table
+def test_a_worker_past_its_timeout_is_an_error(tmp_path):
+    with pytest.raises(WorkerError, match="no result after 1 s"):
+        run_worker(f"{WORKERS}:sleeps", {"s": 30}, tmp_path, "slow", timeout=1)
 
 
-def test_rounds_merge_best_or_pooled():
-    def result(median, load):
-        iv = [median] * 9
-        return {"runs": {"2": [{"prefill_s": 0.05, "whole_s": 1.0, "estimated": False, "intervals_ms": iv}]},
-                "load_before": [load, 0, 0], "load_after": [load, 0, 0], "peak_rss_mb": 100.0, "graph": {"kind": "x"}}
+# --- environment ----------------------------------------------------------------------------------
+def test_environment_records_versions_and_load():
+    env = environment(("numpy", "no-such-package-xyz"))
+    assert env["versions"]["numpy"] == np.__version__ and env["versions"]["no-such-package-xyz"] == "not installed"
+    assert len(env["load_before"]) == 3 and env["cores"] >= 1
+    assert is_noisy(3.0, 2) and not is_noisy(0.5, 2)
+    assert "git" in versions((), Path(__file__).resolve().parents[1])
 
-    results = [result(30.0, 1.0), result(90.0, 4.0)]
-    best = decode_peers.merge_rounds(results, "best")
-    assert best["stats"]["2"]["median_ms"] == 30.0 and best["stats"]["2"]["round_medians_ms"] == [30.0, 90.0]
-    assert best["loads"] == [[1.0, 1.0], [4.0, 4.0]] and best["graph"] == {"kind": "x"} and "runs" not in best
-    pooled = decode_peers.merge_rounds(results, "pooled")
-    assert pooled["stats"]["2"]["n"] == 18 and pooled["stats"]["2"]["median_ms"] == 60.0
+
+# --- the export cache key -------------------------------------------------------------------------
+def test_cache_key_changes_with_args_sources_and_code(tmp_path):
+    code = tmp_path / "build.py"
+    code.write_text("A = 1\n")
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "tessera.json").write_text('{"name": "a"}')
+    key = cache.cache_key(["--quant", "int4"], [src], [code])
+    assert len(key) == 12 and key == cache.cache_key(["--quant", "int4"], [src], [code])
+    assert key != cache.cache_key(["--quant", "int8"], [src], [code])
+    (src / "tessera.json").write_text('{"name": "b"}')
+    key2 = cache.cache_key(["--quant", "int4"], [src], [code])
+    assert key2 != key
+    code.write_text("A = 2\n")
+    assert cache.cache_key(["--quant", "int4"], [src], [code]) != key2
+
+
+def test_the_cache_key_covers_the_export_stage_sources():
+    files = {p.name for p in cache.export_sources()}
+    assert {"quantize.py", "onnx_builder.py", "model_dir.py"} <= files
+
+
+def test_cached_export_reuses_a_complete_directory_and_names_quant_all_siblings(tmp_path):
+    args = ["--gpt", "GPT-Tiny", "--quant", "all"]
+    base = tmp_path / f"tiny-{cache.cache_key(args)}"
+    for v in cache.QUANT_ALL:
+        d = base.with_name(f"{base.name}-{v}")
+        d.mkdir()
+        (d / "tessera.json").write_text("{}")
+    assert cache.cached_export(tmp_path, "tiny", args, log=lambda *_: pytest.fail("rebuilt")) == base

@@ -2,8 +2,9 @@
 modules (lazy imports inside functions count too), and no import across a layer boundary.
 
     runtime  <-  export  <-  training          models: data only; examples: the runtime only
-        ^          ^
-        +-- cli ---+                           benchmarks: anything, but nothing imports them
+      ^  ^         ^                          bench: the runtime only (tessera bench runs without torch)
+      |  bench     |
+      +-- cli -----+ (and bench)               benchmarks: anything, but nothing imports them
 
 The runtime never imports torch (nor export, training, cli); the export stage never imports the CLI or
 training; `import tessera` imports nothing of its subpackages. Run as a script to print the graph's
@@ -19,17 +20,19 @@ ROOT = Path(__file__).resolve().parents[1]
 # folder -> import name (setup.cfg package_dir); benchmarks are scripts importing each other by bare name
 PACKAGES = {"tessera": "tessera", "runtime": "tessera.runtime", "export": "tessera.export",
             "training": "tessera.training", "cli": "tessera.cli", "models": "tessera.models",
-            "examples": "tessera.examples", "benchmarks": "benchmarks"}
+            "examples": "tessera.examples", "bench": "tessera.bench", "benchmarks": "benchmarks"}
 # layer -> layers (or third-party top-level modules) it must not import
 FORBIDDEN = {
-    "tessera": {"runtime", "export", "training", "cli", "models", "examples", "benchmarks"},
-    "runtime": {"export", "training", "cli", "examples", "benchmarks", "torch", "onnx", "onnxscript",
+    "tessera": {"runtime", "export", "training", "cli", "models", "examples", "bench", "benchmarks"},
+    "runtime": {"export", "training", "cli", "examples", "bench", "benchmarks", "torch", "onnx", "onnxscript",
                 "safetensors"},
-    "export": {"training", "cli", "examples", "benchmarks"},
-    "training": {"cli", "examples", "benchmarks"},
+    "export": {"training", "cli", "examples", "bench", "benchmarks"},
+    "training": {"cli", "examples", "bench", "benchmarks"},
     "cli": {"training", "benchmarks"},
-    "models": {"runtime", "export", "training", "cli", "examples", "benchmarks", "torch"},
-    "examples": {"export", "training", "cli", "benchmarks", "torch"},
+    "models": {"runtime", "export", "training", "cli", "examples", "bench", "benchmarks", "torch"},
+    "examples": {"export", "training", "cli", "bench", "benchmarks", "torch"},
+    "bench": {"export", "training", "cli", "models", "examples", "benchmarks", "torch", "onnx", "onnxscript",
+              "safetensors"},
     "benchmarks": set(),
 }
 # Deprecated re-export shims, each allowed its one edge until the tests that import the old location move
@@ -149,6 +152,8 @@ def test_the_graph_sees_the_layers():
     assert "tessera.export.cli" in edges["tessera.cli.main"]  # the CLI knows the export stage
     assert "benchmarks.bench_timing" in edges["benchmarks.peers_llama"]  # bare sibling imports resolve
     assert "tessera.runtime.errors" in edges["tessera.export.errors"]
+    assert "tessera.bench.run" in edges["tessera.cli.bench"]  # the CLI knows the bench package
+    assert "tessera.bench.protocol" in edges["tessera.bench.run"]
 
 
 def test_no_import_cycles():

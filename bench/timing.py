@@ -1,0 +1,46 @@
+"""Timing of whole generations from per-token timestamps, for any generator (ours or a peer's):
+warm-up, rounds, and a generation cut short after a time budget (its whole time extrapolated)."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+# one(rows, n, max_s) -> (t0, [time each sampled token was ready]): a generation of n tokens for `rows` rows
+Generation = Callable[[int, int, "float | None"], "tuple[float, list[float]]"]
+
+
+class StopGeneration(Exception):
+    """Raised from a per-token hook to end a generation early (warm-up, time budget)."""
+
+
+def should_stop(t0: float, count: int, n: int, max_s: float | None) -> bool:
+    """True once `count` of `n` tokens are done or the generation has run past `max_s` seconds."""
+    return count >= n or (max_s is not None and time.perf_counter() - t0 > max_s)
+
+
+def timed_run(t0: float, stamps: list[float], tokens: int, end: float | None = None) -> dict:
+    """One generation's record from its start and per-token timestamps. A generation cut short
+    extrapolates its whole time from its mean interval (flagged `estimated`)."""
+    if len(stamps) < 2:
+        raise ValueError(f"only {len(stamps)} token timestamps: too few to time a generation")
+    iv = np.diff(stamps)
+    complete = len(stamps) >= tokens
+    whole = (end or stamps[-1]) - t0 if complete else (stamps[0] - t0) + (tokens - 1) * float(iv.mean())
+    return {"prefill_s": stamps[0] - t0, "whole_s": whole, "tokens_timed": len(stamps), "estimated": not complete,
+            "intervals_ms": [round(x, 4) for x in (iv * 1e3).tolist()]}
+
+
+def run_rounds(one: Generation, batches: list[int], warmup: int, rounds: int, tokens: int,
+               max_s: float | None = None) -> dict[str, list[dict]]:
+    """Warm every batch size up with a short generation of `warmup` tokens, then `rounds` whole
+    generations of `tokens` tokens per batch size -> {str(rows): [timed_run, ...]}."""
+    for rows in batches:
+        one(rows, warmup, None)
+    runs: dict[str, list] = {str(r): [] for r in batches}
+    for _ in range(rounds):
+        for rows in batches:
+            t0, stamps = one(rows, tokens, max_s)
+            runs[str(rows)].append(timed_run(t0, stamps, tokens))
+    return runs
