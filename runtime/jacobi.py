@@ -167,14 +167,21 @@ class JacobiDecoder:
             mask = np.ascontiguousarray(np.broadcast_to(causal[length:length + s, :length + s], (r, s, length + s)))
             logits = runner(ids, pos, mask)
             state.calls += 1
-            if guided:
-                logits = apply_guidance(logits, b, scale)
             u = rng.random(per_call * b).reshape(per_call, b)
-            for i in np.flatnonzero(decided < n):
-                a = int(decided[i])
-                e0 = a - length  # entry of image i's last decided token: its logits predict cell a
-                k = int(fed[i]) + 1
-                p = probabilities(logits[i, e0:e0 + k], sampling)
+            # The model's distributions an image needs, in one batch: entries e0 .. e0 + fed of image i
+            # (e0: its last decided token, whose logits predict its first undecided cell).
+            active = np.flatnonzero(decided < n)
+            k = fed[active] + 1
+            ends = np.cumsum(k)
+            img = np.repeat(active, k)
+            entry = np.arange(ends[-1]) - np.repeat(ends - k, k) + np.repeat(decided[active] - length, k)
+            rows_p = logits[img, entry]
+            if guided:
+                rows_p = apply_guidance(np.concatenate([rows_p, logits[img + b, entry]]), img.size, scale)
+            p_all = probabilities(rows_p, sampling)
+            refresh = np.zeros((b, w), bool)
+            for j, i in enumerate(active):
+                a, p = int(decided[i]), p_all[ends[j] - k[j]:ends[j]]
                 d = min(w, n - a)
                 cells, accepted = verify(seq[i, a + 1:a + 1 + d], q[i, :d], p, u[:d, i], u[w, i], bonus=a + d < n)
                 new = a + cells.shape[0]
@@ -184,8 +191,11 @@ class JacobiDecoder:
                 seq[i, a + 1:new + 1] = cells
                 decided[i] = new
                 m = min(w, n - new)  # Jacobi refresh of the drafts after the new frontier
-                q[i, :m] = p[np.minimum(np.arange(new - a, new - a + m), k - 1)]
-                seq[i, new + 1:new + 1 + m] = draw(q[i, :m], u[w + 1:w + 1 + m, i])
+                q[i, :m] = p[np.minimum(np.arange(new - a, new - a + m), k[j] - 1)]
+                refresh[i, :m] = True
+            # New drafts, every image at once: draft j of image i from q[i, j] with its uniform w + 1 + j.
+            picked, slot = np.nonzero(refresh)
+            seq[picked, decided[picked] + 1 + slot] = draw(q[picked, slot], u[w + 1 + slot, picked])
             length = int(decided.min())  # valid for every row: the class token, cells < slowest's newest
             runner.truncate(length)
             yield length
