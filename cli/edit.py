@@ -77,7 +77,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
     options = dict(num_images=args.num, guidance_scale=args.guidance, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                    callback=Progress(args.mode, enabled=not args.quiet),
-                   preview=writer, preview_every=args.preview_every if writer else None)
+                   preview=writer, preview_every=args.preview_every if writer else None,
+                   **({"steps": args.steps} if args.steps is not None else {}))
     t0 = time.perf_counter()
     if args.mode == "inpaint":
         images = pipe.inpaint(image, mask, label, candidates=args.candidates, **options)
@@ -117,6 +118,9 @@ def _common(p: argparse.ArgumentParser, candidates: bool, defaults) -> None:
         p.add_argument("--candidates", type=int, default=4,
                        help="draws per result, >= 1: the one most consistent with the kept cells after the hole wins")
     p.add_argument("--seed", type=int, default=0, help="same seed, same results, on every provider")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help="any-order models: transformer calls for the regenerated cells (every kept cell is context, "
+                        "no candidates needed; default: the model's, else 8)")
     add_sampling_arguments(p, defaults, guidance_note=", and without --class")
     p.add_argument("-o", "--out", default="edited.png",
                    help="output image file (several results: OUT-000.png ... unless --sheet; an existing "

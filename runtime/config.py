@@ -25,8 +25,9 @@ from .sampling import SamplingConfig, image_seeds
 # `Pipeline.load(..., memory_budget=BYTES)` or `pipe.memory_budget = BYTES` (None: no check).
 DEFAULT_MEMORY_BUDGET = 4 << 30
 # Decoding strategies (runtime/decoding.py) and the Jacobi decoder's drafts per call when unset.
-DECODERS = ("sequential", "parallel", "jacobi")
+DECODERS = ("sequential", "parallel", "jacobi", "anyorder")
 DEFAULT_JACOBI_WINDOW = 4
+DEFAULT_ANYORDER_STEPS = 8  # transformer calls per grid when neither the call nor the model names `steps`
 
 
 def _is_int(v) -> bool:
@@ -76,6 +77,9 @@ class GenerationConfig:
             set, "jacobi" when `jacobi_window` is set, else "sequential".
         jacobi_window: draft tokens per image per call for speculative Jacobi decoding
             (runtime/jacobi.py), an integer >= 1; None: DEFAULT_JACOBI_WINDOW.
+        steps: transformer calls per grid for the any-order decoder (runtime/anyorder.py), an
+            integer in 1..cells; None: the model's default (generation_defaults.steps), else
+            DEFAULT_ANYORDER_STEPS. Any-order models use that decoder by default.
     """
 
     guidance_scale: float | None = None
@@ -88,10 +92,11 @@ class GenerationConfig:
     grid: int | tuple[int, int] | None = None
     decoder: str | None = None
     jacobi_window: int | None = None
+    steps: int | None = None
     resolved: bool = field(default=False, repr=False, compare=False)
 
     FIELDS = ("guidance_scale", "temperature", "top_k", "top_p", "seed", "num_images_per_class",
-              "parallel_window", "grid", "decoder", "jacobi_window")
+              "parallel_window", "grid", "decoder", "jacobi_window", "steps")
 
     @classmethod
     def from_options(cls, config: "GenerationConfig | None" = None, **options) -> "GenerationConfig":
@@ -139,8 +144,14 @@ class GenerationConfig:
                                     f"got {seed!r}")
         grid = self._grid(rope_grid, trained_grid)
         decoder, jacobi_window = self._decoder(window)
+        steps = None
+        if decoder == "anyorder":
+            steps, note = pick("steps", DEFAULT_ANYORDER_STEPS)
+            steps = check_int("steps", steps, 1, grid[0] * grid[1], note=" (transformer calls per grid)" + note)
+        elif self.steps is not None:
+            raise InvalidInputError(f"steps is an option of the anyorder decoder (any-order models), not of {decoder!r}")
         return GenerationConfig(g, t, k, p, seed, n, window, grid, decoder=decoder, jacobi_window=jacobi_window,
-                                resolved=True)
+                                steps=steps, resolved=True)
 
     def _decoder(self, parallel_window: int | None) -> tuple[str, int | None]:
         """The decoder's name and the Jacobi window; a window given to another decoder is an error."""
@@ -222,4 +233,5 @@ def check_budget(what: str, images: int, guided: bool, grid: tuple[int, int], tr
             "Pipeline.load(..., memory_budget=BYTES) / pipe.memory_budget = BYTES (None: no check)")
 
 
-__all__ = ["GenerationConfig", "DEFAULT_MEMORY_BUDGET", "DECODERS", "DEFAULT_JACOBI_WINDOW", "memory_estimate", "check_budget", "check_int", "check_real"]
+__all__ = ["GenerationConfig", "DEFAULT_MEMORY_BUDGET", "DECODERS", "DEFAULT_JACOBI_WINDOW", "DEFAULT_ANYORDER_STEPS",
+           "memory_estimate", "check_budget", "check_int", "check_real"]

@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from .anyorder import AnyOrderDecoder, complete_any_order, query_token
 from .compat import check_loadable, disabled_optimizers
 from .config import DEFAULT_MEMORY_BUDGET, GenerationConfig, check_budget, check_int
 from .decoding import DecodeRequest, result_of, run_steps
@@ -35,6 +36,7 @@ from .provider_fit import warn_if_unsuited
 from .results import CancelToken, GenerationCancelled, GenerationResult, Step, StepCallback
 from .runners import RunnerPool
 from .sampling import ImageStreams
+from .schedule import cosine_counts
 from .self_test import verify as verify_self_test
 from .session import active_provider, open_session, ort_version
 from .tokenizer import ImageTokenizer
@@ -223,14 +225,18 @@ class Pipeline:
                                                              and class_labels.ndim > 0)
         count = len(class_labels) if listed else 1  # the labels are checked after the budget
         n = cfg.grid[0] * cfg.grid[1]
-        queries = {"parallel": cfg.grid[0], "jacobi": min(n, 2 * (cfg.jacobi_window or 0) + 2)}.get(cfg.decoder, 1)
+        queries = {"parallel": cfg.grid[0], "jacobi": min(n, 2 * (cfg.jacobi_window or 0) + 2),
+                   "anyorder": 2 * max(cosine_counts(n, cfg.steps or 1))}.get(cfg.decoder, 1)
         check_budget("generate", count * cfg.num_images_per_class, cfg.guided, cfg.grid, self.manifest.transformer,
                      self.layout.vocab_size, self.memory_budget, queries)
         labels = self.labels(class_labels, cfg.num_images_per_class)
         seeds = cfg.seeds(labels.shape[0])
         request = DecodeRequest(labels, cfg.grid, cfg.guidance_scale, cfg.sampling, ImageStreams(seeds, n))
+        if cfg.decoder == "anyorder":
+            query_token(self.layout)  # a raster model: one line saying it has no position query
         decoder = ParallelDecoder(cfg.parallel_window) if cfg.decoder == "parallel" else \
-            JacobiDecoder(cfg.jacobi_window) if cfg.decoder == "jacobi" else SequentialDecoder()
+            JacobiDecoder(cfg.jacobi_window) if cfg.decoder == "jacobi" else \
+            AnyOrderDecoder(cfg.steps) if cfg.decoder == "anyorder" else SequentialDecoder()
         return cfg, request, decoder
 
     # --- the core: borrow a runner, run a decoder ---------------------------------------------
@@ -366,7 +372,7 @@ class Pipeline:
                  parallel_window: int | None = None, grid: int | tuple[int, int] | None = None,
                  preview=None, preview_every: int | str | None = None, *, cancel: CancelToken | None = None,
                  return_result: bool = False, decoder: str | None = None,
-                 jacobi_window: int | None = None) -> list[Image.Image] | GenerationResult:
+                 jacobi_window: int | None = None, steps: int | None = None) -> list[Image.Image] | GenerationResult:
         """Class labels -> one PIL image per label (x num_images_per_class), label-major.
 
         Args:
@@ -383,13 +389,15 @@ class Pipeline:
             return_result: return the `GenerationResult` instead of the image list.
             decoder, jacobi_window: "sequential", "parallel" or "jacobi" (speculative Jacobi,
                 `jacobi_window` drafts per call); see `GenerationConfig`.
+            steps: transformer calls per image for the "anyorder" decoder (any-order models' default).
 
         The same seed gives the same images on every provider.
         """
         result = self.run(class_labels, callback=callback, cancel=cancel, preview=preview,
                           preview_every=preview_every, guidance_scale=guidance_scale, temperature=temperature,
                           top_k=top_k, top_p=top_p, seed=seed, num_images_per_class=num_images_per_class,
-                          parallel_window=parallel_window, grid=grid, decoder=decoder, jacobi_window=jacobi_window)
+                          parallel_window=parallel_window, grid=grid, decoder=decoder, jacobi_window=jacobi_window,
+                          steps=steps)
         return result if return_result else result.images
 
     __call__ = generate
@@ -489,7 +497,7 @@ class Pipeline:
         cfg = self.config(**sampling)
         self._check_callback(callback)
         label = None if class_label is None else self.manifest.class_id(class_label)
-        k = draws_per_image(regen, candidates, num_images)
+        k = self._draws_per_image(regen, candidates, num_images)
         rows = int(num_images) * k
         check_budget("edit", rows, cfg.guided and label is not None, self.grid, self.manifest.transformer,
                      self.layout.vocab_size, self.memory_budget)
@@ -507,14 +515,48 @@ class Pipeline:
         elif preview_every is not None:
             with_preview(self.tokenizer, self.grid, None, preview_every)  # a clear error for a bad value
         with self._session(cancel) as (runner, stop):
-            result = complete_tokens(runner, self.layout, self.grid, source, regen, label, cfg.guidance_scale,
-                                     cfg.sampling, seeds, num_images, k, callback, stop)
+            result = self._complete(runner, source, regen, label, cfg, seeds, num_images, k, callback, stop)
         result.images = self.decode(result.tokens)
         if canvas is not None:
             result.canvas = Image.fromarray(canvas)
         return result if return_result else result.images
 
 
+    def _draws_per_image(self, regen, candidates, num_images) -> int:
+        return draws_per_image(regen, candidates, num_images)
+
+    def _complete(self, runner, source, regen, label, cfg: GenerationConfig, seeds, num_images, k, callback, stop):
+        """The edit on tokens: sequential draws with the kept cells forced, reranked (runtime/editing.py)."""
+        return complete_tokens(runner, self.layout, self.grid, source, regen, label, cfg.guidance_scale,
+                               cfg.sampling, seeds, num_images, k, callback, stop)
+
+
+class AnyOrderPipeline(Pipeline):
+    """An any-order model (family anyorder-c2i): the any-order decoder by default (runtime/anyorder.py,
+    `steps` calls per grid) and edits that take every kept cell as context, one draw per image.
+    It was not trained in raster order, so the raster decoders are refused."""
+
+    _EDIT_SAMPLING = Pipeline._EDIT_SAMPLING + ("steps",)
+
+    def config(self, config: GenerationConfig | None = None, **options) -> GenerationConfig:
+        cfg = GenerationConfig.from_options(config, **options)
+        if not cfg.resolved and cfg.decoder is None and cfg.parallel_window is None and cfg.jacobi_window is None:
+            cfg = GenerationConfig.from_options(cfg, decoder="anyorder")
+        cfg = super().config(cfg)
+        if cfg.decoder != "anyorder":
+            raise InvalidInputError(f"this model was trained for any-order decoding, not raster order: decoder "
+                                    f"{cfg.decoder!r} would give garbage; use the anyorder decoder (steps=N)")
+        return cfg
+
+    def _draws_per_image(self, regen, candidates, num_images) -> int:
+        draws_per_image(regen, candidates, num_images)  # the same checks; every kept cell is context: one draw
+        return 1
+
+    def _complete(self, runner, source, regen, label, cfg: GenerationConfig, seeds, num_images, k, callback, stop):
+        return complete_any_order(runner, self.layout, self.grid, source, regen, label, cfg.guidance_scale,
+                                  cfg.sampling, seeds, num_images, cfg.steps, callback=callback, cancel=stop)
+
+
 # Which pipeline runs each model family the manifest names (spec.FAMILIES lists those it accepts).
-# A new family (text-conditioned, any-order ...) registers its own subclass here.
-PIPELINES: dict[str, type[Pipeline]] = {"llamagen-c2i": Pipeline}
+# A new family (text-conditioned ...) registers its own subclass here.
+PIPELINES: dict[str, type[Pipeline]] = {"llamagen-c2i": Pipeline, "anyorder-c2i": AnyOrderPipeline}

@@ -84,4 +84,16 @@ def plan(height: int, width: int, steps: int, order: str = "locality",
     return out
 
 
-__all__ = ["ORDERS", "cosine_counts", "plan"]
+def image_plans(grid: tuple[int, int], steps: int, order: str, seeds, decided: np.ndarray | None = None
+                ) -> list[np.ndarray]:
+    """One plan per image, stacked per step: `[B, count_t]` cell indices for each step t. Image i's
+    order comes from its own seed (a stream apart from its sampling draws), so an image plans the
+    same alone or in a batch; every image decides the same number of cells per step."""
+    h, w = grid
+    plans = [plan(h, w, steps, order, np.random.default_rng([int(s), PLAN_STREAM]), decided) for s in seeds]
+    return [np.stack([p[t] for p in plans]) for t in range(len(plans[0]))]
+
+
+PLAN_STREAM = 0x5C4ED  # second word of an image's plan seed: (seed, PLAN_STREAM)
+
+__all__ = ["ORDERS", "cosine_counts", "plan", "image_plans"]

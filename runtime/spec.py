@@ -22,7 +22,8 @@ from .errors import InvalidInputError, ModelDirectoryError
 MANIFEST_NAME = "tessera.json"
 FORMAT = "tessera-model"
 FORMAT_VERSION = 1
-FAMILIES = ("llamagen-c2i",)  # what this runtime knows how to run
+FAMILIES = ("llamagen-c2i", "anyorder-c2i")  # what this runtime knows how to run
+ANY_ORDER_FAMILY = "anyorder-c2i"  # LlamaGen c2i + a position query: cells in any order (runtime/anyorder.py)
 CONDITIONING_KINDS = ("class",)
 GRAPH_KINDS = ("fused", "portable")
 KV_CACHE_MODES = ("shared-buffer", "concat")
@@ -50,6 +51,7 @@ class TokenLayout:
     class_token_offset: int  # class c is fed as class_token_offset + c
     null_class_id: int
     rope_grid: int  # cell (row, col) has position id 1 + row * rope_grid + col; the class has 0
+    query_token_id: int | None = None  # any-order models: the position query (after the null class)
 
     def class_ids(self, labels):
         return labels + self.class_token_offset
@@ -241,6 +243,10 @@ _TOKEN_LAYOUT_NOTES = {
     "attention_mask": "bool [batch, sequence, past + sequence], True = may attend",
     "sequence": "class token, then image tokens in raster order; the token at cell j predicts cell j+1",
 }
+_ANY_ORDER_NOTES = {
+    "sequence": "class token, then image tokens in any order at their cells' positions; a query_token_id "
+                "at a cell's position predicts that cell and is never context (runtime/anyorder.py)",
+}
 _KNOWN_TOP = ("format", "format_version", "name", "description", "family", "conditioning", "transformer",
               "tokenizer", "image", "grid", "classes", "token_layout", "graphs", "weights", "generation_defaults",
               "files")
@@ -311,7 +317,9 @@ class ModelSpec:
             "token_layout": {"vocab_size": self.layout.vocab_size, "class_token_offset": self.layout.class_token_offset,
                              **{k: v for k, v in _TOKEN_LAYOUT_NOTES.items() if k != "cell_position_id"},
                              "rope_grid": self.layout.rope_grid,
-                             "cell_position_id": _TOKEN_LAYOUT_NOTES["cell_position_id"]},
+                             "cell_position_id": _TOKEN_LAYOUT_NOTES["cell_position_id"],
+                             **({"query_token_id": self.layout.query_token_id, **_ANY_ORDER_NOTES}
+                                if self.layout.query_token_id is not None else {})},
             "graphs": {g.name: g.to_dict() for g in self.graphs},
             "weights": dict(self.weights),
             "generation_defaults": self.generation.to_dict(),
@@ -447,7 +455,7 @@ class _Reader:
         g = data["grid"]
         grid = (self.integer(g, "grid", "height", 1, MAX_GRID), self.integer(g, "grid", "width", 1, MAX_GRID))
         classes = self.classes(data["classes"], t)
-        layout = self.token_layout(data["token_layout"], t, classes)
+        layout = self.token_layout(data["token_layout"], t, classes, family)
         graphs = self.graphs(data["graphs"], t)
         files = self.files(data["files"])
         weights = self.weights(data)
@@ -540,7 +548,8 @@ class _Reader:
                                                       f"row the exporter gives the null class, got {null}")
         return ClassesSpec(names=names, null_class_id=null)
 
-    def token_layout(self, s: dict, t: TransformerSpec, classes: ClassesSpec) -> TokenLayout:
+    def token_layout(self, s: dict, t: TransformerSpec, classes: ClassesSpec, family: str = FAMILIES[0]
+                     ) -> TokenLayout:
         p = "token_layout"
         vocab = self.integer(s, p, "vocab_size", 1, MAX_VOCAB)
         if vocab != t.vocab_size:
@@ -555,7 +564,19 @@ class _Reader:
         position = s.get("class_position_id", 0)
         if position != 0 or not _is_int(position):
             raise self.error(f"{p}.class_position_id", f"must be 0, got {_show(position)}")
-        return TokenLayout(vocab, offset, classes.null_class_id, rope)
+        order = t.extra.get("order", "raster")
+        if order != ("any" if family == ANY_ORDER_FAMILY else "raster"):
+            raise self.mismatch("transformer.order", f"is {_show(order)} but the family is {family}: "
+                                                     f"an {ANY_ORDER_FAMILY} model has order 'any', others 'raster'")
+        query = None
+        if family == ANY_ORDER_FAMILY:  # the query row follows the null class in the embedding table
+            query = self.integer(s, p, "query_token_id", 0, 2 * MAX_VOCAB)
+            if query != offset + classes.null_class_id + 1:
+                raise self.mismatch(f"{p}.query_token_id", f"must be class_token_offset + null_class_id + 1 "
+                                                           f"({offset + classes.null_class_id + 1}), got {query}")
+        elif "query_token_id" in s:
+            raise self.error(f"{p}.query_token_id", f"is only valid for family {ANY_ORDER_FAMILY}")
+        return TokenLayout(vocab, offset, classes.null_class_id, rope, query)
 
     def graphs(self, s: dict, t: TransformerSpec) -> tuple[GraphSpec, ...]:
         for required in ("transformer", "tokenizer_decoder"):
