@@ -53,7 +53,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     images = pipe.generate(args.classes, guidance_scale=args.guidance, temperature=args.temperature,
                            top_k=args.top_k, top_p=args.top_p, seed=args.seed, num_images_per_class=args.num,
                            callback=progress, parallel_window=args.parallel_window, grid=args.grid_size,
-                           decoder=args.decoder, jacobi_window=args.jacobi_window)
+                           decoder=args.decoder, jacobi_window=args.jacobi_window, steps=args.steps)
     elapsed = time.perf_counter() - t0
     names = pipe.class_names
     check_pixels(images[0].width * args.scale, images[0].height * args.scale, len(images) if sheet else 1)
@@ -216,10 +216,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     g.add_argument("--parallel-window", type=int, metavar="W",
                    help="decode image rows in parallel, each W tokens behind the row above (fewer steps; "
                         "default: off, one token per step)")
-    g.add_argument("--decoder", choices=["sequential", "parallel", "jacobi"],
-                   help="decoding strategy: one token per step, ZipAR rows (--parallel-window), or speculative "
-                        "Jacobi (drafts verified in one step, the model's distribution kept; default: parallel "
+    g.add_argument("--decoder", choices=["sequential", "parallel", "jacobi", "anyorder"],
+                   help="decoding strategy: one token per step, ZipAR rows (--parallel-window), speculative "
+                        "Jacobi (drafts verified in one step, the model's distribution kept), or anyorder (any-order "
+                        "models only: --steps calls per image; default: anyorder for an any-order model, parallel "
                         "with --parallel-window, jacobi with --jacobi-window, else sequential)")
+    g.add_argument("--steps", type=int, metavar="N",
+                   help="any-order models: transformer calls per image, 1..cells (default: the model's, else 8)")
     g.add_argument("--jacobi-window", type=int, metavar="W",
                    help="speculative Jacobi decoding with W draft tokens per step (default with --decoder jacobi: 4)")
     g.add_argument("--grid-size", type=int, metavar="N",

@@ -22,8 +22,8 @@ from safetensors.torch import save_file
 from tessera.runtime.compat import OLDEST_TESTED, fused_form, multi_query
 from tessera.runtime.errors import InvalidInputError, ModelDirectoryError
 from tessera.runtime.manifest import FORMAT, MANIFEST_NAME, is_plain_file_name, sha256_file
-from tessera.runtime.spec import (ClassesSpec, FileEntry, GraphIO, ImageSpec, ModelSpec, TokenLayout,
-                                  generation_defaults, graph_spec, tokenizer_spec, transformer_spec)
+from tessera.runtime.spec import (ANY_ORDER_FAMILY, ClassesSpec, FileEntry, GraphIO, ImageSpec, ModelSpec,
+                                  TokenLayout, generation_defaults, graph_spec, tokenizer_spec, transformer_spec)
 
 from . import parity
 from .config import GPTConfig, VQConfig
@@ -311,7 +311,8 @@ def _manifest(gpt: GPT, vq: VQModel, spec: ExportSpec, parity_report: dict, file
         entries.update({name: {**graphs[name], "inputs": ins, "outputs": outs}
                         for name, (ins, outs) in tokenizer_io.items()})
         model = ModelSpec(
-            name=spec.name, description=spec.description, family="llamagen-c2i", conditioning="class",
+            name=spec.name, description=spec.description, conditioning="class",
+            family=ANY_ORDER_FAMILY if g.order == "any" else "llamagen-c2i",
             transformer=transformer,
             tokenizer=tokenizer_spec({**v.to_dict(), "downsample": v.downsample, "grid": v.grid,
                                       "parameters": vq.num_params()}),
@@ -319,7 +320,7 @@ def _manifest(gpt: GPT, vq: VQModel, spec: ExportSpec, parity_report: dict, file
             grid=(g.grid, g.grid),
             classes=ClassesSpec(names=tuple(spec.class_names), null_class_id=g.null_class),
             layout=TokenLayout(vocab_size=g.vocab_size, class_token_offset=g.vocab_size,
-                               null_class_id=g.null_class, rope_grid=g.rope_grid),
+                               null_class_id=g.null_class, rope_grid=g.rope_grid, query_token_id=g.query_token),
             graphs=tuple(graph_spec(name, entry, transformer) for name, entry in entries.items()),
             files={name: FileEntry(meta["sha256"], meta["bytes"]) for name, meta in files.items()},
             weights=dict(WEIGHT_FILES) if spec.include_weights else {},
