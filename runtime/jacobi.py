@@ -146,7 +146,7 @@ class JacobiDecoder:
         ids_of: dict[int, np.ndarray] = {}  # call width -> ids buffer
         runner.start(r, n + 1)
         stats = state.stats
-        stats.update(drafts_verified=0, drafts_accepted=0)
+        stats.update(drafts_verified=0, drafts_accepted=0, image_calls=0)  # image_calls: summed over images
         length = 0  # cached sequence entries, the same for every row
         state.mark("prefill")
         while True:
@@ -193,6 +193,8 @@ class JacobiDecoder:
                 m = min(w, n - new)  # Jacobi refresh of the drafts after the new frontier
                 q[i, :m] = p[np.minimum(np.arange(new - a, new - a + m), k[j] - 1)]
                 refresh[i, :m] = True
+                if new == n:  # the calls this image needed: the same alone (its draws are its own)
+                    stats["image_calls"] += state.calls
             # New drafts, every image at once: draft j of image i from q[i, j] with its uniform w + 1 + j.
             picked, slot = np.nonzero(refresh)
             seq[picked, decided[picked] + 1 + slot] = draw(q[picked, slot], u[w + 1 + slot, picked])

@@ -1,0 +1,202 @@
+"""Speculative Jacobi decoding vs sequential on the shipped raster default: quality, calls, acceptance, time.
+
+    python benchmarks/jacobi.py                      # 30 images per class, windows 2 4 8 (~6 min on 2 cores)
+    python benchmarks/jacobi.py --per-class 10 --windows 4
+
+Quality (conditional accuracy, Fréchet distance from the held-out digit classifier of
+benchmarks/eval_default.py) for sequential decoding at three seeds (their spread is the sampling
+noise floor) and Jacobi decoding per window, at the model's default sampling, one class per
+batch. These runs use the default re-exported in the fused graph's 1.32 form (same weights;
+multi-query calls batched); the latency table shows both forms give the same tokens.
+Calls per image: the calls each image needed (its own pace, the same alone or in a batch);
+calls per batch: the batch's calls (its slowest image). Acceptance: accepted drafts / verified.
+Writes benchmarks/results/jacobi.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+FORM_132 = HERE / ".cache" / "jacobi" / "default-1.32"
+SEQ_SEEDS = (0, 1000, 2000)
+REPEATS = 3  # timings: best of three
+
+
+def ensure_132() -> Path:
+    """The shipped default re-exported for onnxruntime 1.32 (GroupQueryAttention with query_seqlens)."""
+    if not (FORM_132 / "tessera.json").is_file():
+        from tessera.models import default_model_dir
+
+        FORM_132.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "tessera.cli", "export", "--from", str(default_model_dir()),
+                        "--target-onnxruntime", "1.32", "--out", str(FORM_132), "--overwrite", "-q"], check=True)
+    return FORM_132
+
+
+def settings(windows) -> list[dict]:
+    return [{}] + [dict(decoder="jacobi", jacobi_window=w) for w in windows]
+
+
+def name(opts: dict) -> str:
+    return f"jacobi, window {opts['jacobi_window']}" if opts else "sequential"
+
+
+def generate_fn(pipe, opts: dict, batch: int):
+    """`generate_fn(labels, seed) -> images [N, 3, 28, 28]` (eval_default's interface), counting calls."""
+    import torch
+
+    stats = {"images": 0, "batches": 0, "calls": 0, "image_calls": 0, "drafts_verified": 0, "drafts_accepted": 0}
+
+    def generate(labels, seed):
+        labels = np.asarray(labels)
+        out = []
+        for i in range(0, len(labels), batch):
+            r = pipe.run(labels[i:i + batch].tolist(), seed=seed + i, decode_images=False, **opts)
+            stats["images"] += len(r.labels)
+            stats["batches"] += 1
+            stats["calls"] += r.calls
+            stats["image_calls"] += r.stats.get("image_calls", r.calls * len(r.labels))
+            for k in ("drafts_verified", "drafts_accepted"):
+                stats[k] += r.stats.get(k, 0)
+            out.append(pipe.tokenizer.decode(r.tokens))
+        return torch.from_numpy(np.concatenate(out)).clamp(-1, 1)
+
+    return generate, stats
+
+
+def quality_rows(windows, per_class: int) -> list[dict]:
+    from eval_default import evaluate_generator
+
+    from tessera.runtime import Pipeline
+    from tessera.training.data import mnist_split
+    from tessera.training.digit_classifier import get_classifier
+
+    pipe = Pipeline.load(ensure_132(), providers="cpu", threads=2)
+    data = mnist_split()
+    clf = get_classifier(None, data)  # cached under ~/.cache/tessera
+    rows = []
+    runs = [({}, s) for s in SEQ_SEEDS] + [(o, 0) for o in settings(windows)[1:]]
+    for opts, seed in runs:
+        gen, st = generate_fn(pipe, opts, per_class)
+        m = evaluate_generator(gen, data, clf, per_class=per_class, seed=seed)
+        rows.append({"name": name(opts), "seed": seed, "accuracy": m["accuracy"], "frechet": m["frechet_distance"],
+                     "calls_per_image": st["image_calls"] / st["images"], "calls_per_batch": st["calls"] / st["batches"],
+                     "acceptance": st["drafts_accepted"] / st["drafts_verified"] if st["drafts_verified"] else None,
+                     "seconds_per_image": m["generation_time_s"] / m["n_images"]})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def latency_rows(windows) -> list[dict]:
+    """One image per call (batch 1, guidance = 2 rows), one per class, on both fused forms."""
+    from tessera.runtime import Pipeline
+
+    rows, reference = [], {}
+    for form, model in (("1.22 (shipped)", None), ("1.32", ensure_132())):
+        pipe = Pipeline.load(model, providers="cpu", threads=2)
+        pipe.run([0], decode_images=False)  # warm up
+        for opts in settings(windows):
+            times, calls, tokens = [], [], []
+            for c in range(10):
+                best = np.inf
+                for _ in range(REPEATS):  # best of REPEATS: the machine is shared
+                    t0 = time.perf_counter()
+                    r = pipe.run([c], seed=c, decode_images=False, **opts)
+                    best = min(best, time.perf_counter() - t0)
+                times.append(best)
+                calls.append(r.calls)
+                tokens.append(r.tokens)
+            tokens = np.concatenate(tokens)
+            same = int((tokens == reference.setdefault(name(opts), tokens)).all(axis=(1, 2)).sum())
+            rows.append({"form": form, "name": name(opts), "calls_per_image": float(np.mean(calls)),
+                         "seconds_per_image": float(np.median(times)), "same_tokens": same})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def batch_rows(windows, batch: int) -> list[dict]:
+    """One batch of `batch` images (mixed classes) on the shipped 1.22 form."""
+    from tessera.runtime import Pipeline
+
+    pipe = Pipeline.load(providers="cpu", threads=2)
+    labels = [c % 10 for c in range(batch)]
+    rows = []
+    for opts in settings(windows):
+        best = np.inf
+        for _ in range(REPEATS):
+            t0 = time.perf_counter()
+            r = pipe.run(labels, seed=0, decode_images=False, **opts)
+            best = min(best, time.perf_counter() - t0)
+        rows.append({"name": name(opts), "calls_per_batch": r.calls, "seconds_per_image": best / batch})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--per-class", type=int, default=30)
+    ap.add_argument("--windows", type=int, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--out", default=str(HERE / "results" / "jacobi.md"))
+    args = ap.parse_args(argv)
+    command = "python benchmarks/jacobi.py" + (f" --per-class {args.per_class}" if args.per_class != 30 else "") \
+        + (f" --windows {' '.join(map(str, args.windows))}" if args.windows != [2, 4, 8] else "")
+    load0, t_start = os.getloadavg()[0], time.perf_counter()
+    quality = quality_rows(args.windows, args.per_class)
+    latency = latency_rows(args.windows)
+    batched = batch_rows(args.windows, args.per_class)
+
+    seq = [r for r in quality if r["name"] == "sequential"]
+    acc, fid = np.array([r["accuracy"] for r in seq]), np.array([r["frechet"] for r in seq])
+    out = ["# Speculative Jacobi decoding vs sequential (shipped raster default, 7x7 tokens)", "",
+           f"`{command}` — {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
+           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, 2 threads, load average "
+           f"{load0:.1f} at start, {os.getloadavg()[0]:.1f} at end ({time.perf_counter() - t_start:.0f} s)", "",
+           f"## Quality, calls, acceptance ({args.per_class} images per class, default sampling: guidance 3, "
+           "temperature 1)", "",
+           "Accuracy and Fréchet distance from the held-out digit classifier (benchmarks/eval_default.py). "
+           f"Noise floor: sequential at seeds {', '.join(map(str, SEQ_SEEDS))} — accuracy "
+           f"{acc.mean():.1%} ± {acc.std(ddof=1):.1%} (range {acc.min():.1%}–{acc.max():.1%}), Fréchet "
+           f"{fid.mean():.1f} ± {fid.std(ddof=1):.1f} (range {fid.min():.1f}–{fid.max():.1f}) (mean ± std). "
+           "Run on the default re-exported in the 1.32 form (same weights); one class per batch.", "",
+           "| decoding | seed | accuracy | Fréchet dist. | calls / image | fewer calls | calls / batch | acceptance "
+           "| s / image (batch, one run) |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in quality:
+        acc_rate = "–" if r["acceptance"] is None else f"{r['acceptance']:.1%}"
+        out.append(f"| {r['name']} | {r['seed']} | {r['accuracy']:.1%} | {r['frechet']:.1f} | "
+                   f"{r['calls_per_image']:.1f} | {49 / r['calls_per_image']:.2f}x | {r['calls_per_batch']:.1f} | "
+                   f"{acc_rate} | {r['seconds_per_image']:.3f} |")
+    out += ["", "## Latency: one image per call (batch 1 with guidance = 2 rows), 10 images, one per class", "",
+            "Median over the images of each image's best of three runs. On the 1.22 form (the shipped default) the runner runs a call's "
+            "queries one at a time (runtime/compat.py); the 1.32 form runs them in one session run. "
+            "'same tokens': images whose tokens equal the 1.22 form's for the same setting.", "",
+            "| form | decoding | calls / image | s / image | vs sequential | same tokens |", "|---|---|---|---|---|---|"]
+    base = {r["form"]: r["seconds_per_image"] for r in latency if r["name"] == "sequential"}
+    for r in latency:
+        out.append(f"| {r['form']} | {r['name']} | {r['calls_per_image']:.1f} | {r['seconds_per_image']:.4f} | "
+                   f"{base[r['form']] / r['seconds_per_image']:.2f}x | {r['same_tokens']}/10 |")
+    out += ["", f"## Throughput: one batch of {args.per_class} images (mixed classes), shipped 1.22 form", "",
+            "Best of three runs.", "",
+            "| decoding | calls / batch | s / image | vs sequential |", "|---|---|---|---|"]
+    b0 = batched[0]["seconds_per_image"]
+    for r in batched:
+        out.append(f"| {r['name']} | {r['calls_per_batch']} | {r['seconds_per_image']:.4f} | "
+                   f"{b0 / r['seconds_per_image']:.2f}x |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(out) + "\n")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
