@@ -28,7 +28,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from e
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = _torch_load(path)
     except Exception as e:
         raise CheckpointError(
             f"{path} could not be loaded with weights_only=True ({type(e).__name__}: {e}). "
@@ -42,6 +42,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} holds no state dict (expected tensors under {_NESTED_KEYS} or top level)")
     return obj
+
+
+def _torch_load(path: Path):
+    """Memory-mapped where the file allows it (torch's zip format): tensors stay in the page cache
+    until used, and `load_strict` hands them to the model without a second copy (export peak memory)."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):  # a legacy (pre-zip) file cannot be mapped: read it whole
+            raise
+        return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str = "model",
@@ -64,4 +75,6 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str = "m
                 lines.append(f"  {title} ({len(items)}): " + "; ".join(shown))
         lines.append("  Check the preset / config (dimensions, vocab, classes) against the checkpoint.")
         raise CheckpointError("\n".join(lines))
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+    # assign: the model takes the checkpoint's tensors (converted only where the dtype differs)
+    # instead of copying them into its freshly initialised ones, which are freed one by one.
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False, assign=True)

@@ -283,6 +283,7 @@ def run(args: argparse.Namespace, progress=None) -> Path:
                       include_weights=args.include_weights or keep_weights,
                       extra_files=extras + [Path(f) for f in args.extra],
                       overwrite=args.overwrite, graph=args.graph, target_onnxruntime=args.target_onnxruntime,
+                      release_weights=True,  # the command is done with its models once they are exported
                       external_data_threshold=None if args.external_data_threshold is None
                       else int(args.external_data_threshold))
     t0 = time.perf_counter()

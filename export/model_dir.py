@@ -11,7 +11,7 @@ import signal
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -58,6 +58,10 @@ class ExportSpec:
     # Graphs whose tensors pass this many bytes keep them in `<graph>.onnx.data` (None: the
     # $TESSERA_EXTERNAL_DATA_THRESHOLD environment variable, else 16 MiB: memory-mapped weights).
     external_data_threshold: int | None = None
+    # Free the PyTorch weights once the graphs, the weight files and the parity references are made
+    # (export peak memory: the torch model and the graph's onnxruntime copy are never held together).
+    # The models are unusable afterwards: only a caller that is done with them (the CLI) sets this.
+    release_weights: bool = False
 
 
 def package_version() -> str:
@@ -122,11 +126,12 @@ def record_self_test(root: Path, precision: str) -> dict:
     return self_test.record(run, manifest.layout, manifest.grid, precision)
 
 
-def check_finite_weights(gpt: GPT, vq: VQModel) -> None:
+def check_finite_weights(model: torch.nn.Module, what: str) -> None:
     """A NaN or infinite weight makes every image garbage, and a NaN parity error compares false
-    against its bound: refuse it before any work, naming the tensors."""
-    bad = [f"{what}.{name}" for what, model in (("transformer", gpt), ("tokenizer", vq))
-           for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    against its bound: refuse it, naming the tensors. Reading a mapped checkpoint brings it into
+    memory, so each model is checked just before its own export (never both resident at once)."""
+    bad = [f"{what}.{name}" for name, t in model.state_dict().items()
+           if t.is_floating_point() and not t.is_meta and not torch.isfinite(t).all()]  # meta: released, checked
     if bad:
         raise ExportError(f"{len(bad)} weight tensor(s) hold NaN or infinite values ({', '.join(bad[:4])}"
                           f"{' ...' if len(bad) > 4 else ''}); the checkpoint is corrupt or diverged in training")
@@ -335,18 +340,33 @@ def _manifest(gpt: GPT, vq: VQModel, spec: ExportSpec, parity_report: dict, file
     return data
 
 
-def _parity(gpt: GPT, vq: VQModel, tmp: Path, precision: str, transformer_facts: dict) -> dict:
-    sizes = parity.QUANT_PARITY if precision != "fp32" else {}
+def _parity(refs: parity.References, tmp: Path, precision: str, transformer_facts: dict) -> dict:
     report = {
         "precision": precision,
-        "transformer": parity.transformer_parity(gpt, tmp / GRAPH_FILES["transformer"], **sizes,
+        "transformer": parity.transformer_parity(refs.transformer(precision), tmp / GRAPH_FILES["transformer"],
                                                  multi_query=multi_query(transformer_facts)),
-        "tokenizer": parity.tokenizer_parity(vq, tmp / GRAPH_FILES["tokenizer_encoder"],
+        "tokenizer": parity.tokenizer_parity(refs.tokenizer(), tmp / GRAPH_FILES["tokenizer_encoder"],
                                              tmp / GRAPH_FILES["tokenizer_decoder"]),
     }
     if precision != "fp32":
         report["bounds"] = dict(parity.QUANT_BOUNDS[precision])
     return report
+
+
+def release_weights(*models: torch.nn.Module) -> None:
+    """Drop the models' parameters and buffers (moved to the meta device: shapes kept, memory freed)."""
+    for model in models:
+        model.to("meta")
+
+
+def _save_weights(model: torch.nn.Module, kind: str, tmp: Path, fp32_source: Path | None) -> None:
+    """A model's PyTorch weights for re-export (kind "transformer" or "tokenizer"): copied from the
+    checked fp32 directory when there is one (the models may be released by now), else saved."""
+    source = Path(fp32_source) / WEIGHT_FILES[kind] if fp32_source is not None else None
+    if source is not None and source.is_file():
+        shutil.copy2(source, tmp / WEIGHT_FILES[kind])
+    else:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHT_FILES[kind]))
 
 
 def _public_permissions(folder: Path) -> None:
@@ -361,11 +381,13 @@ def _public_permissions(folder: Path) -> None:
 
 def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, precision: str = "fp32",
                     quant: QuantOptions | None = None, fp32_source: Path | None = None,
-                    progress: StageCallback | None = None) -> Path:
+                    progress: StageCallback | None = None, references: parity.References | None = None) -> Path:
     """Export, quantize to `precision`, check parity, write the manifest; move into `out` only once all
     of it succeeded. `fp32_source`: a checked fp32 model directory of the same models whose graphs are
     copied instead of exported again (used by `write_model_dirs`). `progress`: an optional stage
-    callback (export/progress.py) told of the export, parity, quantize and write stages."""
+    callback (export/progress.py) told of the export, parity, quantize and write stages. `references`:
+    the PyTorch side of the parity checks, when the caller computed it already (`write_model_dirs`).
+    With `spec.release_weights` the models' weights are freed once exported (see ExportSpec)."""
     out = Path(out)
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -378,7 +400,6 @@ def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, pr
         else quant.external_data_threshold
     quant = QuantOptions(**{**quant.__dict__, "external_data_threshold": threshold})
     check_compatible(gpt.cfg, vq.cfg, spec.class_names)
-    check_finite_weights(gpt, vq)
     try:
         fused_form(spec.target_onnxruntime)  # before any work: a target below the oldest tested
     except InvalidInputError as e:
@@ -398,6 +419,21 @@ def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, pr
         tmp = Path(tempfile.mkdtemp(prefix=_partial_prefix(out), dir=out.resolve().parent))
         graphs = {name: tmp / fname for name, fname in GRAPH_FILES.items()}
         facts: dict[str, dict] = {}
+        refs = references or parity.References(gpt, vq)
+        needed = {precision} if fp32_source is not None else {"fp32", precision}  # fp32 parity, then the variant's
+
+        def done_with(model, kind: str) -> None:
+            """Compute what the checks need from `model`, save its weights, then (if asked) free it: the
+            transformer goes before the tokenizer is traced, so the two never peak together."""
+            if kind == "transformer":
+                refs.prepare_transformer(needed)
+            else:
+                refs.tokenizer()
+            if spec.include_weights:
+                _save_weights(model, kind, tmp, fp32_source)
+            if spec.release_weights:
+                release_weights(model)
+
         if fp32_source is not None:
             with stage(progress, "export", f"{precision}, graphs copied from {Path(fp32_source).name}"):
                 source = json.loads((Path(fp32_source) / MANIFEST_NAME).read_text())
@@ -408,18 +444,28 @@ def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, pr
                     for src in (Path(fp32_source) / path.name, data_file(Path(fp32_source) / path.name)):
                         if src.exists():
                             shutil.copy2(src, tmp / src.name)
+                done_with(gpt, "transformer")
+                done_with(vq, "tokenizer")
         else:
             with stage(progress, "export", f"fp32, {spec.graph} graph"):
+                # One model at a time, each checked just before: the tokenizer's trace holds its graph
+                # twice, so it goes while the transformer's (memory-mapped) weights are still unread.
+                check_finite_weights(vq, "tokenizer")
+                export_tokenizer(vq, graphs["tokenizer_encoder"], graphs["tokenizer_decoder"], spec.opset)
+                for name in ("tokenizer_encoder", "tokenizer_decoder"):
+                    finalize_graph(graphs[name], threshold)
+                done_with(vq, "tokenizer")
+                check_finite_weights(gpt, "transformer")
                 # The fused graph streams its weights into its data file as it is built (final as written).
                 facts["transformer"] = export_transformer(gpt, graphs["transformer"], spec.opset, spec.graph,
                                                           spec.target_onnxruntime, threshold)
-                export_tokenizer(vq, graphs["tokenizer_encoder"], graphs["tokenizer_decoder"], spec.opset)
-                for name, path in graphs.items():
-                    if name != "transformer" or spec.graph != "fused":
-                        finalize_graph(path, threshold)
+                if spec.graph != "fused":
+                    finalize_graph(graphs["transformer"], threshold)
+                done_with(gpt, "transformer")
+        if fp32_source is None:
             if precision != "fp32":  # a broken export must not hide behind quantization bounds
                 with stage(progress, "parity", "fp32"):
-                    fp32 = _parity(gpt, vq, tmp, "fp32", facts["transformer"])
+                    fp32 = _parity(refs, tmp, "fp32", facts["transformer"])
                     parity.check(fp32["transformer"], fp32["tokenizer"])
         if precision == "fp32":
             entries = quantize_graphs(graphs, precision, quant)  # nothing to convert: no stage to show
@@ -430,13 +476,9 @@ def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, pr
                 except Exception as e:
                     raise ExportError(str(e)) from e
         with stage(progress, "parity", precision):
-            report = _parity(gpt, vq, tmp, precision, facts.get("transformer", {}))
+            report = _parity(refs, tmp, precision, facts.get("transformer", {}))
             parity.check(report["transformer"], report["tokenizer"], precision)
         with stage(progress, "write", str(out)):
-            if spec.include_weights:
-                save_file({k: v.contiguous() for k, v in gpt.state_dict().items()},
-                          str(tmp / WEIGHT_FILES["transformer"]))
-                save_file({k: v.contiguous() for k, v in vq.state_dict().items()}, str(tmp / WEIGHT_FILES["tokenizer"]))
             for f in spec.extra_files:
                 shutil.copy2(f, tmp / Path(f).name)
             files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
@@ -462,17 +504,22 @@ def write_model_dirs(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec,
                      quant: QuantOptions | None = None, progress: StageCallback | None = None) -> list[Path]:
     """One model directory per precision, `OUT-<precision>` (see `variant_dirs`). The fp32 graphs are
     exported and checked once; each variant is written atomically on its own. `progress`: as in
-    `write_model_dir`."""
+    `write_model_dir`. With `spec.release_weights` the weights are freed once the last export that
+    needs them is done (every variant's parity reference is computed before)."""
     dirs = variant_dirs(out, precisions)
     for d in dirs.values():  # fail before any work if a destination is taken
         prepare_output(d, spec.overwrite)
+    refs = parity.References(gpt, vq).prepare(dirs)
     written = []
     source = None
+    # Without an fp32 directory every variant exports from the models: only the last may free them.
+    keep = replace(spec, release_weights=False)
     if "fp32" in dirs:
-        source = write_model_dir(gpt, vq, dirs["fp32"], spec, "fp32", quant, progress=progress)
+        source = write_model_dir(gpt, vq, dirs["fp32"], spec, "fp32", quant, progress=progress, references=refs)
         written.append(source)
-    for precision, d in dirs.items():
-        if precision != "fp32":
-            written.append(write_model_dir(gpt, vq, d, spec, precision, quant, fp32_source=source,
-                                           progress=progress))
+    rest = [p for p in dirs if p != "fp32"]
+    for i, precision in enumerate(rest):
+        last = i == len(rest) - 1
+        written.append(write_model_dir(gpt, vq, dirs[precision], spec if source or last else keep, precision,
+                                       quant, fp32_source=source, progress=progress, references=refs))
     return written

@@ -6,7 +6,6 @@ empty past.
 """
 from __future__ import annotations
 
-import io
 import warnings
 from pathlib import Path
 
@@ -24,10 +23,8 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str],
             dynamic: dict, opset: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-        buf = io.BytesIO()
-        torch.onnx.export(module, args, buf, input_names=inputs, output_names=outputs,
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
                           dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True, dynamo=False)
-    path.write_bytes(buf.getvalue())
 
 
 # Manifest facts of each transformer graph kind (recorded under graphs.transformer).

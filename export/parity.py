@@ -1,6 +1,7 @@
 """ONNX-vs-PyTorch parity, measured at export: prefill, decode steps, multi-query calls, tokenizer."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,22 +59,90 @@ def _run_onnx(sess, n_layer: int, ids, pos, mask, past_np):
     return out[0].astype(np.float32), out[1:]
 
 
-def _run(sess, model: GPT, ids, pos, mask, past_np, past_t, one_query_per_call: bool = False):
-    """Both sides of one call. one_query_per_call: the ONNX side runs the queries one by one over
-    its growing past, as the runtime does for the fused graph's 1.22 form (runtime/compat.py)."""
-    n_layer = model.cfg.n_layer
-    if one_query_per_call and ids.shape[1] > 1:
-        rows, past_len = [], past_np[0].shape[2]
-        for j in range(ids.shape[1]):
-            o, past_np = _run_onnx(sess, n_layer, ids[:, j:j + 1].numpy(), pos[:, j:j + 1].numpy(),
-                                   mask[:, j:j + 1, :past_len + j + 1].numpy(), past_np)
-            rows.append(o)
-        o = np.concatenate(rows, axis=1)
-    else:
-        o, past_np = _run_onnx(sess, n_layer, ids.numpy(), pos.numpy(), mask.numpy(), past_np)
-    with torch.no_grad():
+@dataclass
+class ProbeCall:
+    """One transformer call of the parity probe and PyTorch's logits for it. past: "empty" (a fresh
+    cache) or "chain" (the cache the earlier chained calls built); extends: whether this call's
+    present becomes the chain's cache (prefill and decode steps do, the probes after them don't)."""
+
+    phase: str
+    ids: np.ndarray
+    pos: np.ndarray
+    mask: np.ndarray
+    past: str
+    extends: bool
+    logits: np.ndarray
+
+
+@dataclass
+class TransformerReference:
+    """The parity probe's inputs with PyTorch's outputs, computed once. The ONNX side needs no torch
+    model: an export releases its weights before any onnxruntime session opens (peak memory)."""
+
+    calls: list[ProbeCall]
+    batch: int
+    decode_steps: int
+    n_layer: int
+    n_kv_head: int
+    head_dim: int
+
+
+@torch.no_grad()
+def transformer_reference(model: GPT, batch: int = 2, decode_steps: int = 4, seed: int = 0) -> TransformerReference:
+    """PyTorch's logits for the probe: prefill, decode steps, a multi-query call at non-contiguous
+    cells over the decoded cache, and a known-prefix prefill that crosses a row."""
+    cfg = model.cfg
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    calls: list[ProbeCall] = []
+
+    def call(phase, ids, pos, mask, past_t, extends):
         logits, presents = model(ids, pos, mask, past_t)
-    return o, past_np, logits.numpy(), presents
+        calls.append(ProbeCall(phase, ids.numpy(), pos.numpy(), mask.numpy(), "empty" if past_t is None else "chain",
+                               extends, logits.numpy()))
+        return presents
+
+    labels = torch.randint(0, cfg.num_classes, (batch,), generator=g)
+    labels[-1] = cfg.null_class
+    ids = model.class_token(labels)[:, None]
+    past_t = call("prefill", ids, torch.zeros_like(ids), torch.ones(batch, 1, 1, dtype=torch.bool), None, True)
+    for j in range(decode_steps):
+        tok = torch.randint(0, cfg.vocab_size, (batch, 1), generator=g)
+        past_t = call("decode", tok, model.cell_position(torch.full_like(tok, j)),
+                      torch.ones(batch, 1, j + 2, dtype=torch.bool), past_t, True)
+    # Several query tokens at non-contiguous cells, with a mask that hides some of the past
+    # and keeps raster causality among the queries (how parallel decoding calls the graph;
+    # queries come in raster order, the fused graph is causal in call order).
+    cells = torch.tensor([decode_steps, decode_steps + 3, decode_steps + cfg.grid])  # raster order, gaps
+    cells = cells.clamp(max=cfg.grid * cfg.grid - 1)
+    s, past_len = cells.numel(), decode_steps + 1
+    tok = torch.randint(0, cfg.vocab_size, (batch, s), generator=g)
+    mask = torch.ones(batch, s, past_len + s, dtype=torch.bool)
+    mask[:, :, past_len:] = cells[None, :, None] >= cells[None, None, :]
+    mask[0, 0, 2] = False
+    call("multi_query", tok, model.cell_position(cells).expand(batch, -1).contiguous(), mask, past_t, False)
+    # A prefill of the class token and a known prefix that crosses a row, so its positions are
+    # not contiguous (editing and continuation prefill this way).
+    n_known = min(cfg.grid + 2, cfg.grid * cfg.grid - 1)
+    cells = torch.arange(n_known)
+    ids = torch.cat([model.class_token(labels)[:, None], torch.randint(0, cfg.vocab_size, (batch, n_known),
+                                                                      generator=g)], 1)
+    pos = torch.cat([torch.zeros(1, dtype=torch.long), model.cell_position(cells)]).expand(batch, -1).contiguous()
+    call("prefix_prefill", ids, pos, torch.ones(batch, n_known + 1, n_known + 1, dtype=torch.bool).tril(), None, False)
+    return TransformerReference(calls, batch, decode_steps, cfg.n_layer, cfg.n_head, cfg.head_dim)
+
+
+def _run_call(sess, n_layer: int, c: ProbeCall, past_np, one_query_per_call: bool):
+    """The ONNX side of one probe call. one_query_per_call: the queries run one by one over the
+    growing past, as the runtime does for the fused graph's 1.22 form (runtime/compat.py)."""
+    if one_query_per_call and c.ids.shape[1] > 1:
+        rows, past_len = [], past_np[0].shape[2]
+        for j in range(c.ids.shape[1]):
+            o, past_np = _run_onnx(sess, n_layer, c.ids[:, j:j + 1], c.pos[:, j:j + 1],
+                                   np.ascontiguousarray(c.mask[:, j:j + 1, :past_len + j + 1]), past_np)
+            rows.append(o)
+        return np.concatenate(rows, axis=1), past_np
+    return _run_onnx(sess, n_layer, c.ids, c.pos, c.mask, past_np)
 
 
 def _kv_dtype(sess) -> type:
@@ -86,80 +155,101 @@ def _agreement(o: np.ndarray, t: np.ndarray) -> list[bool]:
     return list((o.argmax(-1) == t.argmax(-1)).reshape(-1))
 
 
-@torch.no_grad()
-def transformer_parity(model: GPT, path: Path, batch: int = 2, decode_steps: int = 4, seed: int = 0,
-                       multi_query: str = "batched") -> dict:
+def transformer_parity(model: GPT | TransformerReference, path: Path, batch: int = 2, decode_steps: int = 4,
+                       seed: int = 0, multi_query: str = "batched") -> dict:
     """Max |logit| error per phase, feeding each side its own cache (errors would compound).
-    multi_query: the graph's form (runtime/compat.py); "one-query-per-call" runs the
-    multi-query call as the runtime does for that form."""
-    cfg, sess = model.cfg, _session(path)
-    model.eval()
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, cfg.num_classes, (batch,), generator=g)
-    labels[-1] = cfg.null_class
-    ids = model.class_token(labels)[:, None]
-    pos = torch.zeros_like(ids)
-    mask = torch.ones(batch, 1, 1, dtype=torch.bool)
-    empty = [np.zeros((batch, cfg.n_head, 0, cfg.head_dim), _kv_dtype(sess)) for _ in range(2 * cfg.n_layer)]
-    o, past_np, t, past_t = _run(sess, model, ids, pos, mask, empty, None)
-    errors = {"prefill": float(np.abs(o - t).max())}
-    agree = {"prefill": _agreement(o, t), "decode": [], "multi_query": [], "prefix_prefill": []}
-    scale = float(np.abs(t).max())
-    steps = []
-    for j in range(decode_steps):
-        tok = torch.randint(0, cfg.vocab_size, (batch, 1), generator=g)
-        pos = model.cell_position(torch.full_like(tok, j))
-        mask = torch.ones(batch, 1, j + 2, dtype=torch.bool)
-        o, past_np, t, past_t = _run(sess, model, tok, pos, mask, past_np, past_t)
-        steps.append(float(np.abs(o - t).max()))
-        agree["decode"] += _agreement(o, t)
-    errors["decode"] = max(steps)
-    # Several query tokens at non-contiguous cells, with a mask that hides some of the past
-    # and keeps raster causality among the queries (how parallel decoding calls the graph;
-    # queries come in raster order, the fused graph is causal in call order).
-    cells = torch.tensor([decode_steps, decode_steps + 3, decode_steps + cfg.grid])  # raster order, gaps
-    cells = cells.clamp(max=cfg.grid * cfg.grid - 1)
-    s, past_len = cells.numel(), decode_steps + 1
-    tok = torch.randint(0, cfg.vocab_size, (batch, s), generator=g)
-    pos = model.cell_position(cells).expand(batch, -1).contiguous()
-    mask = torch.ones(batch, s, past_len + s, dtype=torch.bool)
-    mask[:, :, past_len:] = cells[None, :, None] >= cells[None, None, :]
-    mask[0, 0, 2] = False
-    o, _, t, _ = _run(sess, model, tok, pos, mask, past_np, past_t, multi_query == "one-query-per-call")
-    errors["multi_query"] = float(np.abs(o - t).max())
-    agree["multi_query"] = _agreement(o, t)
-    # A prefill of the class token and a known prefix that crosses a row, so its positions are
-    # not contiguous (editing and continuation prefill this way).
-    n_known = min(cfg.grid + 2, cfg.grid * cfg.grid - 1)
-    cells = torch.arange(n_known)
-    ids = torch.cat([model.class_token(labels)[:, None], torch.randint(0, cfg.vocab_size, (batch, n_known),
-                                                                      generator=g)], 1)
-    pos = torch.cat([torch.zeros(1, dtype=torch.long), model.cell_position(cells)]).expand(batch, -1).contiguous()
-    mask = torch.ones(batch, n_known + 1, n_known + 1, dtype=torch.bool).tril()
-    o, _, t, _ = _run(sess, model, ids, pos, mask, empty, None, multi_query == "one-query-per-call")
-    errors["prefix_prefill"] = float(np.abs(o - t).max())
-    agree["prefix_prefill"] = _agreement(o, t)
-    worst = max(errors.values())
+
+    Args:
+        model: the PyTorch model, or its `transformer_reference` (batch, decode_steps and seed are
+            then the reference's own).
+        path: the transformer graph.
+        multi_query: the graph's form (runtime/compat.py); "one-query-per-call" runs the
+            multi-token calls as the runtime does for that form.
+    """
+    ref = model if isinstance(model, TransformerReference) else transformer_reference(model, batch, decode_steps, seed)
+    sess = _session(path)
+    empty = [np.zeros((ref.batch, ref.n_kv_head, 0, ref.head_dim), _kv_dtype(sess)) for _ in range(2 * ref.n_layer)]
+    chain = empty
+    worst: dict[str, float] = {}
+    agree: dict[str, list[bool]] = {"prefill": [], "decode": [], "multi_query": [], "prefix_prefill": []}
+    for c in ref.calls:
+        o, present = _run_call(sess, ref.n_layer, c, empty if c.past == "empty" else chain,
+                               multi_query == "one-query-per-call")
+        if c.extends:
+            chain = present
+        worst[c.phase] = max(worst.get(c.phase, 0.0), float(np.abs(o - c.logits).max()))
+        agree[c.phase] += _agreement(o, c.logits)
+    scale = float(np.abs(ref.calls[0].logits).max())
+    top = max(worst.values())
     every = [a for v in agree.values() for a in v]
-    return {"max_abs_logit_error": worst, "by_phase": errors, "logit_scale": scale,
-            "relative_logit_error": worst / max(scale, 1e-12),
+    return {"max_abs_logit_error": top, "by_phase": worst, "logit_scale": scale,
+            "relative_logit_error": top / max(scale, 1e-12),
             "argmax_agreement": float(np.mean(every)),
             "argmax_agreement_by_phase": {k: float(np.mean(v)) for k, v in agree.items()},
-            "argmax_positions": len(every), "batch": batch, "decode_steps": decode_steps}
+            "argmax_positions": len(every), "batch": ref.batch, "decode_steps": ref.decode_steps}
+
+
+@dataclass
+class TokenizerReference:
+    """Codes, PyTorch's decoded images and its codes for those images (see TransformerReference)."""
+
+    codes: np.ndarray
+    images: np.ndarray
+    image_codes: np.ndarray
 
 
 @torch.no_grad()
-def tokenizer_parity(vq: VQModel, encoder_path: Path, decoder_path: Path, batch: int = 2, seed: int = 0) -> dict:
+def tokenizer_reference(vq: VQModel, batch: int = 2, seed: int = 0) -> TokenizerReference:
     vq.eval()
     g = torch.Generator().manual_seed(seed)
     grid = vq.cfg.grid
     codes = torch.randint(0, vq.cfg.codebook_size, (batch, grid, grid), generator=g)
-    ref = vq.decode_codes(codes)
-    dec = _session(decoder_path).run(None, {"codes": codes.numpy()})[0]
-    images = ref.clamp(-1, 1)
-    enc = _session(encoder_path).run(None, {"image": images.numpy()})[0]
-    agree = float((enc == vq.encode_codes(images).numpy()).mean())
-    return {"decoder_max_abs_error": float(np.abs(dec - ref.numpy()).max()), "encoder_code_agreement": agree}
+    # One image at a time: at 256 px the decoder's activations outweigh a small model's weights.
+    images = torch.cat([vq.decode_codes(c[None]) for c in codes])
+    image_codes = torch.cat([vq.encode_codes(i[None].clamp(-1, 1)) for i in images])
+    return TokenizerReference(codes.numpy(), images.numpy(), image_codes.numpy())
+
+
+def tokenizer_parity(vq: VQModel | TokenizerReference, encoder_path: Path, decoder_path: Path, batch: int = 2,
+                     seed: int = 0) -> dict:
+    """Decoder max |pixel| error and encoder code agreement; `vq` may be its `tokenizer_reference`."""
+    ref = vq if isinstance(vq, TokenizerReference) else tokenizer_reference(vq, batch, seed)
+    dec = _session(decoder_path).run(None, {"codes": ref.codes})[0]
+    enc = _session(encoder_path).run(None, {"image": np.clip(ref.images, -1, 1)})[0]
+    return {"decoder_max_abs_error": float(np.abs(dec - ref.images).max()),
+            "encoder_code_agreement": float((enc == ref.image_codes).mean())}
+
+
+class References:
+    """PyTorch's side of an export's parity checks, computed on first use and kept, so the export can
+    release the PyTorch weights before any onnxruntime session opens: the torch model and the graph's
+    weights are never in memory together. fp32 graphs use the small probe, quantized ones QUANT_PARITY."""
+
+    def __init__(self, gpt: GPT, vq: VQModel):
+        self.gpt, self.vq = gpt, vq
+        self._transformer: dict[str, TransformerReference] = {}
+        self._tokenizer: TokenizerReference | None = None
+
+    def transformer(self, precision: str) -> TransformerReference:
+        key = "fp32" if precision == "fp32" else "quantized"
+        if key not in self._transformer:
+            self._transformer[key] = transformer_reference(self.gpt, **(QUANT_PARITY if key == "quantized" else {}))
+        return self._transformer[key]
+
+    def tokenizer(self) -> TokenizerReference:
+        if self._tokenizer is None:
+            self._tokenizer = tokenizer_reference(self.vq)
+        return self._tokenizer
+
+    def prepare_transformer(self, precisions) -> None:
+        for precision in precisions:
+            self.transformer(precision)
+
+    def prepare(self, precisions) -> "References":
+        """Compute every reference the given precisions' checks need (before the weights go)."""
+        self.prepare_transformer(precisions)
+        self.tokenizer()
+        return self
 
 
 def check(transformer: dict | None, tokenizer: dict | None, precision: str = "fp32") -> None:
