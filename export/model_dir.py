@@ -30,6 +30,7 @@ from .config import GPTConfig, VQConfig
 from .onnx_export import DEFAULT_OPSET, export_tokenizer, export_transformer
 from .progress import StageCallback, stage
 from .quantize import PRECISIONS, QuantOptions, data_file, finalize_graph, quantize_graphs
+from .tokenizer_quant import quantize_decoder
 from .transformer import GPT
 from .vq import VQModel
 
@@ -475,6 +476,11 @@ def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, pr
                     entries = quantize_graphs(graphs, precision, quant)
                 except Exception as e:
                     raise ExportError(str(e)) from e
+        if quant.tokenizer not in (None, "fp32"):  # the decoder's own precision, its PSNR measured and bounded
+            with stage(progress, "quantize", f"tokenizer decoder {quant.tokenizer}"):
+                entries["tokenizer_decoder"] = quantize_decoder(graphs["tokenizer_decoder"], quant.tokenizer,
+                                                                vq.cfg.codebook_size, vq.cfg.grid,
+                                                                quant.tokenizer_min_psnr, threshold)
         with stage(progress, "parity", precision):
             report = _parity(refs, tmp, precision, facts.get("transformer", {}))
             parity.check(report["transformer"], report["tokenizer"], precision)

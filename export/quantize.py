@@ -31,6 +31,7 @@ time from 1.3 to 0.5 s. Small graphs stay one file. Above 2 GB there is no choic
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -68,6 +69,10 @@ class QuantOptions:
     int8_per_channel: bool = False  # dynamic
     fp16_kv_cache: bool = True  # fp16 variant: KV cache IO in float16 (logits stay float32)
     external_data_threshold: int | None = None  # None: $TESSERA_EXTERNAL_DATA_THRESHOLD or 16 MiB
+    # The tokenizer decoder's own precision (export/tokenizer_quant.py): None follows `precision`
+    # (fp16 for fp16, else fp32); "fp32", "fp16" or "int8" whatever the transformer's precision.
+    tokenizer: str | None = None
+    tokenizer_min_psnr: float | None = None  # dB against the fp32 decoder; None: the variant's default
 
     def validate(self) -> "QuantOptions":
         bs = self.int4_block_size
@@ -82,6 +87,11 @@ class QuantOptions:
             raise ValueError(f"int8 block size must be a power of two >= 16, got {self.int8_block_size}")
         if self.int8_weights not in INT8_WEIGHT_TYPES:
             raise ValueError(f"int8 weights must be one of {INT8_WEIGHT_TYPES}, got {self.int8_weights!r}")
+        if self.tokenizer not in (None, "fp32", "fp16", "int8"):
+            raise ValueError(f"tokenizer precision must be fp32, fp16 or int8, got {self.tokenizer!r}")
+        bound = self.tokenizer_min_psnr
+        if bound is not None and not (isinstance(bound, (int, float)) and math.isfinite(bound) and 0 <= bound <= 200):
+            raise ValueError(f"tokenizer min PSNR must be a number of dB in 0..200, got {bound!r}")
         return self
 
 
@@ -206,6 +216,8 @@ def quantize_graphs(graphs: dict[str, Path], precision: str, opts: QuantOptions 
     try:
         if precision == "fp16":
             for name, path in graphs.items():
+                if name == "tokenizer_decoder" and opts.tokenizer is not None:
+                    continue  # its own precision (tokenizer_quant.quantize_decoder, after this)
                 model = onnx.load(str(path))
                 if name == "transformer":
                     model = fp16_transformer(model, opts.fp16_kv_cache)

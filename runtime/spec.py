@@ -198,6 +198,10 @@ class GraphSpec:
     min_onnxruntime: str | None = None  # None: written before the field existed (compat.required_version)
     external_data: str | None = None
     options: dict | None = field(default=None, hash=False)  # quantization options
+    # tokenizer decoder variants: PSNR (dB) of its image against the fp32 decoder's, measured at
+    # export on a fixed probe, and the bound it had to pass (None: fp32, or written before these)
+    psnr_db: float | None = None
+    min_psnr_db: float | None = None
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     io: GraphIO | None = None  # the transformer's names, as patterns
@@ -207,7 +211,7 @@ class GraphSpec:
         d = {"file": self.file, "min_onnxruntime": self.min_onnxruntime, "kind": self.kind,
              "kv_cache": self.kv_cache, "multi_query": self.multi_query, "precision": self.precision,
              "method": self.method, "options": self.options, "opset": self.opset,
-             "external_data": self.external_data}
+             "external_data": self.external_data, "psnr_db": self.psnr_db, "min_psnr_db": self.min_psnr_db}
         d = {k: v for k, v in d.items() if v is not None}
         d.update(self.extra)
         d.update(inputs=list(self.inputs), outputs=list(self.outputs))
@@ -632,6 +636,8 @@ class _Reader:
             min_onnxruntime=min_ort,
             external_data=self.text(e, p, "external_data", default=None, max_len=MAX_NAME),
             options=options, inputs=inputs, outputs=outputs, io=io,
+            psnr_db=self.number(e, p, "psnr_db", 0, 1000, default=None, what="a PSNR in dB, 0..1000"),
+            min_psnr_db=self.number(e, p, "min_psnr_db", 0, 1000, default=None, what="a PSNR in dB, 0..1000"),
             extra={key: v for key, v in e.items() if key not in _GRAPH_KEYS})
 
     def io(self, s: dict, path: str, n_layer: int) -> GraphIO:

@@ -22,6 +22,7 @@ class ImageTokenizer:
         self._open = open_session
         self.codebook_size = spec.tokenizer.codebook_size
         self.downsample = spec.tokenizer.downsample
+        self.precision = spec.graph("tokenizer_decoder").precision  # the variant the manifest records
         self.decoder = open_session(manifest.graph_path("tokenizer_decoder"))
         self._check("tokenizer_decoder", self.decoder)
         self._encoder = None
