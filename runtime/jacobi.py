@@ -88,21 +88,28 @@ def verify(drafts: np.ndarray, q: np.ndarray, p: np.ndarray, coins: np.ndarray, 
     """Speculative acceptance of one image's drafts `[D]` (drawn from `q [D, V]`) against the
     model's `p [D (+1 with bonus), V]` -> (the decided cells, drafts accepted): the accepted
     drafts, then one correction from norm(max(0, p - q)) at the first rejection, or the bonus
-    from p[D] if all pass and `bonus`."""
+    from p[D] if all pass and `bonus`. A scalar loop: D is a few drafts."""
     d = drafts.shape[0]
-    rows = np.arange(d)
-    passed = coins[:d] * q[rows, drafts] < p[rows, drafts]
-    t = d if passed.all() else int(np.argmin(passed))
-    if t < d:
-        residual = np.maximum(p[t] - q[t], 0.0)
-        if not residual.sum() > 0:  # p == q up to rounding: nothing to correct
-            residual = p[t]
-        fix = draw(residual[None], np.array([u_fix]))
-    elif bonus:
-        fix = draw(p[d][None], np.array([u_fix]))
-    else:
+    for t in range(d):
+        x = drafts[t]
+        if not coins[t] * q[t, x] < p[t, x]:  # rejected (accepted with probability min(1, p/q))
+            residual = np.maximum(p[t] - q[t], 0.0)
+            if not residual.sum() > 0:  # p == q up to rounding: nothing to correct
+                residual = p[t]
+            cells = drafts[:t + 1].copy()
+            cells[t] = _draw_one(residual, u_fix)
+            return cells, t
+    if not bonus:
         return drafts.copy(), d
-    return np.concatenate([drafts[:t], fix]), t
+    cells = np.empty(d + 1, np.int64)
+    cells[:d] = drafts
+    cells[d] = _draw_one(p[d], u_fix)
+    return cells, d
+
+
+def _draw_one(probs: np.ndarray, u: float) -> int:
+    cdf = np.cumsum(probs)
+    return min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), probs.size - 1)
 
 
 def _streams(rng, images: int, draws: int):
@@ -150,7 +157,7 @@ class JacobiDecoder:
         length = 0  # cached sequence entries, the same for every row
         state.mark("prefill")
         while True:
-            fed = np.clip(n - 1 - decided, 0, w)  # drafts fed per image (the last cell's is never needed)
+            fed = np.minimum(n - 1 - decided, w)  # drafts fed per unfinished image (never the last cell's)
             need = int(np.max(np.where(decided < n, decided + 1 - length + fed, 0)))
             s = min(_bucket(need, w), n + 1 - length)
             ids = ids_of.get(s)
@@ -163,8 +170,10 @@ class JacobiDecoder:
                 ids[b:] = ids[:b]
                 if length == 0:
                     ids[b:, 0] = class_ids[b:]
-            pos = np.ascontiguousarray(np.broadcast_to(positions[length:length + s], (r, s)))
-            mask = np.ascontiguousarray(np.broadcast_to(causal[length:length + s, :length + s], (r, s, length + s)))
+            pos = np.empty((r, s), np.int64)
+            pos[:] = positions[length:length + s]
+            mask = np.empty((r, s, length + s), bool)
+            mask[:] = causal[length:length + s, :length + s]
             logits = runner(ids, pos, mask)
             state.calls += 1
             u = rng.random(per_call * b).reshape(per_call, b)
