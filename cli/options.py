@@ -102,6 +102,9 @@ def add_model_arguments(p: argparse.ArgumentParser, verify_default: str = "auto"
                    help="an onnxruntime session option or config entry, e.g. intra_op_num_threads=2 or "
                         "session.intra_op.allow_spinning=0 (repeatable)")
     p.add_argument("--threads", type=int, help="CPU threads (default: onnxruntime's choice)")
+    p.add_argument("--low-memory", action="store_true",
+                   help="one graph in memory at a time: the transformer is closed before the images are decoded "
+                        "(a lower peak for memory-limited devices; see benchmarks/results/memory.md)")
     add_verify_argument(p, verify_default)
 
 
@@ -123,4 +126,5 @@ def pipeline_from_args(args: argparse.Namespace):
     session_options = parse_key_values(args.session_option) or None
     verify = resolve_verify(args.verify, args.model)
     return Pipeline.load(args.model, providers=providers, threads=args.threads, verify=verify,
-                         provider_options=provider_options, session_options=session_options)
+                         provider_options=provider_options, session_options=session_options,
+                         low_memory=getattr(args, "low_memory", False))

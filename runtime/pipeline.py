@@ -100,8 +100,10 @@ class Pipeline:
 
     def __init__(self, manifest: Manifest, providers: list[str], threads: int | None = None,
                  provider_options: dict | None = None, session_options=None,
-                 memory_budget: int | None = DEFAULT_MEMORY_BUDGET, max_concurrency: int = DEFAULT_CONCURRENCY):
+                 memory_budget: int | None = DEFAULT_MEMORY_BUDGET, max_concurrency: int = DEFAULT_CONCURRENCY,
+                 low_memory: bool = False):
         self.manifest = manifest
+        self.low_memory = bool(low_memory)
         graphs = manifest.data["graphs"]
         installed = ort_version()
         check_loadable(graphs, installed, manifest.root.name)  # before any session opens
@@ -112,10 +114,16 @@ class Pipeline:
             return open_session(path, providers, threads, provider_options, session_options,
                                 disabled_optimizers(entry, installed))
 
-        session = opener(manifest.graph_path("transformer"))
-        self.transformer = TransformerRunner(session, manifest)  # the first runner of the pool
-        self._runners = RunnerPool(self.transformer, lambda: TransformerRunner(session, manifest),
-                                   check_int("max_concurrency", max_concurrency, 1))
+        self._pool_size = check_int("max_concurrency", max_concurrency, 1)
+
+        def open_transformer() -> None:
+            session = opener(manifest.graph_path("transformer"))
+            self._transformer = TransformerRunner(session, manifest)  # the first runner of the pool
+            self._runners = RunnerPool(self._transformer, lambda: TransformerRunner(session, manifest),
+                                       self._pool_size)
+
+        self._open_transformer = open_transformer
+        open_transformer()
         self._self_test(graphs["transformer"].get("self_test"), manifest)
         self.tokenizer = ImageTokenizer(manifest, opener)
         # What really runs each graph: onnxruntime may drop a requested provider (it warns then).
@@ -130,6 +138,30 @@ class Pipeline:
         self._lock = threading.Lock()  # guards _running, _last_calls and the lazy encoder
         self._running: set[_Stop] = set()
         self._last_calls = 0
+        if self.low_memory:  # one graph in memory at a time: the decoder opens when images are decoded
+            self.tokenizer.close_decoder()
+
+    @property
+    def transformer(self) -> TransformerRunner:
+        """The first runner of the pool (reopened here if low_memory closed it)."""
+        return self._transformer_phase()._transformer
+
+    def _transformer_phase(self) -> "Pipeline":
+        """low_memory: the decoder goes and the transformer comes back before a generation."""
+        if self.low_memory and self._runners is None:
+            with self._lock:
+                self.tokenizer.close_decoder()
+                if self._runners is None:
+                    self._open_transformer()
+        return self
+
+    def _decoder_phase(self) -> None:
+        """low_memory: close the transformer (weights, arena, KV cache) before the decoder runs,
+        unless a generation on another thread still uses it."""
+        if self.low_memory:
+            with self._lock:
+                if not self._running:
+                    self._transformer = self._runners = None
 
     def _self_test(self, entry, manifest: Manifest) -> None:
         """The graph must compute what the manifest describes (runtime/self_test.py): one small call."""
@@ -150,7 +182,7 @@ class Pipeline:
     def load(cls, model_dir: str | Path | None = None, providers: str | list[str] = "auto",
              threads: int | None = None, verify: str = "full", provider_options: dict | None = None,
              session_options=None, memory_budget: int | None = DEFAULT_MEMORY_BUDGET,
-             max_concurrency: int = DEFAULT_CONCURRENCY) -> "Pipeline":
+             max_concurrency: int = DEFAULT_CONCURRENCY, low_memory: bool = False) -> "Pipeline":
         """Open `model_dir` (default: the shipped model) on the best or the requested providers.
 
         Args:
@@ -165,6 +197,9 @@ class Pipeline:
             memory_budget: bytes one generation may plan to use (default 4 GiB); None: no check.
             max_concurrency: generations that may run at once from different threads (default 4),
                 each with its own KV cache; more wait.
+            low_memory: keep one graph in memory at a time: the transformer
+                is closed before images are decoded and reopened for the next generation (a lower
+                peak for memory-limited devices, at the price of opening the graphs per generation).
 
         `pipe.providers` lists the providers in use, the one that runs the transformer first;
         `pipe.graph_providers` names the provider that runs each graph.
@@ -172,7 +207,7 @@ class Pipeline:
         manifest = load_manifest(model_dir if model_dir is not None else default_model_dir(), verify=verify)
         pipeline_class = PIPELINES[manifest.spec.family] if cls is Pipeline else cls  # the family picks the class
         return pipeline_class(manifest, resolve_providers(providers), threads, provider_options, session_options,
-                              memory_budget, max_concurrency)
+                              memory_budget, max_concurrency, low_memory)
 
     # --- options ----------------------------------------------------------------------------
     @property
@@ -246,7 +281,7 @@ class Pipeline:
         if cancel is not None and not isinstance(cancel, CancelToken):
             raise InvalidInputError(f"cancel must be a CancelToken, got {type(cancel).__name__}")
         stop = _Stop(cancel)
-        with self._runners.borrow() as runner:
+        with self._transformer_phase()._runners.borrow() as runner:
             with self._lock:
                 self._running.add(stop)
             try:
@@ -431,6 +466,7 @@ class Pipeline:
         size = self.tokenizer.codebook_size
         if codes.min() < 0 or codes.max() >= size:
             raise InvalidInputError(f"token codes must lie in 0..{size - 1}, got {codes.min()}..{codes.max()}")
+        self._decoder_phase()
         limit = self.layout.rope_grid * 4
         if codes.shape[1] > limit or codes.shape[2] > limit:
             raise InvalidInputError(f"a token grid of {codes.shape[1]}x{codes.shape[2]} is larger than this model "
@@ -446,7 +482,8 @@ class Pipeline:
 
     def release(self) -> None:
         """Free the idle runners' KV caches (the next generation allocates anew)."""
-        self._runners.release()
+        if self._runners is not None:
+            self._runners.release()
 
     # --- editing (runtime/editing.py; the known-cells input of the sequential decoder) ----------
     def inpaint(self, image, mask, class_label=None, **options):

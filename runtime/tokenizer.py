@@ -23,9 +23,26 @@ class ImageTokenizer:
         self.codebook_size = spec.tokenizer.codebook_size
         self.downsample = spec.tokenizer.downsample
         self.precision = spec.graph("tokenizer_decoder").precision  # the variant the manifest records
-        self.decoder = open_session(manifest.graph_path("tokenizer_decoder"))
-        self._check("tokenizer_decoder", self.decoder)
+        self._decoder = self._open_decoder()  # checked at load: a bad graph fails there, not after a generation
         self._encoder = None
+
+    def _open_decoder(self):
+        decoder = self._open(self.manifest.graph_path("tokenizer_decoder"))
+        self._check("tokenizer_decoder", decoder)
+        return decoder
+
+    @property
+    def decoder(self):
+        """The decoder session; reopened here after `close_decoder`."""
+        decoder = self._decoder
+        if decoder is None:
+            decoder = self._decoder = self._open_decoder()
+        return decoder
+
+    def close_decoder(self) -> None:
+        """Drop the decoder session (its weights and activation arena), e.g. while the transformer
+        generates on a memory-limited device (`Pipeline.load(low_memory=True)`)."""
+        self._decoder = None
 
     @property
     def encoder(self):
@@ -57,7 +74,8 @@ class ImageTokenizer:
             raise InvalidInputError(f"codes must be [batch, height, width], got shape {codes.shape}")
         if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
             raise InvalidInputError(f"codes must lie in 0..{self.codebook_size - 1}; got {codes.min()}..{codes.max()}")
-        images = self.decoder.run(None, {self.spec.graph("tokenizer_decoder").inputs[0]: codes.astype(np.int64)})[0]
+        decoder = self.decoder
+        images = decoder.run(None, {self.spec.graph("tokenizer_decoder").inputs[0]: codes.astype(np.int64)})[0]
         return check_finite(images, "tokenizer_decoder")
 
     def decode_tiled(self, codes: np.ndarray, tile: int, overlap: int | None = None) -> np.ndarray:

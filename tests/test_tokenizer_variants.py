@@ -112,3 +112,27 @@ def test_tiled_decode_equals_untiled_when_one_tile_covers_the_grid(tiny_pipe):
     tokens = tiny_pipe.generate_tokens([1], seed=2)
     grid = tokens.shape[1]
     assert np.array_equal(np.asarray(tiny_pipe.decode(tokens, tile=grid)[0]), np.asarray(tiny_pipe.decode(tokens)[0]))
+
+
+def test_low_memory_pipeline_gives_the_same_images(tiny_dir, tiny_pipe):
+    """One graph at a time: the transformer is closed before decoding and reopened for the next
+    generation; the images are those of the default pipeline."""
+    from tessera.runtime.pipeline import Pipeline
+
+    pipe = Pipeline.load(tiny_dir, providers="cpu", low_memory=True)
+    assert pipe.tokenizer._decoder is None  # checked at load, then closed
+    for seed in (0, 1):
+        images = pipe.generate([3, 7], seed=seed)
+        assert pipe._runners is None and pipe.tokenizer._decoder is not None  # the decoder's turn
+        expected = tiny_pipe.generate([3, 7], seed=seed)
+        assert [np.asarray(a).tobytes() for a in images] == [np.asarray(b).tobytes() for b in expected]
+    tokens = pipe.generate_tokens([5], seed=4)  # reopened on demand, the decoder closed
+    assert pipe._runners is not None and pipe.tokenizer._decoder is None
+    assert np.array_equal(tokens, tiny_pipe.generate_tokens([5], seed=4))
+    assert pipe.transformer.session is not None
+
+
+def test_cli_low_memory_flag(tiny_dir, tmp_path):
+    out = tmp_path / "x.png"
+    assert main(["generate", "3", "--model", str(tiny_dir), "--low-memory", "--out", str(out), "-q"]) == 0
+    assert out.is_file()
