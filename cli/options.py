@@ -127,4 +127,4 @@ def pipeline_from_args(args: argparse.Namespace):
     verify = resolve_verify(args.verify, args.model)
     return Pipeline.load(args.model, providers=providers, threads=args.threads, verify=verify,
                          provider_options=provider_options, session_options=session_options,
-                         low_memory=getattr(args, "low_memory", False))
+                         low_memory=True if getattr(args, "low_memory", False) else None)

@@ -8,6 +8,7 @@ one `GenerationResult` (runtime/results.py). Editing (runtime/editing.py, image_
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -44,6 +45,7 @@ from .transformer import TransformerRunner
 
 # Generations one Pipeline runs at once from different threads (each with its own KV cache).
 DEFAULT_CONCURRENCY = 4
+LOW_MEMORY_ENV = "TESSERA_LOW_MEMORY"  # Pipeline.load's low_memory when not given
 
 
 def default_model_dir() -> Path:
@@ -182,7 +184,7 @@ class Pipeline:
     def load(cls, model_dir: str | Path | None = None, providers: str | list[str] = "auto",
              threads: int | None = None, verify: str = "full", provider_options: dict | None = None,
              session_options=None, memory_budget: int | None = DEFAULT_MEMORY_BUDGET,
-             max_concurrency: int = DEFAULT_CONCURRENCY, low_memory: bool = False) -> "Pipeline":
+             max_concurrency: int = DEFAULT_CONCURRENCY, low_memory: bool | None = None) -> "Pipeline":
         """Open `model_dir` (default: the shipped model) on the best or the requested providers.
 
         Args:
@@ -200,12 +202,15 @@ class Pipeline:
             low_memory: keep one graph in memory at a time: the transformer
                 is closed before images are decoded and reopened for the next generation (a lower
                 peak for memory-limited devices, at the price of opening the graphs per generation).
+                None: the environment variable TESSERA_LOW_MEMORY (1 = on), for a deployment to set.
 
         `pipe.providers` lists the providers in use, the one that runs the transformer first;
         `pipe.graph_providers` names the provider that runs each graph.
         """
         manifest = load_manifest(model_dir if model_dir is not None else default_model_dir(), verify=verify)
         pipeline_class = PIPELINES[manifest.spec.family] if cls is Pipeline else cls  # the family picks the class
+        if low_memory is None:
+            low_memory = os.environ.get(LOW_MEMORY_ENV, "0").strip() not in ("", "0")
         return pipeline_class(manifest, resolve_providers(providers), threads, provider_options, session_options,
                               memory_budget, max_concurrency, low_memory)
 

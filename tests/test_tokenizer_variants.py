@@ -136,3 +136,13 @@ def test_cli_low_memory_flag(tiny_dir, tmp_path):
     out = tmp_path / "x.png"
     assert main(["generate", "3", "--model", str(tiny_dir), "--low-memory", "--out", str(out), "-q"]) == 0
     assert out.is_file()
+
+
+def test_low_memory_from_the_environment(tiny_dir, monkeypatch):
+    from tessera.runtime.pipeline import Pipeline
+
+    monkeypatch.setenv("TESSERA_LOW_MEMORY", "1")
+    assert Pipeline.load(tiny_dir, providers="cpu").low_memory
+    assert not Pipeline.load(tiny_dir, providers="cpu", low_memory=False).low_memory
+    monkeypatch.setenv("TESSERA_LOW_MEMORY", "0")
+    assert not Pipeline.load(tiny_dir, providers="cpu").low_memory
