@@ -18,7 +18,8 @@ benchmarks/results/quant_variants.md and the bounds in parity.py):
   (4.6% of the logit scale), argmax agreement 0.90, 6.8 ms per decode step vs fp32 8.4 ms.
   Method "dynamic": `quantize_dynamic` of constant-weight MatMuls (MatMulInteger +
   DynamicQuantizeLinear) with uint8 weights (signed int8 weights saturate on non-VNNI CPUs),
-  error 0.33 (9%), agreement 0.81, 5.4 ms: faster but twice the error. Tokenizer stays fp32.
+  error 0.33 (9%), agreement 0.81, 5.4 ms: faster but twice the error. Tokenizer stays fp32
+  (unless `QuantOptions.tokenizer` asks for a decoder variant: export/tokenizer_quant.py).
 - int4: weight-only blockwise `MatMulNBits` (symmetric, `block_size` 32 by default) on the
   MatMuls with constant weights. Tokenizer stays fp32.
 

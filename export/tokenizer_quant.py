@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,17 @@ def _run(path: Path, codes: np.ndarray) -> np.ndarray:
     return sess.run(None, {sess.get_inputs()[0].name: codes})[0].astype(np.float32)
 
 
+@contextmanager
+def _silent():
+    """onnxruntime's converters log every node at INFO and advise pre-processing at WARNING."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
 def _int8_qdq(src: Path, dst: Path, size: int, grid: int) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -71,14 +83,10 @@ def _int8_qdq(src: Path, dst: Path, size: int, grid: int) -> None:
         def get_next(self):
             return next(self._feeds, None)
 
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)  # its advice to pre-process the graph (shape inference) is not needed here
-    try:
+    with _silent():
         quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
                         per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                         use_external_data_format=data_file(src).exists())
-    finally:
-        logging.disable(previous)
 
 
 def quantize_decoder(path: Path, precision: str, codebook_size: int, grid: int, min_psnr_db: float | None = None,
@@ -97,7 +105,8 @@ def quantize_decoder(path: Path, precision: str, codebook_size: int, grid: int, 
     reference = _run(path, probe)
     try:
         if precision == "fp16":
-            model = fp16_graph(onnx.load(str(path)))
+            with _silent():
+                model = fp16_graph(onnx.load(str(path)))
             method, options = "float16-cast", {"io_kept_float32": "all"}
         else:
             with tempfile.TemporaryDirectory(dir=path.parent, prefix=".decoder-int8-") as scratch:
