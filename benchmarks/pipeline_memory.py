@@ -215,6 +215,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="write the markdown tables here too")
+    p.add_argument("--decoders-only", action="store_true", help="only the decoder table (quick, for a quiet moment)")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -223,13 +224,15 @@ def main() -> None:
     export_variants()
     lines = [f"load average at start: {os.getloadavg()[0]:.1f} (2 cores, shared)", "",
              "| model | mode | peak RSS (MiB) | `tessera generate` s |", "|---|---|---|---|"]
-    for name, modes in (("int4-tok-fp32", ("default", "low")), ("int4-tok-int8", ("default", "low", "tile8"))):
+    for name, modes in () if args.decoders_only else (("int4-tok-fp32", ("default", "low")),
+                                                       ("int4-tok-int8", ("default", "low", "tile8"))):
         for mode in modes:
             r = _fresh("--worker", str(CACHE / name), mode)
             what = {"low": "--low-memory", "tile8": "default, decode(tile=8) (API)"}.get(mode, "default")
             lines.append(f"| {name} | {what} | {r['peak_mb']:.0f} | {r['seconds']:.1f} |")
             print(lines[-1], flush=True)
-    lines += ["", "tiled decoding vs untiled (fp32 decoder, the same tokens): " + tiles_psnr()]
+    if not args.decoders_only:
+        lines += ["", "tiled decoding vs untiled (fp32 decoder, the same tokens): " + tiles_psnr()]
     gflop = decoder_gflop()
     peaks = matmul_peaks(args.threads)
     lines += ["", f"decoder: {gflop:.0f} GFLOP per 256 px image; peaks this run: " +
