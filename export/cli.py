@@ -359,5 +359,9 @@ def _report(out: Path, manifest_name: str) -> None:
     print(f"  parity: transformer max |logit err| {t['max_abs_logit_error']:.2e}{agree}, "
           f"decoder max err {p['tokenizer']['decoder_max_abs_error']:.2e}, "
           f"encoder code agreement {p['tokenizer']['encoder_code_agreement']:.1%}")
+    decoder = manifest["graphs"]["tokenizer_decoder"]
+    if decoder.get("psnr_db") is not None:
+        print(f"  tokenizer decoder {decoder['precision']}: PSNR {decoder['psnr_db']:.1f} dB against fp32 on the probe "
+              f"(bound {decoder['min_psnr_db']:g} dB)")
     for fname, meta in manifest["files"].items():
         print(f"  {fname:28s} {meta['bytes'] / 1e6:8.2f} MB")
