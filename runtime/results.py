@@ -41,9 +41,10 @@ class Step:
     """One decision of a streamed generation (`Pipeline.stream`).
 
     step / total: cells decided so far per image / cells per image. tokens: `[N, step]` for
-    sequential decoding (raster prefix), `[N, h*w]` with -1 for undecided cells for parallel
-    decoding; a copy. images: preview frames when this step rendered one (PIL, one per image),
-    else None. result: the `GenerationResult`, on the last step only.
+    sequential decoding (raster prefix), `[N, h*w]` with -1 for undecided cells for parallel and
+    Jacobi decoding (step: the cells of the slowest image); a copy. images: preview frames when
+    this step rendered one (PIL, one per image), else None. result: the `GenerationResult`, on the
+    last step only.
     """
 
     step: int
