@@ -60,6 +60,11 @@ def cache_key(args: Sequence[str], sources: Iterable[Path] = (), code: Iterable[
 
 
 QUANT_ALL = ("fp32", "fp16", "int8", "int4")
+# The benchmarks' real-size workload: LlamaGen GPT-B 256px (16x16 tokens, vocab 16384) with random weights and a
+# tokenizer shrunk to fit (VQ-Tiny at 64 px, 16384 codes). Scripts that export it with the same arguments into
+# the same cache share one export.
+GPT_B_RANDOM = ("--gpt", "GPT-B", "--vq", "VQ-Tiny", "--vq-set", "image_size=64", "--vq-set", "codebook_size=16384",
+                "--random-weights")
 
 
 def _outputs(base: Path, args: Sequence[str]) -> list[Path]:

@@ -43,6 +43,7 @@ class BenchConfig:
     speed: bool = True
     memory: bool = True
     timeout_s: float = 1800.0
+    session_options: dict | None = None  # onnxruntime attributes / config entries (Pipeline.load)
 
 
 def parse_int_list(text: str, option: str, low: int = 1) -> list[int]:
@@ -97,7 +98,8 @@ def display_name(path: Path) -> str:
 
 def _job(cfg: BenchConfig, model_dir: str, provider: str) -> dict:
     return {"model_dir": str(Path(model_dir).resolve()), "provider": provider, "threads": cfg.threads,
-            "seed": cfg.seed, "guidance_scale": cfg.guidance_scale, "top_k": cfg.top_k}
+            "seed": cfg.seed, "guidance_scale": cfg.guidance_scale, "top_k": cfg.top_k,
+            "session_options": cfg.session_options}
 
 
 def run_bench(cfg: BenchConfig, progress: Progress = lambda _s: None, workdir: Path | None = None) -> dict:
@@ -181,6 +183,7 @@ def _combine(row: dict) -> dict:
         row["peak_rss_image_mib"] = mem["after_image"]["peak_mib"]
         row["rss_source"] = mem["after_image"]["source"]
         row["one_image"] = mem["image"]
+        row["sha256_s"] = mem.get("sha256_s")
         row["active_provider"] = mem["provider"]
     loads = [r["load_s"] for r in rounds] + ([mem["load_s"]] if mem else [])
     row["load_s"] = statistics.median(loads) if loads else None

@@ -32,6 +32,28 @@ def timed_run(t0: float, stamps: list[float], tokens: int, end: float | None = N
             "intervals_ms": [round(x, 4) for x in (iv * 1e3).tolist()]}
 
 
+def callback_generation(generate: Callable[[int, Callable], object]) -> Generation:
+    """A `Generation` from `generate(rows, callback)`, any generator that calls `callback(step, total, tokens)`
+    after each decided token (the runtime's Pipeline, the PyTorch reference loop): stamps each token and
+    stops it after n tokens or max_s seconds."""
+    def one(rows: int, n: int, max_s: float | None) -> tuple[float, list[float]]:
+        stamps: list[float] = []
+        t0 = time.perf_counter()
+
+        def callback(step, total, _tokens):
+            stamps.append(time.perf_counter())
+            if step < total and should_stop(t0, len(stamps), n, max_s):
+                raise StopGeneration
+
+        try:
+            generate(rows, callback)
+        except StopGeneration:
+            pass
+        return t0, stamps
+
+    return one
+
+
 def run_rounds(one: Generation, batches: list[int], warmup: int, rounds: int, tokens: int,
                max_s: float | None = None) -> dict[str, list[dict]]:
     """Warm every batch size up with a short generation of `warmup` tokens, then `rounds` whole

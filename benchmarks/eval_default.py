@@ -13,9 +13,8 @@ Reports, on the fixed held-out split of `tessera.training.data` (last 60 images 
 
 Generation goes through a `generate_fn(labels, seed) -> images [N, 3, 28, 28] in [-1, 1]`, so any
 backend (this PyTorch reference, an ONNX runtime, ...) can be evaluated with `evaluate_generator`.
-The CLI default builds it with `torch_generate_fn`: a plain loop, one full forward per token
-(no KV cache), classifier-free guidance as LlamaGen (cond rows + null-class rows, logits =
-uncond + (cond - uncond) * scale, the sampled token fed to both), temperature / top-k / top-p.
+The CLI default builds it with `torch_generate_fn`: the PyTorch reference loop of the export stage
+(`tessera.export.reference.generate_tokens`: LlamaGen's KV-cached loop and guidance, the runtime's sampler).
 """
 from __future__ import annotations
 
@@ -29,8 +28,10 @@ import numpy as np
 import torch
 
 from tessera.export.build import load_run
+from tessera.export.reference import generate_tokens
 from tessera.export.transformer import GPT
 from tessera.export.vq import VQModel
+from tessera.runtime.sampling import SamplingConfig
 from tessera.training.data import SPLIT_DESCRIPTION, mnist_split, psnr, to_gray01
 from tessera.training.digit_classifier import DigitClassifier, frechet_distance, get_classifier
 from tessera.training.train_tokenizer import evaluate_vq, load_vq
@@ -41,53 +42,6 @@ GenerateFn = Callable[[torch.Tensor, int], torch.Tensor]
 DEFAULT_SAMPLING = dict(guidance_scale=3.0, temperature=1.0, top_k=0, top_p=1.0)
 
 
-def load_gpt(path: str) -> GPT:
-    return load_run(path, "gpt")
-
-
-def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """LlamaGen's sampling: logits / max(T, 1e-5), top-k, top-p (keeps the first token over p), multinomial."""
-    logits = logits / max(temperature, 1e-5)
-    if top_k and top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1, None]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        s, order = torch.sort(logits, descending=True, dim=-1)
-        cum = torch.softmax(s, dim=-1).cumsum(-1)
-        remove = cum > top_p
-        remove[..., 1:] = remove[..., :-1].clone()
-        remove[..., 0] = False
-        logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
-
-
-@torch.no_grad()
-def torch_generate_codes(gpt: GPT, labels: torch.Tensor, guidance_scale: float = 1.0, temperature: float = 1.0,
-                         top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> torch.Tensor:
-    """Reference KV-free loop: codes `[B, grid*grid]` for class `labels [B]`."""
-    cfg = gpt.cfg
-    gen = torch.Generator().manual_seed(seed)
-    b = len(labels)
-    cfg_on = guidance_scale != 1.0
-    cls = labels if not cfg_on else torch.cat([labels, torch.full_like(labels, cfg.null_class)])
-    cls_ids = gpt.class_token(cls)[:, None]
-    codes = torch.empty(b, 0, dtype=torch.long)
-    for t in range(cfg.block_size):
-        prefix = codes if not cfg_on else torch.cat([codes, codes])
-        ids = torch.cat([cls_ids, prefix], dim=1)
-        pos = torch.cat([torch.zeros(1, dtype=torch.long), gpt.cell_position(torch.arange(t))])
-        logits, _ = gpt(ids, pos.expand(len(ids), -1))
-        logits = logits[:, -1]
-        if cfg_on:
-            cond, uncond = logits[:b], logits[b:]
-            logits = uncond + (cond - uncond) * guidance_scale
-        tok = sample_logits(logits, temperature, top_k, top_p, gen)
-        codes = torch.cat([codes, tok[:, None]], dim=1)
-    return codes
-
-
 def torch_generate_fn(gpt: GPT, vq: VQModel, guidance_scale: float = 1.0, temperature: float = 1.0,
                       top_k: int = 0, top_p: float = 1.0, batch_size: int = 250) -> GenerateFn:
     """A `generate_fn(labels, seed) -> images [N, 3, 28, 28] in [-1, 1]` over the PyTorch models."""
@@ -96,13 +50,12 @@ def torch_generate_fn(gpt: GPT, vq: VQModel, guidance_scale: float = 1.0, temper
 
     @torch.no_grad()
     def generate(labels: torch.Tensor, seed: int) -> torch.Tensor:
-        labels = torch.as_tensor(labels, dtype=torch.long)
+        labels = np.asarray(labels, dtype=np.int64)
+        sampling = SamplingConfig(temperature, top_k, top_p)
         out = []
         for i in range(0, len(labels), batch_size):
-            codes = torch_generate_codes(gpt, labels[i:i + batch_size], guidance_scale, temperature, top_k, top_p,
-                                         seed=seed + i)
-            g = gpt.cfg.grid
-            out.append(vq.decode_codes(codes.view(-1, g, g)).clamp(-1, 1))
+            codes = generate_tokens(gpt, labels[i:i + batch_size], guidance_scale, sampling, seed=seed + i)
+            out.append(vq.decode_codes(torch.from_numpy(codes)).clamp(-1, 1))
         return torch.cat(out)
 
     return generate
@@ -214,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     data = mnist_split()
-    vq, gpt = load_vq(a.vq), load_gpt(a.gpt)
+    vq, gpt = load_vq(a.vq), load_run(a.gpt, "gpt")
     clf = get_classifier(a.classifier, data=data)
     scales = [float(s) for s in a.scales.split(",") if s]
     samp = dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p)
@@ -222,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     result = run_eval(vq, gens, clf, data, a.per_class, a.seed)
     result["sampling"] = dict(samp, guidance_scales=scales, per_class=a.per_class, seed=a.seed,
-                              backend="PyTorch reference loop, one full forward per token, no KV cache")
+                              backend="PyTorch reference loop (tessera.export.reference, KV-cached)")
     default_key = f"cfg={a.default_scale:g}"
     result["default"] = dict(guidance_scale=a.default_scale, **samp,
                              metrics=result["generation"].get(default_key))

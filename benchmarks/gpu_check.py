@@ -42,6 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tessera.bench.quality import token_agreement
+from tessera.bench.stats import interval_stats
+from tessera.bench.timing import callback_generation
+
 REPO = Path(__file__).resolve().parent.parent
 GPU_RESULTS = REPO / "benchmarks" / "results" / "gpu.md"
 PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
@@ -161,10 +165,6 @@ def export(spec: ModelSpec, gpt, vq, work: Path, log) -> None:
 # ==================================================================================================
 # Checks of one model directory
 # ==================================================================================================
-def agreement(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean(np.asarray(a) == np.asarray(b)))
-
-
 def torch_scenario_logits(gpt, calls: list[dict]) -> list[np.ndarray]:
     """PyTorch's logits for the scenario calls, each over the KV cache of the calls before it."""
     import torch
@@ -230,8 +230,8 @@ def check_dir(path: Path, provider: str, gpt, cpu_tokens: dict | None, torch_tok
     row["tokens"] = tokens
     for kind in ("greedy", "sampled"):
         if cpu_tokens is not None:
-            row[f"{kind}_vs_cpu"] = agreement(tokens[kind], cpu_tokens[kind])
-        row[f"{kind}_vs_torch"] = agreement(tokens[kind], torch_tokens[kind])
+            row[f"{kind}_vs_cpu"] = token_agreement(tokens[kind], cpu_tokens[kind])
+        row[f"{kind}_vs_torch"] = token_agreement(tokens[kind], torch_tokens[kind])
     row["logit_err"], row["logit_rel"] = scenario_error(pipe, gpt)
     manifest = json.loads((path / "tessera.json").read_text())
     row["export_rel"] = manifest["parity"]["transformer"]["relative_logit_error"]
@@ -263,32 +263,16 @@ def check_model(spec: ModelSpec, gpt, provider: str, log) -> list[dict]:
 # ==================================================================================================
 # Decode timing
 # ==================================================================================================
-class StopGeneration(Exception):
-    """Raised from a per-token callback to end a generation after the tokens to time."""
-
-
 def timed_tokens(run, n: int) -> list[float]:
-    """`run(callback)` generates; the callback stamps each sampled token and stops after `n`."""
-    stamps: list[float] = []
-
-    def callback(step, total, tokens):
-        stamps.append(time.perf_counter())
-        if len(stamps) >= n:
-            raise StopGeneration
-
-    try:
-        run(callback)
-    except StopGeneration:
-        pass
-    return stamps
+    """`run(callback)` generates; the time each of its first `n` tokens was sampled (tessera.bench.timing)."""
+    return callback_generation(lambda _rows, callback: run(callback))(0, n, None)[1]
 
 
 def decode_stats(run, tokens: int, rounds: int) -> dict:
     """Median / p90 of the intervals between consecutive tokens over `rounds` generations (after a
     short warm-up generation)."""
     timed_tokens(run, min(8, tokens))
-    iv = np.concatenate([np.diff(timed_tokens(run, tokens)) for _ in range(rounds)]) * 1e3
-    return {"median_ms": float(np.median(iv)), "p90_ms": float(np.percentile(iv, 90)), "n": int(iv.size)}
+    return interval_stats(np.concatenate([np.diff(timed_tokens(run, tokens)) for _ in range(rounds)]) * 1e3)
 
 
 def torch_generate(gpt, labels, guidance_scale: float, sampling, seed: int = 0, callback=None) -> np.ndarray:

@@ -10,7 +10,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from bench_env import cpu_model, versions
+from tessera.bench.env import cpu_model, versions
 
 from tessera.export import ort_matrix
 from tessera.models import default_model_dir
@@ -35,7 +35,7 @@ def main() -> int:
         table = ort_matrix.run_matrix(dirs, Path(tmp))
     text = ("# onnxruntime support matrix\n\n`python benchmarks/ort_matrix.py` (CPU execution provider; a cell "
             "is 'yes' when the directory loads and agrees with PyTorch as export/ort_matrix.py defines).\n\n"
-            + f"Run with {versions(('tessera-ar', 'numpy', 'torch'))} on {cpu_model()}.\n\n"
+            + f"Run with {versions(('tessera-ar', 'numpy', 'torch'), Path(__file__).resolve().parents[1])} on {cpu_model()}.\n\n"
             + ort_matrix.markdown(table))
     args.out.write_text(text)
     print(text)

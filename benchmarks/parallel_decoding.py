@@ -11,20 +11,18 @@ per image with guidance. Writes benchmarks/results/parallel_decoding.md.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from tessera.bench.cache import GPT_B_RANDOM, cached_export
+from tessera.bench.env import environment
+from tessera.bench.report import markdown_table
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-
-GPT_B_DIR = HERE / ".cache" / "parallel" / "gpt-b"
 
 
 def runtime_generate_fn(pipe, window):
@@ -71,19 +69,10 @@ def default_model_rows(windows, per_class: int) -> list[dict]:
     return rows
 
 
-def ensure_gpt_b() -> Path:
-    if not (GPT_B_DIR / "tessera.json").is_file():
-        GPT_B_DIR.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "tessera.cli", "export", "--gpt", "GPT-B", "--vq", "VQ-Tiny",
-                        "--vq-set", "image_size=64", "--vq-set", "codebook_size=16384", "--random-weights",
-                        "--out", str(GPT_B_DIR), "--overwrite"], check=True)
-    return GPT_B_DIR
-
-
 def gpt_b_rows(windows, repeats: int) -> list[dict]:
     from tessera.runtime import Pipeline
 
-    pipe = Pipeline.load(ensure_gpt_b(), providers="cpu", threads=2, verify="none")
+    pipe = Pipeline.load(cached_export(HERE / ".cache" / "exports", "gpt-b", GPT_B_RANDOM), providers="cpu", threads=2, verify="none")
     rows = []
     for window in windows:
         times = []
@@ -100,20 +89,13 @@ def gpt_b_rows(windows, repeats: int) -> list[dict]:
 
 def table(rows: list[dict], quality: bool) -> list[str]:
     base = rows[0]
-    head = "| decoding | calls / image | fewer calls | s / image | speed-up |"
-    sep = "|---|---|---|---|---|"
-    if quality:
-        head += " accuracy | Fréchet dist. |"
-        sep += "---|---|"
-    lines = [head, sep]
-    for r in rows:
-        name = "sequential" if r["window"] is None else f"parallel, window {r['window']}"
-        line = (f"| {name} | {r['calls_per_image']:.0f} | {base['calls_per_image'] / r['calls_per_image']:.2f}x | "
-                f"{r['seconds_per_image']:.3f} | {base['seconds_per_image'] / r['seconds_per_image']:.2f}x |")
-        if quality:
-            line += f" {r['accuracy']:.1%} | {r['frechet']:.1f} |"
-        lines.append(line)
-    return lines
+    head = ["decoding", "calls / image", "fewer calls", "s / image", "speed-up"] + \
+        (["accuracy", "Fréchet dist."] if quality else [])
+    return markdown_table(head, [[
+        "sequential" if r["window"] is None else f"parallel, window {r['window']}", f"{r['calls_per_image']:.0f}",
+        f"{base['calls_per_image'] / r['calls_per_image']:.2f}x", f"{r['seconds_per_image']:.3f}",
+        f"{base['seconds_per_image'] / r['seconds_per_image']:.2f}x"]
+        + ([f"{r['accuracy']:.1%}", f"{r['frechet']:.1f}"] if quality else []) for r in rows])
 
 
 def main(argv=None) -> None:
@@ -123,10 +105,10 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-gpt-b", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results" / "parallel_decoding.md"))
     args = ap.parse_args(argv)
+    env = environment()
     out = ["# Parallel (ZipAR-style) decoding vs sequential", "",
-           f"`python benchmarks/parallel_decoding.py` — {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
-           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, 2 threads, "
-           f"load average {os.getloadavg()[0]:.1f}", ""]
+           f"`python benchmarks/parallel_decoding.py` — {env['date']}, {env['cpu']}, {env['cores']} cores, 2 threads, "
+           f"load average {env['load_before'][0]:.1f}", ""]
     out += ["## Shipped default model (7x7 tokens, 50 images per class, default sampling)", "",
             "Calls are per batch of 50 images (one class); accuracy and Fréchet distance from the digit "
             "classifier on the held-out split (benchmarks/eval_default.py).", ""]

@@ -79,3 +79,15 @@ def test_bad_input_is_one_error_line(blocked, tmp_path, args, message):
     assert r.returncode == 1, r.stderr
     assert r.stderr.startswith("tessera: error:") and message.format(**fill) in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("blocked_module,package", [("onnxruntime_genai", "onnxruntime-genai"),
+                                                    ("optimum", "optimum-onnx")])
+def test_a_peer_that_cannot_run_fails_the_decode_benchmark_naming_its_package(blocked_module, package):
+    """benchmarks/decode_peers.py (run as a script) refuses before measuring anything; the peers extra is named."""
+    code = (f"import runpy, sys; sys.modules[{blocked_module!r}] = None; "
+            "sys.argv = ['decode_peers.py', '--peers', 'tessera-fp32,genai-int4,optimum', '--quick']; "
+            "runpy.run_path('benchmarks/decode_peers.py', run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert f"needs {package}" in r.stderr and "'.[peers]'" in r.stderr and "--peers" in r.stderr

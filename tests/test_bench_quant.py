@@ -1,121 +1,109 @@
-"""benchmarks/quant_variants.py: the table / target / plot writer on a synthetic run (no models, ~2 s)."""
+"""How `tessera bench` (and benchmarks/quant_variants.py on top of it) judges quantized variants against the
+first directory: token agreement, teacher-forced logit error, ratios, noise flags, and the tables' columns, on
+synthetic worker results (no models, well under a second)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
+import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "quant_variants.py"
+from tessera.bench import run as bench_run
+from tessera.bench.quality import logit_error, token_agreement
+from tessera.bench.report import model_table, render, speed_table
 
 
-@pytest.fixture(scope="module")
-def qv():
-    spec = importlib.util.spec_from_file_location("quant_variants_under_test", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+def test_token_agreement_counts_equal_tokens():
+    a = np.arange(12).reshape(1, 3, 4)
+    b = a.copy()
+    b[0, 2, 1:] = 0
+    assert token_agreement(a, a) == 1.0 and token_agreement(a, b) == pytest.approx(9 / 12)
+    with pytest.raises(ValueError):
+        token_agreement(a, a[:, :2])
 
 
-def _row(qv, precision, files, peak, decode, acc=None, agree=None, tf=True):
-    row = {"files_mib": files, "transformer_mib": files * 0.9, "load_s": 0.5, "sha256_s": 0.2, "size_check_s": 0.0,
-           "peak_mib": peak, "after_load": {"peak_mib": peak}, "after_first_image": {"peak_mib": peak},
-           "decode_median_ms": decode, "decode_p90_ms": decode * 1.2, "prefill_ms": 5.0, "image_s": decode * 0.3,
-           "first_image_s": decode * 0.35, "timed_images": 2, "warmup_only": False,
-           "graph": {"precision": precision},
-           "export_parity": {"max_abs_logit_error": 0.05, "relative_logit_error": 0.02, "argmax_agreement": 0.9},
-           "teacher_forced": None if precision == "fp32" or not tf else
-           {"max_abs_logit_error": 0.1, "logit_scale": 10.0, "argmax_agreement": 0.95, "mean_abs_logit_error": 0.01,
-            "positions": 98}}
-    if agree is not None:
-        row["agreement"] = {"tokens": agree, "images_identical": 0.5, "n_images": 4, "first_divergence_median": 10}
-    if acc is not None:
-        row["quality"] = {"accuracy": acc, "frechet_distance": 3.2, "n_images": 100, "accuracy_per_class": {}}
-    return row
+def test_logit_error_max_mean_and_argmax_agreement():
+    ref = np.array([[0.0, 5.0, 1.0], [3.0, 0.0, 0.0]], np.float32)
+    out = ref.copy()
+    out[1, 1] = 4.0  # moves the argmax of position 1
+    e = logit_error(ref, out)
+    assert e["max_abs_logit_error"] == 4.0 and e["argmax_agreement"] == 0.5 and e["logit_scale"] == 5.0
+    assert e["mean_abs_logit_error"] == pytest.approx(4 / 6) and e["positions"] == 2
 
 
-def _state(qv, int8_acc=0.905, int4_peak=300.0):
-    return {
-        "command": "python benchmarks/quant_variants.py --quick", "date": "2026-01-01 00:00 UTC",
-        "uptime_start": "load average: 1.00", "uptime_end": "load average: 1.00", "threads": 2, "cpu": "test CPU",
-        "versions": {"python": "3.11"}, "notes": ["a note"], "method": qv.METHOD, "quick": True,
-        "baseline_mib": 60.0, "baseline_runs": [60.0, 60.0, 61.0], "total_s": 10.0,
-        "models": {
-            "default": {"title": "default", "how": "test", "standin": False, "sampling": {"guidance_scale": 3.0},
-                        "dims": {"n_layer": 4, "dim": 192, "n_head": 3, "vocab_size": 512, "num_classes": 10,
-                                 "parameters": 2e6, "grid": 7},
-                        "variants": {"fp32": _row(qv, "fp32", 10, 100, 1.0, acc=0.91),
-                                     "fp16": _row(qv, "fp16", 5, 90, 3.0, acc=0.91, agree=0.99),
-                                     "int8": _row(qv, "int8", 4, 80, 0.8, acc=int8_acc, agree=0.9),
-                                     "int4": _row(qv, "int4", 3, 80, 0.7, acc=0.89, agree=0.8),
-                                     "int4-alt": _row(qv, "int4", 3, 80, 0.5, acc=0.85, agree=0.7, tf=False)}},
-            "gpt-b": {"title": "gpt-b", "how": "test", "standin": False, "sampling": {"guidance_scale": 4.0},
-                      "dims": {"n_layer": 12, "dim": 768, "n_head": 12, "vocab_size": 16384, "num_classes": 1000,
-                               "parameters": 1.1e8, "grid": 16},
-                      "variants": {"fp32": _row(qv, "fp32", 425, 600, 30.0),
-                                   "int4": _row(qv, "int4", 112, int4_peak, 15.0, agree=0.3),
-                                   "int4-alt": _row(qv, "int4", 112, 250, 9.0, agree=0.3)}},
-        },
-    }
+def _mem(peak_image: float) -> dict:
+    snap = lambda peak: {"peak_mib": peak, "source": "VmHWM"}  # noqa: E731
+    return {"after_import": snap(50.0), "after_load": snap(peak_image - 10), "after_image": snap(peak_image),
+            "image": {"tokens_s": 0.5, "decode_s": 0.2, "guidance_scale": 4.0}, "load_s": 0.3, "sha256_s": 0.1,
+            "provider": "CPUExecutionProvider"}
 
 
-def test_targets_pass_and_fail(qv):
-    state = _state(qv)
-    state["labels"] = qv.variant_labels({"int4": 4, "int4-alt": 0})
-    ok = {t["name"]: t["passed"] for t in qv.targets(state)}
-    assert ok["default int8: conditional accuracy within 1 point of fp32"] is True  # -0.5 points
-    assert ok["default int4 (acc-level 4, default): conditional accuracy within 3 points of fp32"] is True  # -2
-    assert ok["default int4 acc-level 0 (fp32 compute): conditional accuracy within 3 points of fp32"] is False  # -6
-    # limit 1.3 * 112 + 150 = 295.6 MiB; 300 - 60 baseline = 240 passes, 400 - 60 = 340 fails
-    assert ok["GPT-B int4 (acc-level 4, default): peak memory <= 1.3 x files + 150 MiB"] is True
-    bad = {t["name"]: t["passed"] for t in qv.targets(_state(qv, int8_acc=0.89, int4_peak=400.0))}
-    assert bad["default int8: conditional accuracy within 1 point of fp32"] is False
-    assert bad["GPT-B int4: peak memory <= 1.3 x files + 150 MiB"] is False
+def _speed(median: float, load=(0.5, 0.5)) -> dict:
+    run = {"prefill_s": 0.01, "whole_s": 1.0, "intervals_ms": [median] * 9, "images": 1, "image_s": median / 10}
+    return {"load_s": 0.2, "provider": "CPUExecutionProvider", "runs": {"2": run},
+            "load_before": [load[0], 0, 0], "load_after": [load[1], 0, 0]}
 
 
-def test_report_and_plot(qv, tmp_path):
-    state = _state(qv, int4_peak=400.0)
-    state["targets"] = qv.targets(state)
-    state["memory_tokens"] = 16
-    state["memory_investigation_reason"] = "failed"
-    inv = {"peak_mib": 400.0, "above_baseline_mib": 340.0, "load_peak_mib": 400.0, "load_s": 1.0,
-           "decode_median_ms": 15.0, "image_s": 4.0, "files_mib": 112.0,
-           "rss_after_image": {"anon_mib": 200.0, "file_mib": 40.0}}
-    state["memory_investigation"] = [dict(inv, label="as shipped"), dict(inv, label="opt", above_baseline_mib=200.0),
-                                     {"label": "broken", "error": "boom"}]
-    state["memory_conclusion"] = qv.memory_conclusion(state["memory_investigation"])
-    assert "opt" in state["memory_conclusion"][0]
-    out = tmp_path / "r.md"
-    qv.write_outputs(state, out)
-    text = out.read_text()
-    assert "| int4 other acc-level |" in text and "fp16 is a GPU variant" in text
-    assert "**FAIL**" in text and "**PASS**" in text
-    assert "load average" in text and "Memory investigation" in text and "broken" in text
-    # one speed row and one quality row per variant of each model
-    assert text.count("| fp32 |") == 4
-    assert (tmp_path / "r.png").stat().st_size > 10_000
+def _row(name: str, peak: float, medians: list[float]) -> dict:
+    row = {"dir": name, "name": name, "graphs_mib": 10.0, "precision": "fp32", "guidance": 4.0, "grid": [7, 7],
+           "provider": "cpu", "memory": _mem(peak), "speed_rounds": [_speed(m) for m in medians]}
+    return bench_run._combine(row)
 
 
-def test_int4_levels_follow_the_cli_default(qv):
-    """"int4" is whatever `tessera export` uses by default, read here from the export CLI's own parser;
-    "int4-alt" is the other of the two measured levels (0 = fp32 compute, 4 = int8 compute)."""
-    import argparse
-
-    from tessera.export.cli import add_arguments
-
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    default = parser.get_default("int4_accuracy_level")
-    assert default in (0, 4)
-    assert qv.int4_levels() == {"int4": default, "int4-alt": 4 - default}
-    labels = qv.variant_labels(qv.int4_levels())
-    assert labels["int4"] == f"int4 (acc-level {default}, default)" and f"acc-level {4 - default}" in labels["int4-alt"]
+def _run(rows: list[dict], load_before: float = 0.1) -> dict:
+    run = {"environment": {"date": "2026-01-01 00:00 UTC", "cpu": "test", "cores": 2, "versions": {"numpy": "x"},
+                           "load_before": [load_before, 0, 0], "load_after": [0.2, 0, 0]},
+           "settings": {"rounds": 2, "warmup": 8, "threads": None, "seed": 0, "guidance_scale": None},
+           "rows": rows, "errors": [], "notes": []}
+    bench_run._ratios(rows)
+    bench_run._flag_noise(run)
+    return run
 
 
-def test_skip_parsing(qv):
-    assert qv.parse_skip(["fp16"]) == {("default", "fp16"), ("gpt-b", "fp16")}
-    assert qv.parse_skip(["gpt-b:fp16,gpt-b:int8"]) == {("gpt-b", "fp16"), ("gpt-b", "int8")}
-    with pytest.raises(SystemExit):
-        qv.parse_skip(["int3"])
+def test_rounds_combine_and_ratios_are_to_the_first_directory():
+    fp32, int4 = _row("fp32", 200.0, [10.0, 10.0]), _row("int4", 120.0, [4.0, 6.0])
+    run = _run([fp32, int4])
+    assert int4["batches"]["2"]["median_ms"] == 5.0 and int4["batches"]["2"]["round_medians_ms"] == [4.0, 6.0]
+    assert int4["vs_first"]["decode_2"] == 0.5 and int4["vs_first"]["peak_rss_image"] == 0.6
+    assert fp32["vs_first"]["decode_2"] == 1.0
+    assert int4["baseline_mib"] == 50.0 and int4["load_s"] == 0.2 and int4["sha256_s"] == 0.1
+    assert run["noisy"] is True  # int4's rounds 4 and 6 ms are 50 % apart
+    assert "int4" in run["notes"][0]
+
+
+def test_a_quiet_run_is_not_flagged_and_a_loaded_one_is():
+    rows = [_row("a", 100.0, [10.0, 10.5]), _row("b", 100.0, [5.0, 5.1])]
+    assert _run(rows)["noisy"] is False
+    rows = [_row("a", 100.0, [10.0, 10.5])]
+    loaded = _run(rows, load_before=3.5)
+    assert loaded["noisy"] is True and "3.50 on 2 cores" in loaded["notes"][0]
+
+
+def test_tables_have_a_row_per_directory_and_batch_with_quality_columns():
+    fp32, int4 = _row("fp32", 200.0, [10.0]), _row("int4", 120.0, [5.0])
+    int4["quality"] = {"token_agreement": 0.75, "max_abs_logit_error": 0.2, "argmax_agreement": 0.9}
+    run = _run([fp32, int4])
+    head, rows = model_table(run)
+    col = {h: i for i, h in enumerate(head)}
+    assert len(rows) == 2 and rows[0][col["token agreement"]] == "reference"
+    assert rows[1][col["token agreement"]] == "75.0 %" and rows[1][col["x first"]] == "0.60"
+    head, rows = speed_table(run)
+    assert len(rows) == 2 and rows[1][head.index("decode x first")] == "0.50"
+    assert "peak RSS, one image MiB" in render(run, markdown=True)
+
+
+def test_a_provider_onnxruntime_dropped_is_an_error():
+    row = _row("a", 100.0, [10.0])
+    row["provider"] = "cuda"
+    run = _run([row])
+    bench_run._check_providers(run)
+    assert run["errors"] and "asked for cuda" in run["errors"][0]
+
+
+@pytest.mark.parametrize("text,ok", [("2,8", [2, 8]), (" 4 ", [4]), ("2,2", [2]), ("2,x", None), ("0", None), ("", None)])
+def test_batch_lists(text, ok):
+    from tessera.runtime.errors import InvalidInputError
+
+    if ok is None:
+        with pytest.raises(InvalidInputError):
+            bench_run.parse_int_list(text, "--batch")
+    else:
+        assert bench_run.parse_int_list(text, "--batch") == ok
