@@ -17,7 +17,7 @@ def _pct(value) -> str:
 def model_table(run: dict) -> tuple[list[str], list[list[str]]]:
     """One row per (directory, provider): size, load, memory, one whole image, quality vs the first."""
     head = ["model", "provider", "precision", "graphs MiB", "load s", "peak RSS load MiB", "peak RSS, one image MiB",
-            "x first", "one image s (tokens + decode)", "token agreement", "max |logit err|", "argmax agreement"]
+            "x first", "one image s (tokens + decode)", "token agreement", "max abs logit error", "argmax agreement"]
     rows = []
     for r in run["rows"]:
         q = r.get("quality") or {}
@@ -87,6 +87,7 @@ def write_json(run: dict, path: Path) -> None:
 
 def write_markdown(run: dict, path: Path, command: str | None = None) -> None:
     text = render(run, markdown=True)
+    command = command or run.get("command")
     if command:
         text = text.replace("# tessera bench\n", f"# tessera bench\n\n`{command}`\n", 1)
     Path(path).write_text(text)

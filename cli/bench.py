@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -17,15 +18,19 @@ EXAMPLES = """examples:
 """
 
 
+class BenchHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The shared option help, with the description and the examples kept as written."""
+
+
 def add_bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="measure model directories here: size, load, memory, speed, quality",
-                       formatter_class=HelpFormatter, epilog=EXAMPLES,
-                       description="Measure each model directory on each provider, every measurement in a fresh "
+                       formatter_class=BenchHelpFormatter, epilog=EXAMPLES,
+                       description=textwrap.fill("Measure each model directory on each provider, every measurement in a fresh "
                                    "process: graph size, load time, peak resident memory (after load, and of one "
                                    "whole image with guidance: tokens + tokenizer decode), prefill, per-token decode "
                                    "(median, p90) and time per image per batch size, and quality against the first "
                                    "directory (tokens under the same seed; teacher-forced logit error and argmax "
-                                   "agreement). Times are meant as ratios within one run.")
+                                   "agreement). Times are meant as ratios within one run.", 100))
     b.add_argument("model_dirs", nargs="+", metavar="MODEL_DIR", help="model directories; the first is the reference")
     b.add_argument("--providers", default="cpu", help="comma-separated execution providers or aliases")
     b.add_argument("--batch", default="2,8", help="transformer batch rows to time, 2 per image with guidance")
