@@ -39,6 +39,10 @@ class ImageTokenizer:
             decoder = self._decoder = self._open_decoder()
         return decoder
 
+    @decoder.setter
+    def decoder(self, session) -> None:
+        self._decoder = session
+
     def close_decoder(self) -> None:
         """Drop the decoder session (its weights and activation arena), e.g. while the transformer
         generates on a memory-limited device (`Pipeline.load(low_memory=True)`)."""
