@@ -87,7 +87,9 @@ class ImageTokenizer:
 
         Tiles overlap by `overlap` tokens (default tile // 4); each output pixel comes from the
         tile whose interior it is in, the seams falling mid-overlap, where the conv decoder's
-        receptive field has the most context on both sides.
+        receptive field has the most context on both sides. Not the untiled image: the decoder's
+        GroupNorm statistics and attention see one tile at a time (the error is measured in
+        benchmarks/results/memory.md), so tiling is for grids too large to decode at once, never a default.
         """
         codes = np.asarray(codes)
         if codes.ndim != 3:
