@@ -149,7 +149,8 @@ class GenerationConfig:
             steps, note = pick("steps", DEFAULT_ANYORDER_STEPS)
             steps = check_int("steps", steps, 1, grid[0] * grid[1], note=" (transformer calls per grid)" + note)
         elif self.steps is not None:
-            raise InvalidInputError(f"steps is an option of the anyorder decoder (any-order models), not of {decoder!r}")
+            raise InvalidInputError(f"steps is an option of the anyorder decoder (any-order models), "
+                                    f"not of {decoder!r}")
         return GenerationConfig(g, t, k, p, seed, n, window, grid, decoder=decoder, jacobi_window=jacobi_window,
                                 steps=steps, resolved=True)
 
