@@ -164,10 +164,11 @@ def fp16_graph(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 @contextmanager
-def _quiet():
-    """onnxruntime's quantizers log every node at INFO on the root logger; keep them quiet."""
+def quiet_logging(level: int = logging.INFO):
+    """onnxruntime's quantizers and converters log every node at INFO on the root logger (and advise
+    pre-processing at WARNING): silence records up to `level` while they run."""
     previous = logging.root.manager.disable
-    logging.disable(logging.INFO)
+    logging.disable(level)
     try:
         yield
     finally:
@@ -179,7 +180,7 @@ def int8_dynamic(src: Path, dst: Path, opts: QuantOptions) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     reduce = opts.int8_weights == "int8-reduce-range"
-    with _quiet():
+    with quiet_logging():
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], per_channel=opts.int8_per_channel,
                          reduce_range=reduce, weight_type=QuantType.QInt8 if reduce else QuantType.QUInt8,
                          use_external_data_format=data_file(src).exists(),
@@ -192,7 +193,7 @@ def nbits_weight_only(model: onnx.ModelProto, bits: int, block_size: int,
     """Blockwise symmetric 4- or 8-bit weights (MatMulNBits) for constant-weight MatMuls."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    with _quiet():
+    with quiet_logging():
         q = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True,
                                  accuracy_level=accuracy_level, op_types_to_quantize=("MatMul",))
         q.process()

@@ -21,13 +21,12 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from .quantize import QuantizationError, data_file, fp16_graph, save_graph
+from .quantize import QuantizationError, data_file, fp16_graph, quiet_logging, save_graph
 
 TOKENIZER_PRECISIONS = ("fp32", "fp16", "int8")
 # Lowest PSNR (dB) a variant may have against the fp32 decoder's image on the probe.
@@ -61,17 +60,6 @@ def _run(path: Path, codes: np.ndarray) -> np.ndarray:
     return sess.run(None, {sess.get_inputs()[0].name: codes})[0].astype(np.float32)
 
 
-@contextmanager
-def _silent():
-    """onnxruntime's converters log every node at INFO and advise pre-processing at WARNING."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
-
-
 def _int8_qdq(src: Path, dst: Path, size: int, grid: int) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -83,7 +71,7 @@ def _int8_qdq(src: Path, dst: Path, size: int, grid: int) -> None:
         def get_next(self):
             return next(self._feeds, None)
 
-    with _silent():
+    with quiet_logging(logging.WARNING):
         quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
                         per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                         use_external_data_format=data_file(src).exists())
@@ -105,7 +93,7 @@ def quantize_decoder(path: Path, precision: str, codebook_size: int, grid: int, 
     reference = _run(path, probe)
     try:
         if precision == "fp16":
-            with _silent():
+            with quiet_logging(logging.WARNING):
                 model = fp16_graph(onnx.load(str(path)))
             method, options = "float16-cast", {"io_kept_float32": "all"}
         else:
