@@ -446,13 +446,14 @@ class Pipeline:
                         top_k: int | None = None, top_p: float | None = None, seed: int | Sequence[int] = 0,
                         num_images_per_class: int = 1, callback: StepCallback | None = None,
                         parallel_window: int | None = None, grid: int | tuple[int, int] | None = None, *,
-                        cancel: CancelToken | None = None) -> np.ndarray:
+                        cancel: CancelToken | None = None, decoder: str | None = None,
+                        jacobi_window: int | None = None, steps: int | None = None) -> np.ndarray:
         """Class labels (ids or names) -> token grids `[N, h, w]` (the images not decoded); the
         options as `generate`. `run(..., decode_images=False)` gives the whole result."""
         return self.run(class_labels, callback=callback, cancel=cancel, decode_images=False,
                         guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p,
                         seed=seed, num_images_per_class=num_images_per_class, parallel_window=parallel_window,
-                        grid=grid).tokens
+                        grid=grid, decoder=decoder, jacobi_window=jacobi_window, steps=steps).tokens
 
     @property
     def last_calls(self) -> int:

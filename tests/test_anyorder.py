@@ -160,6 +160,9 @@ def test_anyorder_is_the_default_decoder_with_steps_calls(ao_pipe):
     r8 = ao_pipe.run([3], seed=1, callback=lambda s, t, tok: seen.append(s), decode_images=False)
     assert r8.calls == 8 and seen[-1] == 16 and seen == sorted(seen)
     np.testing.assert_array_equal(r8.tokens[0], ao_pipe.run([3, 4], seed=1, decode_images=False).tokens[0])
+    # generate_tokens and generate take the decoding options run takes
+    np.testing.assert_array_equal(ao_pipe.generate_tokens([3, 4], seed=1, steps=5), r.tokens)
+    assert ao_pipe.last_calls == 5
     with pytest.raises(InvalidInputError, match="steps must be in 1..16"):
         ao_pipe.run([3], steps=17)
     with pytest.raises(InvalidInputError, match="trained for any-order decoding"):
