@@ -62,3 +62,11 @@ def environment(packages: tuple[str, ...] = PACKAGES, repo: Path | None = None) 
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_model(),
             "cores": os.cpu_count(), "platform": platform.platform(), "versions": versions(packages, repo),
             "load_before": load_average()}
+
+
+def run_line(command: str, threads: int | None = None, shared: bool = True) -> str:
+    """The line under a results file's title: its command, when, on what CPU, and how busy the machine was
+    (the figures below it are ratios within one run when the load is high)."""
+    return (f"`{command}` — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_model()}, {os.cpu_count()} cores"
+            + (" (shared with other sessions)" if shared else "") + (f", {threads} onnxruntime thread(s)" if threads else "")
+            + f", load average {load_average()[0]:.1f}")

@@ -1,90 +1,64 @@
 """The whole pipeline's memory and the tokenizer decoder variants, on LlamaGen GPT-B + VQ-16 at 256 px.
 
-    python benchmarks/pipeline_memory.py            # exports once into ~/.cache/tessera/pipeline-memory
+    python benchmarks/pipeline_memory.py            # exports once into benchmarks/.cache/exports (tessera.bench.cache)
     python benchmarks/pipeline_memory.py --rounds 5 --out benchmarks/results/memory.md
+    python benchmarks/pipeline_memory.py --quick    # GPT-Tiny + VQ-Tiny, every table once (a smoke run, ~2 min)
 
-Weights: random, in LlamaGen's checkpoint layout (tests/llamagen_layout.py), loaded through the
-LlamaGen file names (`c2i_B_256.pt`, `vq_ds16_c2i.pt`), so the export presets are the real ones.
-The decoder's weights get PyTorch's default scales (GroupNorm 1/0, convs U(+-1/sqrt(fan_in))), so
-its image spans about [-2, 2] like a trained one's rather than collapsing to 0 (which would make
-any PSNR look good). Each peak RSS (VmHWM: the whole process) is measured in a fresh process
-running `tessera generate`: one image with guidance (the preset's 4.0), int4 transformer.
+Weights: random, in LlamaGen's checkpoint layout (llamagen_random.py: the real models' init scales, so the
+decoder's image spans about [-2, 2] like a trained one's rather than collapsing to 0, which would make any
+PSNR look good), loaded through the LlamaGen file names, so the export presets are the real ones. Each peak
+RSS (VmHWM: the whole process) is measured in a fresh worker process (tessera.bench.protocol) running
+`tessera generate`: one image with guidance (the preset's 4.0), int4 transformer.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
 import statistics
-import subprocess
-import sys
+import tempfile
 import time
 from pathlib import Path
 
-CACHE = Path.home() / ".cache" / "tessera" / "pipeline-memory"
-ROOT = Path(__file__).resolve().parent.parent
+from llamagen_random import export_args, write_checkpoints
+
+from tessera.bench.cache import cached_export
+from tessera.bench.env import load_average, run_line
+from tessera.bench.protocol import run_worker
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / ".cache"
 VARIANTS = {"int4-tok-fp32": "fp32", "int4-tok-int8": "int8", "int4-tok-fp16": "fp16"}
+TILES = ((8, 2), (10, 4), (12, 4))  # (tile, overlap) on the 16x16 grid
+QUICK_TILES = ((2, 1),)  # GPT-Tiny's 4x4 grid
+QUICK = ["--gpt", "GPT-Tiny", "--vq", "VQ-Tiny", "--random-weights"]
 
 
-def peak_worker(model: str, low_memory: bool, tile: int | None = None) -> None:
-    """`tessera generate` in this process (or, with `tile`, the same through the API with a tiled
-    decode), then its peak RSS (VmHWM) and the seconds it took."""
+def peak(job: dict) -> dict:
+    """Worker: `tessera generate` in this process (or, with `tile`, the same through the API with a tiled
+    decode); the protocol adds the process's peak RSS."""
     t0 = time.perf_counter()
-    if tile:
+    if job["tile"]:
         from tessera.runtime.pipeline import Pipeline
 
-        pipe = Pipeline.load(model, providers="cpu", low_memory=low_memory)
-        pipe.decode(pipe.generate_tokens([207], seed=0), tile=tile)
+        pipe = Pipeline.load(job["model"], providers="cpu", low_memory=job["low_memory"])
+        pipe.decode(pipe.generate_tokens([job["label"]], seed=0), tile=job["tile"])
         code = 0
     else:
         from tessera.cli.main import main
 
-        args = ["generate", "207", "--model", model, "--seed", "0", "--out", "/tmp/pipeline-memory.png", "-q"]
-        code = main(args + (["--low-memory"] if low_memory else []))
-    seconds = time.perf_counter() - t0
-    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-    print(json.dumps({"code": code, "peak_mb": hwm / 1024, "seconds": seconds}))
+        args = ["generate", str(job["label"]), "--model", job["model"], "--seed", "0", "--out", job["png"], "-q"]
+        code = main(args + (["--low-memory"] if job["low_memory"] else []))
+    return {"code": code, "seconds": time.perf_counter() - t0}
 
 
-def _fresh(*args: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def write_checkpoints() -> None:
-    import torch
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    from llamagen_layout import gpt_shapes, vq_shapes
-
-    g = torch.Generator().manual_seed(0)
-
-    def init(key: str, shape: tuple) -> torch.Tensor:
-        if len(shape) == 1 and "norm" in key:
-            return torch.ones(shape) if key.endswith("weight") else torch.zeros(shape)
-        if key.endswith("codebook_used"):
-            return torch.zeros(shape)
-        if len(shape) == 4:  # conv: PyTorch's default bound
-            return (torch.rand(shape, generator=g) * 2 - 1) / math.sqrt(shape[1] * shape[2] * shape[3])
-        if key.endswith("bias"):
-            return (torch.rand(shape, generator=g) * 2 - 1) * 0.02
-        return torch.randn(shape, generator=g) * 0.02  # LlamaGen's init for linear and embedding weights
-
-    CACHE.mkdir(parents=True, exist_ok=True)
-    for name, shapes in (("c2i_B_256.pt", gpt_shapes(768, 2048, 12)), ("vq_ds16_c2i.pt", vq_shapes())):
-        if not (CACHE / name).is_file():
-            torch.save({"model": {k: init(k, s) for k, s in shapes.items()}}, CACHE / name)
-
-
-def export_variants() -> None:
-    write_checkpoints()
-    for name, tok in VARIANTS.items():
-        if not (CACHE / name / "tessera.json").is_file():
-            subprocess.run(["tessera", "export", "-q", "--gpt-weights", str(CACHE / "c2i_B_256.pt"),
-                            "--vq-weights", str(CACHE / "vq_ds16_c2i.pt"), "--quant", "int4",
-                            *(["--tokenizer-quant", tok] if tok != "fp32" else []), "--out", str(CACHE / name)],
-                           check=True)
+def export_variants(quick: bool) -> dict[str, Path]:
+    """The three tokenizer variants of one int4 transformer, through the one export cache."""
+    base, folder = QUICK, CACHE / "llamagen-random"
+    if not quick:
+        write_checkpoints(folder)
+        base = export_args(folder)
+    return {name: cached_export(CACHE / "exports", ("tiny-" if quick else "gpt-b-") + name,
+                                [*base, "--quant", "int4", *(["--tokenizer-quant", tok] if tok != "fp32" else [])],
+                                [] if quick else sorted(folder.glob("*.pt"))) for name, tok in VARIANTS.items()}
 
 
 def decoder_gflop() -> float:
@@ -115,6 +89,16 @@ def decoder_gflop() -> float:
     return flops[0] / 1e9
 
 
+def best_s(fn, repeats: int = 5) -> float:
+    """The fastest of `repeats` calls (on a shared machine noise only adds time)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
 def matmul_peaks(threads: int) -> dict:
     """This CPU's reachable peaks: fp32 GFLOP/s (numpy and onnxruntime MatMul) and int8 GOP/s
     (onnxruntime MatMulInteger, uint8 x int8), each the best of a few 2048^3 products."""
@@ -125,31 +109,19 @@ def matmul_peaks(threads: int) -> dict:
     n = 2048
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
-    best = math.inf
-    for _ in range(5):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    peaks = {"numpy_fp32_gflops": 2 * n ** 3 / best / 1e9}
+    peaks = {"numpy_fp32_gflops": 2 * n ** 3 / best_s(lambda: a @ b) / 1e9}
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     for key, op, x, w, out_type in (
             ("ort_fp32_gflops", "MatMul", a, b, TensorProto.FLOAT),
             ("ort_int8_gops", "MatMulInteger", rng.integers(0, 255, (n, n), dtype=np.uint8),
              rng.integers(-127, 127, (n, n), dtype=np.int8), TensorProto.INT32)):
-        node = helper.make_node(op, ["x", "w"], ["y"])
-        graph = helper.make_graph([node], "peak", [helper.make_tensor_value_info(
-            "x", helper.np_dtype_to_tensor_dtype(x.dtype), [n, n])], [helper.make_tensor_value_info("y", out_type,
-                                                                                                   [n, n])],
-            [numpy_helper.from_array(w, "w")])
+        x_info = helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(x.dtype), [n, n])
+        graph = helper.make_graph([helper.make_node(op, ["x", "w"], ["y"])], "peak", [x_info],
+                                  [helper.make_tensor_value_info("y", out_type, [n, n])], [numpy_helper.from_array(w, "w")])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        best = math.inf
-        for _ in range(5):
-            t = time.perf_counter()
-            sess.run(None, {"x": x})
-            best = min(best, time.perf_counter() - t)
-        peaks[key] = 2 * n ** 3 / best / 1e9
+        peaks[key] = 2 * n ** 3 / best_s(lambda: sess.run(None, {"x": x})) / 1e9
     return peaks
 
 
@@ -163,24 +135,24 @@ def dynamic_int8(src: Path, dst: Path) -> Path:
     return dst
 
 
-def decoders(rounds: int, threads: int) -> list[dict]:
+def decoders(dirs: dict[str, Path], rounds: int, threads: int, label: int) -> list[dict]:
     """Each decoder variant on the same generated tokens: median decode seconds, PSNR vs fp32."""
-    import numpy as np
     import onnxruntime as ort
 
     from tessera.export.tokenizer_quant import psnr_db
     from tessera.runtime.pipeline import Pipeline
 
-    tokens = Pipeline.load(CACHE / "int4-tok-int8", providers="cpu", low_memory=True).generate_tokens([207], seed=0)
+    tokens = Pipeline.load(dirs["int4-tok-int8"], providers="cpu", low_memory=True).generate_tokens([label], seed=0)
     paths = {f"{tok} ({'qdq-static' if tok == 'int8' else 'float16-cast' if tok == 'fp16' else 'none'})":
-             CACHE / name / "tokenizer_decoder.onnx" for name, tok in VARIANTS.items()}
-    paths["int8 (dynamic, ConvInteger)"] = dynamic_int8(CACHE / "int4-tok-fp32" / "tokenizer_decoder.onnx",
-                                                        CACHE / "decoder-int8-dynamic.onnx")
+             dirs[name] / "tokenizer_decoder.onnx" for name, tok in VARIANTS.items()}
+    fp32 = dirs["int4-tok-fp32"]
+    paths["int8 (dynamic, ConvInteger)"] = dynamic_int8(fp32 / "tokenizer_decoder.onnx",
+                                                        fp32.with_name(fp32.name + "-decoder-int8-dynamic.onnx"))
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = threads
     rows, reference = [], None
-    for label, path in paths.items():
+    for label_, path in paths.items():
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         image = sess.run(None, {"codes": tokens})[0]  # warm-up
         peaks = matmul_peaks(threads)  # right before: a shared machine's share of the CPU changes by the minute
@@ -191,24 +163,23 @@ def decoders(rounds: int, threads: int) -> list[dict]:
             times.append(time.perf_counter() - t)
         reference = image if reference is None else reference
         size = path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(path.name + ".data"))
-        rows.append({"variant": label, "mb": size / 1e6, "seconds": statistics.median(times),
-                     "psnr_db": psnr_db(image, reference), "load": os.getloadavg()[0], "peaks": peaks})
+        rows.append({"variant": label_, "mb": size / 1e6, "seconds": statistics.median(times),
+                     "psnr_db": psnr_db(image, reference), "load": load_average()[0], "peaks": peaks})
         del sess
     return rows
 
 
-def tiles_psnr() -> str:
+def tiles_psnr(model: Path, tiles, label: int) -> str:
     """PSNR of tiled decodes against the untiled image: GroupNorm statistics and the 16x16 attention
     are per tile, so tiles are not the same image."""
     from tessera.export.tokenizer_quant import psnr_db
     from tessera.runtime.pipeline import Pipeline
 
-    pipe = Pipeline.load(CACHE / "int4-tok-fp32", providers="cpu", low_memory=True)
-    tokens = pipe.generate_tokens([207], seed=0)
+    pipe = Pipeline.load(model, providers="cpu", low_memory=True)
+    tokens = pipe.generate_tokens([label], seed=0)
     tok = pipe.tokenizer
     full = tok.decode(tokens)
-    return ", ".join(f"tile {t} overlap {o}: {psnr_db(tok.decode_tiled(tokens, t, o), full):.1f} dB"
-                     for t, o in ((8, 2), (10, 4), (12, 4)))
+    return ", ".join(f"tile {t} overlap {o}: {psnr_db(tok.decode_tiled(tokens, t, o), full):.1f} dB" for t, o in tiles)
 
 
 def main() -> None:
@@ -217,29 +188,31 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="write the markdown tables here too")
     p.add_argument("--decoders-only", action="store_true", help="only the decoder table (quick, for a quiet moment)")
-    p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    p.add_argument("--quick", action="store_true", help="GPT-Tiny + VQ-Tiny, one round: a smoke run of every table")
     args = p.parse_args()
-    if args.worker:
-        tile = next((int(w[4:]) for w in args.worker if w.startswith("tile")), None)
-        return peak_worker(args.worker[0], "low" in args.worker[1:], tile)
-    export_variants()
-    lines = [f"load average at start: {os.getloadavg()[0]:.1f} (2 cores, shared)", "",
+    dirs, tiles, label = export_variants(args.quick), QUICK_TILES if args.quick else TILES, 1 if args.quick else 207
+    rounds = 1 if args.quick else args.rounds
+    lines = [run_line("python benchmarks/pipeline_memory.py" + (" --quick" if args.quick else ""), args.threads), "",
              "| model | mode | peak RSS (MiB) | `tessera generate` s |", "|---|---|---|---|"]
-    for name, modes in () if args.decoders_only else (("int4-tok-fp32", ("default", "low")),
-                                                       ("int4-tok-int8", ("default", "low", "tile8"))):
-        for mode in modes:
-            r = _fresh("--worker", str(CACHE / name), mode)
-            what = {"low": "--low-memory", "tile8": "default, decode(tile=8) (API)"}.get(mode, "default")
-            lines.append(f"| {name} | {what} | {r['peak_mb']:.0f} | {r['seconds']:.1f} |")
-            print(lines[-1], flush=True)
+    with tempfile.TemporaryDirectory() as work:
+        for name, modes in () if args.decoders_only else (("int4-tok-fp32", ("default", "low")),
+                                                           ("int4-tok-int8", ("default", "low", "tile"))):
+            for mode in modes:
+                job = {"model": str(dirs[name]), "low_memory": mode == "low", "tile": tiles[0][0] if mode == "tile" else None,
+                       "label": label, "png": f"{work}/image.png"}
+                r = run_worker(f"{__file__}:peak", job, Path(work), f"{name}-{mode}")
+                what = {"low": "--low-memory", "tile": f"default, decode(tile={tiles[0][0]}) (API)"}.get(mode, "default")
+                lines.append(f"| {name} | {what} | {r['peak_rss_mib']:.0f} | {r['seconds']:.1f} |")
+                print(lines[-1], flush=True)
     if not args.decoders_only:
-        lines += ["", "tiled decoding vs untiled (fp32 decoder, the same tokens): " + tiles_psnr()]
+        lines += ["", "tiled decoding vs untiled (fp32 decoder, the same tokens): "
+                  + tiles_psnr(dirs["int4-tok-fp32"], tiles, label)]
     gflop = decoder_gflop()
-    lines += ["", f"decoder: {gflop:.0f} GFLOP per 256 px image; peaks measured just before each variant (GFLOP/s "
-              "fp32 = best of numpy and onnxruntime MatMul, GOP/s int8 = onnxruntime MatMulInteger)", "",
+    lines += ["", f"decoder: {gflop:.0f} GFLOP per 256 px image (VQ-16); peaks measured just before each variant "
+              "(GFLOP/s fp32 = best of numpy and onnxruntime MatMul, GOP/s int8 = onnxruntime MatMulInteger)", "",
               "| decoder | file MB | decode s (median) | PSNR vs fp32 (dB) | GFLOP/s | fp32 peak | of fp32 peak | "
               "int8 peak | of int8 peak | load |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in decoders(args.rounds, args.threads):
+    for r in decoders(dirs, rounds, args.threads, label):
         rate, peaks = gflop / r["seconds"], r["peaks"]
         fp32_peak = max(peaks["numpy_fp32_gflops"], peaks["ort_fp32_gflops"])
         lines.append(f"| {r['variant']} | {r['mb']:.0f} | {r['seconds']:.2f} | {r['psnr_db']:.1f} | {rate:.0f} | "
