@@ -44,7 +44,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_writable(out)
     check_counts(len(args.classes) * max(args.num, 1) if args.num >= 1 else args.num, args.scale)
     sheet = args.sheet or args.grid_alias
-    pipe = pipeline_from_args(args)
+    # One generation, then its images: the transformer can go before the decoder comes (a lower peak
+    # at no cost), unless live previews decode while the transformer still runs.
+    pipe = pipeline_from_args(args, low_memory_default=None if args.preview_dir else True)
     labels = pipe.labels(args.classes, args.num)  # validates before any work
     _check_output_pixels(pipe, args, len(labels) if sheet else 1)
     progress = Progress(f"generating {len(labels)} image{'s' if len(labels) > 1 else ''}", enabled=not args.quiet)

@@ -102,9 +102,11 @@ def add_model_arguments(p: argparse.ArgumentParser, verify_default: str = "auto"
                    help="an onnxruntime session option or config entry, e.g. intra_op_num_threads=2 or "
                         "session.intra_op.allow_spinning=0 (repeatable)")
     p.add_argument("--threads", type=int, help="CPU threads (default: onnxruntime's choice)")
-    p.add_argument("--low-memory", action="store_true",
+    p.add_argument("--low-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="one graph in memory at a time: the transformer is closed before the images are decoded "
-                        "(a lower peak for memory-limited devices; see benchmarks/results/memory.md)")
+                        "(a lower peak for memory-limited devices; see benchmarks/results/memory.md). Default: on "
+                        "for `generate` without live previews (one generation: it costs nothing), else "
+                        "$TESSERA_LOW_MEMORY")
     add_verify_argument(p, verify_default)
 
 
@@ -115,8 +117,9 @@ def add_verify_argument(p: argparse.ArgumentParser, default: str = "auto") -> No
                         f"~20 ms), size otherwise (default: {default})")
 
 
-def pipeline_from_args(args: argparse.Namespace):
-    """Open the pipeline that `add_model_arguments` options describe."""
+def pipeline_from_args(args: argparse.Namespace, low_memory_default: bool | None = None):
+    """Open the pipeline that `add_model_arguments` options describe. `low_memory_default`: the
+    command's choice when neither --low-memory nor --no-low-memory is given (None: the environment's)."""
     from tessera.runtime.pipeline import Pipeline
     from tessera.runtime.providers import resolve_providers
     from tessera.runtime.session import parse_key_values
@@ -127,4 +130,4 @@ def pipeline_from_args(args: argparse.Namespace):
     verify = resolve_verify(args.verify, args.model)
     return Pipeline.load(args.model, providers=providers, threads=args.threads, verify=verify,
                          provider_options=provider_options, session_options=session_options,
-                         low_memory=True if getattr(args, "low_memory", False) else None)
+                         low_memory=low_memory_default if getattr(args, "low_memory", None) is None else args.low_memory)

@@ -132,10 +132,21 @@ def test_low_memory_pipeline_gives_the_same_images(tiny_dir, tiny_pipe):
     assert pipe.transformer.session is not None
 
 
-def test_cli_low_memory_flag(tiny_dir, tmp_path):
-    out = tmp_path / "x.png"
-    assert main(["generate", "3", "--model", str(tiny_dir), "--low-memory", "--out", str(out), "-q"]) == 0
-    assert out.is_file()
+def test_cli_low_memory_flag(tiny_dir, tmp_path, monkeypatch):
+    from tessera.runtime.pipeline import Pipeline
+
+    seen = []
+    load = Pipeline.load.__func__
+    monkeypatch.setattr(Pipeline, "load", classmethod(lambda cls, *a, **k: seen.append(k["low_memory"]) or
+                                                      load(cls, *a, **k)))
+    images = {}
+    for flags in ([], ["--low-memory"], ["--no-low-memory"], ["--preview-dir", str(tmp_path / "frames")]):
+        out = tmp_path / f"x{len(images)}.png"
+        assert main(["generate", "3", "--model", str(tiny_dir), *flags, "--out", str(out), "-q"]) == 0
+        images[tuple(flags)] = out.read_bytes()
+    # generate: on by default (one generation), off when asked or when previews decode mid-generation
+    assert seen == [True, True, False, None]
+    assert len(set(images.values())) == 1  # the same image either way
 
 
 def test_low_memory_from_the_environment(tiny_dir, monkeypatch):
