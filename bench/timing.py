@@ -66,3 +66,15 @@ def run_rounds(one: Generation, batches: list[int], warmup: int, rounds: int, to
             t0, stamps = one(rows, tokens, max_s)
             runs[str(rows)].append(timed_run(t0, stamps, tokens))
     return runs
+
+
+def interleaved(runs: dict[str, Callable[[int], object]], repeats: int) -> dict[str, tuple[list[float], object]]:
+    """Time every setting once per repeat, in turn (`fn(repeat)`), so load from other processes on a shared
+    machine falls on all of them alike -> {name: (seconds of each repeat, the last repeat's result)}."""
+    out: dict[str, tuple[list[float], object]] = {name: ([], None) for name in runs}
+    for r in range(repeats):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            result = fn(r)
+            out[name] = (out[name][0] + [time.perf_counter() - t0], result)
+    return out

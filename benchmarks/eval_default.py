@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import time
+from collections import Counter
 from typing import Callable
 
 import numpy as np
@@ -59,6 +60,24 @@ def torch_generate_fn(gpt: GPT, vq: VQModel, guidance_scale: float = 1.0, temper
         return torch.cat(out)
 
     return generate
+
+
+def runtime_generate_fn(run: Callable, tokenizer, batch: int = 50) -> tuple[GenerateFn, Counter]:
+    """A `generate_fn` over the ONNX runtime: `run(labels, seed)` -> a result with `tokens`, `calls` and
+    optionally the decoder's `stats` (e.g. `Pipeline.run` without decoding), called per batch of `batch`
+    images; the returned counter sums batches, images, calls, the calls each image needed, and the stats."""
+    stats: Counter = Counter()
+
+    def generate(labels, seed: int) -> torch.Tensor:
+        labels, out = np.asarray(labels), []
+        for i in range(0, len(labels), batch):
+            r = run(labels[i:i + batch].tolist(), seed + i)
+            extra, n = dict(getattr(r, "stats", None) or {}), len(r.tokens)
+            stats.update(batches=1, images=n, calls=r.calls, image_calls=extra.pop("image_calls", r.calls * n), **extra)
+            out.append(tokenizer.decode(r.tokens))
+        return torch.from_numpy(np.concatenate(out)).clamp(-1, 1)
+
+    return generate, stats
 
 
 def nearest_train_distance(images: torch.Tensor, train_flat: torch.Tensor, batch_size: int = 500) -> torch.Tensor:

@@ -15,20 +15,19 @@ Writes benchmarks/results/jacobi.md.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from tessera.bench.cache import cached_export
+from tessera.bench.env import load_average, run_line
+from tessera.bench.timing import interleaved
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-FORM_132 = HERE / ".cache" / "jacobi" / "default-1.32"
 SEQ_SEEDS = (0, 1000, 2000)
 REPEATS = 5  # latency: best of five runs per image (the machine is shared)
 BATCH_REPEATS = 3
@@ -36,13 +35,11 @@ BATCH_REPEATS = 3
 
 def ensure_132() -> Path:
     """The shipped default re-exported for onnxruntime 1.32 (GroupQueryAttention with query_seqlens)."""
-    if not (FORM_132 / "tessera.json").is_file():
-        from tessera.models import default_model_dir
+    from tessera.models import default_model_dir
 
-        FORM_132.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "tessera.cli", "export", "--from", str(default_model_dir()),
-                        "--target-onnxruntime", "1.32", "--out", str(FORM_132), "--overwrite", "-q"], check=True)
-    return FORM_132
+    src = default_model_dir()
+    return cached_export(HERE / ".cache" / "exports", "default-1.32", ["--from", str(src), "--target-onnxruntime", "1.32"],
+                         [src])
 
 
 def settings(windows) -> list[dict]:
@@ -53,31 +50,8 @@ def name(opts: dict) -> str:
     return f"jacobi, window {opts['jacobi_window']}" if opts else "sequential"
 
 
-def generate_fn(pipe, opts: dict, batch: int):
-    """`generate_fn(labels, seed) -> images [N, 3, 28, 28]` (eval_default's interface), counting calls."""
-    import torch
-
-    stats = {"images": 0, "batches": 0, "calls": 0, "image_calls": 0, "drafts_verified": 0, "drafts_accepted": 0}
-
-    def generate(labels, seed):
-        labels = np.asarray(labels)
-        out = []
-        for i in range(0, len(labels), batch):
-            r = pipe.run(labels[i:i + batch].tolist(), seed=seed + i, decode_images=False, **opts)
-            stats["images"] += len(r.labels)
-            stats["batches"] += 1
-            stats["calls"] += r.calls
-            stats["image_calls"] += r.stats.get("image_calls", r.calls * len(r.labels))
-            for k in ("drafts_verified", "drafts_accepted"):
-                stats[k] += r.stats.get(k, 0)
-            out.append(pipe.tokenizer.decode(r.tokens))
-        return torch.from_numpy(np.concatenate(out)).clamp(-1, 1)
-
-    return generate, stats
-
-
 def quality_rows(windows, per_class: int) -> list[dict]:
-    from eval_default import evaluate_generator
+    from eval_default import evaluate_generator, runtime_generate_fn
 
     from tessera.runtime import Pipeline
     from tessera.training.data import mnist_split
@@ -87,9 +61,9 @@ def quality_rows(windows, per_class: int) -> list[dict]:
     data = mnist_split()
     clf = get_classifier(None, data)  # cached under ~/.cache/tessera
     rows = []
-    runs = [({}, s) for s in SEQ_SEEDS] + [(o, 0) for o in settings(windows)[1:]]
-    for opts, seed in runs:
-        gen, st = generate_fn(pipe, opts, per_class)
+    for opts, seed in [({}, s) for s in SEQ_SEEDS] + [(o, 0) for o in settings(windows)[1:]]:
+        gen, st = runtime_generate_fn(lambda labels, sd, o=opts: pipe.run(labels, seed=sd, decode_images=False, **o),
+                                      pipe.tokenizer, per_class)
         m = evaluate_generator(gen, data, clf, per_class=per_class, seed=seed)
         rows.append({"name": name(opts), "seed": seed, "accuracy": m["accuracy"], "frechet": m["frechet_distance"],
                      "calls_per_image": st["image_calls"] / st["images"], "calls_per_batch": st["calls"] / st["batches"],
@@ -104,25 +78,19 @@ def latency_rows(windows) -> list[dict]:
     are interleaved run by run, so load from other processes hits them alike."""
     from tessera.runtime import Pipeline
 
-    rows, reference = [], {}
+    rows, reference, runs = [], {}, settings(windows)
     for form, model in (("1.22 (shipped)", None), ("1.32", ensure_132())):
         pipe = Pipeline.load(model, providers="cpu", threads=2)
         pipe.run([0], decode_images=False)  # warm up
-        runs = settings(windows)
-        best = np.full((len(runs), 10), np.inf)
-        calls, tokens = np.zeros((len(runs), 10)), [[None] * 10 for _ in runs]
-        for c in range(10):
-            for _ in range(REPEATS):
-                for k, opts in enumerate(runs):
-                    t0 = time.perf_counter()
-                    r = pipe.run([c], seed=c, decode_images=False, **opts)
-                    best[k, c] = min(best[k, c], time.perf_counter() - t0)
-                    calls[k, c], tokens[k][c] = r.calls, r.tokens
-        for k, opts in enumerate(runs):
-            toks = np.concatenate(tokens[k])
+        per_class = [interleaved({name(o): lambda _, o=o, c=c: pipe.run([c], seed=c, decode_images=False, **o)
+                                  for o in runs}, REPEATS) for c in range(10)]
+        for opts in runs:
+            best = [min(t[name(opts)][0]) for t in per_class]
+            toks = np.concatenate([t[name(opts)][1].tokens for t in per_class])
             same = int((toks == reference.setdefault(name(opts), toks)).all(axis=(1, 2)).sum())
-            rows.append({"form": form, "name": name(opts), "calls_per_image": float(calls[k].mean()),
-                         "seconds_per_image": float(np.median(best[k])), "same_tokens": same})
+            rows.append({"form": form, "name": name(opts), "calls_per_image": float(np.mean([t[name(opts)][1].calls
+                                                                                              for t in per_class])),
+                         "seconds_per_image": float(np.median(best)), "same_tokens": same})
             print(rows[-1], flush=True)
     return rows
 
@@ -133,15 +101,9 @@ def batch_rows(windows, batch: int) -> list[dict]:
 
     pipe = Pipeline.load(providers="cpu", threads=2)
     labels = [c % 10 for c in range(batch)]
-    runs = settings(windows)
-    best, calls = [np.inf] * len(runs), [0] * len(runs)
-    for _ in range(BATCH_REPEATS):
-        for k, opts in enumerate(runs):
-            t0 = time.perf_counter()
-            calls[k] = pipe.run(labels, seed=0, decode_images=False, **opts).calls
-            best[k] = min(best[k], time.perf_counter() - t0)
-    rows = [{"name": name(o), "calls_per_batch": calls[k], "seconds_per_image": best[k] / batch}
-            for k, o in enumerate(runs)]
+    timed = interleaved({name(o): lambda _, o=o: pipe.run(labels, seed=0, decode_images=False, **o)
+                         for o in settings(windows)}, BATCH_REPEATS)
+    rows = [{"name": k, "calls_per_batch": r.calls, "seconds_per_image": min(t) / batch} for k, (t, r) in timed.items()]
     print(rows, flush=True)
     return rows
 
@@ -150,11 +112,14 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--per-class", type=int, default=30)
     ap.add_argument("--windows", type=int, nargs="+", default=[2, 4, 8])
-    ap.add_argument("--out", default=str(HERE / "results" / "jacobi.md"))
+    ap.add_argument("--out", help="default benchmarks/results/jacobi.md; with --quick, printed only")
+    ap.add_argument("--quick", action="store_true", help="2 images per class, window 4: a smoke run (~1 min)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.per_class, args.windows = 2, [4]
     command = "python benchmarks/jacobi.py" + (f" --per-class {args.per_class}" if args.per_class != 30 else "") \
         + (f" --windows {' '.join(map(str, args.windows))}" if args.windows != [2, 4, 8] else "")
-    load0, t_start = os.getloadavg()[0], time.perf_counter()
+    head, t_start = run_line(command, 2, shared=False), time.perf_counter()
     quality = quality_rows(args.windows, args.per_class)
     latency = latency_rows(args.windows)
     batched = batch_rows(args.windows, args.per_class)
@@ -169,9 +134,7 @@ def main(argv=None) -> None:
         ok = abs(r["accuracy"] - acc.mean()) <= 2 * acc_sd and abs(r["frechet"] - fid.mean()) <= 2 * fid_sd
         return "yes" if ok else "no"
     out = ["# Speculative Jacobi decoding vs sequential (shipped raster default, 7x7 tokens)", "",
-           f"`{command}` — {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
-           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, 2 threads, load average "
-           f"{load0:.1f} at start, {os.getloadavg()[0]:.1f} at end ({time.perf_counter() - t_start:.0f} s)", "",
+           f"{head} at start, {load_average()[0]:.1f} at end ({time.perf_counter() - t_start:.0f} s)", "",
            f"## Quality, calls, acceptance ({args.per_class} images per class, default sampling: guidance 3, "
            "temperature 1)", "",
            "Accuracy and Fréchet distance from the held-out digit classifier (benchmarks/eval_default.py). "
@@ -206,8 +169,8 @@ def main(argv=None) -> None:
     for r in batched:
         out.append(f"| {r['name']} | {r['calls_per_batch']} | {r['seconds_per_image']:.4f} | "
                    f"{b0 / r['seconds_per_image']:.2f}x |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(out) + "\n")
+    if args.out or not args.quick:
+        Path(args.out or HERE / "results" / "jacobi.md").write_text("\n".join(out) + "\n")
     print("\n".join(out))
 
 
