@@ -51,3 +51,10 @@ def ratio(value: float | None, reference: float | None) -> float | None:
     if value is None or not reference:
         return None
     return value / reference
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (nan for fewer than two values): the spread over seeds of one
+    setting is the sampling noise floor the other settings are read against."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan")

@@ -17,15 +17,18 @@ Writes benchmarks/results/anyorder.md and the sample sheet benchmarks/results/an
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from tessera.bench.cache import GPT_B_RANDOM, cached_export
+from tessera.bench.env import run_line
+from tessera.bench.report import markdown_table
+from tessera.bench.stats import mean_std
+from tessera.bench.timing import interleaved
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -33,16 +36,11 @@ sys.path.insert(0, str(HERE))
 
 ANYORDER_DIR = ROOT / "models" / "anyorder"
 COMMAND = "python benchmarks/anyorder.py"
-
-
-def cache_root() -> Path:
-    from tessera.training.digit_classifier import cache_dir
-
-    return cache_dir() / "anyorder-bench"
+EXPORTS = HERE / ".cache" / "exports"
 
 
 def anyorder_tokens(pipe, labels, seed, steps, order="locality", guidance=None):
-    """Token grids and calls from the any-order decoder with an explicit schedule order."""
+    """The any-order decoder's result (token grids, calls) with an explicit schedule order."""
     from tessera.runtime.anyorder import AnyOrderDecoder
     from tessera.runtime.decoding import DecodeRequest, decode
     from tessera.runtime.sampling import ImageStreams
@@ -53,31 +51,17 @@ def anyorder_tokens(pipe, labels, seed, steps, order="locality", guidance=None):
                             ImageStreams(cfg.seeds(len(labels)), cfg.grid[0] * cfg.grid[1]))
     with pipe._runners.borrow() as runner:
         result = decode(AnyOrderDecoder(cfg.steps, order), runner, pipe.layout, request)
-    return result.tokens, result.calls
+    return result
 
 
 def generate_fn(pipe, steps=None, order="locality", guidance=None):
     """`generate_fn(labels, seed) -> images [N, 3, 28, 28]` in batches of 50, counting calls per batch."""
-    import torch
+    from eval_default import runtime_generate_fn
 
-    stats = {"calls": 0, "batches": 0}
-
-    def generate(labels, seed):
-        labels = np.asarray(labels)
-        out = []
-        for i in range(0, len(labels), 50):
-            batch = labels[i:i + 50].tolist()
-            if steps is None:
-                r = pipe.run(batch, seed=seed + i, decode_images=False)
-                toks, calls = r.tokens, r.calls
-            else:
-                toks, calls = anyorder_tokens(pipe, batch, seed + i, steps, order, guidance)
-            stats["calls"] += calls
-            stats["batches"] += 1
-            out.append(pipe.tokenizer.decode(toks))
-        return torch.from_numpy(np.concatenate(out)).clamp(-1, 1)
-
-    return generate, stats
+    if steps is None:
+        return runtime_generate_fn(lambda labels, seed: pipe.run(labels, seed=seed, decode_images=False), pipe.tokenizer)
+    return runtime_generate_fn(lambda labels, seed: anyorder_tokens(pipe, labels, seed, steps, order, guidance),
+                               pipe.tokenizer)
 
 
 def quality_rows(seq, ao, data, clf, per_class, seeds, sweep) -> list[dict]:
@@ -102,34 +86,25 @@ def quality_rows(seq, ao, data, clf, per_class, seeds, sweep) -> list[dict]:
 def timing_rows(seq, ao, batch: int, repeats: int, extra: dict) -> list[dict]:
     """Seconds per image at `batch` images per call (default guidance: 2 rows per image), the settings
     interleaved: each repeat runs every setting once, in turn."""
-    runs = {"sequential (raster default)": lambda c, s: seq.run([c] * batch, seed=s, decode_images=False).calls}
-    for steps in (8, 4):
-        runs[f"any-order, {steps} steps"] = lambda c, s, st=steps: ao.run([c] * batch, seed=s, steps=st,
-                                                                        decode_images=False).calls
-    for name, pipe in extra.items():
-        runs[f"any-order, 8 steps, {name}"] = lambda c, s, p=pipe: p.run([c] * batch, seed=s, steps=8,
-                                                                        decode_images=False).calls
-    times = {k: [] for k in runs}
-    calls = {}
-    for r in range(repeats):
-        for name, fn in runs.items():
-            t0 = time.perf_counter()
-            calls[name] = fn(r % 10, 100 * r)
-            times[name].append((time.perf_counter() - t0) / batch)
-    rows = [dict(name=f"batch {batch}: {k}", calls=calls[k], seconds=float(np.median(v))) for k, v in times.items()]
+    settings = {"sequential (raster default)": (seq, None), "any-order, 8 steps": (ao, 8), "any-order, 4 steps": (ao, 4),
+                **{f"any-order, 8 steps, {name}": (pipe, 8) for name, pipe in extra.items()}}
+    timed = interleaved({k: lambda r, p=p, st=st: p.run([r % 10] * batch, seed=100 * r, decode_images=False,
+                                                        **({"steps": st} if st else {})).calls
+                         for k, (p, st) in settings.items()}, repeats)
+    rows = [dict(name=f"batch {batch}: {k}", calls=c, seconds=float(np.median(t)) / batch) for k, (t, c) in timed.items()]
     for row in rows:
         print(row, flush=True)
     return rows
 
 
-def inpaint_rows(ao, seq, data, clf, raster_images: int) -> list[dict]:
+def inpaint_rows(ao, seq, data, clf, raster_images: int, anyorder_images: int | None = None) -> list[dict]:
     """Held-out digits, a random half of the cells kept, conditioned on the true class."""
     import torch
 
     test_x, test_y = data["test_x"].numpy(), data["test_y"].numpy()
     codes = np.concatenate([ao.tokenizer.encode(test_x[i:i + 100]) for i in range(0, len(test_x), 100)])
     rows = []
-    for name, pipe, count, extra in (("any-order, 8 steps, all kept cells as context", ao, len(test_x), {}),
+    for name, pipe, count, extra in (("any-order, 8 steps, all kept cells as context", ao, anyorder_images or len(test_x), {}),
                                      ("raster default, sequential + 4 reranked candidates", seq, raster_images,
                                       {"candidates": 4})):
         if count == 0:
@@ -158,23 +133,11 @@ def sample_sheet(ao, path: Path, steps_list) -> None:
 
     rows = []
     for steps in steps_list:
-        tokens, _ = anyorder_tokens(ao, list(range(10)), 0, steps)
-        ims = ao.tokenizer.decode(tokens)
+        ims = ao.tokenizer.decode(anyorder_tokens(ao, list(range(10)), 0, steps).tokens)
         g = ((np.clip(ims.mean(1), -1, 1) + 1) * 127.5).round().astype(np.uint8)  # [10, 28, 28]
         rows.append(np.concatenate(list(g), axis=1))
     sheet = np.concatenate(rows, axis=0)
     Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2), Image.NEAREST).save(path, optimize=True)
-
-
-def ensure_gpt_b(precision: str) -> Path:
-    out = cache_root() / f"gpt-b-anyorder-{precision}"
-    if not (out / "tessera.json").is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "tessera.cli", "export", "--gpt", "GPT-B", "--gpt-set", "order=any",
-                        "--vq", "VQ-Tiny", "--vq-set", "image_size=64", "--vq-set", "codebook_size=16384",
-                        "--random-weights", "--target-onnxruntime", "1.32", "--quant", precision,
-                        "--out", str(out), "--overwrite", "--quiet"], check=True)
-    return out
 
 
 def gpt_b_rows(precision: str, repeats: int, steps_list, threads: int) -> list[dict]:
@@ -183,21 +146,15 @@ def gpt_b_rows(precision: str, repeats: int, steps_list, threads: int) -> list[d
     class SameGraphSequential(Pipeline):
         """The base pipeline on the any-order graph: sequential decoding, for its timing only."""
 
-    path = ensure_gpt_b(precision)
+    path = cached_export(EXPORTS, f"gpt-b-anyorder-{precision}", [*GPT_B_RANDOM, "--gpt-set", "order=any",
+                                                                  "--target-onnxruntime", "1.32", "--quant", precision])
     ao = Pipeline.load(path, providers="cpu", threads=threads, verify="none")
     seq = SameGraphSequential.load(path, providers="cpu", threads=threads, verify="none")
-    runs = {"sequential": lambda r: seq.run([r], guidance_scale=4.0, top_k=2000, seed=r, decode_images=False)}
-    for st in steps_list:
-        runs[f"any-order, {st} steps"] = lambda r, st=st: ao.run([r], guidance_scale=4.0, top_k=2000, seed=r,
-                                                                 steps=st, decode_images=False)
-    times = {k: [] for k in runs}
-    calls = {}
-    for r in range(repeats):
-        for name, fn in runs.items():
-            t0 = time.perf_counter()
-            calls[name] = fn(r).calls
-            times[name].append(time.perf_counter() - t0)
-    rows = [dict(name=f"{precision}: {k}", calls=calls[k], seconds=float(np.median(v))) for k, v in times.items()]
+    settings = {"sequential": (seq, {}), **{f"any-order, {st} steps": (ao, {"steps": st}) for st in steps_list}}
+    timed = interleaved({k: lambda r, p=p, kw=kw: p.run([r], guidance_scale=4.0, top_k=2000, seed=r,
+                                                        decode_images=False, **kw).calls
+                         for k, (p, kw) in settings.items()}, repeats)
+    rows = [dict(name=f"{precision}: {k}", calls=c, seconds=float(np.median(t))) for k, (t, c) in timed.items()]
     for row in rows:
         print(row, flush=True)
     return rows
@@ -229,28 +186,21 @@ def call_cost_lines(threads: int) -> list[str]:
 
 
 def speed_table(rows: list[dict]) -> list[str]:
-    base = rows[0]
-    out = ["| decoding | calls / image | s / image | speed-up |", "|---|---|---|---|"]
-    for r in rows:
-        out.append(f"| {r['name']} | {r['calls']:.0f} | {r['seconds']:.4f} | {base['seconds'] / r['seconds']:.2f}x |")
-    return out
+    return markdown_table(["decoding", "calls / image", "s / image", "speed-up"], [
+        [r["name"], f"{r['calls']:.0f}", f"{r['seconds']:.4f}", f"{rows[0]['seconds'] / r['seconds']:.2f}x"] for r in rows])
 
 
 def quality_table(rows: list[dict]) -> list[str]:
-    out = ["| decoding | steps | order | seed | calls / batch | accuracy | Fréchet dist. |",
-           "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        out.append(f"| {r['name']} | {r['steps'] or 49} | {r['order']} | {r['seed']} | {r['calls']:.0f} | "
-                   f"{r['accuracy']:.1%} | {r['frechet']:.1f} |")
-    return out
+    return markdown_table(["decoding", "steps", "order", "seed", "calls / batch", "accuracy", "Fréchet dist."], [
+        [r["name"], str(r["steps"] or 49), r["order"], str(r["seed"]), f"{r['calls']:.0f}", f"{r['accuracy']:.1%}",
+         f"{r['frechet']:.1f}"] for r in rows])
 
 
 def summary(rows: list[dict], name: str, steps, order: str) -> tuple[float, float, float, float]:
+    """Mean and standard deviation over seeds of (accuracy, Fréchet distance) for one setting."""
     sel = [r for r in rows if r["name"] == name and r["steps"] == steps and r["order"] == order]
-    acc = np.array([r["accuracy"] for r in sel])
-    fd = np.array([r["frechet"] for r in sel])
-    return acc.mean(), acc.std(ddof=1) if len(acc) > 1 else float("nan"), fd.mean(), fd.std(ddof=1) \
-        if len(fd) > 1 else float("nan")
+    (acc, acc_sd), (fd, fd_sd) = (mean_std([r[k] for r in sel]) for k in ("accuracy", "frechet"))
+    return acc, acc_sd, fd, fd_sd
 
 
 def main(argv=None) -> None:
@@ -265,16 +215,20 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-gpt-b", action="store_true")
     ap.add_argument("--threads", type=int, default=1,
                     help="onnxruntime CPU threads (1: on a shared 2-core machine a second thread mostly waits)")
-    ap.add_argument("--out", default=str(HERE / "results" / "anyorder.md"))
-    ap.add_argument("--call-cost-only", action="store_true",
-                    help="only the per-call cost against tokens per call -> results/anyorder_call_cost.md")
+    ap.add_argument("--out", help="default results/anyorder.md (results/anyorder_call_cost.md with --call-cost-only); "
+                    "with --quick, printed only")
+    ap.add_argument("--call-cost-only", action="store_true", help="only the per-call cost against tokens per call")
+    ap.add_argument("--quick", action="store_true", help="a few images of every digit table, no GPT-B: a smoke run")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.per_class, args.seeds, args.sweep, args.timing_repeats, args.batches = 2, [0, 1000], [8], 1, [10]
+        args.raster_inpaint, args.skip_gpt_b = 2, True
+    results = HERE / "results"
+    out = Path(args.out) if args.out else None if args.quick else results / "anyorder.md"
     if args.call_cost_only:
-        out = HERE / "results" / "anyorder_call_cost.md"
+        out = Path(args.out) if args.out else results / "anyorder_call_cost.md"
         lines = ["# Any-order digit graph: cost of one transformer call against the tokens it carries", "",
-                 f"`{COMMAND} --call-cost-only` — {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
-                 f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other "
-                 f"sessions), {args.threads} onnxruntime thread(s), load average {os.getloadavg()[0]:.1f}", "",
+                 run_line(f"{COMMAND} --call-cost-only", args.threads), "",
                  "Median of 15 calls over a past of 20 tokens (models/anyorder, fused graph, 1.32 form). A "
                  "sequential step is one token per row; an any-order step carries the previous step's codes "
                  "and this step's queries (about 2 x 49 tokens per image over 8 calls). When the cost per "
@@ -293,24 +247,16 @@ def main(argv=None) -> None:
     ao = Pipeline.load(ANYORDER_DIR, providers="cpu", threads=args.threads)
     data = mnist_split()
     clf = get_classifier(None, data)  # cached under ~/.cache/tessera
-    results = HERE / "results"
-    sample_sheet(ao, results / "anyorder_steps.png", [2, 4, 8, 16, 49])
+    sheet = Path(tempfile.mkdtemp()) / "steps.png" if args.quick else results / "anyorder_steps.png"
+    sample_sheet(ao, sheet, [2, 4, 8, 16, 49])
 
-    extra = {}
-    for label, target, graph in (("1.22 form: one query per call", "1.22", "fused"),
-                                 ("portable graph", "1.22", "portable")):
-        d = cache_root() / f"digits-anyorder-{graph}-{target}"
-        if not (d / "tessera.json").is_file():
-            subprocess.run([sys.executable, "-m", "tessera.cli", "export", "--from", str(ANYORDER_DIR), "--graph",
-                            graph, "--target-onnxruntime", target, "--out", str(d), "--overwrite", "--quiet"],
-                           check=True)
-        extra[label] = Pipeline.load(d, providers="cpu", threads=args.threads)
+    extra = {label: Pipeline.load(cached_export(EXPORTS, f"digits-anyorder-{graph}-1.22", [
+        "--from", str(ANYORDER_DIR), "--graph", graph, "--target-onnxruntime", "1.22"], [ANYORDER_DIR]),
+        providers="cpu", threads=args.threads)
+        for label, graph in (("1.22 form: one query per call", "fused"), ("portable graph", "portable"))}
 
     lines = ["# Any-order decoding vs sequential raster decoding", "",
-             f"`{COMMAND}` — {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
-             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other sessions), "
-             f"{args.threads} onnxruntime thread(s), "
-             f"load average {os.getloadavg()[0]:.1f}", ""]
+             run_line(COMMAND + (" --quick" if args.quick else ""), args.threads), ""]
     lines += ["## Digit models: time per image (default guidance 3.0: two rows per image)", "",
               "Medians over the repeats; each repeat runs every setting once, in turn; speed-up against "
               "sequential decoding at the same batch. The any-order model ships the fused graph in its "
@@ -338,14 +284,12 @@ def main(argv=None) -> None:
               "", f"Any-order (8 steps, locality) minus sequential: accuracy {100 * (aa - sa):+.1f} points, "
                   f"Fréchet distance {af / sf:.2f}x."]
 
-    i_rows = inpaint_rows(ao, seq, data, clf, args.raster_inpaint)
+    i_rows = inpaint_rows(ao, seq, data, clf, args.raster_inpaint, 10 if args.quick else None)
     lines += ["", "## Inpainting held-out digits (a random half of the cells kept: 24 kept, 25 regenerated; "
                   "conditioned on the digit's class)", "",
-              "| model / method | images | requested class read back | kept cells bit-exact | s / image |",
-              "|---|---|---|---|---|"]
-    for r in i_rows:
-        lines.append(f"| {r['name']} | {r['images']} | {r['accuracy']:.1%} | {r['kept_exact']}/{r['images']} | "
-                     f"{r['seconds']:.3f} |")
+              *markdown_table(["model / method", "images", "requested class read back", "kept cells bit-exact",
+                               "s / image"], [[r["name"], str(r["images"]), f"{r['accuracy']:.1%}",
+                                               f"{r['kept_exact']}/{r['images']}", f"{r['seconds']:.3f}"] for r in i_rows])]
 
     if not args.skip_gpt_b:
         lines += ["", "## GPT-B shape (LlamaGen GPT-B, 16x16 tokens, random weights, any-order mode, fused 1.32 "
@@ -364,8 +308,8 @@ def main(argv=None) -> None:
                      "the relevant bound (not measured here: no GPU).")
     lines += ["", "Sample sheet: `benchmarks/results/anyorder_steps.png` — rows 2, 4, 8, 16, 49 steps; one digit "
                   "per class 0..9, seed 0, default sampling, locality order."]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    if out:
+        out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from tessera.bench.cache import cached_export
 from tessera.bench.env import load_average, run_line
+from tessera.bench.report import markdown_table
 from tessera.bench.timing import interleaved
 
 HERE = Path(__file__).resolve().parent
@@ -144,31 +145,27 @@ def main(argv=None) -> None:
            f"the binomial standard error of one run's accuracy over {images} images is {se:.1%}. 'within floor': "
            f"accuracy within 2 x {acc_sd:.1%} (the larger of the two) and Fréchet within 2 x {fid_sd:.1f} of the "
            "sequential means. Run on the default re-exported in the 1.32 form (same weights); one class per batch.",
-           "",
-           "| decoding | seed | accuracy | Fréchet dist. | within floor | calls / image | fewer calls | calls / batch "
-           "| acceptance | s / image (batch, one run) |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in quality:
-        acc_rate = "–" if r["acceptance"] is None else f"{r['acceptance']:.1%}"
-        out.append(f"| {r['name']} | {r['seed']} | {r['accuracy']:.1%} | {r['frechet']:.1f} | "
-                   f"{'–' if r['name'] == 'sequential' else within(r)} | {r['calls_per_image']:.1f} | {49 / r['calls_per_image']:.2f}x | {r['calls_per_batch']:.1f} | "
-                   f"{acc_rate} | {r['seconds_per_image']:.3f} |")
+           "", *markdown_table(
+               ["decoding", "seed", "accuracy", "Fréchet dist.", "within floor", "calls / image", "fewer calls",
+                "calls / batch", "acceptance", "s / image (batch, one run)"],
+               [[r["name"], str(r["seed"]), f"{r['accuracy']:.1%}", f"{r['frechet']:.1f}",
+                 "–" if r["name"] == "sequential" else within(r), f"{r['calls_per_image']:.1f}",
+                 f"{49 / r['calls_per_image']:.2f}x", f"{r['calls_per_batch']:.1f}",
+                 "–" if r["acceptance"] is None else f"{r['acceptance']:.1%}", f"{r['seconds_per_image']:.3f}"]
+                for r in quality])]
     out += ["", "## Latency: one image per call (batch 1 with guidance = 2 rows), 10 images, one per class", "",
             "Median over the images of each image's best of five runs (settings interleaved). On the 1.22 form (the shipped default) the runner runs a call's "
             "queries one at a time (runtime/compat.py); the 1.32 form runs them in one session run. "
-            "'same tokens': images whose tokens equal the 1.22 form's for the same setting.", "",
-            "| form | decoding | calls / image | s / image | vs sequential | same tokens |", "|---|---|---|---|---|---|"]
+            "'same tokens': images whose tokens equal the 1.22 form's for the same setting.", ""]
     base = {r["form"]: r["seconds_per_image"] for r in latency if r["name"] == "sequential"}
-    for r in latency:
-        out.append(f"| {r['form']} | {r['name']} | {r['calls_per_image']:.1f} | {r['seconds_per_image']:.4f} | "
-                   f"{base[r['form']] / r['seconds_per_image']:.2f}x | {r['same_tokens']}/10 |")
+    out += markdown_table(["form", "decoding", "calls / image", "s / image", "vs sequential", "same tokens"], [
+        [r["form"], r["name"], f"{r['calls_per_image']:.1f}", f"{r['seconds_per_image']:.4f}",
+         f"{base[r['form']] / r['seconds_per_image']:.2f}x", f"{r['same_tokens']}/10"] for r in latency])
     out += ["", f"## Throughput: one batch of {args.per_class} images (mixed classes), shipped 1.22 form", "",
-            "Best of three runs (settings interleaved).", "",
-            "| decoding | calls / batch | s / image | vs sequential |", "|---|---|---|---|"]
-    b0 = batched[0]["seconds_per_image"]
-    for r in batched:
-        out.append(f"| {r['name']} | {r['calls_per_batch']} | {r['seconds_per_image']:.4f} | "
-                   f"{b0 / r['seconds_per_image']:.2f}x |")
+            "Best of three runs (settings interleaved).", ""]
+    out += markdown_table(["decoding", "calls / batch", "s / image", "vs sequential"], [
+        [r["name"], str(r["calls_per_batch"]), f"{r['seconds_per_image']:.4f}",
+         f"{batched[0]['seconds_per_image'] / r['seconds_per_image']:.2f}x"] for r in batched])
     if args.out or not args.quick:
         Path(args.out or HERE / "results" / "jacobi.md").write_text("\n".join(out) + "\n")
     print("\n".join(out))

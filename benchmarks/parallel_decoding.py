@@ -25,28 +25,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-def runtime_generate_fn(pipe, window):
-    """`generate_fn(labels, seed) -> images [N, 3, 28, 28]` over the ONNX runtime, counting calls."""
-    import torch
-
-    stats = {"calls": 0, "batches": 0}
-
-    def generate(labels, seed):
-        labels = np.asarray(labels)
-        out = []
-        for i in range(0, len(labels), 50):
-            result = pipe.run(labels[i:i + 50].tolist(), seed=seed + i, parallel_window=window, decode_images=False)
-            toks = result.tokens
-            stats["calls"] += result.calls  # the images of one batch share its calls
-            stats["batches"] += 1
-            out.append(pipe.tokenizer.decode(toks))
-        return torch.from_numpy(np.concatenate(out)).clamp(-1, 1)
-
-    return generate, stats
-
-
 def default_model_rows(windows, per_class: int) -> list[dict]:
-    from eval_default import evaluate_generator
+    from eval_default import evaluate_generator, runtime_generate_fn
 
     from tessera.runtime import Pipeline
     from tessera.training.data import mnist_split
@@ -57,7 +37,8 @@ def default_model_rows(windows, per_class: int) -> list[dict]:
     clf = get_classifier(None, data)  # cached under ~/.cache/tessera
     rows = []
     for window in windows:
-        gen, stats = runtime_generate_fn(pipe, window)
+        gen, stats = runtime_generate_fn(lambda labels, seed, w=window: pipe.run(
+            labels, seed=seed, parallel_window=w, decode_images=False), pipe.tokenizer)  # a batch's images share its calls
         t0 = time.perf_counter()
         m = evaluate_generator(gen, data, clf, per_class=per_class)
         seconds = time.perf_counter() - t0
