@@ -68,5 +68,5 @@ def run_line(command: str, threads: int | None = None, shared: bool = True) -> s
     """The line under a results file's title: its command, when, on what CPU, and how busy the machine was
     (the figures below it are ratios within one run when the load is high)."""
     return (f"`{command}` — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_model()}, {os.cpu_count()} cores"
-            + (" (shared with other sessions)" if shared else "") + (f", {threads} onnxruntime thread(s)" if threads else "")
-            + f", load average {load_average()[0]:.1f}")
+            + (" (shared with other sessions)" if shared else "")
+            + (f", {threads} onnxruntime thread(s)" if threads else "") + f", load average {load_average()[0]:.1f}")

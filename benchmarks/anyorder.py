@@ -59,7 +59,8 @@ def generate_fn(pipe, steps=None, order="locality", guidance=None):
     from eval_default import runtime_generate_fn
 
     if steps is None:
-        return runtime_generate_fn(lambda labels, seed: pipe.run(labels, seed=seed, decode_images=False), pipe.tokenizer)
+        return runtime_generate_fn(lambda labels, seed: pipe.run(labels, seed=seed, decode_images=False),
+                                   pipe.tokenizer)
     return runtime_generate_fn(lambda labels, seed: anyorder_tokens(pipe, labels, seed, steps, order, guidance),
                                pipe.tokenizer)
 
@@ -86,12 +87,14 @@ def quality_rows(seq, ao, data, clf, per_class, seeds, sweep) -> list[dict]:
 def timing_rows(seq, ao, batch: int, repeats: int, extra: dict) -> list[dict]:
     """Seconds per image at `batch` images per call (default guidance: 2 rows per image), the settings
     interleaved: each repeat runs every setting once, in turn."""
-    settings = {"sequential (raster default)": (seq, None), "any-order, 8 steps": (ao, 8), "any-order, 4 steps": (ao, 4),
+    settings = {"sequential (raster default)": (seq, None), "any-order, 8 steps": (ao, 8),
+                "any-order, 4 steps": (ao, 4),
                 **{f"any-order, 8 steps, {name}": (pipe, 8) for name, pipe in extra.items()}}
     timed = interleaved({k: lambda r, p=p, st=st: p.run([r % 10] * batch, seed=100 * r, decode_images=False,
                                                         **({"steps": st} if st else {})).calls
                          for k, (p, st) in settings.items()}, repeats)
-    rows = [dict(name=f"batch {batch}: {k}", calls=c, seconds=float(np.median(t)) / batch) for k, (t, c) in timed.items()]
+    rows = [dict(name=f"batch {batch}: {k}", calls=c, seconds=float(np.median(t)) / batch)
+            for k, (t, c) in timed.items()]
     for row in rows:
         print(row, flush=True)
     return rows
@@ -104,12 +107,13 @@ def inpaint_rows(ao, seq, data, clf, raster_images: int, anyorder_images: int | 
     test_x, test_y = data["test_x"].numpy(), data["test_y"].numpy()
     codes = np.concatenate([ao.tokenizer.encode(test_x[i:i + 100]) for i in range(0, len(test_x), 100)])
     rows = []
-    for name, pipe, count, extra in (("any-order, 8 steps, all kept cells as context", ao, anyorder_images or len(test_x), {}),
+    for name, pipe, count, extra in (("any-order, 8 steps, all kept cells as context", ao,
+                                      anyorder_images or len(test_x), {}),
                                      ("raster default, sequential + 4 reranked candidates", seq, raster_images,
                                       {"candidates": 4})):
         if count == 0:
             continue
-        images, exact, calls = [], 0, 0
+        images, exact = [], 0
         t0 = time.perf_counter()
         for i in range(count):
             rng = np.random.default_rng(10_000 + i)
@@ -187,7 +191,8 @@ def call_cost_lines(threads: int) -> list[str]:
 
 def speed_table(rows: list[dict]) -> list[str]:
     return markdown_table(["decoding", "calls / image", "s / image", "speed-up"], [
-        [r["name"], f"{r['calls']:.0f}", f"{r['seconds']:.4f}", f"{rows[0]['seconds'] / r['seconds']:.2f}x"] for r in rows])
+        [r["name"], f"{r['calls']:.0f}", f"{r['seconds']:.4f}", f"{rows[0]['seconds'] / r['seconds']:.2f}x"]
+        for r in rows])
 
 
 def quality_table(rows: list[dict]) -> list[str]:
@@ -288,8 +293,9 @@ def main(argv=None) -> None:
     lines += ["", "## Inpainting held-out digits (a random half of the cells kept: 24 kept, 25 regenerated; "
                   "conditioned on the digit's class)", "",
               *markdown_table(["model / method", "images", "requested class read back", "kept cells bit-exact",
-                               "s / image"], [[r["name"], str(r["images"]), f"{r['accuracy']:.1%}",
-                                               f"{r['kept_exact']}/{r['images']}", f"{r['seconds']:.3f}"] for r in i_rows])]
+                               "s / image"],
+                              [[r["name"], str(r["images"]), f"{r['accuracy']:.1%}", f"{r['kept_exact']}/{r['images']}",
+                                f"{r['seconds']:.3f}"] for r in i_rows])]
 
     if not args.skip_gpt_b:
         lines += ["", "## GPT-B shape (LlamaGen GPT-B, 16x16 tokens, random weights, any-order mode, fused 1.32 "

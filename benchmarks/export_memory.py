@@ -37,8 +37,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         sizes = {} if args.quick else write_checkpoints(tmp)
-        r = run_worker(f"{__file__}:export", {"args": QUICK if args.quick else export_args(tmp), "out": str(tmp / "out")},
-                       tmp, "export")
+        job = {"args": QUICK if args.quick else export_args(tmp), "out": str(tmp / "out")}
+        r = run_worker(f"{__file__}:export", job, tmp, "export")
         log = (tmp / "export.log").read_text()
     if r["code"]:
         raise SystemExit(f"export failed:\n{log}")

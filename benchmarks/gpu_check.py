@@ -42,7 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tessera.bench.env import cpu_model
 from tessera.bench.quality import token_agreement
+from tessera.bench.report import markdown_table
 from tessera.bench.stats import interval_stats
 from tessera.bench.timing import callback_generation
 
@@ -109,7 +111,7 @@ def torch_facts(device: str) -> dict:
     if device == "cuda":
         facts["gpu"] = torch.cuda.get_device_name(0)
     else:
-        facts["cpu"] = platform.processor() or platform.machine()
+        facts["cpu"] = cpu_model()
         facts["threads"] = torch.get_num_threads()
     return facts
 
@@ -327,40 +329,33 @@ def pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
 
-def short(name: str) -> str:
-    return name.replace("ExecutionProvider", "")
-
-
 def check_table(rows: list[dict]) -> list[str]:
-    lines = ["| model dir | kind | precision | load | transformer on | decoder on | greedy = CPU fp32 | "
-             "greedy = torch | sampled = CPU fp32 | sampled = torch | max logit err vs torch (rel) | "
-             "export parity (rel, CPU) |", "|" + "---|" * 12]
-    for r in rows:
+    def cells(r: dict) -> list[str]:
         if r.get("load") != "ok":
-            lines.append(f"| {r['dir']} | {r['kind']} | {r['precision']} | **{r.get('load')}** |" + " - |" * 8)
-            continue
-        gp = r["graph_providers"]
+            return [r["dir"], r["kind"], r["precision"], f"**{r.get('load')}**"] + ["-"] * 8
+        short = lambda p: p.replace("ExecutionProvider", "")  # noqa: E731
         flag = lambda p: short(p) if p == r["requested"] else f"**{short(p)}**"  # noqa: E731
-        lines.append(
-            f"| {r['dir']} | {r['kind']} | {r['precision']} | ok ({r['load_s']:.1f} s) | "
-            f"{flag(gp['transformer'])} | {flag(gp['tokenizer_decoder'])} | {pct(r.get('greedy_vs_cpu'))} | "
-            f"{pct(r['greedy_vs_torch'])} | {pct(r.get('sampled_vs_cpu'))} | {pct(r['sampled_vs_torch'])} | "
-            f"{r['logit_err']:.2e} ({r['logit_rel']:.2%}) | {r['export_rel']:.2%} |")
-    return lines
+        gp = r["graph_providers"]
+        return [r["dir"], r["kind"], r["precision"], f"ok ({r['load_s']:.1f} s)", flag(gp["transformer"]),
+                flag(gp["tokenizer_decoder"]),
+                *(pct(r.get(f"{k}_vs_{ref}")) for k in ("greedy", "sampled") for ref in ("cpu", "torch")),
+                f"{r['logit_err']:.2e} ({r['logit_rel']:.2%})", f"{r['export_rel']:.2%}"]
+
+    return markdown_table(["model dir", "kind", "precision", "load", "transformer on", "decoder on",
+                           "greedy = CPU fp32", "greedy = torch", "sampled = CPU fp32", "sampled = torch",
+                           "max logit err vs torch (rel)", "export parity (rel, CPU)"], [cells(r) for r in rows])
 
 
 def timing_table(rows: list[dict]) -> list[str]:
     ref = {(r["precision"], r["batch"]): r["median_ms"] for r in rows if r["engine"].startswith("torch")}
     torch_kinds = sorted({p for p, _ in ref})
-    head = " | ".join(f"vs {p.replace('torch-torch.float', 'torch fp')}" for p in torch_kinds)
-    lines = [f"| engine | batch | median ms/token | p90 ms | row-tokens/s | intervals | {head} |",
-             "|" + "---|" * (6 + len(torch_kinds))]
-    for r in rows:
-        ratios = " | ".join(f"{r['median_ms'] / ref[(p, r['batch'])]:.2f}x" if (p, r["batch"]) in ref else "-"
-                            for p in torch_kinds)
-        lines.append(f"| {r['engine']} | {r['batch']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | "
-                     f"{r['batch'] * 1e3 / r['median_ms']:.0f} | {r['n']} | {ratios} |")
-    return lines
+    return markdown_table(
+        ["engine", "batch", "median ms/token", "p90 ms", "row-tokens/s", "intervals",
+         *(f"vs {p.replace('torch-torch.float', 'torch fp')}" for p in torch_kinds)],
+        [[r["engine"], str(r["batch"]), f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}",
+          f"{r['batch'] * 1e3 / r['median_ms']:.0f}", str(r["n"]),
+          *(f"{r['median_ms'] / ref[(p, r['batch'])]:.2f}x" if (p, r["batch"]) in ref else "-" for p in torch_kinds)]
+         for r in rows])
 
 
 def write_report(out: Path, args, env: dict, checks: list[dict], timing: list[dict], notes: list[str]) -> None:

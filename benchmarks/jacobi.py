@@ -39,8 +39,8 @@ def ensure_132() -> Path:
     from tessera.models import default_model_dir
 
     src = default_model_dir()
-    return cached_export(HERE / ".cache" / "exports", "default-1.32", ["--from", str(src), "--target-onnxruntime", "1.32"],
-                         [src])
+    return cached_export(HERE / ".cache" / "exports", "default-1.32",
+                         ["--from", str(src), "--target-onnxruntime", "1.32"], [src])
 
 
 def settings(windows) -> list[dict]:
@@ -67,7 +67,8 @@ def quality_rows(windows, per_class: int) -> list[dict]:
                                       pipe.tokenizer, per_class)
         m = evaluate_generator(gen, data, clf, per_class=per_class, seed=seed)
         rows.append({"name": name(opts), "seed": seed, "accuracy": m["accuracy"], "frechet": m["frechet_distance"],
-                     "calls_per_image": st["image_calls"] / st["images"], "calls_per_batch": st["calls"] / st["batches"],
+                     "calls_per_image": st["image_calls"] / st["images"],
+                     "calls_per_batch": st["calls"] / st["batches"],
                      "acceptance": st["drafts_accepted"] / st["drafts_verified"] if st["drafts_verified"] else None,
                      "seconds_per_image": m["generation_time_s"] / m["n_images"]})
         print(rows[-1], flush=True)
@@ -154,8 +155,8 @@ def main(argv=None) -> None:
                  "–" if r["acceptance"] is None else f"{r['acceptance']:.1%}", f"{r['seconds_per_image']:.3f}"]
                 for r in quality])]
     out += ["", "## Latency: one image per call (batch 1 with guidance = 2 rows), 10 images, one per class", "",
-            "Median over the images of each image's best of five runs (settings interleaved). On the 1.22 form (the shipped default) the runner runs a call's "
-            "queries one at a time (runtime/compat.py); the 1.32 form runs them in one session run. "
+            "Median over the images of each image's best of five runs (settings interleaved). On the 1.22 form "
+            "(the shipped default) the runner runs a call's queries one at a time (runtime/compat.py); the 1.32 form runs them in one session run. "
             "'same tokens': images whose tokens equal the 1.22 form's for the same setting.", ""]
     base = {r["form"]: r["seconds_per_image"] for r in latency if r["name"] == "sequential"}
     out += markdown_table(["form", "decoding", "calls / image", "s / image", "vs sequential", "same tokens"], [

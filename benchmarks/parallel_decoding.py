@@ -37,8 +37,9 @@ def default_model_rows(windows, per_class: int) -> list[dict]:
     clf = get_classifier(None, data)  # cached under ~/.cache/tessera
     rows = []
     for window in windows:
+        # the images of one batch share its calls
         gen, stats = runtime_generate_fn(lambda labels, seed, w=window: pipe.run(
-            labels, seed=seed, parallel_window=w, decode_images=False), pipe.tokenizer)  # a batch's images share its calls
+            labels, seed=seed, parallel_window=w, decode_images=False), pipe.tokenizer)
         t0 = time.perf_counter()
         m = evaluate_generator(gen, data, clf, per_class=per_class)
         seconds = time.perf_counter() - t0
@@ -53,7 +54,8 @@ def default_model_rows(windows, per_class: int) -> list[dict]:
 def gpt_b_rows(windows, repeats: int) -> list[dict]:
     from tessera.runtime import Pipeline
 
-    pipe = Pipeline.load(cached_export(HERE / ".cache" / "exports", "gpt-b", GPT_B_RANDOM), providers="cpu", threads=2, verify="none")
+    pipe = Pipeline.load(cached_export(HERE / ".cache" / "exports", "gpt-b", GPT_B_RANDOM), providers="cpu",
+                         threads=2, verify="none")
     rows = []
     for window in windows:
         times = []

@@ -117,8 +117,9 @@ def matmul_peaks(threads: int) -> dict:
             ("ort_int8_gops", "MatMulInteger", rng.integers(0, 255, (n, n), dtype=np.uint8),
              rng.integers(-127, 127, (n, n), dtype=np.int8), TensorProto.INT32)):
         x_info = helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(x.dtype), [n, n])
-        graph = helper.make_graph([helper.make_node(op, ["x", "w"], ["y"])], "peak", [x_info],
-                                  [helper.make_tensor_value_info("y", out_type, [n, n])], [numpy_helper.from_array(w, "w")])
+        y_info = helper.make_tensor_value_info("y", out_type, [n, n])
+        graph = helper.make_graph([helper.make_node(op, ["x", "w"], ["y"])], "peak", [x_info], [y_info],
+                                  [numpy_helper.from_array(w, "w")])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         peaks[key] = 2 * n ** 3 / best_s(lambda: sess.run(None, {"x": x})) / 1e9
@@ -198,10 +199,10 @@ def main() -> None:
         for name, modes in () if args.decoders_only else (("int4-tok-fp32", ("default", "low")),
                                                            ("int4-tok-int8", ("default", "low", "tile"))):
             for mode in modes:
-                job = {"model": str(dirs[name]), "low_memory": mode == "low", "tile": tiles[0][0] if mode == "tile" else None,
-                       "label": label, "png": f"{work}/image.png"}
+                job = {"model": str(dirs[name]), "low_memory": mode == "low", "label": label,
+                       "tile": tiles[0][0] if mode == "tile" else None, "png": f"{work}/image.png"}
                 r = run_worker(f"{__file__}:peak", job, Path(work), f"{name}-{mode}")
-                what = {"low": "--low-memory", "tile": f"default, decode(tile={tiles[0][0]}) (API)"}.get(mode, "default")
+                what = {"low": "--low-memory", "tile": f"default, decode(tile={tiles[0][0]}) (API)"}.get(mode, mode)
                 lines.append(f"| {name} | {what} | {r['peak_rss_mib']:.0f} | {r['seconds']:.1f} |")
                 print(lines[-1], flush=True)
     if not args.decoders_only:
