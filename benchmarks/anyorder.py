@@ -54,19 +54,8 @@ def anyorder_tokens(pipe, labels, seed, steps, order="locality", guidance=None):
     return result
 
 
-def generate_fn(pipe, steps=None, order="locality", guidance=None):
-    """`generate_fn(labels, seed) -> images [N, 3, 28, 28]` in batches of 50, counting calls per batch."""
-    from eval_default import runtime_generate_fn
-
-    if steps is None:
-        return runtime_generate_fn(lambda labels, seed: pipe.run(labels, seed=seed, decode_images=False),
-                                   pipe.tokenizer)
-    return runtime_generate_fn(lambda labels, seed: anyorder_tokens(pipe, labels, seed, steps, order, guidance),
-                               pipe.tokenizer)
-
-
 def quality_rows(seq, ao, data, clf, per_class, seeds, sweep) -> list[dict]:
-    from eval_default import evaluate_generator
+    from eval_default import evaluate_runtime
 
     rows = []
     settings = [("sequential (raster default)", seq, None, "-", s) for s in seeds]
@@ -76,10 +65,11 @@ def quality_rows(seq, ao, data, clf, per_class, seeds, sweep) -> list[dict]:
     settings += [(f"any-order, guidance {g}", ao, 8, "locality", seeds[0]) for g in (3.5, 4.0)]
     for name, pipe, steps, order, seed in settings:
         guidance = float(name.rsplit(" ", 1)[1]) if "guidance" in name else None
-        gen, stats = generate_fn(pipe, steps, order if order != "-" else "locality", guidance)
-        m = evaluate_generator(gen, data, clf, per_class=per_class, seed=seed)
-        rows.append(dict(name=name, steps=steps, order=order, seed=seed, calls=stats["calls"] / stats["batches"],
-                         accuracy=m["accuracy"], frechet=m["frechet_distance"]))
+        run = (lambda labels, sd, p=pipe: p.run(labels, seed=sd, decode_images=False)) if steps is None else \
+            (lambda labels, sd, p=pipe, st=steps, o=order, g=guidance: anyorder_tokens(p, labels, sd, st, o, g))
+        m = evaluate_runtime(run, pipe.tokenizer, data, clf, per_class, seed)
+        rows.append(dict(name=name, steps=steps, order=order, seed=seed, calls=m["calls_per_batch"],
+                         accuracy=m["accuracy"], frechet=m["frechet"]))
         print(rows[-1], flush=True)
     return rows
 
@@ -244,14 +234,13 @@ def main(argv=None) -> None:
         print("\n".join(lines))
         return
 
+    from eval_default import held_out
+
     from tessera.runtime import Pipeline
-    from tessera.training.data import mnist_split
-    from tessera.training.digit_classifier import get_classifier
 
     seq = Pipeline.load(providers="cpu", threads=args.threads)
     ao = Pipeline.load(ANYORDER_DIR, providers="cpu", threads=args.threads)
-    data = mnist_split()
-    clf = get_classifier(None, data)  # cached under ~/.cache/tessera
+    data, clf = held_out()
     sheet = Path(tempfile.mkdtemp()) / "steps.png" if args.quick else results / "anyorder_steps.png"
     sample_sheet(ao, sheet, [2, 4, 8, 16, 49])
 

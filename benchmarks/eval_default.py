@@ -116,6 +116,23 @@ def evaluate_generator(generate_fn: GenerateFn, data: dict, clf: DigitClassifier
         _images=images)
 
 
+def held_out() -> tuple[dict, DigitClassifier]:
+    """The held-out split and the evaluation classifier (trained once, cached under ~/.cache/tessera)."""
+    data = mnist_split()
+    return data, get_classifier(None, data)
+
+
+def evaluate_runtime(run: Callable, tokenizer, data: dict, clf: DigitClassifier, per_class: int = 50, seed: int = 0,
+                     batch: int = 50) -> dict:
+    """`evaluate_generator` over `runtime_generate_fn(run, tokenizer, batch)`, as the decoding benchmarks report
+    it: accuracy, Fréchet distance, seconds per image, calls per batch and per image, the summed counts."""
+    gen, st = runtime_generate_fn(run, tokenizer, batch)
+    m = evaluate_generator(gen, data, clf, per_class=per_class, seed=seed)
+    return {"accuracy": m["accuracy"], "frechet": m["frechet_distance"], "stats": st,
+            "seconds_per_image": m["generation_time_s"] / m["n_images"],
+            "calls_per_batch": st["calls"] / st["batches"], "calls_per_image": st["image_calls"] / st["images"]}
+
+
 def run_eval(vq: VQModel, generators: dict, clf: DigitClassifier, data: dict | None = None, per_class: int = 50,
              seed: int = 0, log=print) -> dict:
     """Tokenizer metrics + one `evaluate_generator` per entry of `generators` ({name: generate_fn})."""

@@ -52,25 +52,19 @@ def name(opts: dict) -> str:
 
 
 def quality_rows(windows, per_class: int) -> list[dict]:
-    from eval_default import evaluate_generator, runtime_generate_fn
+    from eval_default import evaluate_runtime, held_out
 
     from tessera.runtime import Pipeline
-    from tessera.training.data import mnist_split
-    from tessera.training.digit_classifier import get_classifier
 
     pipe = Pipeline.load(ensure_132(), providers="cpu", threads=2)
-    data = mnist_split()
-    clf = get_classifier(None, data)  # cached under ~/.cache/tessera
+    data, clf = held_out()
     rows = []
     for opts, seed in [({}, s) for s in SEQ_SEEDS] + [(o, 0) for o in settings(windows)[1:]]:
-        gen, st = runtime_generate_fn(lambda labels, sd, o=opts: pipe.run(labels, seed=sd, decode_images=False, **o),
-                                      pipe.tokenizer, per_class)
-        m = evaluate_generator(gen, data, clf, per_class=per_class, seed=seed)
-        rows.append({"name": name(opts), "seed": seed, "accuracy": m["accuracy"], "frechet": m["frechet_distance"],
-                     "calls_per_image": st["image_calls"] / st["images"],
-                     "calls_per_batch": st["calls"] / st["batches"],
-                     "acceptance": st["drafts_accepted"] / st["drafts_verified"] if st["drafts_verified"] else None,
-                     "seconds_per_image": m["generation_time_s"] / m["n_images"]})
+        m = evaluate_runtime(lambda labels, sd, o=opts: pipe.run(labels, seed=sd, decode_images=False, **o),
+                             pipe.tokenizer, data, clf, per_class, seed, batch=per_class)
+        st = m.pop("stats")
+        rows.append({"name": name(opts), "seed": seed, **m,
+                     "acceptance": st["drafts_accepted"] / st["drafts_verified"] if st["drafts_verified"] else None})
         print(rows[-1], flush=True)
     return rows
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tessera.bench.cache import GPT_B_RANDOM, cached_export
-from tessera.bench.env import environment
+from tessera.bench.env import run_line
 from tessera.bench.report import markdown_table
 
 HERE = Path(__file__).resolve().parent
@@ -26,27 +26,21 @@ sys.path.insert(0, str(HERE))
 
 
 def default_model_rows(windows, per_class: int) -> list[dict]:
-    from eval_default import evaluate_generator, runtime_generate_fn
+    from eval_default import evaluate_runtime, held_out
 
     from tessera.runtime import Pipeline
-    from tessera.training.data import mnist_split
-    from tessera.training.digit_classifier import get_classifier
 
     pipe = Pipeline.load(providers="cpu", threads=2)
-    data = mnist_split()
-    clf = get_classifier(None, data)  # cached under ~/.cache/tessera
+    data, clf = held_out()
     rows = []
     for window in windows:
-        # the images of one batch share its calls
-        gen, stats = runtime_generate_fn(lambda labels, seed, w=window: pipe.run(
-            labels, seed=seed, parallel_window=w, decode_images=False), pipe.tokenizer)
         t0 = time.perf_counter()
-        m = evaluate_generator(gen, data, clf, per_class=per_class)
-        seconds = time.perf_counter() - t0
-        rows.append({"window": window, "calls_per_image": stats["calls"] / stats["batches"],
-                     "seconds_per_image": m["generation_time_s"] / m["n_images"],
-                     "accuracy": m["accuracy"], "frechet": m["frechet_distance"],
-                     "eval_seconds": round(seconds, 1)})
+        m = evaluate_runtime(lambda labels, seed, w=window: pipe.run(labels, seed=seed, parallel_window=w,
+                                                                     decode_images=False), pipe.tokenizer, data, clf,
+                             per_class)
+        rows.append({"window": window, "calls_per_image": m["calls_per_batch"],  # a batch's images share its calls
+                     "seconds_per_image": m["seconds_per_image"], "accuracy": m["accuracy"], "frechet": m["frechet"],
+                     "eval_seconds": round(time.perf_counter() - t0, 1)})
         print(rows[-1], flush=True)
     return rows
 
@@ -88,10 +82,8 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-gpt-b", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results" / "parallel_decoding.md"))
     args = ap.parse_args(argv)
-    env = environment()
     out = ["# Parallel (ZipAR-style) decoding vs sequential", "",
-           f"`python benchmarks/parallel_decoding.py` — {env['date']}, {env['cpu']}, {env['cores']} cores, 2 threads, "
-           f"load average {env['load_before'][0]:.1f}", ""]
+           run_line("python benchmarks/parallel_decoding.py", 2, shared=False), ""]
     out += ["## Shipped default model (7x7 tokens, 50 images per class, default sampling)", "",
             "Calls are per batch of 50 images (one class); accuracy and Fréchet distance from the digit "
             "classifier on the held-out split (benchmarks/eval_default.py).", ""]
