@@ -78,24 +78,32 @@ def missing_packages(peers: list[str]) -> dict[str, list[str]]:
     return {p: pkgs for p, pkgs in lost.items() if pkgs}
 
 
-# --- workers (each in a fresh process) ----------------------------------------------------------
-def worker_bandwidth(job: dict) -> dict:
-    """Weight-streaming rate of an fp32 MatMul with ~400 MB of constant weights; numpy's read rate."""
+def constant_matmul(op: str, x_dtype, w: np.ndarray, threads: int):
+    """An onnxruntime CPU session of one `op` (MatMul, MatMulInteger) of an input [m, k] by the constant
+    weights `w`: what a machine's weight-streaming rate and matmul peak are measured with."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    k = 4096
-    n = int(job["mbytes"] * 1e6 / 4 / k) // 256 * 256
-    w = np.random.default_rng(0).standard_normal((k, n), dtype=np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "bw",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])],
+    y_type = TensorProto.INT32 if op == "MatMulInteger" else TensorProto.FLOAT
+    graph = helper.make_graph([helper.make_node(op, ["x", "w"], ["y"])], "matmul",
+                              [helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(np.dtype(x_dtype)),
+                                                             ["m", w.shape[0]])],
+                              [helper.make_tensor_value_info("y", y_type, ["m", w.shape[1]])],
                               [numpy_helper.from_array(w, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10
     so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = job["threads"], 1, 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+# --- workers (each in a fresh process) ----------------------------------------------------------
+def worker_bandwidth(job: dict) -> dict:
+    """Weight-streaming rate of an fp32 MatMul with ~400 MB of constant weights; numpy's read rate."""
+    k = 4096
+    n = int(job["mbytes"] * 1e6 / 4 / k) // 256 * 256
+    w = np.random.default_rng(0).standard_normal((k, n), dtype=np.float32)
+    sess = constant_matmul("MatMul", np.float32, w, job["threads"])
     out = {"weight_bytes": int(w.nbytes), "shape": [k, n], "matmul": {}}
     for m in job["ms"]:
         x = np.random.default_rng(1).standard_normal((m, k), dtype=np.float32)

@@ -103,25 +103,16 @@ def matmul_peaks(threads: int) -> dict:
     """This CPU's reachable peaks: fp32 GFLOP/s (numpy and onnxruntime MatMul) and int8 GOP/s
     (onnxruntime MatMulInteger, uint8 x int8), each the best of a few 2048^3 products."""
     import numpy as np
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    from decode_peers import constant_matmul
 
     n = 2048
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
     peaks = {"numpy_fp32_gflops": 2 * n ** 3 / best_s(lambda: a @ b) / 1e9}
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    for key, op, x, w, out_type in (
-            ("ort_fp32_gflops", "MatMul", a, b, TensorProto.FLOAT),
-            ("ort_int8_gops", "MatMulInteger", rng.integers(0, 255, (n, n), dtype=np.uint8),
-             rng.integers(-127, 127, (n, n), dtype=np.int8), TensorProto.INT32)):
-        x_info = helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(x.dtype), [n, n])
-        y_info = helper.make_tensor_value_info("y", out_type, [n, n])
-        graph = helper.make_graph([helper.make_node(op, ["x", "w"], ["y"])], "peak", [x_info], [y_info],
-                                  [numpy_helper.from_array(w, "w")])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    for key, op, x, w in (("ort_fp32_gflops", "MatMul", a, b),
+                          ("ort_int8_gops", "MatMulInteger", rng.integers(0, 255, (n, n), dtype=np.uint8),
+                           rng.integers(-127, 127, (n, n), dtype=np.int8))):
+        sess = constant_matmul(op, x.dtype, w, threads)
         peaks[key] = 2 * n ** 3 / best_s(lambda: sess.run(None, {"x": x})) / 1e9
     return peaks
 
