@@ -78,7 +78,7 @@ def missing_packages(peers: list[str]) -> dict[str, list[str]]:
     return {p: pkgs for p, pkgs in lost.items() if pkgs}
 
 
-def constant_matmul(op: str, x_dtype, w: np.ndarray, threads: int):
+def constant_matmul(op: str, x_dtype: np.dtype, w: np.ndarray, threads: int):
     """An onnxruntime CPU session of one `op` (MatMul, MatMulInteger) of an input [m, k] by the constant
     weights `w`: what a machine's weight-streaming rate and matmul peak are measured with."""
     import onnxruntime as ort

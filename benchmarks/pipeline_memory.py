@@ -2,7 +2,7 @@
 
     python benchmarks/pipeline_memory.py            # exports once into benchmarks/.cache/exports (tessera.bench.cache)
     python benchmarks/pipeline_memory.py --rounds 5 --out benchmarks/results/memory.md
-    python benchmarks/pipeline_memory.py --quick    # GPT-Tiny + VQ-Tiny, every table once (a smoke run, ~2 min)
+    python benchmarks/pipeline_memory.py --quick    # GPT-Tiny + VQ-Tiny, every table once (a smoke run, < 1 min)
 
 Weights: random, in LlamaGen's checkpoint layout (llamagen_random.py: the real models' init scales, so the
 decoder's image spans about [-2, 2] like a trained one's rather than collapsing to 0, which would make any
