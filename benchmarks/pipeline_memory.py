@@ -46,7 +46,8 @@ def peak(job: dict) -> dict:
         from tessera.cli.main import main
 
         args = ["generate", str(job["label"]), "--model", job["model"], "--seed", "0", "--out", job["png"], "-q"]
-        code = main(args + (["--low-memory"] if job["low_memory"] else []))
+        # explicit both ways: the command's default changed from both graphs open to --low-memory
+        code = main(args + (["--low-memory"] if job["low_memory"] else ["--no-low-memory"]))
     return {"code": code, "seconds": time.perf_counter() - t0}
 
 
@@ -187,13 +188,16 @@ def main() -> None:
     lines = [run_line("python benchmarks/pipeline_memory.py" + (" --quick" if args.quick else ""), args.threads), "",
              "| model | mode | peak RSS (MiB) | `tessera generate` s |", "|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as work:
-        for name, modes in () if args.decoders_only else (("int4-tok-fp32", ("default", "low")),
-                                                           ("int4-tok-int8", ("default", "low", "tile"))):
+        for name, modes in () if args.decoders_only else (("int4-tok-fp32", ("both", "low")),
+                                                           ("int4-tok-int8", ("both", "low", "tile"))):
             for mode in modes:
                 job = {"model": str(dirs[name]), "low_memory": mode == "low", "label": label,
                        "tile": tiles[0][0] if mode == "tile" else None, "png": f"{work}/image.png"}
                 r = run_worker(f"{__file__}:peak", job, Path(work), f"{name}-{mode}")
-                what = {"low": "--low-memory", "tile": f"default, decode(tile={tiles[0][0]}) (API)"}.get(mode, mode)
+                if r["code"]:
+                    raise SystemExit(f"tessera generate failed on {name} ({mode}): exit status {r['code']}")
+                what = {"both": "--no-low-memory (both graphs open)", "low": "--low-memory",
+                        "tile": f"both graphs open, decode(tile={tiles[0][0]}) (API)"}[mode]
                 lines.append(f"| {name} | {what} | {r['peak_rss_mib']:.0f} | {r['seconds']:.1f} |")
                 print(lines[-1], flush=True)
     if not args.decoders_only:
