@@ -228,18 +228,19 @@ def _ratios(rows: list[dict]) -> None:
 def _flag_noise(run: dict) -> None:
     env = run["environment"]
     cores = env.get("cores") or os.cpu_count() or 1
-    reasons = []
-    if is_noisy(env["load_before"][0], cores):
-        reasons.append(f"1-min load average {env['load_before'][0]:.2f} on {cores} cores before the run")
-    for row in run["rows"]:
-        for b, s in row.get("batches", {}).items():
-            if spread(s.get("round_medians_ms", [])) > NOISY_SPREAD:
-                reasons.append(f"{row['name']} ({row['provider']}) batch {b}: round medians "
-                               f"{', '.join(f'{x:.2f}' for x in s['round_medians_ms'])} ms")
-    run["noisy"] = bool(reasons)
-    if reasons:
-        run["notes"].append("noisy machine (other work competed for the CPU): " + "; ".join(reasons)
-                            + ". Compare ratios within this run; absolute times are pessimistic.")
+    busy = is_noisy(env["load_before"][0], cores)
+    apart = [f"{row['name']} ({row['provider']}) batch {b}: round medians "
+             f"{', '.join(f'{x:.2f}' for x in s['round_medians_ms'])} ms"
+             for row in run["rows"] for b, s in row.get("batches", {}).items()
+             if spread(s.get("round_medians_ms", [])) > NOISY_SPREAD]
+    run["noisy"] = bool(busy or apart)
+    if busy:  # the cause is known: say it
+        run["notes"].append(f"noisy machine: 1-min load average {env['load_before'][0]:.2f} on {cores} cores before "
+                            "the run (other work competed for the CPU); absolute times are pessimistic")
+    if apart:  # rounds disagree on a quiet machine too (short steps jitter): the reader should know
+        run["notes"].append(f"rounds more than {NOISY_SPREAD:.0%} apart: " + "; ".join(apart))
+    if run["noisy"]:
+        run["notes"].append("compare ratios within this run")
 
 
 def failed(run: dict) -> bool:
