@@ -13,7 +13,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -36,7 +36,7 @@ from .providers import resolve_providers
 from .provider_fit import warn_if_unsuited
 from .results import CancelToken, GenerationCancelled, GenerationResult, Step, StepCallback
 from .runners import RunnerPool
-from .sampling import ImageStreams
+from .sampling import ImageStreams, SamplingConfig
 from .schedule import cosine_counts
 from .self_test import verify as verify_self_test
 from .session import active_provider, open_session, ort_version
@@ -46,6 +46,11 @@ from .transformer import TransformerRunner
 # Generations one Pipeline runs at once from different threads (each with its own KV cache).
 DEFAULT_CONCURRENCY = 4
 LOW_MEMORY_ENV = "TESSERA_LOW_MEMORY"  # Pipeline.load's low_memory when not given
+
+
+# What the public calls take: a class id or name, or a list of them; an image as PIL or an array.
+ClassLabels = Union[int, str, Sequence[Union[int, str]]]
+ImageLike = Union[Image.Image, np.ndarray]
 
 
 def default_model_dir() -> Path:
@@ -230,7 +235,8 @@ class Pipeline:
         return cfg.resolve(self.manifest.generation_defaults, self.layout.vocab_size, self.layout.rope_grid,
                            self.grid)
 
-    def sampling_options(self, guidance_scale=None, temperature=None, top_k=None, top_p=None):
+    def sampling_options(self, guidance_scale: float | None = None, temperature: float | None = None,
+                         top_k: int | None = None, top_p: float | None = None) -> tuple[float, SamplingConfig]:
         """(guidance_scale, SamplingConfig) with unset options from the manifest's defaults, validated."""
         cfg = self.config(guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p)
         return cfg.guidance_scale, cfg.sampling
@@ -332,9 +338,9 @@ class Pipeline:
                                     f"to stop), got {type(callback).__name__}")
 
     # --- the calls ------------------------------------------------------------------------------
-    def run(self, class_labels, config: GenerationConfig | None = None, *, callback: StepCallback | None = None,
-            cancel: CancelToken | None = None, preview=None, preview_every=None, decode_images: bool = True,
-            **options) -> GenerationResult:
+    def run(self, class_labels: ClassLabels, config: GenerationConfig | None = None, *,
+            callback: StepCallback | None = None, cancel: CancelToken | None = None, preview=None,
+            preview_every=None, decode_images: bool = True, **options) -> GenerationResult:
         """Class labels -> a `GenerationResult` (tokens, images, seeds, transformer calls, timings).
 
         Args:
@@ -370,8 +376,9 @@ class Pipeline:
             steps.close()
         return self._finish(result, cfg, decode_images, renderer)
 
-    def stream(self, class_labels, config: GenerationConfig | None = None, *, cancel: CancelToken | None = None,
-               preview_every=None, decode_images: bool = True, **options) -> Iterator[Step]:
+    def stream(self, class_labels: ClassLabels, config: GenerationConfig | None = None, *,
+               cancel: CancelToken | None = None, preview_every=None, decode_images: bool = True,
+               **options) -> Iterator[Step]:
         """Class labels -> an iterator of `Step`s an app can drive: one per decision (partial tokens,
         and preview images when `preview_every` is given and a frame is due), the last one with
         `.result` (and the final images). Breaking out of the loop (or `cancel`) stops the
@@ -406,7 +413,7 @@ class Pipeline:
         result = self._finish(result, cfg, decode_images)
         yield Step(total, total, result.tokens.reshape(len(result.labels), -1).copy(), result.images, result)
 
-    def generate(self, class_labels, guidance_scale: float | None = None, temperature: float | None = None,
+    def generate(self, class_labels: ClassLabels, guidance_scale: float | None = None, temperature: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, seed: int | Sequence[int] = 0,
                  num_images_per_class: int = 1, callback: StepCallback | None = None,
                  parallel_window: int | None = None, grid: int | tuple[int, int] | None = None,
@@ -442,9 +449,10 @@ class Pipeline:
 
     __call__ = generate
 
-    def generate_tokens(self, class_labels, guidance_scale: float | None = None, temperature: float | None = None,
-                        top_k: int | None = None, top_p: float | None = None, seed: int | Sequence[int] = 0,
-                        num_images_per_class: int = 1, callback: StepCallback | None = None,
+    def generate_tokens(self, class_labels: ClassLabels, guidance_scale: float | None = None,
+                        temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                        seed: int | Sequence[int] = 0, num_images_per_class: int = 1,
+                        callback: StepCallback | None = None,
                         parallel_window: int | None = None, grid: int | tuple[int, int] | None = None, *,
                         cancel: CancelToken | None = None, decoder: str | None = None,
                         jacobi_window: int | None = None, steps: int | None = None) -> np.ndarray:
@@ -492,7 +500,8 @@ class Pipeline:
             self._runners.release()
 
     # --- editing (runtime/editing.py; the known-cells input of the sequential decoder) ----------
-    def inpaint(self, image, mask, class_label=None, **options):
+    def inpaint(self, image: ImageLike, mask: ImageLike, class_label: int | str | None = None,
+                **options) -> list[Image.Image] | EditResult:
         """Regenerate the masked part of `image` (PIL or array; fit to the model's size, aspect kept,
         padded with its border colour). mask: white / True = regenerate, the input image's size, the
         model's canvas size or the token grid's; a token cell is regenerated if any of its pixels is.
@@ -503,21 +512,25 @@ class Pipeline:
         canvas, regen = inpaint_cells(image, mask, self.image_size, self.grid)
         return self._edit(canvas, None, regen, class_label, **options)
 
-    def outpaint(self, image, box=None, class_label=None, *, place: bool = False, **options):
+    def outpaint(self, image: ImageLike, box: tuple[int, int, int, int] | None = None,
+                 class_label: int | str | None = None, *, place: bool = False,
+                 **options) -> list[Image.Image] | EditResult:
         """Keep `box` (x0, y0, x1, y1, exclusive; default the centered half) and regenerate around it.
         place=False: the box is in the input image's pixels. place=True: the image is scaled into the
         box on the model's canvas (extend a small image). Other options as `inpaint`."""
         canvas, regen = outpaint_cells(image, box, place, self.image_size, self.grid)
         return self._edit(canvas, None, regen, class_label, **options)
 
-    def continue_image(self, image, keep_rows: int, class_label=None, **options):
+    def continue_image(self, image: ImageLike, keep_rows: int, class_label: int | str | None = None,
+                       **options) -> list[Image.Image] | EditResult:
         """Keep the top `keep_rows` token rows of `image` and write the rest (a prefilled prefix).
         Options as `inpaint` (no candidates: nothing known follows the hole)."""
         canvas, regen = continue_cells(image, keep_rows, self.image_size, self.grid)
         options["candidates"] = 1
         return self._edit(canvas, None, regen, class_label, **options)
 
-    def edit_tokens(self, tokens, regenerate, class_label=None, **options) -> EditResult:
+    def edit_tokens(self, tokens: np.ndarray, regenerate: np.ndarray, class_label: int | str | None = None,
+                    **options) -> EditResult:
         """The edit on a token grid: `tokens [h, w]`, `regenerate [h, w]` bool -> EditResult.
 
         Options: num_images (>= 1), candidates (>= 1), guidance_scale, temperature, top_k, top_p,
