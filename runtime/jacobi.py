@@ -46,7 +46,7 @@ from .decoding import DecodeRequest, DecodeState
 from .errors import InvalidInputError
 from .generation import cell_positions, guidance_rows
 from .manifest import TokenLayout
-from .sampling import ImageStreams, SamplingConfig, apply_guidance, top_k_mask
+from .sampling import ImageStreams, SamplingConfig, apply_guidance, top_k_mask, top_p_cut
 
 
 def probabilities(logits: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
@@ -62,13 +62,7 @@ def probabilities(logits: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
     if 0 < cfg.top_k < v:
         vals[~top_k_mask(logits, cfg.top_k)] = -np.inf
     if cfg.top_p < 1.0:
-        order = np.argsort(-vals, axis=-1, kind="stable")
-        ranked = np.take_along_axis(vals, order, axis=-1)
-        mass = np.exp(ranked - ranked[:, :1])
-        cum = np.cumsum(mass, axis=-1) / mass.sum(axis=-1, keepdims=True)
-        drop = np.zeros_like(cum, bool)
-        drop[:, 1:] = cum[:, :-1] > cfg.top_p
-        np.put_along_axis(vals, order, np.where(drop, -np.inf, ranked), axis=-1)
+        vals = top_p_cut(vals, cfg.top_p)
     vals -= vals.max(axis=-1, keepdims=True)
     np.exp(vals, out=vals)
     vals /= vals.sum(axis=-1, keepdims=True)

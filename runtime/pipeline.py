@@ -577,7 +577,6 @@ class Pipeline:
             result.canvas = Image.fromarray(canvas)
         return result if return_result else result.images
 
-
     def _draws_per_image(self, regen, candidates, num_images) -> int:
         return draws_per_image(regen, candidates, num_images)
 

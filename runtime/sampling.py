@@ -108,20 +108,23 @@ def sample(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) ->
         cand = np.flatnonzero(keep[i]) if keep is not None else None
         vals = (row[cand] if cand is not None else row).astype(np.float64) * inv_t
         if cfg.top_p < 1.0:
-            vals = _top_p_cut(vals, cfg.top_p)
+            vals = top_p_cut(vals, cfg.top_p)
         cdf = np.cumsum(np.exp(vals - vals.max()))
         pick = min(int(np.searchsorted(cdf, u[i] * cdf[-1], side="left")), cdf.size - 1)
         out[i] = cand[pick] if cand is not None else pick
     return out
 
 
-def _top_p_cut(vals: np.ndarray, top_p: float) -> np.ndarray:
+def top_p_cut(vals: np.ndarray, top_p: float) -> np.ndarray:
     """-inf for the candidates outside the smallest set, by descending probability, whose mass
-    exceeds `top_p` (the most likely one always stays). Ties keep token-id order."""
-    order = np.argsort(-vals, kind="stable")
-    p = np.exp(vals[order] - vals[order[0]])
-    cum = np.cumsum(p / p.sum())
-    drop = np.empty(vals.size, bool)
-    drop[order[0]] = False
-    drop[order[1:]] = cum[:-1] > top_p
-    return np.where(drop, -np.inf, vals)
+    exceeds `top_p` (the most likely one always stays). Ties keep token-id order. Along the last
+    axis: one row (`sample`) or a batch of them (the Jacobi decoder's distributions)."""
+    order = np.argsort(-vals, axis=-1, kind="stable")
+    ranked = np.take_along_axis(vals, order, axis=-1)
+    p = np.exp(ranked - ranked[..., :1])
+    cum = np.cumsum(p / p.sum(axis=-1, keepdims=True), axis=-1)
+    drop = np.zeros(vals.shape, bool)
+    drop[..., 1:] = cum[..., :-1] > top_p
+    out = np.empty_like(vals)
+    np.put_along_axis(out, order, np.where(drop, -np.inf, ranked), axis=-1)
+    return out
