@@ -95,24 +95,25 @@ def sample(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) ->
 
     Per row: candidates (top-k, then top-p) in token-id order, float64 probabilities, one
     uniform per row (`rng.random(N)`, one call per step; `rng` may be an `ImageStreams`) placed
-    on their cumulative sum."""
+    on their cumulative sum: the first token of positive mass whose cumulative sum reaches it.
+    All rows at once, no Python loop: the cut tokens hold zero mass, so the running sum over the
+    whole vocabulary equals, bit for bit, the sum over the candidates alone."""
     if cfg.temperature == 0:
         return logits.argmax(axis=-1).astype(np.int64)
     n, v = logits.shape
-    inv_t = 1.0 / max(cfg.temperature, 1e-5)
-    keep = top_k_mask(logits, cfg.top_k) if 0 < cfg.top_k < v else None
     u = rng.random(n)
-    out = np.empty(n, np.int64)
-    for i in range(n):
-        row = logits[i]
-        cand = np.flatnonzero(keep[i]) if keep is not None else None
-        vals = (row[cand] if cand is not None else row).astype(np.float64) * inv_t
-        if cfg.top_p < 1.0:
-            vals = top_p_cut(vals, cfg.top_p)
-        cdf = np.cumsum(np.exp(vals - vals.max()))
-        pick = min(int(np.searchsorted(cdf, u[i] * cdf[-1], side="left")), cdf.size - 1)
-        out[i] = cand[pick] if cand is not None else pick
-    return out
+    vals = logits.astype(np.float64)
+    vals *= 1.0 / max(cfg.temperature, 1e-5)
+    if 0 < cfg.top_k < v:
+        vals[~top_k_mask(logits, cfg.top_k)] = -np.inf
+    if cfg.top_p < 1.0:
+        vals = top_p_cut(vals, cfg.top_p)
+    vals -= vals.max(axis=-1, keepdims=True)
+    np.exp(vals, out=vals)
+    drawable = vals > 0.0
+    cdf = np.cumsum(vals, axis=-1, out=vals)
+    drawable &= cdf >= (u * cdf[:, -1])[:, None]
+    return drawable.argmax(axis=-1).astype(np.int64)
 
 
 def top_p_cut(vals: np.ndarray, top_p: float) -> np.ndarray:
@@ -121,8 +122,8 @@ def top_p_cut(vals: np.ndarray, top_p: float) -> np.ndarray:
     axis: one row (`sample`) or a batch of them (the Jacobi decoder's distributions)."""
     order = np.argsort(-vals, axis=-1, kind="stable")
     ranked = np.take_along_axis(vals, order, axis=-1)
-    p = np.exp(ranked - ranked[..., :1])
-    cum = np.cumsum(p / p.sum(axis=-1, keepdims=True), axis=-1)
+    cum = np.cumsum(np.exp(ranked - ranked[..., :1]), axis=-1)
+    cum /= cum[..., -1:]  # a running sum: cut tokens (zero mass, ranked last) change nothing
     drop = np.zeros(vals.shape, bool)
     drop[..., 1:] = cum[..., :-1] > top_p
     out = np.empty_like(vals)

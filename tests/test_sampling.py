@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tessera.runtime.sampling import SamplingConfig, apply_guidance, sample, top_k_mask
+from tessera.runtime.sampling import SamplingConfig, apply_guidance, sample, top_k_mask, top_p_cut
 
 
 class FixedUniform:
@@ -77,3 +77,45 @@ def test_guidance_into_a_buffer_equals_the_allocating_form(dtype):
     buf = np.empty((3, 64), np.float32)
     got = apply_guidance(logits, 3, 4.0, out=buf)
     assert got is buf and np.array_equal(got, want.astype(np.float32))
+
+
+def per_row_sample(logits: np.ndarray, cfg: SamplingConfig, u: np.ndarray) -> np.ndarray:
+    """The sampler's definition, one row at a time over its candidates only (the form `sample`
+    had before it drew every row at once)."""
+    v = logits.shape[-1]
+    keep = top_k_mask(logits, cfg.top_k) if 0 < cfg.top_k < v else np.ones(logits.shape, bool)
+    out = []
+    for row, k, x in zip(logits, keep, u):
+        cand = np.flatnonzero(k)
+        vals = row[cand].astype(np.float64) * (1.0 / max(cfg.temperature, 1e-5))
+        if cfg.top_p < 1.0:
+            vals = top_p_cut(vals, cfg.top_p)
+        cdf = np.cumsum(np.exp(vals - vals.max()))
+        out.append(cand[min(int(np.searchsorted(cdf, x * cdf[-1], side="left")), cdf.size - 1)])
+    return np.array(out, np.int64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_all_rows_at_once_draw_exactly_what_one_row_at_a_time_draws(dtype):
+    """Coarse logits make ties at the top-k and top-p edges; tiny temperatures drive most of the
+    mass to zero. Every draw must match the per-row definition bit for bit."""
+    rng = np.random.default_rng(11)
+    for case in range(300):
+        n, v = int(rng.integers(1, 9)), int(rng.choice([3, 17, 64, 512]))
+        logits = rng.standard_normal((n, v)) * rng.choice([0.5, 3.0, 40.0])
+        if case % 3 == 0:
+            logits = np.round(logits)  # ties
+        logits = logits.astype(dtype)
+        cfg = SamplingConfig(temperature=float(rng.choice([1.0, 0.7, 1.3, 1e-3])),
+                             top_k=int(rng.choice([0, 1, 2, 5, v - 1])), top_p=float(rng.choice([1.0, 0.9, 0.5, 0.1])))
+        u = rng.random(n)
+        assert (sample(logits, cfg, FixedUniform(*u)) == per_row_sample(logits, cfg, u)).all(), (case, cfg)
+
+
+def test_a_token_of_zero_mass_is_never_drawn():
+    # the first candidate's mass underflows to 0 against the second; u = 0 still draws the second
+    logits = np.array([[-2000.0, 0.0, -1.0]], np.float32)
+    assert sample(logits, SamplingConfig(), FixedUniform(0.0))[0] == 1
+    # top-p cuts token 0 (id order first); u = 0 draws a token inside the nucleus
+    logits = np.log(np.array([[0.05, 0.6, 0.35]], np.float32))
+    assert sample(logits, SamplingConfig(top_p=0.5), FixedUniform(0.0))[0] == 1
