@@ -1,6 +1,7 @@
 """Evaluate the shipped MNIST default (tokenizer + class-conditional transformer) on the held-out split.
 
-    python benchmarks/eval_default.py --vq runs/vq --gpt runs/gpt --out benchmarks/results/default_eval.json
+    python benchmarks/eval_default.py                               # the shipped models/default
+    python benchmarks/eval_default.py --vq runs/vq --gpt runs/gpt   # training runs (training/train_*.py)
 
 Reports, on the fixed held-out split of `tessera.training.data` (last 60 images per class):
 * tokenizer: reconstruction PSNR (gray, [0, 1] scale), codebook usage, evaluation-classifier
@@ -28,7 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from tessera.export.build import load_run
+from tessera.export.build import load_model_dir, load_run
 from tessera.export.reference import generate_tokens
 from tessera.export.transformer import GPT
 from tessera.export.vq import VQModel
@@ -186,8 +187,11 @@ def save_grid(images: torch.Tensor, path: str, nrow: int) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--vq", default="runs/vq")
-    p.add_argument("--gpt", default="runs/gpt")
+    p.add_argument("--model", default=None, metavar="MODEL_DIR",
+                   help="a model directory exported with its PyTorch weights (default: models/default, unless "
+                        "--vq and --gpt name training runs)")
+    p.add_argument("--vq", default=None, help="a tokenizer training run (config.json + vq.safetensors)")
+    p.add_argument("--gpt", default=None, help="a transformer training run (config.json + gpt.safetensors)")
     p.add_argument("--classifier", default=None,
                    help="cached evaluation classifier, trained if absent (default: ~/.cache/tessera/classifier.pt)")
     p.add_argument("--out", default="benchmarks/results/default_eval.json")
@@ -203,7 +207,15 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     data = mnist_split()
-    vq, gpt = load_vq(a.vq), load_run(a.gpt, "gpt")
+    if (a.vq is None) != (a.gpt is None) or (a.model and a.vq):
+        p.error("give --model MODEL_DIR, or both --vq and --gpt")
+    if a.vq:
+        vq, gpt, source = load_vq(a.vq), load_run(a.gpt, "gpt"), dict(vq=a.vq, gpt=a.gpt)
+    else:
+        model = a.model or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
+                                        "default")
+        gpt, vq, _ = load_model_dir(model)
+        source = dict(model_dir=a.model or "models/default")
     clf = get_classifier(a.classifier, data=data)
     scales = [float(s) for s in a.scales.split(",") if s]
     samp = dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p)
@@ -215,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
     default_key = f"cfg={a.default_scale:g}"
     result["default"] = dict(guidance_scale=a.default_scale, **samp,
                              metrics=result["generation"].get(default_key))
-    result["models"] = dict(vq=a.vq, gpt=a.gpt, vq_params=vq.num_params(), gpt_params=gpt.num_params())
+    result["models"] = dict(**source, vq_params=vq.num_params(), gpt_params=gpt.num_params())
     result["eval_time_s"] = round(time.time() - t0, 1)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
