@@ -46,7 +46,7 @@ from .decoding import DecodeRequest, DecodeState
 from .errors import InvalidInputError
 from .generation import cell_positions, guidance_rows
 from .manifest import TokenLayout
-from .sampling import ImageStreams, SamplingConfig, apply_guidance, top_k_mask, top_p_cut
+from .sampling import ImageStreams, SamplingConfig, apply_guidance, sampling_weights
 
 
 def probabilities(logits: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
@@ -58,13 +58,7 @@ def probabilities(logits: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
         out = np.zeros((n, v))
         out[np.arange(n), logits.argmax(axis=-1)] = 1.0
         return out
-    vals = logits.astype(np.float64) * (1.0 / max(cfg.temperature, 1e-5))
-    if 0 < cfg.top_k < v:
-        vals[~top_k_mask(logits, cfg.top_k)] = -np.inf
-    if cfg.top_p < 1.0:
-        vals = top_p_cut(vals, cfg.top_p)
-    vals -= vals.max(axis=-1, keepdims=True)
-    np.exp(vals, out=vals)
+    vals = sampling_weights(logits, cfg)
     vals /= vals.sum(axis=-1, keepdims=True)
     return vals
 

@@ -90,6 +90,20 @@ def top_k_mask(logits: np.ndarray, k: int) -> np.ndarray:
     return logits >= kth
 
 
+def sampling_weights(logits: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
+    """The unnormalised float64 weights `[N, V]` that `sample` draws from (temperature > 0):
+    temperature, top-k (ties kept), top-p (the likeliest token always stays); exactly zero
+    outside the candidates."""
+    vals = logits.astype(np.float64)
+    vals *= 1.0 / max(cfg.temperature, 1e-5)
+    if 0 < cfg.top_k < vals.shape[-1]:
+        vals[~top_k_mask(logits, cfg.top_k)] = -np.inf
+    if cfg.top_p < 1.0:
+        vals = top_p_cut(vals, cfg.top_p)
+    vals -= vals.max(axis=-1, keepdims=True)
+    return np.exp(vals, out=vals)
+
+
 def sample(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) -> np.ndarray:
     """Draw one token per row of `logits [N, V]` (float32). Returns int64 `[N]`.
 
@@ -100,18 +114,10 @@ def sample(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) ->
     whole vocabulary equals, bit for bit, the sum over the candidates alone."""
     if cfg.temperature == 0:
         return logits.argmax(axis=-1).astype(np.int64)
-    n, v = logits.shape
-    u = rng.random(n)
-    vals = logits.astype(np.float64)
-    vals *= 1.0 / max(cfg.temperature, 1e-5)
-    if 0 < cfg.top_k < v:
-        vals[~top_k_mask(logits, cfg.top_k)] = -np.inf
-    if cfg.top_p < 1.0:
-        vals = top_p_cut(vals, cfg.top_p)
-    vals -= vals.max(axis=-1, keepdims=True)
-    np.exp(vals, out=vals)
-    drawable = vals > 0.0
-    cdf = np.cumsum(vals, axis=-1, out=vals)
+    u = rng.random(logits.shape[0])
+    weights = sampling_weights(logits, cfg)
+    drawable = weights > 0.0
+    cdf = np.cumsum(weights, axis=-1, out=weights)
     drawable &= cdf >= (u * cdf[:, -1])[:, None]
     return drawable.argmax(axis=-1).astype(np.int64)
 
