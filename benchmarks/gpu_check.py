@@ -1,16 +1,18 @@
 #!/usr/bin/env python
-"""GPU check: every graph kind and precision on CUDA against the CPU fp32 run and PyTorch, and GPT-B decode
-speed against the PyTorch reference loop on the same GPU.
+"""GPU check: every graph kind and precision on CUDA against the CPU fp32 run and PyTorch, GPT-B decode
+speed against the PyTorch reference loop on the same GPU, and any-order against sequential decoding.
 
     bash benchmarks/gpu_check.sh                                # on the GPU machine: fresh venv + onnxruntime-gpu
     python benchmarks/gpu_check.py --provider cuda              # the same, in an environment that has onnxruntime-gpu
     python benchmarks/gpu_check.py --provider cpu --out /tmp/gpu_dry.md           # dry run of the whole script on CPU
     python benchmarks/gpu_check.py --provider cpu --out /tmp/gpu_dry.md --quick   # GPT-Tiny only (~1 min)
+    python benchmarks/gpu_check.py --provider cpu --out /tmp/gpu_dry.md --anyorder-only --rounds 1  # last stage (~1 min)
 
 Models (random weights, exported into --work, default a temp dir; an existing export there is reused):
   GPT-Tiny + VQ-Tiny     fused and portable graphs x fp32, fp16, int8, int4
   GPT-B    + VQ-Tiny     (LlamaGen GPT-B, 16x16 grid, vocab 16384; the tokenizer's grid and codebook made to
                          fit) fused graph x fp32, fp16, int4 (the GPT-B exports dominate the run time)
+  GPT-B any-order        (the same, `order=any`) portable graph x fp32, fp16 (see ANYORDER_STEPS for why portable)
 
 Per model directory, on --provider: the provider that really runs the transformer and the tokenizer
 decoder, greedy tokens (2 images) and sampled tokens (guidance 2, top-k 16) compared with the same
@@ -22,6 +24,15 @@ consecutive sampled tokens (one transformer call + sampling), batch 2 (one image
 and 8 (four images with guidance), top-k 16; the PyTorch KV-cached reference loop runs on the same
 device (fp32, and fp16 on CUDA) with the same numpy sampler. Ratios = ours / PyTorch.
 
+Any-order (last; skipped with a note when too little of --budget-s is left, e.g. on a whole CPU dry run
+unless --budget-s 0): LlamaGen GPT-B in any-order mode (`--gpt-set order=any`, random weights), portable
+graph x fp16 (then fp32 while time is left), one image with guidance 4.0 (batch 2), top-k 16, on
+--provider: sequential decoding on the same graph (the base Pipeline, one token per call) against the
+any-order decoder at 24 and 16 steps. Calls
+and seconds per image (median over --rounds after a warm-up round), speed-up over sequential and the
+calls ratio: on a GPU, where a call costs about the same for 2 or 60 token rows, the speed-up should
+approach the calls ratio (on a CPU those calls are compute-bound: benchmarks/results/anyorder.md).
+
 Results: markdown tables, written to benchmarks/results/gpu.md only with --provider cuda (unless --out
 is given); the CPU dry run writes to --out (default: a temp file), never over the GPU results. The
 file is rewritten after each stage, so a run stopped by a time limit still leaves what it measured.
@@ -32,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -39,6 +51,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -46,7 +59,7 @@ from tessera.bench.env import cpu_model
 from tessera.bench.quality import token_agreement
 from tessera.bench.report import markdown_table
 from tessera.bench.stats import interval_stats
-from tessera.bench.timing import callback_generation
+from tessera.bench.timing import callback_generation, interleaved
 
 REPO = Path(__file__).resolve().parent.parent
 GPU_RESULTS = REPO / "benchmarks" / "results" / "gpu.md"
@@ -56,6 +69,19 @@ SAMPLED = {"guidance_scale": 2.0, "top_k": 16, "temperature": 1.0}
 TIMING_GUIDANCE = 4.0
 TIMING_TOP_K = 16
 TIMING_BATCHES = {2: [1], 8: [1, 2, 3, 4]}  # rows -> class labels (guidance doubles them)
+# The tokenizer made to fit GPT-B's 16x16 grid and 16384 codes (as benchmarks/decode_peers.py exports it).
+GPT_B_VQ = {"image_size": 16 * 4, "codebook_size": 16384}
+# Any-order stage. Graph: the portable one (standard operators), because gpu_check.sh installs
+# onnxruntime-gpu 1.31.1, which cannot load the fused graph's 1.32 form (GroupQueryAttention with
+# query_seqlens); the fused 1.22 form that it loads runs a multi-token call one query at a time
+# (runtime/compat.py), so any-order steps would cost as many calls as sequential decoding. The portable
+# graph runs a step's queries in one batched call, and portable fp16 suits CUDA (runtime/provider_fit.py).
+ANYORDER_STEPS = (24, 16)
+ANYORDER_PRECISIONS = ("fp16", "fp32")  # timed in this order; fp32 only while time is left
+ANYORDER_LABELS = [1]  # one image; guidance makes it 2 rows
+ANYORDER_EXPORT_S = 60.0  # a cold GPT-B export (fp32 + fp16; 19 s on a 2-core CPU): the stage needs this left
+ANYORDER_MIN_TIMING_S = 30.0  # and this for the warm-up round (each round is measured before the next starts)
+BUDGET_MARGIN_S = 30.0  # of --budget-s, for gpu_check.sh's venv set-up before this script starts, and the report
 
 
 # ==================================================================================================
@@ -127,13 +153,14 @@ class ModelSpec:
     kinds: tuple[str, ...]
     precisions: tuple[str, ...]
     timing: bool = False  # time decode of this model's fp16 and int4 fused exports
+    gpt_overrides: dict = field(default_factory=dict)  # GPTConfig fields (order="any")
     dirs: dict = field(default_factory=dict)  # (kind, precision) -> model directory
 
     def build(self):
         from tessera.export.build import build_gpt, build_vq
         from tessera.export.config import gpt_preset, vq_preset
 
-        gpt = build_gpt(gpt_preset(self.gpt_preset), None, seed=0)
+        gpt = build_gpt(gpt_preset(self.gpt_preset, **self.gpt_overrides), None, seed=0)
         return gpt, build_vq(vq_preset("VQ-Tiny", **self.vq_overrides), None, seed=0)
 
 
@@ -142,19 +169,40 @@ def model_specs(quick: bool) -> list[ModelSpec]:
     as benchmarks/decode_peers.py exports it (`--vq-set image_size=64 --vq-set codebook_size=16384`)."""
     specs = [ModelSpec("GPT-Tiny", "GPT-Tiny", {}, ("fused", "portable"), ("fp32", "fp16", "int8", "int4"))]
     if not quick:
-        specs.append(ModelSpec("GPT-B", "GPT-B", {"image_size": 16 * 4, "codebook_size": 16384}, ("fused",),
-                               ("fp32", "fp16", "int4"), timing=True))
+        specs.append(ModelSpec("GPT-B", "GPT-B", GPT_B_VQ, ("fused",), ("fp32", "fp16", "int4"), timing=True))
     return specs
+
+
+def anyorder_spec(preset: str = "GPT-B", vq_overrides: dict | None = None) -> ModelSpec:
+    """The any-order stage's model: `preset` with position queries, portable graph (see ANYORDER_STEPS)."""
+    return ModelSpec(f"{preset}-anyorder", preset, GPT_B_VQ if vq_overrides is None else vq_overrides,
+                     ("portable",), ("fp32", "fp16"), gpt_overrides={"order": "any"})
+
+
+def kind_dirs(spec: ModelSpec, work: Path, kind: str) -> dict[str, Path]:
+    """precision -> the model directory of one kind of `spec` in `work`."""
+    from tessera.export.model_dir import variant_dirs
+
+    return variant_dirs(work / f"{spec.name.lower()}-{kind}", spec.precisions)
+
+
+def complete(dirs: dict[str, Path]) -> bool:
+    return all((d / "tessera.json").is_file() for d in dirs.values())
+
+
+def exported(spec: ModelSpec, work: Path) -> bool:
+    """Every directory of `spec` is already in `work` (export() reuses them)."""
+    return all(complete(kind_dirs(spec, work, kind)) for kind in spec.kinds)
 
 
 def export(spec: ModelSpec, gpt, vq, work: Path, log) -> None:
     """Export each kind's precisions (fp32 once per kind) into `work`, or reuse what is there."""
-    from tessera.export.model_dir import ExportSpec, variant_dirs, write_model_dirs
+    from tessera.export.model_dir import ExportSpec, write_model_dirs
 
     for kind in spec.kinds:
         out = work / f"{spec.name.lower()}-{kind}"
-        dirs = variant_dirs(out, spec.precisions)
-        if not all((d / "tessera.json").is_file() for d in dirs.values()):
+        dirs = kind_dirs(spec, work, kind)
+        if not complete(dirs):
             t0 = time.perf_counter()
             names = [f"class {i}" for i in range(gpt.cfg.num_classes)]
             write_model_dirs(gpt, vq, out, ExportSpec(name=out.name, class_names=names, include_weights=False,
@@ -323,21 +371,92 @@ def time_decode(spec: ModelSpec, gpt, provider: str, tokens: int, rounds: int, l
 
 
 # ==================================================================================================
+# Any-order decoding
+# ==================================================================================================
+def load_same_graph(path: Path, provider: str):
+    """The base Pipeline on an any-order directory: it decodes sequentially by default (one token per call)
+    and with the any-order decoder when asked (`decoder="anyorder", steps=N`), so both run one session."""
+    from tessera.runtime import Pipeline
+
+    class SameGraphSequential(Pipeline):
+        """Pipeline.load would pick AnyOrderPipeline (which refuses sequential decoding) from the family."""
+
+    return SameGraphSequential.load(path, providers=provider, verify="size")
+
+
+def anyorder_settings(pipe, steps: tuple[int, ...]) -> dict[str, Callable[[int], int]]:
+    """name -> run(repeat): one image with guidance, decoded without images; returns its transformer calls."""
+    def setting(**options) -> Callable[[int], int]:
+        return lambda r: pipe.run(ANYORDER_LABELS, guidance_scale=TIMING_GUIDANCE, top_k=TIMING_TOP_K, seed=r,
+                                  decode_images=False, **options).calls
+
+    return {"sequential": setting(), **{f"any-order, {st} steps": setting(decoder="anyorder", steps=st)
+                                        for st in steps}}
+
+
+def time_anyorder(path: Path, provider: str, steps: tuple[int, ...], rounds: int,
+                  seconds_left: Callable[[], float]) -> list[dict] | str:
+    """Seconds per image of each setting (median over rounds, interleaved, after one warm-up round), as
+    rows; as many rounds (up to `rounds`) as the warm-up round says fit in `seconds_left()`, or a note
+    saying why none did."""
+    pipe = load_same_graph(path, provider)
+    settings = anyorder_settings(pipe, steps)
+    t0 = time.perf_counter()
+    interleaved(settings, 1)
+    round_s = time.perf_counter() - t0
+    rounds = int(min(rounds, seconds_left() // round_s))
+    if rounds < 1:
+        return f"{path.name}: not timed, a round takes {round_s:.0f} s and {max(seconds_left(), 0):.0f} s are left"
+    timed = interleaved(settings, rounds)
+    on = pipe.graph_providers["transformer"]
+    return [{"dir": path.name, "decoding": name, "transformer_on": on, "requested": PROVIDERS[provider],
+             "calls": calls, "seconds": float(np.median(times)), "rounds": rounds}
+            for name, (times, calls) in timed.items()]
+
+
+def anyorder_stage(provider: str, work: Path, rounds: int, seconds_left: Callable[[], float], rows: list[dict],
+                   notes: list[str], save: Callable[[], None], log) -> None:
+    """Export the any-order GPT-B (or reuse it) and time it per precision, into `rows` (the report is
+    saved after each precision); skipped, with a note, when the time left cannot hold it."""
+    t0 = time.perf_counter()
+    spec = anyorder_spec()
+    need = ANYORDER_MIN_TIMING_S + (0.0 if exported(spec, work) else ANYORDER_EXPORT_S)
+    if seconds_left() < need:
+        notes.append(f"any-order stage skipped: {max(seconds_left(), 0):.0f} s of the budget left, it needs about "
+                     f"{need:.0f} s (rerun it alone: --anyorder-only, with --work to reuse its export)")
+        return
+    export(spec, *spec.build(), work, log)  # the weights are freed when it returns
+    for precision in ANYORDER_PRECISIONS:
+        result = time_anyorder(spec.dirs[("portable", precision)], provider, ANYORDER_STEPS, rounds, seconds_left)
+        if isinstance(result, str):
+            notes.append(f"any-order stage: {result}")
+            break
+        rows += result
+        save()
+        log(f"timed any-order {precision}: " + ", ".join(f"{r['decoding']} {r['seconds']:.3f} s" for r in result))
+    notes.append(f"any-order stage {time.perf_counter() - t0:.0f} s")
+
+
+# ==================================================================================================
 # Report
 # ==================================================================================================
 def pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
 
+def provider_cell(provider: str, requested: str) -> str:
+    """The provider's short name, in bold when it is not the one requested (a fallback)."""
+    short = provider.replace("ExecutionProvider", "")
+    return short if provider == requested else f"**{short}**"
+
+
 def check_table(rows: list[dict]) -> list[str]:
     def cells(r: dict) -> list[str]:
         if r.get("load") != "ok":
             return [r["dir"], r["kind"], r["precision"], f"**{r.get('load')}**"] + ["-"] * 8
-        short = lambda p: p.replace("ExecutionProvider", "")  # noqa: E731
-        flag = lambda p: short(p) if p == r["requested"] else f"**{short(p)}**"  # noqa: E731
         gp = r["graph_providers"]
-        return [r["dir"], r["kind"], r["precision"], f"ok ({r['load_s']:.1f} s)", flag(gp["transformer"]),
-                flag(gp["tokenizer_decoder"]),
+        return [r["dir"], r["kind"], r["precision"], f"ok ({r['load_s']:.1f} s)",
+                *(provider_cell(gp[g], r["requested"]) for g in ("transformer", "tokenizer_decoder")),
                 *(pct(r.get(f"{k}_vs_{ref}")) for k in ("greedy", "sampled") for ref in ("cpu", "torch")),
                 f"{r['logit_err']:.2e} ({r['logit_rel']:.2%})", f"{r['export_rel']:.2%}"]
 
@@ -358,7 +477,19 @@ def timing_table(rows: list[dict]) -> list[str]:
          for r in rows])
 
 
-def write_report(out: Path, args, env: dict, checks: list[dict], timing: list[dict], notes: list[str]) -> None:
+def anyorder_table(rows: list[dict]) -> list[str]:
+    """Per directory: speed-up and calls ratio against its sequential row."""
+    seq = {r["dir"]: r for r in rows if r["decoding"] == "sequential"}
+    return markdown_table(
+        ["model dir", "transformer on", "decoding", "calls / image", "s / image", "speed-up", "calls ratio",
+         "rounds"],
+        [[r["dir"], provider_cell(r["transformer_on"], r["requested"]), r["decoding"], str(r["calls"]),
+          f"{r['seconds']:.4f}", f"{seq[r['dir']]['seconds'] / r['seconds']:.2f}x",
+          f"{seq[r['dir']]['calls'] / r['calls']:.2f}x", str(r["rounds"])] for r in rows])
+
+
+def write_report(out: Path, args, env: dict, checks: list[dict], timing: list[dict], anyorder: list[dict],
+                 notes: list[str]) -> None:
     lines = [f"# GPU check ({'CPU dry run' if args.provider == 'cpu' else 'CUDA'})", "",
              f"`python benchmarks/gpu_check.py {' '.join(sys.argv[1:])}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              "", "Environment: " + ", ".join(f"{k} `{v}`" for k, v in env.items()), "",
@@ -377,6 +508,14 @@ def write_report(out: Path, args, env: dict, checks: list[dict], timing: list[di
               "image with guidance, 8 = four. PyTorch: the KV-cached reference loop on the same device. "
               "Ratios = ours / PyTorch (< 1: faster).", ""]
     lines += timing_table(timing) if timing else ["(not reached or --quick)"]
+    lines += ["", "## GPT-B any-order decoding", "",
+              f"LlamaGen GPT-B in any-order mode, random weights, portable graph (onnxruntime-gpu 1.31 loads the "
+              f"fused graph only in its 1.22 form, which runs a step's queries one per call). One image, guidance "
+              f"{TIMING_GUIDANCE} (2 rows), top-k {TIMING_TOP_K}, images not decoded. Sequential = the same graph "
+              "through the base pipeline, one token per call. Seconds per image: median over the rounds "
+              "(settings interleaved) after a warm-up round. Speed-up and calls ratio: sequential / this row; "
+              "where a call's cost hardly depends on its token count, the speed-up approaches the calls ratio.", ""]
+    lines += anyorder_table(anyorder) if anyorder else ["(not reached, skipped or --quick: see the notes)"]
     if notes:
         lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -395,6 +534,11 @@ def parse_args(argv):
                                                              "32 on CPU)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (exports, CPU references)")
+    p.add_argument("--budget-s", type=float, default=float(os.environ.get("TESSERA_GPU_BUDGET_S", 280)),
+                   help="the whole run's time limit (gpu_check.sh's; default $TESSERA_GPU_BUDGET_S or 280); the "
+                        "any-order stage is skipped when too little of it is left; 0: no limit")
+    p.add_argument("--anyorder-only", action="store_true", help="only the any-order stage (no checks, no decode "
+                                                                 "timing); --work reuses its export")
     args = p.parse_args(argv)
     if args.tokens is None:
         args.tokens = 256 if args.provider == "cuda" else 32
@@ -402,6 +546,8 @@ def parse_args(argv):
         args.out = GPU_RESULTS if args.provider == "cuda" else Path(tempfile.gettempdir()) / "gpu_check_cpu.md"
     if args.provider != "cuda" and args.out.resolve() == GPU_RESULTS.resolve():
         p.error(f"--provider {args.provider} must not overwrite the GPU results {GPU_RESULTS}; choose another --out")
+    if args.quick and args.anyorder_only:
+        p.error("--quick leaves out GPT-B, so it has no any-order stage: choose one")
     if not 3 <= args.tokens <= 256:
         p.error("--tokens must be in 3..256 (a 16x16 grid)")
     return args
@@ -422,10 +568,12 @@ def main(argv=None) -> int:
     env.pop("available", None)
     log(f"onnxruntime {env['onnxruntime']} ({env['onnxruntime_file']}), {PROVIDERS[args.provider]} runs here")
     work = args.work or Path(tempfile.mkdtemp(prefix="tessera-gpu-check-"))
-    checks, timing, notes = [], [], []
-    save = lambda: write_report(args.out, args, env, checks, timing, notes)  # noqa: E731
+    checks, timing, anyorder, notes = [], [], [], []
+    save = lambda: write_report(args.out, args, env, checks, timing, anyorder, notes)  # noqa: E731
+    limit = (args.budget_s or float("inf")) - BUDGET_MARGIN_S
+    seconds_left = lambda: limit - (time.perf_counter() - t_start)  # noqa: E731
     status = 0
-    for spec in model_specs(args.quick):
+    for spec in [] if args.anyorder_only else model_specs(args.quick):
         try:
             gpt, vq = spec.build()
             export(spec, gpt, vq, work, log)
@@ -438,7 +586,17 @@ def main(argv=None) -> int:
             notes.append(f"{spec.name}: stopped by {type(e).__name__}: {str(e).strip()[:300]}")
             status = 1
         save()
+    if args.quick:
+        notes.append("any-order stage: not run (--quick leaves out GPT-B)")
+    else:
+        try:
+            anyorder_stage(args.provider, work, args.rounds, seconds_left, anyorder, notes, save, log)
+        except Exception as e:  # recorded, as the stages above
+            traceback.print_exc()
+            notes.append(f"any-order stage: stopped by {type(e).__name__}: {str(e).strip()[:300]}")
+            status = 1
     bad = [r["dir"] for r in checks if r.get("load") != "ok" or not r.get("ran_on_requested")]
+    bad += sorted({r["dir"] for r in anyorder if r["transformer_on"] != r["requested"]})
     if bad:
         notes.append(f"not loaded or not run on {PROVIDERS[args.provider]}: {', '.join(bad)}")
         status = 1

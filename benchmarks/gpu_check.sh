@@ -10,8 +10,11 @@
 # CUDAExecutionProvider must be listed, by the module inside the venv), (3) makes `tessera` importable
 # from this checkout (no pip, no build), (4) runs benchmarks/gpu_check.py --provider cuda under
 # `timeout $TESSERA_GPU_BUDGET_S` (default 280 s). Extra arguments go to gpu_check.py (--quick,
-# --tokens N, --rounds N, --work DIR, --out FILE). gpu_check.py reports which provider really ran
-# each graph and exits 2 when CUDA cannot start (it never measures a silent CPU fallback).
+# --tokens N, --rounds N, --work DIR, --out FILE, --anyorder-only). gpu_check.py reports which provider
+# really ran each graph and exits 2 when CUDA cannot start (it never measures a silent CPU fallback). It
+# reads the same budget (TESSERA_GPU_BUDGET_S, default 280; --budget-s) and skips its last stage, the
+# any-order timing, with a note when too little is left. That stage times the portable graph: onnxruntime-gpu
+# 1.31 cannot load the fused graph's 1.32 form, and its 1.22 form runs a step's queries one per call.
 #
 # Fetch the wheels beforehand, on a machine with the package index (GPU machine: CPython 3.12):
 #

@@ -1,6 +1,7 @@
 """The GPU check (benchmarks/gpu_check.py) on the CPU: its PyTorch decode loop equals the reference
-loop, the CPU dry run never overwrites the GPU results, and the whole script runs end to end on
-GPT-Tiny (--quick) with the provider switched to CPU (~10 s)."""
+loop, the CPU dry run never overwrites the GPU results, the whole script runs end to end on
+GPT-Tiny (--quick) with the provider switched to CPU (~10 s), and the any-order stage times a
+GPT-Tiny any-order export and steps aside when the budget is spent."""
 from __future__ import annotations
 
 import sys
@@ -60,3 +61,23 @@ def test_quick_dry_run_end_to_end(tmp_path):
     fp32 = [ln for ln in rows if "| fp32 |" in ln]
     assert all(ln.count("100.0 %") == 4 for ln in fp32)  # fp32 tokens = CPU fp32 = PyTorch
     assert "**" not in "".join(rows)  # every graph ran on the requested provider
+    assert "any-order stage: not run" in text
+
+
+def test_anyorder_stage_steps_aside_without_time(tmp_path):
+    rows, notes = [], []
+    gpu_check.anyorder_stage("cpu", tmp_path, 1, lambda: 0.0, rows, notes, lambda: None, print)
+    assert rows == [] and "any-order stage skipped" in notes[0]
+    assert not any(tmp_path.iterdir())  # nothing exported
+
+
+def test_time_anyorder_on_a_tiny_anyorder_model(tmp_path):
+    spec = gpu_check.anyorder_spec("GPT-Tiny", {})
+    gpu_check.export(spec, *spec.build(), tmp_path, print)
+    path = spec.dirs[("portable", "fp32")]
+    rows = gpu_check.time_anyorder(path, "cpu", (8, 4), 2, lambda: 1e9)
+    assert [(r["decoding"], r["calls"], r["rounds"]) for r in rows] == [
+        ("sequential", 16, 2), ("any-order, 8 steps", 8, 2), ("any-order, 4 steps", 4, 2)]
+    table = gpu_check.anyorder_table(rows)
+    assert "| 2.00x | 2 |" in table[3] and "| 4.00x | 2 |" in table[4]  # calls ratio, rounds
+    assert gpu_check.time_anyorder(path, "cpu", (8,), 2, lambda: 0.0).startswith(f"{path.name}: not timed")
