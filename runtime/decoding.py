@@ -72,11 +72,14 @@ class Decoder(Protocol):
 
 def run_steps(decoder: Decoder, runner, layout, request: DecodeRequest, state: DecodeState,
               cancel: CancelToken | None = None) -> Iterator[int]:
-    """`decoder.steps`, checking `cancel` after each decision (before the next transformer call)."""
+    """`decoder.steps`, checking `cancel` after each decision (before the next transformer call).
+    At the end, `state.stats["token_rows"]`: the token evaluations the decoder asked of the runner
+    (rows x tokens over its calls; what a compute-bound device pays for)."""
     for step in decoder.steps(runner, layout, request, state):
         yield step
         if cancel is not None and cancel.cancelled:
             raise GenerationCancelled(step, request.cells, state.view(step).copy())
+    state.stats["token_rows"] = getattr(runner, "token_rows", 0)
 
 
 def result_of(decoder: Decoder, request: DecodeRequest, state: DecodeState) -> GenerationResult:

@@ -21,8 +21,9 @@ class GenerationResult:
     labels: `[N]` class ids. seeds: the seed of each image (image i is the image of seeds[i]).
     calls: transformer calls. timings: seconds per phase ("prefill", "decode" (incl. callbacks),
     "images" when decoded). images: PIL images, or None when not decoded. decoder: its name.
-    stats: the decoder's own counts (jacobi: drafts verified and accepted, and the calls each image
-    needed, summed over images).
+    stats: counts: `token_rows` (token evaluations: rows x tokens over the transformer calls) and the
+    decoder's own (jacobi: drafts verified and accepted, and the calls each image needed, summed
+    over images).
     """
 
     tokens: np.ndarray

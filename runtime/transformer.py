@@ -81,13 +81,14 @@ class TransformerRunner:
         self.device = _DEVICE_OF_PROVIDER.get(session.get_providers()[0], "cpu")
         self.length = 0
         self.capacity = 0
+        self.token_rows = 0  # token evaluations since start(): rows x tokens, summed over calls
         self.kv: list[ort.OrtValue] = []  # bound to the session for the current batch
         self._host_kv: list[np.ndarray] = []  # CPU: the allocation behind kv (may hold more rows)
 
     # --- cache lifecycle ---------------------------------------------------------------------
     def start(self, batch: int, capacity: int) -> None:
         """Begin a generation of `batch` rows that will hold at most `capacity` tokens."""
-        self.length, self.capacity, self.batch = 0, capacity, batch
+        self.length, self.capacity, self.batch, self.token_rows = 0, capacity, batch, 0
         if not self.shared:
             self.past = [np.zeros((batch, self.n_kv_head, 0, self.head_dim), self.kv_dtype) for _ in self.past_names]
             return
@@ -136,6 +137,7 @@ class TransformerRunner:
             raise InvalidInputError("no KV cache: call start(batch, capacity) before running the transformer")
         if self.length + s > self.capacity:
             raise InvalidInputError(f"KV cache full: {self.length} + {s} tokens > capacity {self.capacity}")
+        self.token_rows += input_ids.shape[0] * s
         if s > 1 and self.one_query_per_call:
             return check_finite(self._run_one_query_per_call(input_ids, position_ids, attention_mask), "transformer")
         if self.shared:

@@ -163,6 +163,8 @@ def test_anyorder_is_the_default_decoder_with_steps_calls(ao_pipe):
     # generate_tokens and generate take the decoding options run takes
     np.testing.assert_array_equal(ao_pipe.generate_tokens([3, 4], seed=1, steps=5), r.tokens)
     assert ao_pipe.last_calls == 5
+    # token evaluations: rows x (class + every cell as a query + every cell but the last group as context)
+    assert r.stats["token_rows"] == 2 * 2 * (1 + 2 * 16 - cosine_counts(16, 5)[-1])
     with pytest.raises(InvalidInputError, match="steps must be in 1..16"):
         ao_pipe.run([3], steps=17)
     with pytest.raises(InvalidInputError, match="trained for any-order decoding"):

@@ -37,6 +37,7 @@ def test_result_reports_tokens_calls_and_timings(tiny_pipe):
     r = tiny_pipe.generate([3, 4], seed=2, return_result=True)
     np.testing.assert_array_equal(r.tokens, tiny_pipe.generate_tokens([3, 4], seed=2))
     assert r.calls == 16 and r.seeds == (2, 3) and r.labels.tolist() == [3, 4] and r.decoder == "sequential"
+    assert r.stats["token_rows"] == 4 * 16  # 2 images x 2 guidance rows, one token per call (class + 15 cells)
     assert len(r.images) == 2 and all(r.timings[k] > 0 for k in ("prefill", "decode", "images"))
     assert r.config.guidance_scale == 2.0 and r.config.top_k == 16  # the manifest's defaults, resolved
 
