@@ -154,31 +154,6 @@ def gpt_b_rows(precision: str, repeats: int, steps_list, threads: int) -> list[d
     return rows
 
 
-def call_cost_lines(threads: int) -> list[str]:
-    """Seconds per transformer call of the any-order digit graph against the tokens it carries, over a
-    past of 20: where the time of a few-step image goes on this CPU."""
-    from tessera.runtime import Pipeline
-
-    ao = Pipeline.load(ANYORDER_DIR, providers="cpu", threads=threads)
-    lines = ["| rows (2 = one image with guidance) | tokens per call | ms per call | ms per token-row |",
-             "|---|---|---|---|"]
-    with ao._runners.borrow() as runner:
-        for rows in (2, 100):
-            for s in (1, 2, 9, 18, 36):
-                times = []
-                for _ in range(15):
-                    runner.start(rows, 64)
-                    runner(np.full((rows, 20), 5, np.int64), np.tile(np.arange(1, 21), (rows, 1)),
-                           np.ones((rows, 20, 20), bool))
-                    ids, pos = np.full((rows, s), 5, np.int64), np.tile(np.arange(21, 21 + s), (rows, 1))
-                    t0 = time.perf_counter()
-                    runner(ids, pos, np.ones((rows, s, 20 + s), bool))
-                    times.append(time.perf_counter() - t0)
-                ms = 1000 * float(np.median(times))
-                lines.append(f"| {rows} | {s} | {ms:.2f} | {ms / (rows * s):.4f} |")
-    return lines
-
-
 def speed_table(rows: list[dict]) -> list[str]:
     return markdown_table(["decoding", "calls / image", "s / image", "speed-up"], [
         [r["name"], f"{r['calls']:.0f}", f"{r['seconds']:.4f}", f"{rows[0]['seconds'] / r['seconds']:.2f}x"]
@@ -210,9 +185,7 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-gpt-b", action="store_true")
     ap.add_argument("--threads", type=int, default=1,
                     help="onnxruntime CPU threads (1: on a shared 2-core machine a second thread mostly waits)")
-    ap.add_argument("--out", help="default results/anyorder.md (results/anyorder_call_cost.md with --call-cost-only); "
-                    "with --quick, printed only")
-    ap.add_argument("--call-cost-only", action="store_true", help="only the per-call cost against tokens per call")
+    ap.add_argument("--out", help="default results/anyorder.md; with --quick, printed only")
     ap.add_argument("--quick", action="store_true", help="a few images of every digit table, no GPT-B: a smoke run")
     args = ap.parse_args(argv)
     if args.quick:
@@ -220,20 +193,6 @@ def main(argv=None) -> None:
         args.raster_inpaint, args.skip_gpt_b = 2, True
     results = HERE / "results"
     out = Path(args.out) if args.out else None if args.quick else results / "anyorder.md"
-    if args.call_cost_only:
-        out = Path(args.out) if args.out else results / "anyorder_call_cost.md"
-        lines = ["# Any-order digit graph: cost of one transformer call against the tokens it carries", "",
-                 run_line(f"{COMMAND} --call-cost-only", args.threads), "",
-                 "Median of 15 calls over a past of 20 tokens (models/anyorder, fused graph, 1.32 form). A "
-                 "sequential step is one token per row; an any-order step carries the previous step's codes "
-                 "and this step's queries (about 2 x 49 tokens per image over 8 calls). When the cost per "
-                 "token-row hardly falls as a call grows, the call is compute-bound and fewer calls save "
-                 "little: each cell still costs two token evaluations instead of one.", ""]
-        lines += call_cost_lines(args.threads)
-        out.write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
-        return
-
     from eval_default import held_out
 
     from tessera.runtime import Pipeline
