@@ -11,7 +11,7 @@ their image's stream (they are sampled as one guided row).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -111,10 +111,19 @@ def sample(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) ->
     uniform per row (`rng.random(N)`, one call per step; `rng` may be an `ImageStreams`) placed
     on their cumulative sum: the first token of positive mass whose cumulative sum reaches it.
     All rows at once, no Python loop: the cut tokens hold zero mass, so the running sum over the
-    whole vocabulary equals, bit for bit, the sum over the candidates alone."""
+    whole vocabulary equals, bit for bit, the sum over the candidates alone. With top-k and no tie
+    at any row's k-th logit, the same draw runs over the k candidate columns only."""
     if cfg.temperature == 0:
         return logits.argmax(axis=-1).astype(np.int64)
-    u = rng.random(logits.shape[0])
+    n, v = logits.shape
+    if 0 < cfg.top_k < v:
+        keep = top_k_mask(logits, cfg.top_k)
+        counts = keep.sum(axis=-1)
+        if (counts == counts[0]).all():  # no tie at any row's k-th logit (the usual case): draw among k columns
+            flat = np.flatnonzero(keep).reshape(n, counts[0])  # each row's candidates, in token-id order
+            pick = sample(logits.reshape(-1)[flat], replace(cfg, top_k=0), rng)
+            return flat[np.arange(n), pick] - np.arange(n) * v
+    u = rng.random(n)
     weights = sampling_weights(logits, cfg)
     drawable = weights > 0.0
     cdf = np.cumsum(weights, axis=-1, out=weights)
