@@ -116,7 +116,7 @@ def sample(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) ->
     if cfg.temperature == 0:
         return logits.argmax(axis=-1).astype(np.int64)
     n, v = logits.shape
-    if 0 < cfg.top_k < v:
+    if 0 < cfg.top_k < v and n:
         keep = top_k_mask(logits, cfg.top_k)
         counts = keep.sum(axis=-1)
         if (counts == counts[0]).all():  # no tie at any row's k-th logit (the usual case): draw among k columns

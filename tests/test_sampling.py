@@ -119,3 +119,9 @@ def test_a_token_of_zero_mass_is_never_drawn():
     # top-p cuts token 0 (id order first); u = 0 draws a token inside the nucleus
     logits = np.log(np.array([[0.05, 0.6, 0.35]], np.float32))
     assert sample(logits, SamplingConfig(top_p=0.5), FixedUniform(0.0))[0] == 1
+
+
+def test_no_rows_draw_no_tokens():
+    for cfg in (SamplingConfig(), SamplingConfig(top_k=2), SamplingConfig(top_p=0.5)):
+        out = sample(np.zeros((0, 8), np.float32), cfg, np.random.default_rng(0))
+        assert out.shape == (0,) and out.dtype == np.int64
