@@ -11,7 +11,6 @@ uniform random order, as the model was trained on. Both are numpy only and seede
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -34,31 +33,24 @@ def cosine_counts(n: int, steps: int) -> list[int]:
     return counts
 
 
-@functools.lru_cache(maxsize=8)
-def cell_distances(height: int, width: int) -> np.ndarray:
-    """Euclidean distance between every two cells of a grid, `[n, n]` float64 (read-only)."""
-    rows, cols = np.divmod(np.arange(height * width), width)
-    d = np.hypot(rows[:, None] - rows[None, :], cols[:, None] - cols[None, :]).astype(np.float64)
-    d.setflags(write=False)
-    return d
-
-
-def _locality_step(open_cells: np.ndarray, decided: np.ndarray, count: int, dist: np.ndarray,
-                   rng: np.random.Generator) -> np.ndarray:
+def _locality_step(open_cells: np.ndarray, decided: np.ndarray, count: int, rows: np.ndarray,
+                   cols: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Pick `count` open cells greedily: each one the closest to the decided cells among those
-    farthest from the cells already picked this step (ties broken at random)."""
+    farthest from the cells already picked this step (ties broken at random). Distances are
+    computed as needed (no cells x cells table: large grids stay cheap in memory)."""
     picked = np.empty(count, np.int64)
     cand = open_cells
-    near = dist[np.ix_(cand, decided)].min(1) if len(decided) else np.zeros(len(cand))
+    r, c = rows[cand], cols[cand]
+    near = (np.hypot(r[:, None] - rows[None, decided], c[:, None] - cols[None, decided]).min(1) if len(decided)
+            else np.zeros(len(cand)))
     far = np.full(len(cand), np.inf)
-    between = dist[np.ix_(cand, cand)]
     ties = rng.random((count, len(cand))) * 1e-3  # the same draws as one random(len(cand)) per pick
     for i in range(count):
         # farthest from this step's picks first, then nearest to the context, then random
         score = np.minimum(far, 1e6) * 1000.0 - near + ties[i]
         j = int(np.argmax(score))
         picked[i] = cand[j]
-        np.minimum(far, between[j], out=far)
+        np.minimum(far, np.hypot(r - r[j], c - c[j]), out=far)
         far[j] = -np.inf  # never picked twice
     return picked
 
@@ -82,10 +74,10 @@ def plan(height: int, width: int, steps: int, order: str = "locality",
     if order == "random":
         perm = rng.permutation(open_cells)
         return [a.astype(np.int64) for a in np.split(perm, np.cumsum(counts)[:-1])]
-    dist = cell_distances(height, width)
+    rows, cols = (a.astype(np.float64) for a in np.divmod(np.arange(n), width))
     out = []
     for c in counts:
-        pick = _locality_step(np.flatnonzero(~done), np.flatnonzero(done), c, dist, rng)
+        pick = _locality_step(np.flatnonzero(~done), np.flatnonzero(done), c, rows, cols, rng)
         done[pick] = True
         out.append(pick)
     return out
