@@ -110,20 +110,33 @@ def sample(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) ->
     Per row: candidates (top-k, then top-p) in token-id order, float64 probabilities, one
     uniform per row (`rng.random(N)`, one call per step; `rng` may be an `ImageStreams`) placed
     on their cumulative sum: the first token of positive mass whose cumulative sum reaches it.
-    All rows at once, no Python loop: the cut tokens hold zero mass, so the running sum over the
-    whole vocabulary equals, bit for bit, the sum over the candidates alone. With top-k and no tie
-    at any row's k-th logit, the same draw runs over the k candidate columns only."""
+    Rows are drawn together, no Python loop per row: the cut tokens hold zero mass, so the
+    running sum over the whole vocabulary equals, bit for bit, the sum over the candidates alone.
+    With top-k and no tie at any row's k-th logit, the same draw runs over the k candidate
+    columns only. Blocks of rows keep the float64 work arrays under `SAMPLE_BLOCK` entries."""
     if cfg.temperature == 0:
         return logits.argmax(axis=-1).astype(np.int64)
     n, v = logits.shape
-    if 0 < cfg.top_k < v and n:
+    u = rng.random(n)
+    step = max(1, SAMPLE_BLOCK // v)
+    if n <= step:
+        return _draw(logits, cfg, u) if n else np.empty(0, np.int64)
+    return np.concatenate([_draw(logits[i:i + step], cfg, u[i:i + step]) for i in range(0, n, step)])
+
+
+SAMPLE_BLOCK = 1 << 20  # float64 entries per block of rows in `sample` (8 MB)
+
+
+def _draw(logits: np.ndarray, cfg: SamplingConfig, u: np.ndarray) -> np.ndarray:
+    """`sample`'s draw for a block of rows with their uniforms `u`."""
+    n, v = logits.shape
+    if 0 < cfg.top_k < v:
         keep = top_k_mask(logits, cfg.top_k)
         counts = keep.sum(axis=-1)
         if (counts == counts[0]).all():  # no tie at any row's k-th logit (the usual case): draw among k columns
             flat = np.flatnonzero(keep).reshape(n, counts[0])  # each row's candidates, in token-id order
-            pick = sample(logits.reshape(-1)[flat], replace(cfg, top_k=0), rng)
+            pick = _draw(logits.reshape(-1)[flat], replace(cfg, top_k=0), u)
             return flat[np.arange(n), pick] - np.arange(n) * v
-    u = rng.random(n)
     weights = sampling_weights(logits, cfg)
     drawable = weights > 0.0
     cdf = np.cumsum(weights, axis=-1, out=weights)

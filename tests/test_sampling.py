@@ -125,3 +125,16 @@ def test_no_rows_draw_no_tokens():
     for cfg in (SamplingConfig(), SamplingConfig(top_k=2), SamplingConfig(top_p=0.5)):
         out = sample(np.zeros((0, 8), np.float32), cfg, np.random.default_rng(0))
         assert out.shape == (0,) and out.dtype == np.int64
+
+
+def test_rows_drawn_in_blocks_draw_what_one_block_draws(monkeypatch):
+    """A batch larger than one block (bounded float64 work arrays) draws the same tokens."""
+    import tessera.runtime.sampling as sampling
+
+    logits = np.random.default_rng(5).standard_normal((37, 64)).astype(np.float32)
+    for cfg in (SamplingConfig(), SamplingConfig(top_k=5), SamplingConfig(top_p=0.8, temperature=0.7)):
+        want = sample(logits, cfg, np.random.default_rng(9))
+        monkeypatch.setattr(sampling, "SAMPLE_BLOCK", 64 * 4)  # blocks of 4 rows
+        got = sample(logits, cfg, np.random.default_rng(9))
+        monkeypatch.undo()
+        np.testing.assert_array_equal(got, want)
