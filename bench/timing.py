@@ -78,3 +78,16 @@ def interleaved(runs: dict[str, Callable[[int], object]], repeats: int) -> dict[
             result = fn(r)
             out[name] = (out[name][0] + [time.perf_counter() - t0], result)
     return out
+
+
+def same_graph_sequential(model_dir, **load_options):
+    """The base `Pipeline` on any model directory, whatever family its manifest names: an any-order
+    graph then decodes one token per call (and with `decoder="anyorder"` when asked), so sequential
+    and any-order decoding are timed on the very same graph. For timing only: an any-order model was
+    not trained for raster order, which is why its own pipeline refuses the sequential decoder."""
+    from tessera.runtime.pipeline import Pipeline
+
+    class SameGraphSequential(Pipeline):
+        """Pipeline.load picks the family's class only when called on Pipeline itself."""
+
+    return SameGraphSequential.load(model_dir, **load_options)

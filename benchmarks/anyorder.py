@@ -28,7 +28,7 @@ from tessera.bench.cache import GPT_B_RANDOM, cached_export
 from tessera.bench.env import run_line
 from tessera.bench.report import markdown_table
 from tessera.bench.stats import mean_std
-from tessera.bench.timing import interleaved
+from tessera.bench.timing import interleaved, same_graph_sequential
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -137,13 +137,10 @@ def sample_sheet(ao, path: Path, steps_list) -> None:
 def gpt_b_rows(precision: str, repeats: int, steps_list, threads: int) -> list[dict]:
     from tessera.runtime import Pipeline
 
-    class SameGraphSequential(Pipeline):
-        """The base pipeline on the any-order graph: sequential decoding, for its timing only."""
-
     path = cached_export(EXPORTS, f"gpt-b-anyorder-{precision}", [*GPT_B_RANDOM, "--gpt-set", "order=any",
                                                                   "--target-onnxruntime", "1.32", "--quant", precision])
     ao = Pipeline.load(path, providers="cpu", threads=threads, verify="none")
-    seq = SameGraphSequential.load(path, providers="cpu", threads=threads, verify="none")
+    seq = same_graph_sequential(path, providers="cpu", threads=threads, verify="none")
     settings = {"sequential": (seq, {}), **{f"any-order, {st} steps": (ao, {"steps": st}) for st in steps_list}}
     timed = interleaved({k: lambda r, p=p, kw=kw: p.run([r], guidance_scale=4.0, top_k=2000, seed=r,
                                                         decode_images=False, **kw).calls

@@ -23,7 +23,6 @@ bound), fewer calls cannot buy back the doubled work. For each setting this scri
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 from tessera.bench.cache import GPT_B_RANDOM, cached_export
 from tessera.bench.env import run_line
 from tessera.bench.report import markdown_table
-from tessera.bench.timing import interleaved
+from tessera.bench.timing import interleaved, same_graph_sequential
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -44,13 +43,13 @@ EXPORTS = HERE / ".cache" / "exports"
 TARGETS = {"digits": 4.0, "GPT-B": 5.0}  # issue 12: time per image, any-order vs sequential
 
 
-def weight_flops_per_token_row(model_dir: Path) -> float:
+def weight_flops_per_token_row(pipe) -> float:
     """2 x the multiply-adds of every weight matrix one token row goes through (blocks and head;
-    the embedding is a lookup, attention over the cache is left out)."""
-    t = json.loads((Path(model_dir) / "tessera.json").read_text())["transformer"]
-    d, hd = t["dim"], t["head_dim"]
-    per_layer = d * hd * (t["n_head"] + 2 * t["n_kv_head"]) + t["n_head"] * hd * d + 3 * d * t["ffn_dim"]
-    return 2.0 * (t["n_layer"] * per_layer + d * t["vocab_size"])
+    the embedding is a lookup, attention over the cache is left out), from the model's manifest."""
+    t = pipe.manifest.spec.transformer
+    d, hd = t.dim, t.head_dim
+    per_layer = d * hd * (t.n_head + 2 * t.n_kv_head) + t.n_head * hd * d + 3 * d * t.ffn_dim
+    return 2.0 * (t.n_layer * per_layer + d * t.vocab_size)
 
 
 def call_costs(pipe, rows: int, sizes, past: int, repeats: int) -> dict[int, float]:
@@ -75,26 +74,25 @@ def call_costs(pipe, rows: int, sizes, past: int, repeats: int) -> dict[int, flo
     return out
 
 
-def measure(name: str, pipes: dict[int, tuple], model_dir: Path, cells: int, batch: int, steps: int,
-            guidance: float, sizes, past: int, repeats: int, peaks: dict[int, float], run_kw: dict) -> dict:
+def measure(name: str, target: float, pipes: dict[int, tuple], batch: int, steps: int, guidance: float, sizes,
+            past: int, repeats: int, run_kw: dict) -> dict:
     """One setting at every thread count of `pipes` ({threads: (sequential, any-order)}): call costs,
-    times (all decoders and thread counts interleaved), floors, and bounds against the best
-    sequential time, so neither decoder is held to a thread count that does not suit it."""
+    times (all decoders and thread counts interleaved), kernel floors, and bounds against the best
+    sequential time, so neither decoder is held to a thread count that does not suit it. The
+    hardware floors wait for the last peak measurement (`add_hardware_bounds`)."""
     rows_per_image = 2 if guidance > 1.0 else 1
-    labels = lambda r: [r % 10] * batch if cells == 49 else [r] * batch  # noqa: E731
     runs = {}
     for t, (seq, ao) in pipes.items():
-        runs[("sequential", t)] = lambda r, p=seq: p.run(labels(r), seed=100 * r, guidance_scale=guidance,
+        runs[("sequential", t)] = lambda r, p=seq: p.run([r % 10] * batch, seed=100 * r, guidance_scale=guidance,
                                                          decode_images=False, **run_kw).stats["token_rows"]
-        runs[("any-order", t)] = lambda r, p=ao: p.run(labels(r), seed=100 * r, guidance_scale=guidance, steps=steps,
-                                                       decode_images=False, **run_kw).stats["token_rows"]
+        runs[("any-order", t)] = lambda r, p=ao: p.run([r % 10] * batch, seed=100 * r, guidance_scale=guidance,
+                                                       steps=steps, decode_images=False, **run_kw).stats["token_rows"]
     results = interleaved(runs, repeats)
     timed = {k: float(np.median(times)) / batch for k, (times, _) in results.items()}
     fastest_seq = min(min(results[("sequential", t)][0]) for t in pipes) / batch  # the bounds' numerator
     # token evaluations per image, as the runner counted them (GenerationResult.stats)
     t0 = next(iter(pipes))
     e_ao, e_one = (results[(k, t0)][1] // batch for k in ("any-order", "sequential"))
-    flops = weight_flops_per_token_row(model_dir)
     per_thread = {}
     for t, (_, ao) in pipes.items():
         costs = call_costs(ao, rows_per_image * batch, sizes, past, max(9, repeats))
@@ -102,19 +100,29 @@ def measure(name: str, pipes: dict[int, tuple], model_dir: Path, cells: int, bat
         # a whole any-order image is a measurement of the per-row cost too: the floor never exceeds it
         cheapest = min(min(per_row.values()), min(results[("any-order", t)][0]) / batch / e_ao)
         per_thread[t] = dict(t_seq=timed[("sequential", t)], t_ao=timed[("any-order", t)], cheapest=cheapest,
-                             per_row_ms={s: 1e3 * v for s, v in per_row.items()}, peak=peaks[t],
-                             kernel_floor=e_ao * cheapest, hw_floor=e_ao * flops / (peaks[t] * 1e9),
-                             once_floor=e_one * cheapest)
+                             per_row_ms={s: 1e3 * v for s, v in per_row.items()},
+                             kernel_floor=e_ao * cheapest, once_floor=e_one * cheapest)
     best = lambda key: min((v[key], t) for t, v in per_thread.items())  # noqa: E731
     (t_seq, seq_threads), (t_ao, ao_threads) = best("t_seq"), best("t_ao")
+    cells = pipes[t0][1].grid[0] * pipes[t0][1].grid[1]
     row = dict(name=name, batch=batch, steps=steps, calls_ratio=cells / steps, t_seq=t_seq, seq_threads=seq_threads,
                t_ao=t_ao, ao_threads=ao_threads, measured=t_seq / t_ao, token_rows_seq=e_one, token_rows_ao=e_ao,
-               flops=flops, per_thread=per_thread, fastest_seq=fastest_seq,
-               kernel_bound=fastest_seq / best("kernel_floor")[0], hw_bound=fastest_seq / best("hw_floor")[0],
-               once_bound=fastest_seq / best("once_floor")[0],
-               target=TARGETS["digits" if cells == 49 else "GPT-B"])
+               flops=weight_flops_per_token_row(pipes[t0][1]), per_thread=per_thread, fastest_seq=fastest_seq,
+               kernel_bound=fastest_seq / best("kernel_floor")[0], once_bound=fastest_seq / best("once_floor")[0],
+               target=target)
     print({k: v for k, v in row.items() if k != "per_thread"}, flush=True)
     return row
+
+
+def add_hardware_bounds(rows: list[dict], fp32: dict[int, float], int8: dict[int, float]) -> None:
+    """Each row's hardware floors (every weight FLOP at the matmul peak of its thread count: the int8
+    peak for int4) and its hardware bound, at the peaks measured on both sides of the timings."""
+    for row in rows:
+        peaks = int8 if "int4" in row["name"] else fp32
+        for t, v in row["per_thread"].items():
+            v["peak"] = peaks[t]
+            v["hw_floor"] = row["token_rows_ao"] * row["flops"] / (peaks[t] * 1e9)
+        row["hw_bound"] = row["fastest_seq"] / min(v["hw_floor"] for v in row["per_thread"].values())
 
 
 def bound_table(rows: list[dict]) -> list[str]:
@@ -159,9 +167,6 @@ def main(argv=None) -> None:
 
     from tessera.runtime import Pipeline
 
-    class SameGraphSequential(Pipeline):
-        """The base pipeline on the any-order graph: sequential decoding, for its timing only."""
-
     # numpy's BLAS ignores the thread count: onnxruntime's products only. A peak is the best of a few
     # products before and after the timings (other work on a shared machine only ever lowers it).
     fp32, int8 = {}, {}
@@ -176,25 +181,20 @@ def main(argv=None) -> None:
     anyorder_dir = ROOT / "models" / "anyorder"
     pipes = {t: (Pipeline.load(providers="cpu", threads=t), Pipeline.load(anyorder_dir, providers="cpu", threads=t))
              for t in args.threads}
-    rows = [measure("digits fp32", pipes, anyorder_dir, 49, batch, 8, 3.0, (1, 2, 4, 9, 18, 36), 20,
-                    max(3, args.repeats // batch), fp32, {}) for batch in (1, 10)]
+    rows = [measure("digits fp32", TARGETS["digits"], pipes, batch, 8, 3.0, (1, 2, 4, 9, 18, 36), 20,
+                    max(3, args.repeats // batch), {}) for batch in (1, 10)]
     del pipes
     for precision in () if args.skip_gpt_b else ("fp32", "int4"):
         path = cached_export(EXPORTS, f"gpt-b-anyorder-{precision}", [
             *GPT_B_RANDOM, "--gpt-set", "order=any", "--target-onnxruntime", "1.32", "--quant", precision])
-        pipes = {t: (SameGraphSequential.load(path, providers="cpu", threads=t, verify="none"),
+        pipes = {t: (same_graph_sequential(path, providers="cpu", threads=t, verify="none"),
                      Pipeline.load(path, providers="cpu", threads=t, verify="none")) for t in args.threads}
-        rows.append(measure(f"GPT-B {precision}", pipes, path, 256, 1, 24, 4.0, (1, 8, 16, 32, 64), 128,
-                            args.gpt_b_repeats, fp32 if precision == "fp32" else int8, {"top_k": 2000}))
+        rows.append(measure(f"GPT-B {precision}", TARGETS["GPT-B"], pipes, 1, 24, 4.0, (1, 8, 16, 32, 64), 128,
+                            args.gpt_b_repeats, {"top_k": 2000}))
         del pipes
 
     measure_peaks()
-    for row in rows:  # the floors at the peaks measured on both sides of the timings
-        peaks = int8 if "int4" in row["name"] else fp32
-        for t, v in row["per_thread"].items():
-            v["peak"] = peaks[t]
-            v["hw_floor"] = row["token_rows_ao"] * row["flops"] / (peaks[t] * 1e9)
-        row["hw_bound"] = row["fastest_seq"] / min(v["hw_floor"] for v in row["per_thread"].values())
+    add_hardware_bounds(rows, fp32, int8)
 
     lines = ["# Any-order decoding: measured speed-up against the bounds of this CPU", "",
              run_line(COMMAND + (" --skip-gpt-b" if args.skip_gpt_b else ""), max(args.threads)), "",

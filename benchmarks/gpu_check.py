@@ -59,7 +59,7 @@ from tessera.bench.env import cpu_model
 from tessera.bench.quality import token_agreement
 from tessera.bench.report import markdown_table
 from tessera.bench.stats import interval_stats
-from tessera.bench.timing import callback_generation, interleaved
+from tessera.bench.timing import callback_generation, interleaved, same_graph_sequential
 
 REPO = Path(__file__).resolve().parent.parent
 GPU_RESULTS = REPO / "benchmarks" / "results" / "gpu.md"
@@ -373,17 +373,6 @@ def time_decode(spec: ModelSpec, gpt, provider: str, tokens: int, rounds: int, l
 # ==================================================================================================
 # Any-order decoding
 # ==================================================================================================
-def load_same_graph(path: Path, provider: str):
-    """The base Pipeline on an any-order directory: it decodes sequentially by default (one token per call)
-    and with the any-order decoder when asked (`decoder="anyorder", steps=N`), so both run one session."""
-    from tessera.runtime import Pipeline
-
-    class SameGraphSequential(Pipeline):
-        """Pipeline.load would pick AnyOrderPipeline (which refuses sequential decoding) from the family."""
-
-    return SameGraphSequential.load(path, providers=provider, verify="size")
-
-
 def anyorder_settings(pipe, steps: tuple[int, ...]) -> dict[str, Callable[[int], int]]:
     """name -> run(repeat): one image with guidance, decoded without images; returns its transformer calls."""
     def setting(**options) -> Callable[[int], int]:
@@ -399,7 +388,7 @@ def time_anyorder(path: Path, provider: str, steps: tuple[int, ...], rounds: int
     """Seconds per image of each setting (median over rounds, interleaved, after one warm-up round), as
     rows; as many rounds (up to `rounds`) as the warm-up round says fit in `seconds_left()`, or a note
     saying why none did."""
-    pipe = load_same_graph(path, provider)
+    pipe = same_graph_sequential(path, providers=provider, verify="size")
     settings = anyorder_settings(pipe, steps)
     t0 = time.perf_counter()
     interleaved(settings, 1)
