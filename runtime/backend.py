@@ -8,11 +8,11 @@ leaves a module without `InferenceSession`. Every runtime module imports onnxrun
 """
 from __future__ import annotations
 
-import re
 import warnings
 from importlib import metadata
 
-from .errors import TesseraError
+from .errors import TesseraError, first_line
+from .versions import release_numbers as parse_version  # noqa: F401 (re-exported)
 
 # Distributions that install the `onnxruntime` module -> the tessera-ar extra that installs it
 # (None: no extra; install the package itself).
@@ -60,20 +60,6 @@ def installed_flavours() -> list[str]:
     return found
 
 
-def parse_version(text: str) -> tuple[int, ...]:
-    """'1.22.2' -> (1, 22, 2); suffixes end the release part: '1.22.2.post3', '1.24.0.dev20250101',
-    '1.22.0rc1', '1.22.2+cu118' -> (1, 22, 2) / (1, 24, 0) / (1, 22, 0) / (1, 22, 2)."""
-    parts: list[int] = []
-    for piece in str(text).strip().lstrip("vV").split("."):
-        m = re.match(r"\d+", piece)
-        if not m:
-            break
-        parts.append(int(m.group()))
-        if m.end() != len(piece):
-            break
-    return tuple(parts)
-
-
 def choose_flavour(flavours: list[str]) -> str:
     """Of several installed flavours, the one to keep by default: the accelerator one (not plain onnxruntime)."""
     accelerated = [f for f in flavours if f != "onnxruntime"]
@@ -104,18 +90,13 @@ def missing_message(flavours: list[str], reason: str | None = None) -> str:
             f"one: pip uninstall -y {others} && pip install --force-reinstall {keep}")
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
-
-
 def load_onnxruntime():
     """Import onnxruntime, or raise OnnxRuntimeMissingError saying what to run; warn on several flavours."""
     flavours = installed_flavours()
     try:
         import onnxruntime as module
     except ImportError as e:
-        raise OnnxRuntimeMissingError(missing_message(flavours, None if not flavours else _first_line(e))) from None
+        raise OnnxRuntimeMissingError(missing_message(flavours, None if not flavours else first_line(e))) from None
     if not hasattr(module, "InferenceSession"):
         raise OnnxRuntimeMissingError(missing_message(flavours, "it has no InferenceSession"))
     if len(flavours) > 1:

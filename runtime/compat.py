@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .backend import parse_version as release_numbers
+from .versions import release_numbers
 from .errors import InvalidInputError, ModelDirectoryError
 
 OLDEST_TESTED = "1.22"

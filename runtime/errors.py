@@ -29,6 +29,13 @@ class ExtraNotInstalledError(TesseraError):
     """A command needs an optional part of the package that is not installed."""
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (or its type's name): what a one-line error quotes
+    of a lower layer's multi-line text (onnxruntime's, the operating system's)."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__
+
+
 def check_finite(values: np.ndarray, graph: str) -> np.ndarray:
     """`values`, or a NonFiniteOutputError naming `graph` when any is NaN or infinite. One float
     reduction over a call's output (about 10 us for 8 rows of 16384 logits): cheap beside the call."""

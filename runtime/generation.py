@@ -8,7 +8,7 @@ random stream (`ImageStreams`), one uniform per cell it decides.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -16,7 +16,9 @@ from .decoding import DecodeRequest, DecodeState, decode
 from .manifest import TokenLayout
 from .results import StepCallback
 from .sampling import ImageStreams, SamplingConfig, apply_guidance, image_seeds, sample
-from .transformer import TransformerRunner
+
+if TYPE_CHECKING:  # the core imports without onnxruntime
+    from .transformer import TransformerRunner
 
 
 def cell_positions(layout: TokenLayout, grid: tuple[int, int]) -> np.ndarray:

@@ -23,7 +23,7 @@ this is exactly sequential decoding, token for token.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -32,7 +32,9 @@ from .generation import cell_positions, guidance_rows
 from .manifest import TokenLayout
 from .results import StepCallback
 from .sampling import ImageStreams, SamplingConfig, apply_guidance, image_seeds, sample
-from .transformer import TransformerRunner
+
+if TYPE_CHECKING:  # the core imports without onnxruntime
+    from .transformer import TransformerRunner
 
 
 class ParallelDecoder:

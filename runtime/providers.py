@@ -28,7 +28,7 @@ from importlib import metadata
 import numpy as np
 
 from .backend import FLAVOURS, install_command, installed_flavours, onnxruntime_version, ort, parse_version
-from .errors import InvalidInputError, ProviderError
+from .errors import InvalidInputError, ProviderError, first_line
 
 # Preference for providers="auto": CUDA, then AMD (ROCm / MIGraphX), then DirectML, Qualcomm (QNN),
 # CoreML, OpenVINO, WebGPU, then CPU. Each flavour lists at most a couple of these. TensorRT is never
@@ -327,7 +327,7 @@ def _discover_plugins() -> dict[str, PluginInfo]:
                          else [module.get_ep_name()])
             except Exception as e:
                 _plugin_warning(f"{dist} {version}: its module {module_name} could not give its EP library "
-                                f"({_first_line(e)}); ignoring it (pip install --force-reinstall {dist})")
+                                f"({first_line(e)}); ignoring it (pip install --force-reinstall {dist})")
                 continue
             names = [str(n) for n in names if n]
             if not names:
@@ -350,7 +350,7 @@ def _discover_plugins() -> dict[str, PluginInfo]:
             try:
                 ort.register_execution_provider_library(registration, library)
             except Exception as e:
-                text = _first_line(e)
+                text = first_line(e)
                 if "already registered" in text.lower():
                     keep(None)
                     continue
@@ -368,10 +368,6 @@ def _discover_plugins() -> dict[str, PluginInfo]:
             keep(None)
     return plugins
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def plugin_providers() -> dict[str, PluginInfo]:

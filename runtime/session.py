@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .backend import ort
-from .errors import InvalidInputError, ModelDirectoryError, ProviderError
+from .errors import InvalidInputError, ModelDirectoryError, ProviderError, first_line
 from . import providers as _providers
 from .providers import full_name
 
@@ -38,10 +38,6 @@ def parse_key_values(items: Iterable[str] | None) -> dict[str, str]:
         out[key.strip()] = value.strip()
     return out
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def _option_str(value: Any) -> str:
@@ -129,13 +125,13 @@ def build_session_options(threads: int | None = None,
             try:
                 opts.add_session_config_entry(key, _option_str(value))
             except Exception as e:
-                raise InvalidInputError(f"session config entry {key}={value!r} was refused: {_first_line(e)}") from None
+                raise InvalidInputError(f"session config entry {key}={value!r} was refused: {first_line(e)}") from None
         elif _is_attribute(key):
             coerced = _coerce(key, value, getattr(opts, key))
             try:
                 setattr(opts, key, coerced)
             except Exception as e:
-                raise InvalidInputError(f"session option {key}={value!r} was refused: {_first_line(e)}") from None
+                raise InvalidInputError(f"session option {key}={value!r} was refused: {first_line(e)}") from None
         else:
             known = sorted(k for k in dir(ort.SessionOptions) if _is_attribute(k))
             raise InvalidInputError(f"unknown session option {key!r}: use a SessionOptions attribute "

@@ -99,7 +99,8 @@ def test_broken_module_in_a_fresh_process(tmp_path):
     (tmp_path / "onnxruntime").mkdir()
     (tmp_path / "onnxruntime" / "__init__.py").write_text("__version__ = '1.22.0'\n")
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    r = subprocess.run([sys.executable, "-c", "import tessera.runtime"], capture_output=True, text=True, env=env)
+    r = subprocess.run([sys.executable, "-c", "from tessera.runtime import Pipeline"], capture_output=True, text=True,
+                       env=env)
     assert r.returncode != 0
     assert "OnnxRuntimeMissingError" in r.stderr
     assert "has no InferenceSession" in r.stderr

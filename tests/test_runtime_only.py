@@ -13,11 +13,36 @@ def _run(code: str) -> subprocess.CompletedProcess:
 
 
 def test_import_runtime_does_not_import_torch():
-    r = subprocess.run([sys.executable, "-c", "import sys, tessera.runtime, tessera.cli.main; "
+    r = subprocess.run([sys.executable, "-c", "import sys, tessera.cli.main; from tessera.runtime import Pipeline; "
                         "tessera.cli.main.build_parser(); print('torch' in sys.modules)"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+# The numpy core: what a host needs to sample, schedule and read a manifest, unit-testable anywhere.
+CORE = ("errors", "versions", "sampling", "config", "schedule", "spec", "manifest", "self_test", "results",
+        "decoding", "generation", "parallel", "jacobi", "images")
+
+
+def test_the_core_imports_and_samples_without_onnxruntime(tiny_dir):
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        sys.modules['onnxruntime'] = None  # any import of it fails
+        import importlib
+        for name in {CORE!r}:
+            importlib.import_module('tessera.runtime.' + name)
+        import numpy as np
+        from tessera.runtime import SamplingConfig, load_manifest
+        from tessera.runtime.sampling import ImageStreams, sample
+        spec = load_manifest(r"{tiny_dir}").spec
+        logits = np.random.default_rng(0).normal(size=(2, spec.transformer.vocab_size)).astype(np.float32)
+        print(sample(logits, SamplingConfig(top_k=8), ImageStreams([0, 1], 1)).tolist())
+        print('onnxruntime' in sys.modules and sys.modules['onnxruntime'] is not None)
+    """)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    tokens, ort_loaded = r.stdout.split("\n")[:2]
+    assert len(eval(tokens)) == 2 and ort_loaded == "False"
 
 
 def test_generate_without_torch(tiny_dir, tmp_path):
