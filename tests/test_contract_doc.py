@@ -1,0 +1,139 @@
+"""docs/model-directory.md is the contract a host in another language is written from: every manifest
+field the runtime reads or the exporter writes is in it, and its worked examples are what the runtime
+computes (so the document cannot drift from the code without a failing test)."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tessera.runtime import spec as spec_module
+from tessera.runtime.images import to_uint8
+from tessera.runtime.manifest import load_manifest
+from tessera.runtime.sampling import SamplingConfig, sample
+from tessera.runtime.schedule import cosine_counts
+from tessera.runtime.self_test import probe_call
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = (ROOT / "docs" / "model-directory.md").read_text()
+MODELS = [ROOT / "models" / "default", ROOT / "models" / "anyorder"]
+INFORMATIONAL = ("exported_by", "parity")  # sections the document names as informational, not field by field
+
+
+def documented(key: str) -> bool:
+    return f"`{key}`" in DOC
+
+
+def manifest_keys(data: dict, prefix: str = "") -> set[str]:
+    """Dotted keys of a manifest; graph names become `<name>` where the document uses the pattern."""
+    out = set()
+    for k, v in data.items():
+        if not prefix and k in INFORMATIONAL + ("files",):
+            out.add(k)
+            continue
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict) and key not in ("graphs.transformer.self_test", "weights"):
+            out |= manifest_keys(v, key)
+        else:
+            out.add(key)
+    return out
+
+
+def doc_form(key: str) -> list[str]:
+    """The spellings under which the document may list `key` (a graph field by its own name or `<name>`)."""
+    m = re.match(r"graphs\.([a-z_]+)\.(.+)", key)
+    forms = [key]
+    if m:
+        forms.append(f"graphs.<name>.{m.group(2)}")
+    if key.startswith("graphs.transformer.self_test"):
+        forms += [f"graphs.transformer.self_test.{k}" for k in ("indices", "values", "tolerance")]
+    return forms
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda p: p.name)
+def test_every_field_of_a_shipped_manifest_is_documented(model):
+    data = json.loads((model / "tessera.json").read_text())
+    missing = sorted(k for k in manifest_keys(data) if not any(documented(f) for f in doc_form(k)))
+    assert not missing, f"fields missing from docs/model-directory.md: {missing}"
+
+
+def test_every_field_of_the_typed_manifest_is_documented():
+    sections = {"transformer": spec_module.TransformerSpec, "tokenizer": spec_module.TokenizerSpec,
+                "image": spec_module.ImageSpec, "graphs.transformer.io": spec_module.GraphIO,
+                "generation_defaults": spec_module.GenerationDefaults}
+    missing = [f"{section}.{f.name}" for section, cls in sections.items() for f in fields(cls)
+               if f.name != "extra" and not documented(f"{section}.{f.name}")]
+    missing += [f"graphs.<name>.{f.name}" for f in fields(spec_module.GraphSpec)
+                if f.name not in ("extra", "name", "io", "kind", "kv_cache", "multi_query")
+                and not documented(f"graphs.<name>.{f.name}")]
+    missing += [f"graphs.transformer.{k}" for k in ("kind", "kv_cache", "multi_query")
+                if not documented(f"graphs.transformer.{k}")]
+    assert not missing, f"ModelSpec fields missing from docs/model-directory.md: {missing}"
+
+
+def test_the_documented_choices_are_the_runtimes():
+    assert f"`format_version` | int | `{spec_module.FORMAT_VERSION}`" in DOC
+    for family in spec_module.FAMILIES:
+        assert f'`"{family}"`' in DOC
+    for value in spec_module.GRAPH_KINDS + spec_module.KV_CACHE_MODES + spec_module.MULTI_QUERY_MODES:
+        assert f'`"{value}"`' in DOC or f"`{value}`" in DOC, value
+
+
+def test_the_self_test_worked_example_is_the_probe():
+    manifest = load_manifest(ROOT / "models" / "default", verify="none")
+    ids, positions, mask = probe_call(manifest.layout, manifest.grid)
+    assert f"`ids = {ids.tolist()}`" in DOC
+    assert f"positions `{positions[0].tolist()}`" in DOC
+    assert mask[0].tolist() == np.tril(np.ones((5, 5), bool)).tolist()
+
+
+def test_the_seed_stream_example_is_numpys():
+    first = np.random.default_rng(0).random(3)
+    assert ", ".join(repr(float(v)) for v in first) in " ".join(DOC.split())
+
+
+def test_the_image_rule_examples_are_the_runtimes():
+    pairs = re.findall(r"`(-?[0-9.]+) -> (\d+)`", DOC.split("## 8. Images")[1])
+    assert len(pairs) >= 5
+    x = np.array([float(a) for a, _ in pairs], np.float32).reshape(1, 1, 1, -1)
+    assert to_uint8(x).ravel().tolist() == [int(b) for _, b in pairs]
+
+
+def test_the_cosine_counts_example():
+    assert ", ".join(map(str, cosine_counts(49, 8))) in DOC
+
+
+def test_the_sampling_rule_as_written_gives_the_runtimes_tokens():
+    """Section 7.4 implemented from the text alone, against `sample`, over rows with ties and cuts."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(64, 40)).astype(np.float32)
+    logits[::4, :6] = logits[::4, :1]  # ties at the top, and at the k-th value for some rows
+    for cfg in (SamplingConfig(1.0, 0, 1.0), SamplingConfig(0.7, 5, 1.0), SamplingConfig(1.3, 0, 0.6),
+                SamplingConfig(1.0, 8, 0.8), SamplingConfig(0.0, 0, 1.0)):
+        u = np.random.default_rng(11).random(64)
+        want = sample(logits, cfg, np.random.default_rng(11))
+        assert [as_documented(row, cfg, ui) for row, ui in zip(logits, u)] == want.tolist(), cfg
+
+
+def as_documented(g: np.ndarray, cfg: SamplingConfig, u: float) -> int:
+    if cfg.temperature == 0:
+        return int(np.flatnonzero(g == g.max())[0])  # lowest id among the largest
+    v = g.astype(np.float64) * (1 / max(cfg.temperature, 1e-5))
+    if 0 < cfg.top_k < g.size:
+        kth = np.sort(g)[::-1][cfg.top_k - 1]
+        v[g < kth] = -np.inf
+    if cfg.top_p < 1:
+        order = sorted(range(g.size), key=lambda i: (-v[i], i))
+        ranked = v[order]
+        cum = np.cumsum(np.exp(ranked - ranked[0]))
+        cum /= cum[-1]
+        for rank in range(1, g.size):
+            if cum[rank - 1] > cfg.top_p:
+                v[order[rank]] = -np.inf
+    w = np.exp(v - v.max())
+    total = np.cumsum(w)
+    return int(next(i for i in range(g.size) if w[i] > 0 and total[i] >= u * total[-1]))
