@@ -2,7 +2,7 @@
 and agree with PyTorch on each tested onnxruntime version (export/ort_matrix.py defines agreement).
 
 Each version runs in its own cached virtual environment built from a cached wheel; .ci/run fills
-the wheel cache (`python benchmarks/ort_matrix.py --download-only`), so the test makes no network call.
+the wheel cache (`python -m tessera.export.ort_matrix --download-only`), so the test makes no network call.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_every_tested_onnxruntime_runs_every_graph(tmp_path_factory):
     missing = ort_matrix.missing_wheels()
     if missing:
         message = (f"onnxruntime wheels {', '.join(missing)} are not cached in {ort_matrix.wheel_dir()}; "
-                   "run: python benchmarks/ort_matrix.py --download-only")
+                   f"run: {ort_matrix.DOWNLOAD_COMMAND}")
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
