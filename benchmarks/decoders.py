@@ -1,7 +1,7 @@
 """Decoders side by side: sequential, parallel (ZipAR), speculative Jacobi and any-order decoding; calls, time
 per image and quality, each section against sequential decoding in the same run.
 
-    python benchmarks/decoders.py                      # every section (long: about an hour on 2 shared cores)
+    python benchmarks/decoders.py                      # every section, one after the other
     python benchmarks/decoders.py parallel             # -> benchmarks/results/parallel_decoding.md
     python benchmarks/decoders.py jacobi               # -> benchmarks/results/jacobi.md
     python benchmarks/decoders.py anyorder             # -> benchmarks/results/anyorder.md, anyorder_steps.png

@@ -2,9 +2,9 @@
 and of the whole pipeline with its tokenizer decoder variants.
 
     python benchmarks/memory.py export                 # -> benchmarks/results/export_memory.md
-    python benchmarks/memory.py pipeline --rounds 3 --out benchmarks/results/memory.md   # every table below
+    python benchmarks/memory.py pipeline --rounds 3 --out /tmp/pm_tables.md   # the tables of results/memory.md
     python benchmarks/memory.py pipeline --decoders-only --rounds 3   # the decoder table (for a quiet moment)
-    python benchmarks/memory.py export --quick         # GPT-Tiny + VQ-Tiny: a smoke run of a section (< 1 min)
+    python benchmarks/memory.py export --quick         # GPT-Tiny + VQ-Tiny: a smoke run of a section
 
 Weights: random, saved as LlamaGen saves them (`{"model": state_dict}`) under the published file names, so an
 export infers its presets from the names as a user's would. Their initialisations are the real models' scales
