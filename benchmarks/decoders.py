@@ -404,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     rest = [a for a in (sys.argv[1:] if argv is None else argv) if a not in SECTIONS]
     args.command = lambda section: " ".join(["python benchmarks/decoders.py", section, *rest])
     out_dir = args.out_dir or (None if args.quick else RESULTS)
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
     quality = Quality()
     for section in sections:
         if section == "parallel":
@@ -414,7 +416,6 @@ def main(argv: list[str] | None = None) -> int:
             lines = anyorder_section(args, quality, out_dir)
         text = "\n".join(lines) + "\n"
         if out_dir:
-            out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / FILES[section]).write_text(text)
         print(text, flush=True)
     return 0
