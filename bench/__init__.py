@@ -12,6 +12,7 @@ measure its own variants. One job per module:
     timing     timing of whole generations with per-token timestamps
     workers    the measurements `tessera bench` runs inside its workers
     quality    token agreement and teacher-forced logit error against a reference directory
+    decoders   decoding settings timed in turn, quality sets with their call counts, the noise floor
     run        the orchestration of `tessera bench` (which worker, in what order)
     report     tables (text, markdown) and JSON from a run's results
     plot       an optional PNG (matplotlib, the `plot` extra)

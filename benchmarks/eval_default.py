@@ -13,7 +13,8 @@ Reports, on the fixed held-out split of `tessera.training.data` (last 60 images 
   compared with the same for the held-out real images (generated should be no closer).
 
 Generation goes through a `generate_fn(labels, seed) -> images [N, 3, 28, 28] in [-1, 1]`, so any
-backend (this PyTorch reference, an ONNX runtime, ...) can be evaluated with `evaluate_generator`.
+backend (this PyTorch reference, an ONNX runtime, ...) can be evaluated with `evaluate_generator`;
+`score_images` scores images generated elsewhere (benchmarks/decoders.py: the runtime's decoders).
 The CLI default builds it with `torch_generate_fn`: the PyTorch reference loop of the export stage
 (`tessera.export.reference.generate_tokens`: LlamaGen's KV-cached loop and guidance, the runtime's sampler).
 """
@@ -22,8 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
-from collections import Counter
 from typing import Callable
 
 import numpy as np
@@ -61,24 +62,6 @@ def torch_generate_fn(gpt: GPT, vq: VQModel, guidance_scale: float = 1.0, temper
         return torch.cat(out)
 
     return generate
-
-
-def runtime_generate_fn(run: Callable, tokenizer, batch: int = 50) -> tuple[GenerateFn, Counter]:
-    """A `generate_fn` over the ONNX runtime: `run(labels, seed)` -> a result with `tokens`, `calls` and
-    optionally the decoder's `stats` (e.g. `Pipeline.run` without decoding), called per batch of `batch`
-    images; the returned counter sums batches, images, calls, the calls each image needed, and the stats."""
-    stats: Counter = Counter()
-
-    def generate(labels, seed: int) -> torch.Tensor:
-        labels, out = np.asarray(labels), []
-        for i in range(0, len(labels), batch):
-            r = run(labels[i:i + batch].tolist(), seed + i)
-            extra, n = dict(getattr(r, "stats", None) or {}), len(r.tokens)
-            stats.update(batches=1, images=n, calls=r.calls, image_calls=extra.pop("image_calls", r.calls * n), **extra)
-            out.append(tokenizer.decode(r.tokens))
-        return torch.from_numpy(np.concatenate(out)).clamp(-1, 1)
-
-    return generate, stats
 
 
 def nearest_train_distance(images: torch.Tensor, train_flat: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
@@ -123,15 +106,15 @@ def held_out() -> tuple[dict, DigitClassifier]:
     return data, get_classifier(None, data)
 
 
-def evaluate_runtime(run: Callable, tokenizer, data: dict, clf: DigitClassifier, per_class: int = 50, seed: int = 0,
-                     batch: int = 50) -> dict:
-    """`evaluate_generator` over `runtime_generate_fn(run, tokenizer, batch)`, as the decoding benchmarks report
-    it: accuracy, Fréchet distance, seconds per image, calls per batch and per image, the summed counts."""
-    gen, st = runtime_generate_fn(run, tokenizer, batch)
-    m = evaluate_generator(gen, data, clf, per_class=per_class, seed=seed)
-    return {"accuracy": m["accuracy"], "frechet": m["frechet_distance"], "stats": st,
-            "seconds_per_image": m["generation_time_s"] / m["n_images"],
-            "calls_per_batch": st["calls"] / st["batches"], "calls_per_image": st["image_calls"] / st["images"]}
+def score_images(images: np.ndarray, labels: np.ndarray, data: dict, clf: DigitClassifier,
+                 real_feats: torch.Tensor | None = None) -> dict:
+    """Conditional accuracy (share classified as the requested class) and Fréchet distance to the held-out
+    split, of images [N, 3, 28, 28] in [-1, 1] generated elsewhere (the runtime: tessera.bench.decoders)."""
+    images = torch.from_numpy(np.asarray(images, np.float32)).clamp(-1, 1)
+    pred = clf.predict(images)
+    real_feats = real_feats if real_feats is not None else clf.features(data["test_x"])
+    return {"accuracy": float((pred == torch.from_numpy(np.asarray(labels))).float().mean()),
+            "frechet": frechet_distance(clf.features(images), real_feats)}
 
 
 def run_eval(vq: VQModel, generators: dict, clf: DigitClassifier, data: dict | None = None, per_class: int = 50,
@@ -221,7 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
     samp = dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p)
     gens = {f"cfg={s:g}": torch_generate_fn(gpt, vq, guidance_scale=s, **samp) for s in scales}
     t0 = time.time()
-    result = run_eval(vq, gens, clf, data, a.per_class, a.seed)
+    result = {"command": " ".join(["python benchmarks/eval_default.py", *(sys.argv[1:] if argv is None else argv)]),
+              **run_eval(vq, gens, clf, data, a.per_class, a.seed)}
     result["sampling"] = dict(samp, guidance_scales=scales, per_class=a.per_class, seed=a.seed,
                               backend="PyTorch reference loop (tessera.export.reference, KV-cached)")
     default_key = f"cfg={a.default_scale:g}"

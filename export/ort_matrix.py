@@ -6,6 +6,9 @@ wheel). `export/ort_probe.py` runs there; this module computes the PyTorch refer
 compares. Wheels come from a local cache, so checking makes no network call: fill the cache once
 with `download_wheels` (CI does, in .ci/run).
 
+    python -m tessera.export.ort_matrix --download-only   # once: cache the CPU wheels (needs the package index)
+    python -m tessera.export.ort_matrix                   # the matrix -> benchmarks/results/ort_matrix.md
+
 A cell passes when the directory loads and
 - fp32: every logit of the call scenario is within the export's fp32 bound of PyTorch, sampled
   and greedy tokens equal the PyTorch reference loop's, parallel-decoding tokens equal those of
@@ -17,11 +20,15 @@ A cell passes when the directory loads and
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import platform
 import subprocess
+import tempfile
 import sys
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +43,8 @@ from .reference import generate_tokens as reference_tokens
 MATRIX_VERSIONS = ("1.22.1", "1.24.4", "1.27.0", "1.31.1", "1.32.0")
 CACHE_ENV = "TESSERA_ORT_MATRIX_CACHE"
 PROBE_TIMEOUT_S = 600
+COMMAND = "python -m tessera.export.ort_matrix"
+DOWNLOAD_COMMAND = f"{COMMAND} --download-only"
 
 
 def cache_root() -> Path:
@@ -82,7 +91,7 @@ def interpreter(version: str) -> Path:
     wheel = _wheel(version)
     if wheel is None:
         raise FileNotFoundError(f"no cached onnxruntime {version} wheel in {wheel_dir()}; "
-                                "run: python benchmarks/ort_matrix.py --download-only")
+                                f"run: {DOWNLOAD_COMMAND}")
     subprocess.run([sys.executable, "-m", "venv", "--clear", "--system-site-packages", str(env)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-index", "--no-deps", str(wheel)], check=True)
     got = subprocess.run(check, capture_output=True, text=True).stdout.strip()
@@ -227,3 +236,74 @@ def tiny_model_dirs(root: Path) -> dict[str, Path]:
         for d in write_model_dirs(gpt, vq, root / f"tiny-{kind}", spec):
             dirs[f"tiny {kind} {d.name.rsplit('-', 1)[1]}"] = d
     return dirs
+
+
+def checkout_results() -> Path | None:
+    """benchmarks/results/ort_matrix.md when this module runs from a source checkout (the editable install
+    maps tessera.export to the checkout's export/ folder); None in an installed package."""
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    return results / "ort_matrix.md" if results.is_dir() else None
+
+
+def _run_facts() -> str:
+    """Versions (and the git revision in a checkout) and the CPU, for the results file's header."""
+    facts = {"python": platform.python_version()}
+    for pkg in ("tessera-ar", "numpy", "torch"):
+        try:
+            facts[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            facts[pkg] = "not installed"
+    repo = Path(__file__).resolve().parents[1]
+    if (repo / ".git").exists():
+        git = ["git", "-C", str(repo)]
+        rev = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True).stdout.strip()
+        if rev:
+            facts["git"] = rev + (" (+ uncommitted changes)" if dirty else "")
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return ", ".join(f"{k} {v}" for k, v in facts.items()) + f"; {cpu}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Fill the wheel cache, or run the matrix on the tiny models and the shipped default; exit status 1
+    when a cell fails."""
+    from tessera.models import default_model_dir
+
+    default_out = checkout_results()
+    ap = argparse.ArgumentParser(prog=COMMAND, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--download", action="store_true", help="cache the onnxruntime wheels, then run")
+    ap.add_argument("--download-only", action="store_true", help="cache the onnxruntime wheels and stop")
+    ap.add_argument("--out", type=Path, default=default_out,
+                    help="the markdown table (default: benchmarks/results/ort_matrix.md in a source checkout; "
+                         "printed only in an installed package)")
+    args = ap.parse_args(argv)
+    if args.download or args.download_only:
+        download_wheels()
+        if args.download_only:
+            print(f"onnxruntime wheels cached in {wheel_dir()}")
+            return 0
+    missing = missing_wheels()
+    if missing:
+        print(f"{COMMAND}: onnxruntime wheels {', '.join(missing)} are not cached in {wheel_dir()}; "
+              f"run: {DOWNLOAD_COMMAND}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = tiny_model_dirs(Path(tmp))
+        dirs["shipped default (fused fp32)"] = default_model_dir()
+        table = run_matrix(dirs, Path(tmp))
+    text = (f"# onnxruntime support matrix\n\n`{COMMAND}` (CPU execution provider; a cell is 'yes' when the "
+            "directory loads and agrees with PyTorch as export/ort_matrix.py defines).\n\n"
+            f"Run with {_run_facts()}.\n\n" + markdown(table))
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+    return 0 if all(ok for row in table.values() for ok, _ in row.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,37 +1,100 @@
-"""The whole pipeline's memory and the tokenizer decoder variants, on LlamaGen GPT-B + VQ-16 at 256 px.
+"""Peak memory on LlamaGen GPT-B + VQ-16 (random weights, LlamaGen's checkpoint layout): of `tessera export`,
+and of the whole pipeline with its tokenizer decoder variants.
 
-    python benchmarks/pipeline_memory.py            # exports once into benchmarks/.cache/exports (tessera.bench.cache)
-    python benchmarks/pipeline_memory.py --rounds 5 --out benchmarks/results/memory.md
-    python benchmarks/pipeline_memory.py --quick    # GPT-Tiny + VQ-Tiny, every table once (a smoke run, < 1 min)
+    python benchmarks/memory.py export                 # -> benchmarks/results/export_memory.md
+    python benchmarks/memory.py pipeline --rounds 3 --out /tmp/pm_tables.md   # the tables of results/memory.md
+    python benchmarks/memory.py pipeline --decoders-only --rounds 3   # the decoder table (for a quiet moment)
+    python benchmarks/memory.py export --quick         # GPT-Tiny + VQ-Tiny: a smoke run of a section
 
-Weights: random, in LlamaGen's checkpoint layout (llamagen_random.py: the real models' init scales, so the
-decoder's image spans about [-2, 2] like a trained one's rather than collapsing to 0, which would make any
-PSNR look good), loaded through the LlamaGen file names, so the export presets are the real ones. Each peak
-RSS (VmHWM: the whole process) is measured in a fresh worker process (tessera.bench.protocol) running
-`tessera generate`: one image with guidance (the preset's 4.0), int4 transformer.
+Weights: random, saved as LlamaGen saves them (`{"model": state_dict}`) under the published file names, so an
+export infers its presets from the names as a user's would. Their initialisations are the real models' scales
+(linear and embedding weights N(0, 0.02) as LlamaGen's init; convolutions and GroupNorm at PyTorch's defaults),
+so a decoded image spans about [-2, 2] like a trained one's instead of collapsing to 0, which would make any PSNR
+look good. Every peak RSS (VmHWM: the whole process) is measured in a fresh worker process
+(tessera.bench.protocol).
+
+export: `tessera export` of the two checkpoints; its peak against the fp32 weights it loads, time per stage.
+pipeline: `tessera generate` (one image with guidance, the preset's 4.0; int4 transformer) with each tokenizer
+decoder variant, both graphs open or --low-memory; tiled decoding against the untiled image; each decoder
+variant's time, PSNR and fraction of this CPU's matmul peak, measured just before it. Exports are cached under
+benchmarks/.cache/exports (tessera.bench.cache).
 """
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from llamagen_random import export_args, write_checkpoints
-
 from tessera.bench.cache import cached_export
-from tessera.bench.env import load_average, run_line
+from tessera.bench.env import cpu_model, load_average, run_line
 from tessera.bench.protocol import run_worker
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
+QUICK = ["--gpt", "GPT-Tiny", "--vq", "VQ-Tiny", "--random-weights"]
+GPT_B, VQ_16 = "c2i_B_256.pt", "vq_ds16_c2i.pt"  # LlamaGen's published file names
 VARIANTS = {"int4-tok-fp32": "fp32", "int4-tok-int8": "int8", "int4-tok-fp16": "fp16"}
 TILES = ((8, 2), (10, 4), (12, 4))  # (tile, overlap) on the 16x16 grid
 QUICK_TILES = ((2, 1),)  # GPT-Tiny's 4x4 grid
-QUICK = ["--gpt", "GPT-Tiny", "--vq", "VQ-Tiny", "--random-weights"]
 
 
+# --- LlamaGen-layout checkpoints -----------------------------------------------------------------
+def write_checkpoints(folder: Path) -> dict[str, int]:
+    """FOLDER/c2i_B_256.pt and FOLDER/vq_ds16_c2i.pt, seeded random weights (kept when already there)
+    -> their sizes in bytes. Our modules share LlamaGen's state-dict key names."""
+    import torch
+
+    from tessera.export.build import build_gpt, build_vq
+    from tessera.export.config import gpt_preset, vq_preset
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, build in ((GPT_B, lambda: build_gpt(gpt_preset("c2i_B_256"), None, seed=0)),
+                        (VQ_16, lambda: build_vq(vq_preset("vq_ds16_c2i"), None, seed=0))):
+        if not (folder / name).is_file():
+            torch.save({"model": build().state_dict()}, folder / name)
+    return {name: (folder / name).stat().st_size for name in (GPT_B, VQ_16)}  # fp32 tensors + a small zip header
+
+
+def export_args(folder: Path) -> list[str]:
+    """`tessera export` arguments that load the two checkpoints of FOLDER."""
+    return ["--gpt-weights", str(Path(folder) / GPT_B), "--vq-weights", str(Path(folder) / VQ_16)]
+
+
+# --- export ------------------------------------------------------------------------------------
+def export(job: dict) -> dict:
+    """Worker: `tessera export` in this process (its stage lines go to the worker's log)."""
+    from tessera.cli.main import main
+
+    return {"code": main(["export", *job["args"], "--out", job["out"]])}
+
+
+
+def export_memory(args) -> list[str]:
+    """The export's peak RSS against its fp32 weights, and its stage times (parsed from its log)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        sizes = {} if args.quick else write_checkpoints(tmp)
+        job = {"args": QUICK if args.quick else export_args(tmp), "out": str(tmp / "out")}
+        r = run_worker(f"{__file__}:export", job, tmp, "export")
+        log = (tmp / "export.log").read_text()
+    if r["code"]:
+        raise SystemExit(f"export failed:\n{log}")
+    weights_mb = sum(sizes.values()) / 2**20 or float("nan")
+    stages = re.findall(r"^export: (\w+)(?: \(([^)]*)\))? done in ([\d.]+)s$", log, re.M)
+    return ["# `tessera export` peak memory: LlamaGen GPT-B + VQ-16 (random weights, LlamaGen layout)", "",
+            f"Command: `python benchmarks/memory.py export{' --quick' if args.quick else ''}`", "",
+            f"Machine: {cpu_model()}, load average {' / '.join(f'{x:.1f}' for x in load_average())}", "",
+            "| fp32 weights (GPT-B + VQ-16) | peak RSS | peak / weights | wall |", "|---|---|---|---|",
+            f"| {weights_mb:.0f} MB ({', '.join(f'{k} {v / 2**20:.0f} MB' for k, v in sizes.items())}) "
+            f"| {r['peak_rss_mib']:.0f} MB | {r['peak_rss_mib'] / weights_mb:.2f}x | {r['worker_s']:.1f} s |", "",
+            "| stage | seconds |", "|---|---|", *[f"| {s}{f' ({d})' if d else ''} | {t} |" for s, d, t in stages]]
+
+
+# --- pipeline ----------------------------------------------------------------------------------
 def peak(job: dict) -> dict:
     """Worker: `tessera generate` in this process (or, with `tile`, the same through the API with a tiled
     decode); the protocol adds the process's peak RSS."""
@@ -104,7 +167,7 @@ def matmul_peaks(threads: int) -> dict:
     """This CPU's reachable peaks: fp32 GFLOP/s (numpy and onnxruntime MatMul) and int8 GOP/s
     (onnxruntime MatMulInteger, uint8 x int8), each the best of a few 2048^3 products."""
     import numpy as np
-    from decode_peers import constant_matmul
+    from decode_peers import constant_matmul  # the weight-streaming benchmark's one-op onnxruntime session
 
     n = 2048
     rng = np.random.default_rng(0)
@@ -175,17 +238,13 @@ def tiles_psnr(model: Path, tiles, label: int) -> str:
     return ", ".join(f"tile {t} overlap {o}: {psnr_db(tok.decode_tiled(tokens, t, o), full):.1f} dB" for t, o in tiles)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", help="write the markdown tables here too")
-    p.add_argument("--decoders-only", action="store_true", help="only the decoder table (quick, for a quiet moment)")
-    p.add_argument("--quick", action="store_true", help="GPT-Tiny + VQ-Tiny, one round: a smoke run of every table")
-    args = p.parse_args()
+def pipeline_memory(args) -> list[str]:
+    """Peak RSS of `tessera generate` per decoder variant and mode, tiled decoding's PSNR, the decoder table."""
     dirs, tiles, label = export_variants(args.quick), QUICK_TILES if args.quick else TILES, 1 if args.quick else 207
     rounds = 1 if args.quick else args.rounds
-    lines = [run_line("python benchmarks/pipeline_memory.py" + (" --quick" if args.quick else ""), args.threads), "",
+    command = "python benchmarks/memory.py pipeline" + (" --quick" if args.quick else "") + \
+        (" --decoders-only" if args.decoders_only else "") + (f" --rounds {args.rounds}" if not args.quick else "")
+    lines = [run_line(command, args.threads), "",
              "| model | mode | peak RSS (MiB) | `tessera generate` s |", "|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as work:
         for name, modes in () if args.decoders_only else (("int4-tok-fp32", ("both", "low")),
@@ -215,9 +274,31 @@ def main() -> None:
                      f"{fp32_peak:.0f} | {rate / fp32_peak:.0%} | {peaks['ort_int8_gops']:.0f} | "
                      f"{rate / peaks['ort_int8_gops']:.0%} | {r['load']:.1f} |")
         print(lines[-1], flush=True)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="section", required=True)
+    ex = sub.add_parser("export", help="peak memory and stage times of tessera export")
+    ex.add_argument("--out", help="default benchmarks/results/export_memory.md; with --quick, printed only")
+    pi = sub.add_parser("pipeline", help="the whole pipeline's peak memory and the tokenizer decoder variants")
+    pi.add_argument("--rounds", type=int, default=5)
+    pi.add_argument("--threads", type=int, default=2)
+    pi.add_argument("--out", help="write the tables here too (benchmarks/results/memory.md is written by hand "
+                                  "around them)")
+    pi.add_argument("--decoders-only", action="store_true", help="only the decoder table (quick, for a quiet moment)")
+    for s in (ex, pi):
+        s.add_argument("--quick", action="store_true", help="GPT-Tiny + VQ-Tiny, one round: a smoke run")
+    args = p.parse_args(argv)
+    if args.section == "export":
+        lines = export_memory(args)
+        out = args.out or (None if args.quick else HERE / "results" / "export_memory.md")
+    else:
+        lines, out = pipeline_memory(args), args.out
+    if out:
+        Path(out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
