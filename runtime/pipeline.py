@@ -39,7 +39,7 @@ from .runners import RunnerPool
 from .sampling import ImageStreams, SamplingConfig
 from .schedule import cosine_counts
 from .self_test import verify as verify_self_test
-from .session import active_provider, open_session, ort_version
+from .session import active_provider, check_threads, open_session, ort_version
 from .tokenizer import ImageTokenizer
 from .transformer import TransformerRunner
 
@@ -109,6 +109,7 @@ class Pipeline:
                  provider_options: dict | None = None, session_options=None,
                  memory_budget: int | None = DEFAULT_MEMORY_BUDGET, max_concurrency: int = DEFAULT_CONCURRENCY,
                  low_memory: bool = False):
+        threads = check_threads(threads)  # before any session opens
         self.manifest = manifest
         self.low_memory = bool(low_memory)
         graphs = manifest.data["graphs"]
@@ -196,7 +197,7 @@ class Pipeline:
             model_dir: a directory made by `tessera export`; None: the shipped default model.
             providers: "auto" (the best provider whose device is really there), one name or alias
                 ("cpu", "cuda", "dml", ...) or a list in priority order.
-            threads: CPU threads per graph (default: onnxruntime's choice).
+            threads: CPU threads per graph, 1..1024 (None: onnxruntime's choice).
             verify: "full" (sha256 of every file), "size" (fast) or "none".
             provider_options: {provider or alias: {option: value}}, e.g. {"cuda": {"device_id": 1}}.
             session_options: an onnxruntime.SessionOptions, or a dict of its attributes and
@@ -470,7 +471,10 @@ class Pipeline:
         return self._last_calls
 
     def decode(self, tokens: np.ndarray, tile: int | None = None) -> list[Image.Image]:
-        """Token grids `[N, h, w]` -> images; `tile` decodes large grids tile by tile to bound peak memory."""
+        """Token grids `[N, h, w]` -> images; `tile` (an integer >= 1, token cells per side) decodes
+        large grids tile by tile to bound peak memory."""
+        if tile is not None:
+            tile = check_int("tile", tile, 1, note=" (token cells per side; None decodes whole grids)")
         codes = np.asarray(tokens) if not isinstance(tokens, np.ndarray) else tokens
         if codes.ndim == 2:
             codes = codes[None]
