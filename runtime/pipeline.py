@@ -24,7 +24,7 @@ from .config import DEFAULT_MEMORY_BUDGET, GenerationConfig, check_budget, check
 from .decoding import DecodeRequest, result_of, run_steps
 from .editing import EditResult, check_tokens, complete_tokens, continue_cells, draws_per_image, inpaint_cells, \
     outpaint_cells
-from .errors import InvalidInputError
+from .errors import InvalidInputError, ModelDirectoryError, TesseraError
 from .generation import SequentialDecoder
 from .jacobi import JacobiDecoder
 from .image_processing import to_model_input
@@ -38,8 +38,8 @@ from .results import CancelToken, GenerationCancelled, GenerationResult, Step, S
 from .runners import RunnerPool
 from .sampling import ImageStreams, SamplingConfig
 from .schedule import cosine_counts
-from .self_test import verify as verify_self_test
-from .session import active_provider, check_threads, open_session, ort_version
+from .self_test import probe_call, verify as verify_self_test
+from .session import active_provider, check_threads, open_session, ort_version, quiet_run_options
 from .tokenizer import ImageTokenizer
 from .transformer import TransformerRunner
 
@@ -51,6 +51,12 @@ LOW_MEMORY_ENV = "TESSERA_LOW_MEMORY"  # Pipeline.load's low_memory when not giv
 # What the public calls take: a class id or name, or a list of them; an image as PIL or an array.
 ClassLabels = Union[int, str, Sequence[Union[int, str]]]
 ImageLike = Union[Image.Image, np.ndarray]
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's first line, shortened: onnxruntime's messages run to several long lines."""
+    text = str(e).strip()
+    return (text.splitlines()[0][:limit] if text else type(e).__name__)
 
 
 def default_model_dir() -> Path:
@@ -173,17 +179,29 @@ class Pipeline:
 
     def _self_test(self, entry, manifest: Manifest) -> None:
         """The graph must compute what the manifest describes (runtime/self_test.py): one small call."""
-        if entry is None:
-            return  # exported before the self-test was recorded
         runner = self.transformer
 
         def run(ids, positions, mask):
             runner.start(ids.shape[0], ids.shape[1])
             return runner(ids, positions, mask)
 
+        runner.run_options = quiet_run_options()
         try:
-            verify_self_test(entry, run, manifest.layout, manifest.grid, manifest.root.name)
+            if entry is None:  # exported before the self-test was recorded: the probe call must still run
+                run(*probe_call(manifest.layout, manifest.grid))
+            else:
+                verify_self_test(entry, run, manifest.layout, manifest.grid, manifest.root.name)
+        except TesseraError:
+            raise
+        except Exception as e:  # onnxruntime's own error types: the graph cannot run as the manifest says
+            graph = manifest.spec.graph("transformer")
+            raise ModelDirectoryError(
+                f"{manifest.root.name}: its transformer graph ({graph.file}) fails the load's probe call under "
+                f"the manifest's description (kind {graph.kind or '?'}, kv_cache {graph.kv_cache or '?'}): "
+                f"{_first_line(e)}. The graph file was replaced by another kind of graph (e.g. a portable one in a "
+                "fused model directory) or the manifest was edited; re-export the model") from None
         finally:
+            runner.run_options = None
             runner.release()
 
     @classmethod

@@ -30,6 +30,14 @@ def check_threads(threads) -> int | None:
     return int(threads)
 
 
+def quiet_run_options() -> "ort.RunOptions":
+    """RunOptions for a probe call whose failure is turned into one error line: onnxruntime's own
+    log line for the failed node (printed before the exception) is left out."""
+    options = ort.RunOptions()
+    options.log_severity_level = 4  # fatal only
+    return options
+
+
 def ort_version() -> str:
     """The imported onnxruntime's version string, e.g. '1.22.2' (backend.onnxruntime_version() gives ints)."""
     return str(getattr(ort, "__version__", "") or "0")

@@ -6,9 +6,10 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import InvalidInputError, check_finite
+from .errors import InvalidInputError, ModelDirectoryError, check_finite
 from .manifest import Manifest
 from .spec import TensorSig, check_session
+from .session import quiet_run_options
 
 SessionFactory = Callable[[Path], object]
 
@@ -23,13 +24,41 @@ class ImageTokenizer:
         self.codebook_size = spec.tokenizer.codebook_size
         self.downsample = spec.tokenizer.downsample
         self.precision = spec.graph("tokenizer_decoder").precision  # the variant the manifest records
+        self._probed = False
         self._decoder = self._open_decoder()  # checked at load: a bad graph fails there, not after a generation
         self._encoder = None
 
     def _open_decoder(self):
         decoder = self._open(self.manifest.graph_path("tokenizer_decoder"))
         self._check("tokenizer_decoder", decoder)
+        if not self._probed:  # once: low_memory reopens the same file
+            self._probe_decoder(decoder)
+            self._probed = True
         return decoder
+
+    def _swapped(self, name: str, problem: str) -> ModelDirectoryError:
+        graph = self.spec.graph(name)
+        return ModelDirectoryError(
+            f"{self.manifest.root.name}: its {name} graph ({graph.file}) does not fit the manifest: {problem}. The "
+            "graph file was replaced by another model's or the manifest was edited; re-export the model")
+
+    def _probe_decoder(self, decoder) -> None:
+        """One 2x2 decode with the manifest's first and last codes: a decoder made for a smaller codebook
+        fails on the last code, one of another downsampling returns another image size. (A larger
+        codebook cannot be seen this way: its extra codes are never fed.)"""
+        size, ds = self.codebook_size, self.downsample
+        codes = np.array([[[0, size - 1], [size // 2, 1 % size]]], np.int64)
+        name = self.spec.graph("tokenizer_decoder").inputs[0]
+        try:
+            image = decoder.run(None, {name: codes}, quiet_run_options())[0]
+        except Exception as e:  # onnxruntime's own error types
+            text = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise self._swapped("tokenizer_decoder", f"it fails on codes 0..{size - 1} of the manifest's codebook "
+                                f"of {size} ({text})") from None
+        want = (1, self.spec.image.channels, 2 * ds, 2 * ds)
+        if tuple(image.shape) != want:
+            raise self._swapped("tokenizer_decoder", f"a 2x2 grid of codes gives an image of shape {tuple(image.shape)}"
+                                f", not {want} ({ds}x downsampling)")
 
     @property
     def decoder(self):
@@ -121,7 +150,15 @@ class ImageTokenizer:
             raise InvalidInputError(f"images must be [batch, 3, H, W] with H, W multiples of {self.downsample}; "
                                     f"got shape {images.shape}")
         encoder = self.encoder
-        return encoder.run(None, {self.spec.graph("tokenizer_encoder").inputs[0]: images})[0]
+        codes = encoder.run(None, {self.spec.graph("tokenizer_encoder").inputs[0]: images})[0]
+        want = (images.shape[0], images.shape[2] // self.downsample, images.shape[3] // self.downsample)
+        if tuple(codes.shape) != want:
+            raise self._swapped("tokenizer_encoder", f"images of {images.shape[2]}x{images.shape[3]} px give codes of "
+                                f"shape {tuple(codes.shape)}, not {want} ({self.downsample}x downsampling)")
+        if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
+            raise self._swapped("tokenizer_encoder", f"it gives codes {codes.min()}..{codes.max()}, outside the "
+                                f"manifest's codebook of {self.codebook_size}")
+        return codes
 
 
 def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
