@@ -40,12 +40,13 @@ from .sampling import ImageStreams, SamplingConfig
 from .schedule import cosine_counts
 from .self_test import probe_call, verify as verify_self_test
 from .session import active_provider, check_threads, open_session, ort_version, quiet_run_options
-from .tokenizer import ImageTokenizer
+from .tokenizer import DECODE_CHUNK_BYTES, ImageTokenizer
 from .transformer import TransformerRunner
 
 # Generations one Pipeline runs at once from different threads (each with its own KV cache).
 DEFAULT_CONCURRENCY = 4
 LOW_MEMORY_ENV = "TESSERA_LOW_MEMORY"  # Pipeline.load's low_memory when not given
+PIL_IMAGE_OVERHEAD = 4096  # bytes a returned PIL image holds beyond its pixels (object, header; ~1.6 KB measured)
 
 
 # What the public calls take: a class id or name, or a list of them; an image as PIL or an array.
@@ -502,19 +503,41 @@ class Pipeline:
         size = self.tokenizer.codebook_size
         if codes.min() < 0 or codes.max() >= size:
             raise InvalidInputError(f"token codes must lie in 0..{size - 1}, got {codes.min()}..{codes.max()}")
-        self._decoder_phase()
         limit = self.layout.rope_grid * 4
-        if codes.shape[1] > limit or codes.shape[2] > limit:
-            raise InvalidInputError(f"a token grid of {codes.shape[1]}x{codes.shape[2]} is larger than this model "
-                                    f"decodes (at most {limit} per side)")
-        px = codes.shape[0] * codes.shape[1] * codes.shape[2] * self.tokenizer.downsample ** 2 * 3 * 4 * 8
-        if self.memory_budget is not None and px > self.memory_budget:
-            raise InvalidInputError(f"decoding {codes.shape[0]} grids of {codes.shape[1]}x{codes.shape[2]} would need "
-                                    f"about {px / 2**30:.1f} GiB, over the memory budget of "
-                                    f"{self.memory_budget / 2**30:.1f} GiB; decode fewer at once or use tile=")
-        if tile:
-            return to_pil(self.tokenizer.decode_tiled(codes, tile))
-        return to_pil(self.tokenizer.decode(codes))
+        n, h, w = codes.shape
+        if h > limit or w > limit:
+            raise InvalidInputError(f"a token grid of {h}x{w} is larger than this model decodes (at most {limit} "
+                                    "per side)")
+        # Memory: one decoder call's activations (a chunk of grids, or of their tiles, with the chunk's
+        # whole float images when tiled) plus every image returned.
+        ds, channels = self.tokenizer.downsample, self.manifest.spec.image.channels
+        pixels = h * w * ds * ds * channels
+        per_image = self.tokenizer.decode_bytes(min(tile, h), min(tile, w)) + 4 * pixels if tile \
+            else self.tokenizer.decode_bytes(h, w)
+        per_result = pixels + PIL_IMAGE_OVERHEAD  # a uint8 PIL image
+        budget = self.memory_budget
+        chunk = max(1, (DECODE_CHUNK_BYTES if budget is None else min(DECODE_CHUNK_BYTES, budget)) // per_image)
+        if budget is not None and min(n, chunk) * per_image + n * per_result > budget:
+            if per_image + per_result > budget:
+                smaller = max(1, (tile or min(h, w)) // 2)
+                raise InvalidInputError(
+                    f"decoding one grid of {h}x{w}{f' in tiles of {tile}' if tile else ''} would need about "
+                    f"{(per_image + per_result) / 2**30:.2f} GiB, over the memory budget of {budget / 2**30:.2f} GiB; "
+                    f"decode it in smaller tiles (tile={smaller}) or raise the budget with "
+                    "Pipeline.load(..., memory_budget=BYTES) / pipe.memory_budget = BYTES")
+            most = max(1, (budget - chunk * per_image) // per_result)
+            raise InvalidInputError(
+                f"decoding {n} grids of {h}x{w} would return about {n * per_result / 2**30:.2f} GiB of images, "
+                f"over the memory budget of {budget / 2**30:.2f} GiB; decode at most {most} grids per call, or "
+                "raise the budget with Pipeline.load(..., memory_budget=BYTES) / pipe.memory_budget = BYTES")
+        self._decoder_phase()
+        images: list[Image.Image] = []
+        for start in range(0, n, chunk):
+            part = codes[start:start + chunk]
+            arr = self.tokenizer.decode_tiled(part, tile) if tile else self.tokenizer.decode(part, chunk=len(part))
+            images.extend(to_pil(arr))
+            del arr
+        return images
 
     def release(self) -> None:
         """Free the idle runners' KV caches (the next generation allocates anew)."""

@@ -13,6 +13,14 @@ from .session import quiet_run_options
 
 SessionFactory = Callable[[Path], object]
 
+# Peak memory of a decode, per image, in units of the decoder's widest activation (channels x pixels x
+# 4 bytes at its widest level): onnxruntime's CPU arena, im2col and residual buffers measured 8-12x on
+# the shipped and the test decoders; 16 leaves room.
+ACTIVATION_FACTOR = 16
+# Bytes of activations one decoder call may plan: a larger batch is decoded in chunks of this size, so
+# thousands of grids take the memory of a few hundred (a chunk holds at least one image).
+DECODE_CHUNK_BYTES = 256 << 20
+
 
 class ImageTokenizer:
     """Decoder sessions open at load; the encoder (editing only) opens on first use."""
@@ -100,16 +108,44 @@ class ImageTokenizer:
             outs = [TensorSig(graph.outputs[0], codes.types, codes.dims)]
         check_session(session, graph, ins, outs, self.manifest.root.name)
 
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        """codes `[B, h, w]` -> images `[B, 3, h*ds, w*ds]` (float, about [-1, 1])."""
+    def decode_bytes(self, h: int, w: int) -> int:
+        """Estimated peak bytes of decoding one h x w grid: ACTIVATION_FACTOR x the widest activation
+        (from the manifest's channels and levels; 512 channels at full resolution when it names none),
+        plus the float image it returns."""
+        t, ds = self.spec.tokenizer, self.downsample
+        pixels = h * w * ds * ds
+        if t.ch and t.ch_mult:
+            widest = max(t.ch * m * pixels // 4 ** i for i, m in enumerate(t.ch_mult))
+        else:
+            widest = 512 * pixels
+        return ACTIVATION_FACTOR * widest * 4 + self.spec.image.channels * pixels * 4
+
+    def chunk_size(self, h: int, w: int, limit: int = DECODE_CHUNK_BYTES) -> int:
+        """Grids of h x w decoded per decoder call so that one call plans at most `limit` bytes (>= 1)."""
+        return max(1, int(limit) // max(1, self.decode_bytes(h, w)))
+
+    def decode(self, codes: np.ndarray, chunk: int | None = None) -> np.ndarray:
+        """codes `[B, h, w]` -> images `[B, 3, h*ds, w*ds]` (float, about [-1, 1]), decoded `chunk` grids
+        per call (default `chunk_size`: bounded memory whatever B is)."""
         codes = np.asarray(codes)
         if codes.ndim != 3:
             raise InvalidInputError(f"codes must be [batch, height, width], got shape {codes.shape}")
         if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
             raise InvalidInputError(f"codes must lie in 0..{self.codebook_size - 1}; got {codes.min()}..{codes.max()}")
         decoder = self.decoder
-        images = decoder.run(None, {self.spec.graph("tokenizer_decoder").inputs[0]: codes.astype(np.int64)})[0]
-        return check_finite(images, "tokenizer_decoder")
+        name = self.spec.graph("tokenizer_decoder").inputs[0]
+        b = codes.shape[0]
+        chunk = chunk or self.chunk_size(codes.shape[1], codes.shape[2])
+        if b <= chunk:
+            return check_finite(decoder.run(None, {name: codes.astype(np.int64)})[0], "tokenizer_decoder")
+        out = None
+        for start in range(0, b, chunk):
+            part = decoder.run(None, {name: codes[start:start + chunk].astype(np.int64)})[0]
+            check_finite(part, "tokenizer_decoder")
+            if out is None:
+                out = np.empty((b, *part.shape[1:]), part.dtype)
+            out[start:start + part.shape[0]] = part
+        return out
 
     def decode_tiled(self, codes: np.ndarray, tile: int, overlap: int | None = None) -> np.ndarray:
         """Decode a large grid tile by tile (peak memory of one `tile x tile` decode).
