@@ -222,12 +222,12 @@ def remove_stale_partials(out: Path, max_age_s: float = STALE_PARTIAL_AGE_S) -> 
     if removed:
         warnings.warn(f"removed {len(removed)} partial director{'y' if len(removed) == 1 else 'ies'} of killed "
                       f"exports to {out.name} ({', '.join(p.name for p in removed[:3])}"
-                      f"{' ...' if len(removed) > 3 else ''})", RuntimeWarning, stacklevel=3)
+                      f"{' ...' if len(removed) > 3 else ''})", RuntimeWarning, stacklevel=2)
     if young:
         which = f"{young[0].name} (and {len(young) - 1} more)" if len(young) > 1 else young[0].name
         warnings.warn(f"{which} beside {out.name} looks left by a killed export, changed less than "
                       f"{max_age_s / 3600:g} h ago: it is removed by the first export to {out.name} after that "
-                      "(or delete it yourself if no other machine is exporting there)", RuntimeWarning, stacklevel=3)
+                      "(or delete it yourself if no other machine is exporting there)", RuntimeWarning, stacklevel=2)
     return removed
 
 

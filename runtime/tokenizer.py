@@ -120,8 +120,10 @@ class ImageTokenizer:
             widest = 512 * pixels
         return ACTIVATION_FACTOR * widest * 4 + self.spec.image.channels * pixels * 4
 
-    def chunk_size(self, h: int, w: int, limit: int = DECODE_CHUNK_BYTES) -> int:
-        """Grids of h x w decoded per decoder call so that one call plans at most `limit` bytes (>= 1)."""
+    def chunk_size(self, h: int, w: int, limit: int | None = None) -> int:
+        """Grids of h x w decoded per decoder call so that one call plans at most `limit` bytes
+        (default DECODE_CHUNK_BYTES); at least one."""
+        limit = DECODE_CHUNK_BYTES if limit is None else limit
         return max(1, int(limit) // max(1, self.decode_bytes(h, w)))
 
     def decode(self, codes: np.ndarray, chunk: int | None = None) -> np.ndarray:
