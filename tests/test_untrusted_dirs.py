@@ -206,9 +206,9 @@ def test_sigterm_while_moving_into_place_waits_for_the_move(tiny_models, model_c
     gpt, vq = tiny_models
     real_install = md._install
 
-    def install(tmp, out):
+    def install(tmp, out, *rest):
         os.kill(os.getpid(), signal.SIGTERM)
-        return real_install(tmp, out)
+        return real_install(tmp, out, *rest)
 
     monkeypatch.setattr(md, "_install", install)
     with pytest.raises(SystemExit):
