@@ -36,7 +36,7 @@ def add_bench_parser(sub) -> None:
     b.add_argument("--batch", default="2,8", help="transformer batch rows to time, 2 per image with guidance")
     b.add_argument("--rounds", type=int, default=2, help="speed workers per directory and provider, interleaved")
     b.add_argument("--warmup", type=int, default=8, help="warm-up tokens per batch size before timing")
-    b.add_argument("--threads", type=int, help="CPU threads per graph (default: onnxruntime's choice)")
+    b.add_argument("--threads", type=int, help="CPU threads per graph, 1..1024 (default: onnxruntime's choice)")
     b.add_argument("--seed", type=int, default=0, help="seed of every generation (the quality comparison's too)")
     b.add_argument("--guidance", type=float, help="guidance scale (default: each model's default)")
     b.add_argument("--top-k", type=int, help="top-k sampling (default: each model's default)")

@@ -233,10 +233,11 @@ def remove_stale_partials(out: Path, max_age_s: float = STALE_PARTIAL_AGE_S) -> 
 
 # The watchdog: a small process that outlives a killed export. It reads its instructions from a pipe
 # whose write end only the export holds, so the pipe closes when the export ends in any way, SIGKILL and
-# the out-of-memory killer included. Records end in NUL (a path may hold a newline). "old PATH" announces that OUT is about to be renamed aside to PATH;
-# "done" that the export finished or cleaned up after itself. On end-of-file without "done" it removes
-# the partial directory and, if OUT was renamed aside, puts the old directory back (or, when the new one
-# is already in place, removes the old one): the same end state as a cleanly failed export.
+# the out-of-memory killer included. Records end in NUL (a path may hold a newline): "old PATH" announces
+# that OUT is about to be renamed aside to PATH; "done" that the export finished or cleaned up after
+# itself. On end-of-file without "done" it removes the partial directory and, if OUT was renamed aside,
+# puts the old directory back (or, when the new one is already in place, removes the old one): the same
+# end state as a cleanly failed export.
 _WATCHDOG = r"""
 import os, shutil, signal, sys
 for name in ("SIGINT", "SIGTERM", "SIGHUP"):

@@ -208,7 +208,7 @@ def test_verify_auto_catches_a_same_size_tampered_graph(tiny_dir, tmp_path, caps
 def test_threads_out_of_range_is_one_line(tiny_dir, tmp_path, capsys, threads):
     err, _ = _one_error(capsys, 1, ["generate", "1", "--model", str(tiny_dir), "--threads", threads,
                                     "--out", str(tmp_path / "x.png")])
-    assert f"threads must be an integer in 1..1024" in err and f"got {threads}" in err
+    assert "threads must be an integer in 1..1024" in err and f"got {threads}" in err
     assert list(tmp_path.iterdir()) == []
 
 
