@@ -14,8 +14,8 @@ from .session import quiet_run_options
 SessionFactory = Callable[[Path], object]
 
 # Peak memory of a decode, per image, in units of the decoder's widest activation (channels x pixels x
-# 4 bytes at its widest level): onnxruntime's CPU arena, im2col and residual buffers measured 8-12x on
-# the shipped and the test decoders; 16 leaves room.
+# 4 bytes at its widest level): onnxruntime's CPU arena, im2col and residual buffers, with room to spare
+# (benchmarks/results/memory.md, "Decoding many grids at once").
 ACTIVATION_FACTOR = 16
 # Bytes of activations one decoder call may plan: a larger batch is decoded in chunks of this size, so
 # thousands of grids take the memory of a few hundred (a chunk holds at least one image).
