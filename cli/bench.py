@@ -36,7 +36,7 @@ def add_bench_parser(sub) -> None:
     b.add_argument("--batch", default="2,8", help="transformer batch rows to time, 2 per image with guidance")
     b.add_argument("--rounds", type=int, default=2, help="speed workers per directory and provider, interleaved")
     b.add_argument("--warmup", type=int, default=8, help="warm-up tokens per batch size before timing")
-    b.add_argument("--threads", type=int, help="CPU threads per graph (default: onnxruntime's choice)")
+    b.add_argument("--threads", type=int, help="CPU threads per graph, 1..1024 (default: onnxruntime's choice)")
     b.add_argument("--seed", type=int, default=0, help="seed of every generation (the quality comparison's too)")
     b.add_argument("--guidance", type=float, help="guidance scale (default: each model's default)")
     b.add_argument("--top-k", type=int, help="top-k sampling (default: each model's default)")
@@ -46,6 +46,8 @@ def add_bench_parser(sub) -> None:
     b.add_argument("--json", metavar="FILE", help="write every number as JSON")
     b.add_argument("--markdown", metavar="FILE", help="write the tables as markdown")
     b.add_argument("--plot", metavar="FILE.png", help="write a plot (needs the 'plot' extra: matplotlib)")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace existing --json / --markdown / --plot files (default: an error, before measuring)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     b.set_defaults(func=cmd_bench)
 
@@ -67,8 +69,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from tessera.bench.run import BenchConfig, parse_int_list, run_bench
     from tessera.runtime.errors import InvalidInputError
 
+    from tessera.runtime.session import check_threads
+
+    from .output import check_new_files
+
     if args.plot:
         require_matplotlib()  # before minutes of measuring
+    check_threads(args.threads)
+    check_new_files([Path(p) for p in (args.json, args.markdown, args.plot) if p], args.overwrite)
     providers = [p.strip() for p in args.providers.split(",") if p.strip()]
     if not providers:
         raise InvalidInputError(f"--providers takes comma-separated provider names, got {args.providers!r}")

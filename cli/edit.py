@@ -10,7 +10,8 @@ from tessera.runtime.errors import InvalidInputError
 from tessera.runtime.image_processing import load_image
 
 from .options import HelpFormatter, add_model_arguments, add_sampling_arguments, pipeline_from_args
-from .output import Progress, check_counts, check_pixels, check_writable, save_image
+from .output import (Progress, add_overwrite_argument, check_counts, check_new_files, check_pixels, check_writable,
+                     save_image)
 
 EDIT_EPILOG = """examples:
   tessera edit inpaint digit.png --mask hole.png --class seven --out fixed.png
@@ -18,6 +19,29 @@ EDIT_EPILOG = """examples:
   tessera edit outpaint small.png --place --box 7,7,21,21 --out extended.png   # small.png drawn into the box
   tessera edit continue digit.png --keep-rows 3 --class 8 -n 4 --sheet --out endings.png
 """
+
+
+# Options whose value may begin with '-' (a negative coordinate), which argparse would take for an option.
+NEGATIVE_VALUE_OPTIONS = ("--box",)
+
+
+def join_negative_values(argv: list[str]) -> list[str]:
+    """`--box -5,0,5,5` -> `--box=-5,0,5,5`, so that argparse reads the value and the box check can
+    say what is wrong with it (a value like '-5,0,5,5' does not look like a negative number to argparse)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            return out + argv[i:]
+        if a in NEGATIVE_VALUE_OPTIONS and i + 1 < len(argv) and argv[i + 1][:2] not in ("--", "-h") \
+                and argv[i + 1][:1] == "-" and len(argv[i + 1]) > 1 and not argv[i + 1][1].isalpha():
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
 
 
 def add_preview_arguments(p: argparse.ArgumentParser) -> None:
@@ -65,6 +89,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_writable(out)
     check_counts(args.num, args.scale)
+    sheet = args.sheet or args.grid_alias
+    paths = [out] if args.num == 1 or sheet else [out.with_name(f"{out.stem}-{i:03d}{out.suffix}")
+                                                 for i in range(args.num)]
+    check_new_files(paths, args.overwrite)
     if getattr(args, "candidates", 1) < 1:
         raise InvalidInputError(f"--candidates must be >= 1, got {args.candidates}")
     image = load_image(args.image, "IMAGE")
@@ -87,18 +115,15 @@ def cmd_edit(args: argparse.Namespace) -> int:
     else:
         images = pipe.continue_image(image, args.keep_rows, label, **options)
     elapsed = time.perf_counter() - t0
-    sheet = args.sheet or args.grid_alias
     w, h = images[0].width * args.scale, images[0].height * args.scale
     check_pixels(w, h, len(images) if sheet else 1)
     if args.scale > 1:
         images = [im.resize((im.width * args.scale, im.height * args.scale), 0) for im in images]
     if len(images) == 1 or sheet:
-        written = [out]
-        save_image(images[0] if len(images) == 1 else image_grid(images), out)
-    else:
-        written = [out.with_name(f"{out.stem}-{i:03d}{out.suffix}") for i in range(len(images))]
-        for im, path in zip(images, written):
-            save_image(im, path)
+        images = [images[0] if len(images) == 1 else image_grid(images)]
+    written = paths
+    for im, path in zip(images, written):
+        save_image(im, path, overwrite=args.overwrite)
     if not args.quiet:
         extra = f"; {len(writer.written)} preview frames in {args.preview_dir}" if writer else ""
         print(f"{args.mode}: {len(images)} image(s) in {elapsed:.2f}s -> "
@@ -124,7 +149,8 @@ def _common(p: argparse.ArgumentParser, candidates: bool, defaults) -> None:
     add_sampling_arguments(p, defaults, guidance_note=", and without --class")
     p.add_argument("-o", "--out", default="edited.png",
                    help="output image file (several results: OUT-000.png ... unless --sheet; an existing "
-                        "directory is an error)")
+                        "directory is an error, an existing file too unless --overwrite)")
+    add_overwrite_argument(p)
     p.add_argument("--sheet", action="store_true", help="write all results into one contact sheet (one image file)")
     p.add_argument("--grid", dest="grid_alias", action="store_true", help=argparse.SUPPRESS)  # deprecated: --sheet
     p.add_argument("--scale", type=int, default=1, help=f"nearest-neighbour upscaling of the saved images, 1..{MAX_SCALE}")

@@ -18,11 +18,11 @@ from tessera import __version__
 from tessera.runtime.errors import ExtraNotInstalledError, TesseraError
 
 from .bench import add_bench_parser
-from .edit import add_edit_parser, add_preview_arguments, preview_callback
+from .edit import add_edit_parser, add_preview_arguments, join_negative_values, preview_callback
 from .options import (HelpFormatter, add_model_arguments, add_sampling_arguments, add_verify_argument, model_defaults,
                       model_from_argv, pipeline_from_args, resolve_verify)
-from .output import (MAX_IMAGES, MAX_SCALE, Progress, StageProgress, check_counts, check_pixels, check_writable,
-                     safe_name, save_image)
+from .output import (MAX_IMAGES, MAX_SCALE, Progress, StageProgress, add_overwrite_argument, check_counts,
+                     check_new_files, check_pixels, check_writable, safe_name, save_image)
 
 EPILOG = """examples:
   tessera generate 7                      a digit 7 from the shipped model -> tessera.png
@@ -49,6 +49,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     pipe = pipeline_from_args(args, low_memory_default=None if args.preview_dir else True)
     labels = pipe.labels(args.classes, args.num)  # validates before any work
     _check_output_pixels(pipe, args, len(labels) if sheet else 1)
+    names = pipe.class_names
+    if sheet or len(labels) == 1:
+        paths = [out]
+    else:  # class names come from the manifest, which may be hostile: never a path in a file name
+        paths = [out.with_name(f"{out.stem}-{i:03d}-{safe_name(names[label], f'class{label}')}{out.suffix}")
+                 for i, label in enumerate(labels)]
+    check_new_files(paths, args.overwrite)
     progress = Progress(f"generating {len(labels)} image{'s' if len(labels) > 1 else ''}", enabled=not args.quiet)
     progress = preview_callback(args, pipe, progress)  # --preview-dir: live frames
     t0 = time.perf_counter()
@@ -57,22 +64,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
                            callback=progress, parallel_window=args.parallel_window, grid=args.grid_size,
                            decoder=args.decoder, jacobi_window=args.jacobi_window, steps=args.steps)
     elapsed = time.perf_counter() - t0
-    names = pipe.class_names
     check_pixels(images[0].width * args.scale, images[0].height * args.scale, len(images) if sheet else 1)
     if args.scale > 1:
         images = [im.resize((im.width * args.scale, im.height * args.scale), 0) for im in images]
-    written = []
     if sheet or len(images) == 1:
-        page = image_grid(images, columns=args.num if sheet and len(args.classes) > 1 else None) \
-            if len(images) > 1 else images[0]
-        save_image(page, out)
-        written.append(out)
-    else:
-        for i, (im, label) in enumerate(zip(images, labels)):
-            # class names come from the manifest, which may be hostile: never a path in a file name
-            path = out.with_name(f"{out.stem}-{i:03d}-{safe_name(names[label], f'class{label}')}{out.suffix}")
-            save_image(im, path)
-            written.append(path)
+        images = [image_grid(images, columns=args.num if sheet and len(args.classes) > 1 else None)
+                  if len(images) > 1 else images[0]]
+    written = []
+    for im, path in zip(images, paths):
+        save_image(im, path, overwrite=args.overwrite)
+        written.append(path)
     if not args.quiet:
         print(f"{len(images)} image(s) in {elapsed:.2f}s on {pipe.graph_providers['transformer']} -> "
               + (str(written[0]) if len(written) == 1 else f"{written[0]} ... {written[-1]}"), file=sys.stderr)
@@ -115,6 +116,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     names = spec.class_names
     shown = ", ".join(f"{i}={n}" for i, n in enumerate(names[:12])) + (" ..." if len(names) > 12 else "")
     print(f"  classes      {spec.num_classes}: {shown}")
+    clash = m.ambiguous_names()
+    if clash:
+        i, name = clash[0]
+        print(f"  note         {len(clash)} class name(s) are the ids of other classes (e.g. {i}={name}): "
+              f"write id:{name.strip()} or name:{name.strip()} to say which is meant")
     print(f"  defaults     {json.dumps(spec.generation.to_dict())}")
     for g in spec.graphs:
         size = spec.files[g.file].bytes if g.file in spec.files else 0
@@ -201,7 +207,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate images of the given classes", formatter_class=HelpFormatter,
                        description="Generate images of the given classes (ids or names; `tessera info` lists them). "
                                    "Sampling options left unset use the model's defaults from its manifest.")
-    g.add_argument("classes", nargs="+", help="class ids or names, e.g. 7 or seven")
+    g.add_argument("classes", nargs="+",
+                   help="class ids or names, e.g. 7 or seven (id:7 / name:7 where a name is another class's id)")
     g.add_argument("--model", metavar="DIR", help="model directory (default: the shipped model)")
     g.add_argument("-n", "--num", type=int, default=1,
                    help=f"images per class (at most {MAX_IMAGES} images per command)")
@@ -209,7 +216,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_sampling_arguments(g, defaults)
     g.add_argument("-o", "--out", default="tessera.png",
                    help="output image file; several images become OUT-000-CLASS.png ... unless --sheet (class "
-                        "names made file-name safe; an existing directory is an error)")
+                        "names made file-name safe; an existing file is an error unless --overwrite)")
+    add_overwrite_argument(g)
     g.add_argument("--sheet", action="store_true",
                    help="write all images into one contact sheet (a row per class) instead of one file each")
     g.add_argument("--grid", dest="grid_alias", action="store_true", help=argparse.SUPPRESS)  # deprecated: --sheet
@@ -287,7 +295,7 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run `tessera ARGS...`; returns the exit status (0 done, 1 error, 2 usage)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = join_negative_values(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)

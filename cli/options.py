@@ -101,7 +101,7 @@ def add_model_arguments(p: argparse.ArgumentParser, verify_default: str = "auto"
     p.add_argument("--session-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an onnxruntime session option or config entry, e.g. intra_op_num_threads=2 or "
                         "session.intra_op.allow_spinning=0 (repeatable)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: onnxruntime's choice)")
+    p.add_argument("--threads", type=int, help="CPU threads per graph, 1..1024 (default: onnxruntime's choice)")
     p.add_argument("--low-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="one graph in memory at a time: the transformer is closed before the images are decoded "
                         "(a lower peak for memory-limited devices; see benchmarks/results/memory.md). Default: on "

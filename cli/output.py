@@ -148,11 +148,41 @@ def safe_name(name: str, fallback: str) -> str:
     return s or fallback
 
 
-def save_image(image, path: Path) -> None:
-    """Write through a temporary file in the same folder: a reader never sees half an image."""
-    tmp = path.with_name(f".{path.name}.partial{path.suffix}")
+def check_new_files(paths: list[Path], overwrite: bool) -> None:
+    """Before any work: none of the files a command will write exists, unless --overwrite (a user's
+    files are never replaced without a word)."""
+    if overwrite:
+        return
+    taken = [p for p in paths if p.exists() or p.is_symlink()]
+    if taken:
+        more = f" (and {len(taken) - 1} more of the {len(paths)} files it would write)" if len(taken) > 1 else ""
+        raise InvalidInputError(f"{taken[0]} already exists{more}; pass --overwrite to replace it, or choose "
+                                "another --out")
+
+
+def save_image(image, path: Path, overwrite: bool = True) -> None:
+    """Write through a temporary file in the same folder: a reader never sees half an image, and a
+    crash leaves the old file (or none) in place. overwrite=False: never replace a file that appeared
+    meanwhile (a hard link is atomic and refuses an existing name; a filesystem without links
+    falls back to a check before the rename)."""
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}{path.suffix}")
     try:
         image.save(tmp)
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise InvalidInputError(f"{path} appeared while this command ran; it was left alone (pass --overwrite "
+                                    "to replace it)") from None
+        except OSError:  # no hard links here (FAT, some network filesystems)
+            check_new_files([path], overwrite=False)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def add_overwrite_argument(p, what: str = "the output file(s)") -> None:
+    """--overwrite: replacing an existing file is asked for, never assumed."""
+    p.add_argument("--overwrite", action="store_true", help=f"replace {what} if they exist (default: an error)")

@@ -55,6 +55,16 @@ def _torch_load(path: Path):
         return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
+def convertible(source: torch.dtype, target: torch.dtype) -> bool:
+    """Whether a checkpoint tensor of `source` may be loaded into a model tensor of `target`: the same
+    dtype, or one real float precision into another (fp16 / bf16 / fp64 checkpoints into fp32). A bool,
+    integer or complex tensor where the model holds floats (or the reverse) is a different quantity,
+    not a precision: casting it would export garbage weights without a word."""
+    if source == target:
+        return True
+    return source.is_floating_point and target.is_floating_point  # complex dtypes are not floating point
+
+
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str = "model",
                 optional: tuple[str, ...] = ()) -> None:
     """Load `state` into `model`, or raise one error listing every missing, unexpected and mis-shaped key.
@@ -67,9 +77,13 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str = "m
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
+    dtypes = [f"{k}: checkpoint {str(state[k].dtype).removeprefix('torch.')} vs model "
+              f"{str(own[k].dtype).removeprefix('torch.')}" for k in own if k in state
+              and not convertible(state[k].dtype, own[k].dtype)]
+    if missing or unexpected or shapes or dtypes:
         lines = [f"checkpoint does not match the {what}:"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes),
+                             ("dtype mismatch (only float precisions convert)", dtypes)):
             if items:
                 shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
                 lines.append(f"  {title} ({len(items)}): " + "; ".join(shown))

@@ -8,9 +8,12 @@ import re
 import secrets
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
@@ -194,7 +197,8 @@ def remove_stale_partials(out: Path, max_age_s: float = STALE_PARTIAL_AGE_S) -> 
     export (SIGTERM, Ctrl-C) cleans up itself; this is for SIGKILL, power loss and the like."""
     parent = out.resolve().parent
     pattern = re.compile(re.escape(f".{out.name}.partial-") + r"(?:(\d+)-)?[a-z0-9_]{8}")
-    removed = []
+    removed: list[Path] = []
+    young: list[Path] = []
     try:
         candidates = list(parent.iterdir())
     except OSError:
@@ -208,11 +212,94 @@ def remove_stale_partials(out: Path, max_age_s: float = STALE_PARTIAL_AGE_S) -> 
             newest = max([path.stat().st_mtime] + [f.lstat().st_mtime for f in path.iterdir()])
         except OSError:
             continue
-        if now - newest < max_age_s or (m.group(1) is not None and not _process_gone(int(m.group(1)))):
+        if m.group(1) is not None and not _process_gone(int(m.group(1))):
+            continue  # a running export's
+        if now - newest < max_age_s:
+            young.append(path)
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
+    if removed:
+        warnings.warn(f"removed {len(removed)} partial director{'y' if len(removed) == 1 else 'ies'} of killed "
+                      f"exports to {out.name} ({', '.join(p.name for p in removed[:3])}"
+                      f"{' ...' if len(removed) > 3 else ''})", RuntimeWarning, stacklevel=2)
+    if young:
+        which = f"{young[0].name} (and {len(young) - 1} more)" if len(young) > 1 else young[0].name
+        warnings.warn(f"{which} beside {out.name} looks left by a killed export, changed less than "
+                      f"{max_age_s / 3600:g} h ago: it is removed by the first export to {out.name} after that "
+                      "(or delete it yourself if no other machine is exporting there)", RuntimeWarning, stacklevel=2)
     return removed
+
+
+# The watchdog: a small process that outlives a killed export. It reads its instructions from a pipe
+# whose write end only the export holds, so the pipe closes when the export ends in any way, SIGKILL and
+# the out-of-memory killer included. Records end in NUL (a path may hold a newline): "old PATH" announces
+# that OUT is about to be renamed aside to PATH; "done" that the export finished or cleaned up after
+# itself. On end-of-file without "done" it removes the partial directory and, if OUT was renamed aside,
+# puts the old directory back (or, when the new one is already in place, removes the old one): the same
+# end state as a cleanly failed export.
+_WATCHDOG = r"""
+import os, shutil, signal, sys
+for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+    if hasattr(signal, name):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+tmp, out = sys.argv[1], sys.argv[2]
+records = sys.stdin.buffer.read().split(b"\0")  # blocks until the export closes the pipe or dies
+if b"done" in records:
+    sys.exit(0)
+old = next((os.fsdecode(r[4:]) for r in records if r.startswith(b"old ")), None)
+def real_dir(p):
+    return os.path.isdir(p) and not os.path.islink(p)
+if old and real_dir(old):
+    if real_dir(out):
+        shutil.rmtree(old, ignore_errors=True)
+    elif not os.path.lexists(out):
+        os.rename(old, out)
+if real_dir(tmp):
+    shutil.rmtree(tmp, ignore_errors=True)
+"""
+
+
+class _Watchdog:
+    """Removes the partial directory (and undoes a half-done replacement) if the export process is
+    killed where it cannot clean up itself (SIGKILL, the OOM killer). Without a usable Python
+    executable (an embedded or frozen interpreter) there is none, and `remove_stale_partials` is left."""
+
+    def __init__(self, tmp: Path, out: Path):
+        self.proc = None
+        exe = sys.executable
+        if not exe or getattr(sys, "frozen", False) or not os.path.isfile(exe):
+            return
+        try:
+            self.proc = subprocess.Popen([exe, "-I", "-S", "-c", _WATCHDOG, str(tmp), str(out.absolute())],
+                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, start_new_session=True)
+        except OSError:
+            self.proc = None
+
+    def _send(self, line: str) -> None:
+        if self.proc is not None:
+            try:
+                self.proc.stdin.write(os.fsencode(line) + b"\0")
+                self.proc.stdin.flush()
+            except OSError:  # it died: the export goes on without it
+                self.proc = None
+
+    def old(self, path: Path) -> None:
+        """OUT is about to be renamed aside to `path`."""
+        self._send(f"old {path.absolute()}")
+
+    def done(self) -> None:
+        """The export finished or cleaned up itself: the watchdog exits without touching anything."""
+        if self.proc is None:
+            return
+        self._send("done")
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        self.proc = None
 
 
 class _TerminateGuard:
@@ -257,7 +344,7 @@ class _TerminateGuard:
             raise SystemExit(128 + signal.SIGTERM)
 
 
-def _install(tmp: Path, out: Path) -> None:
+def _install(tmp: Path, out: Path, watchdog: _Watchdog | None = None) -> None:
     """Move the finished `tmp` to `out`. An existing `out` must (still) be a Tessera model directory:
     it is renamed aside to a fresh unique `.OUT.old-*`, `tmp` renamed to `out`, and only then is the old
     one removed; a failure in between puts the old directory back."""
@@ -271,6 +358,8 @@ def _install(tmp: Path, out: Path) -> None:
         old = out.with_name(f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
         if not (old.exists() or old.is_symlink()):
             break
+    if watchdog is not None:
+        watchdog.old(old)  # a kill between the renames: the watchdog puts the old directory back
     out.rename(old)
     try:
         tmp.rename(out)
@@ -414,10 +503,11 @@ def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, pr
         if Path(f).name in reserved or Path(f).name.endswith(".onnx.data"):
             raise ExportError(f"extra file {f} would replace the model's own {Path(f).name}; rename it")
     prepare_output(out, spec.overwrite)
-    tmp = None
+    tmp = watchdog = None
     guard = _TerminateGuard()  # SIGTERM -> SystemExit: the partial directory is removed below
     try:
         tmp = Path(tempfile.mkdtemp(prefix=_partial_prefix(out), dir=out.resolve().parent))
+        watchdog = _Watchdog(tmp, out)  # SIGKILL: the watchdog removes it
         graphs = {name: tmp / fname for name, fname in GRAPH_FILES.items()}
         facts: dict[str, dict] = {}
         refs = references or parity.References(gpt, vq)
@@ -495,13 +585,15 @@ def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, pr
             (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
             _public_permissions(tmp)
             guard.hold()  # from here a SIGTERM waits until the directory is in place (see restore)
-            _install(tmp, out)
+            _install(tmp, out, watchdog)
         return out
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
+        if watchdog is not None:
+            watchdog.done()
         guard.restore()
 
 

@@ -7,6 +7,7 @@ is decoded or converted (PIL's own decompression-bomb error is turned into the s
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,14 +169,18 @@ def pixels_to_cells(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 
 def parse_box(box, what: str = "box") -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1) or "x0,y0,x1,y1" -> four ints, x0 < x1 and y0 < y1 (x1, y1 exclusive)."""
+    given = box
     if isinstance(box, str):
         box = [p for p in box.replace(" ", "").split(",") if p]
     try:
         vals = [float(v) for v in box]
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"the {what} must be four numbers x0,y0,x1,y1; got {box!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidInputError(f"the {what} must be four numbers x0,y0,x1,y1; got {given!r}") from None
+    if len(vals) == 4 and not all(math.isfinite(v) for v in vals):
+        raise InvalidInputError(f"the {what} must be four finite integers x0,y0,x1,y1 (pixels), not NaN or "
+                                f"infinite; got {given!r}")
     if len(vals) != 4 or any(v != int(v) for v in vals):
-        raise InvalidInputError(f"the {what} must be four integers x0,y0,x1,y1 (pixels, x1 and y1 exclusive); got {box!r}")
+        raise InvalidInputError(f"the {what} must be four integers x0,y0,x1,y1 (pixels, x1 and y1 exclusive); got {given!r}")
     x0, y0, x1, y1 = (int(v) for v in vals)
     if not (x0 < x1 and y0 < y1):
         raise InvalidInputError(f"the {what} {x0},{y0},{x1},{y1} is empty: need x0 < x1 and y0 < y1")

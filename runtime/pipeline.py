@@ -24,7 +24,7 @@ from .config import DEFAULT_MEMORY_BUDGET, GenerationConfig, check_budget, check
 from .decoding import DecodeRequest, result_of, run_steps
 from .editing import EditResult, check_tokens, complete_tokens, continue_cells, draws_per_image, inpaint_cells, \
     outpaint_cells
-from .errors import InvalidInputError
+from .errors import InvalidInputError, ModelDirectoryError, TesseraError
 from .generation import SequentialDecoder
 from .jacobi import JacobiDecoder
 from .image_processing import to_model_input
@@ -38,19 +38,26 @@ from .results import CancelToken, GenerationCancelled, GenerationResult, Step, S
 from .runners import RunnerPool
 from .sampling import ImageStreams, SamplingConfig
 from .schedule import cosine_counts
-from .self_test import verify as verify_self_test
-from .session import active_provider, open_session, ort_version
-from .tokenizer import ImageTokenizer
+from .self_test import probe_call, verify as verify_self_test
+from .session import active_provider, check_threads, open_session, ort_version, quiet_run_options
+from .tokenizer import DECODE_CHUNK_BYTES, ImageTokenizer
 from .transformer import TransformerRunner
 
 # Generations one Pipeline runs at once from different threads (each with its own KV cache).
 DEFAULT_CONCURRENCY = 4
 LOW_MEMORY_ENV = "TESSERA_LOW_MEMORY"  # Pipeline.load's low_memory when not given
+PIL_IMAGE_OVERHEAD = 4096  # bytes a returned PIL image holds beyond its pixels (object, header; ~1.6 KB measured)
 
 
 # What the public calls take: a class id or name, or a list of them; an image as PIL or an array.
 ClassLabels = Union[int, str, Sequence[Union[int, str]]]
 ImageLike = Union[Image.Image, np.ndarray]
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's first line, shortened: onnxruntime's messages run to several long lines."""
+    text = str(e).strip()
+    return (text.splitlines()[0][:limit] if text else type(e).__name__)
 
 
 def default_model_dir() -> Path:
@@ -109,6 +116,7 @@ class Pipeline:
                  provider_options: dict | None = None, session_options=None,
                  memory_budget: int | None = DEFAULT_MEMORY_BUDGET, max_concurrency: int = DEFAULT_CONCURRENCY,
                  low_memory: bool = False):
+        threads = check_threads(threads)  # before any session opens
         self.manifest = manifest
         self.low_memory = bool(low_memory)
         graphs = manifest.data["graphs"]
@@ -172,17 +180,29 @@ class Pipeline:
 
     def _self_test(self, entry, manifest: Manifest) -> None:
         """The graph must compute what the manifest describes (runtime/self_test.py): one small call."""
-        if entry is None:
-            return  # exported before the self-test was recorded
         runner = self.transformer
 
         def run(ids, positions, mask):
             runner.start(ids.shape[0], ids.shape[1])
             return runner(ids, positions, mask)
 
+        runner.run_options = quiet_run_options()
         try:
-            verify_self_test(entry, run, manifest.layout, manifest.grid, manifest.root.name)
+            if entry is None:  # exported before the self-test was recorded: the probe call must still run
+                run(*probe_call(manifest.layout, manifest.grid))
+            else:
+                verify_self_test(entry, run, manifest.layout, manifest.grid, manifest.root.name)
+        except TesseraError:
+            raise
+        except Exception as e:  # onnxruntime's own error types: the graph cannot run as the manifest says
+            graph = manifest.spec.graph("transformer")
+            raise ModelDirectoryError(
+                f"{manifest.root.name}: its transformer graph ({graph.file}) fails the load's probe call under "
+                f"the manifest's description (kind {graph.kind or '?'}, kv_cache {graph.kv_cache or '?'}): "
+                f"{_first_line(e)}. The graph file was replaced by another kind of graph (e.g. a portable one in a "
+                "fused model directory) or the manifest was edited; re-export the model") from None
         finally:
+            runner.run_options = None
             runner.release()
 
     @classmethod
@@ -196,7 +216,7 @@ class Pipeline:
             model_dir: a directory made by `tessera export`; None: the shipped default model.
             providers: "auto" (the best provider whose device is really there), one name or alias
                 ("cpu", "cuda", "dml", ...) or a list in priority order.
-            threads: CPU threads per graph (default: onnxruntime's choice).
+            threads: CPU threads per graph, 1..1024 (None: onnxruntime's choice).
             verify: "full" (sha256 of every file), "size" (fast) or "none".
             provider_options: {provider or alias: {option: value}}, e.g. {"cuda": {"device_id": 1}}.
             session_options: an onnxruntime.SessionOptions, or a dict of its attributes and
@@ -470,7 +490,10 @@ class Pipeline:
         return self._last_calls
 
     def decode(self, tokens: np.ndarray, tile: int | None = None) -> list[Image.Image]:
-        """Token grids `[N, h, w]` -> images; `tile` decodes large grids tile by tile to bound peak memory."""
+        """Token grids `[N, h, w]` -> images; `tile` (an integer >= 1, token cells per side) decodes
+        large grids tile by tile to bound peak memory."""
+        if tile is not None:
+            tile = check_int("tile", tile, 1, note=" (token cells per side; None decodes whole grids)")
         codes = np.asarray(tokens) if not isinstance(tokens, np.ndarray) else tokens
         if codes.ndim == 2:
             codes = codes[None]
@@ -480,19 +503,41 @@ class Pipeline:
         size = self.tokenizer.codebook_size
         if codes.min() < 0 or codes.max() >= size:
             raise InvalidInputError(f"token codes must lie in 0..{size - 1}, got {codes.min()}..{codes.max()}")
-        self._decoder_phase()
         limit = self.layout.rope_grid * 4
-        if codes.shape[1] > limit or codes.shape[2] > limit:
-            raise InvalidInputError(f"a token grid of {codes.shape[1]}x{codes.shape[2]} is larger than this model "
-                                    f"decodes (at most {limit} per side)")
-        px = codes.shape[0] * codes.shape[1] * codes.shape[2] * self.tokenizer.downsample ** 2 * 3 * 4 * 8
-        if self.memory_budget is not None and px > self.memory_budget:
-            raise InvalidInputError(f"decoding {codes.shape[0]} grids of {codes.shape[1]}x{codes.shape[2]} would need "
-                                    f"about {px / 2**30:.1f} GiB, over the memory budget of "
-                                    f"{self.memory_budget / 2**30:.1f} GiB; decode fewer at once or use tile=")
-        if tile:
-            return to_pil(self.tokenizer.decode_tiled(codes, tile))
-        return to_pil(self.tokenizer.decode(codes))
+        n, h, w = codes.shape
+        if h > limit or w > limit:
+            raise InvalidInputError(f"a token grid of {h}x{w} is larger than this model decodes (at most {limit} "
+                                    "per side)")
+        # Memory: one decoder call's activations (a chunk of grids, or of their tiles, with the chunk's
+        # whole float images when tiled) plus every image returned.
+        ds, channels = self.tokenizer.downsample, self.manifest.spec.image.channels
+        pixels = h * w * ds * ds * channels
+        per_image = self.tokenizer.decode_bytes(min(tile, h), min(tile, w)) + 4 * pixels if tile \
+            else self.tokenizer.decode_bytes(h, w)
+        per_result = pixels + PIL_IMAGE_OVERHEAD  # a uint8 PIL image
+        budget = self.memory_budget
+        chunk = max(1, (DECODE_CHUNK_BYTES if budget is None else min(DECODE_CHUNK_BYTES, budget)) // per_image)
+        if budget is not None and min(n, chunk) * per_image + n * per_result > budget:
+            if per_image + per_result > budget:
+                smaller = max(1, (tile or min(h, w)) // 2)
+                raise InvalidInputError(
+                    f"decoding one grid of {h}x{w}{f' in tiles of {tile}' if tile else ''} would need about "
+                    f"{(per_image + per_result) / 2**30:.2f} GiB, over the memory budget of {budget / 2**30:.2f} GiB; "
+                    f"decode it in smaller tiles (tile={smaller}) or raise the budget with "
+                    "Pipeline.load(..., memory_budget=BYTES) / pipe.memory_budget = BYTES")
+            most = max(1, (budget - chunk * per_image) // per_result)
+            raise InvalidInputError(
+                f"decoding {n} grids of {h}x{w} would return about {n * per_result / 2**30:.2f} GiB of images, "
+                f"over the memory budget of {budget / 2**30:.2f} GiB; decode at most {most} grids per call, or "
+                "raise the budget with Pipeline.load(..., memory_budget=BYTES) / pipe.memory_budget = BYTES")
+        self._decoder_phase()
+        images: list[Image.Image] = []
+        for start in range(0, n, chunk):
+            part = codes[start:start + chunk]
+            arr = self.tokenizer.decode_tiled(part, tile) if tile else self.tokenizer.decode(part, chunk=len(part))
+            images.extend(to_pil(arr))
+            del arr
+        return images
 
     def release(self) -> None:
         """Free the idle runners' KV caches (the next generation allocates anew)."""

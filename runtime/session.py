@@ -5,12 +5,37 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import numpy as np
+
 from .backend import ort
 from .errors import InvalidInputError, ModelDirectoryError, ProviderError, first_line
 from . import providers as _providers
 from .providers import full_name
 
 _OPTION_VALUE_TYPES = (str, int, float, bool)
+# The most CPU threads a graph may be given: far above any CPU's cores, far below what would exhaust
+# the process (onnxruntime starts each thread of its pool up front).
+MAX_THREADS = 1024
+
+
+def check_threads(threads) -> int | None:
+    """`threads` as an int in 1..MAX_THREADS, or None (onnxruntime's choice); else an InvalidInputError
+    naming the range (a bool, a float, a negative or a huge count never reaches onnxruntime)."""
+    if threads is None:
+        return None
+    if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)) \
+            or not 1 <= threads <= MAX_THREADS:
+        raise InvalidInputError(f"threads must be an integer in 1..{MAX_THREADS} (CPU threads per graph; "
+                                f"None or no --threads: onnxruntime's choice), got {threads!r}")
+    return int(threads)
+
+
+def quiet_run_options() -> "ort.RunOptions":
+    """RunOptions for a probe call whose failure is turned into one error line: onnxruntime's own
+    log line for the failed node (printed before the exception) is left out."""
+    options = ort.RunOptions()
+    options.log_severity_level = 4  # fatal only
+    return options
 
 
 def ort_version() -> str:
@@ -19,6 +44,7 @@ def ort_version() -> str:
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
+    threads = check_threads(threads)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -104,6 +130,7 @@ def build_session_options(threads: int | None = None,
     are session config entries ("session.intra_op.allow_spinning": "0"). A bad key or value is an
     InvalidInputError naming it.
     """
+    threads = check_threads(threads)
     if options is None:
         return session_options(threads)
     if isinstance(options, ort.SessionOptions):

@@ -6,11 +6,20 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import InvalidInputError, check_finite
+from .errors import InvalidInputError, ModelDirectoryError, check_finite
 from .manifest import Manifest
 from .spec import TensorSig, check_session
+from .session import quiet_run_options
 
 SessionFactory = Callable[[Path], object]
+
+# Peak memory of a decode, per image, in units of the decoder's widest activation (channels x pixels x
+# 4 bytes at its widest level): onnxruntime's CPU arena, im2col and residual buffers, with room to spare
+# (benchmarks/results/memory.md, "Decoding many grids at once").
+ACTIVATION_FACTOR = 16
+# Bytes of activations one decoder call may plan: a larger batch is decoded in chunks of this size, so
+# thousands of grids take the memory of a few hundred (a chunk holds at least one image).
+DECODE_CHUNK_BYTES = 256 << 20
 
 
 class ImageTokenizer:
@@ -23,13 +32,41 @@ class ImageTokenizer:
         self.codebook_size = spec.tokenizer.codebook_size
         self.downsample = spec.tokenizer.downsample
         self.precision = spec.graph("tokenizer_decoder").precision  # the variant the manifest records
+        self._probed = False
         self._decoder = self._open_decoder()  # checked at load: a bad graph fails there, not after a generation
         self._encoder = None
 
     def _open_decoder(self):
         decoder = self._open(self.manifest.graph_path("tokenizer_decoder"))
         self._check("tokenizer_decoder", decoder)
+        if not self._probed:  # once: low_memory reopens the same file
+            self._probe_decoder(decoder)
+            self._probed = True
         return decoder
+
+    def _swapped(self, name: str, problem: str) -> ModelDirectoryError:
+        graph = self.spec.graph(name)
+        return ModelDirectoryError(
+            f"{self.manifest.root.name}: its {name} graph ({graph.file}) does not fit the manifest: {problem}. The "
+            "graph file was replaced by another model's or the manifest was edited; re-export the model")
+
+    def _probe_decoder(self, decoder) -> None:
+        """One 2x2 decode with the manifest's first and last codes: a decoder made for a smaller codebook
+        fails on the last code, one of another downsampling returns another image size. (A larger
+        codebook cannot be seen this way: its extra codes are never fed.)"""
+        size, ds = self.codebook_size, self.downsample
+        codes = np.array([[[0, size - 1], [size // 2, 1 % size]]], np.int64)
+        name = self.spec.graph("tokenizer_decoder").inputs[0]
+        try:
+            image = decoder.run(None, {name: codes}, quiet_run_options())[0]
+        except Exception as e:  # onnxruntime's own error types
+            text = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise self._swapped("tokenizer_decoder", f"it fails on codes 0..{size - 1} of the manifest's codebook "
+                                f"of {size} ({text})") from None
+        want = (1, self.spec.image.channels, 2 * ds, 2 * ds)
+        if tuple(image.shape) != want:
+            raise self._swapped("tokenizer_decoder", f"a 2x2 grid of codes gives an image of shape {tuple(image.shape)}"
+                                f", not {want} ({ds}x downsampling)")
 
     @property
     def decoder(self):
@@ -71,16 +108,46 @@ class ImageTokenizer:
             outs = [TensorSig(graph.outputs[0], codes.types, codes.dims)]
         check_session(session, graph, ins, outs, self.manifest.root.name)
 
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        """codes `[B, h, w]` -> images `[B, 3, h*ds, w*ds]` (float, about [-1, 1])."""
+    def decode_bytes(self, h: int, w: int) -> int:
+        """Estimated peak bytes of decoding one h x w grid: ACTIVATION_FACTOR x the widest activation
+        (from the manifest's channels and levels; 512 channels at full resolution when it names none),
+        plus the float image it returns."""
+        t, ds = self.spec.tokenizer, self.downsample
+        pixels = h * w * ds * ds
+        if t.ch and t.ch_mult:
+            widest = max(t.ch * m * pixels // 4 ** i for i, m in enumerate(t.ch_mult))
+        else:
+            widest = 512 * pixels
+        return ACTIVATION_FACTOR * widest * 4 + self.spec.image.channels * pixels * 4
+
+    def chunk_size(self, h: int, w: int, limit: int | None = None) -> int:
+        """Grids of h x w decoded per decoder call so that one call plans at most `limit` bytes
+        (default DECODE_CHUNK_BYTES); at least one."""
+        limit = DECODE_CHUNK_BYTES if limit is None else limit
+        return max(1, int(limit) // max(1, self.decode_bytes(h, w)))
+
+    def decode(self, codes: np.ndarray, chunk: int | None = None) -> np.ndarray:
+        """codes `[B, h, w]` -> images `[B, 3, h*ds, w*ds]` (float, about [-1, 1]), decoded `chunk` grids
+        per call (default `chunk_size`: bounded memory whatever B is)."""
         codes = np.asarray(codes)
         if codes.ndim != 3:
             raise InvalidInputError(f"codes must be [batch, height, width], got shape {codes.shape}")
         if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
             raise InvalidInputError(f"codes must lie in 0..{self.codebook_size - 1}; got {codes.min()}..{codes.max()}")
         decoder = self.decoder
-        images = decoder.run(None, {self.spec.graph("tokenizer_decoder").inputs[0]: codes.astype(np.int64)})[0]
-        return check_finite(images, "tokenizer_decoder")
+        name = self.spec.graph("tokenizer_decoder").inputs[0]
+        b = codes.shape[0]
+        chunk = chunk or self.chunk_size(codes.shape[1], codes.shape[2])
+        if b <= chunk:
+            return check_finite(decoder.run(None, {name: codes.astype(np.int64)})[0], "tokenizer_decoder")
+        out = None
+        for start in range(0, b, chunk):
+            part = decoder.run(None, {name: codes[start:start + chunk].astype(np.int64)})[0]
+            check_finite(part, "tokenizer_decoder")
+            if out is None:
+                out = np.empty((b, *part.shape[1:]), part.dtype)
+            out[start:start + part.shape[0]] = part
+        return out
 
     def decode_tiled(self, codes: np.ndarray, tile: int, overlap: int | None = None) -> np.ndarray:
         """Decode a large grid tile by tile (peak memory of one `tile x tile` decode).
@@ -121,7 +188,15 @@ class ImageTokenizer:
             raise InvalidInputError(f"images must be [batch, 3, H, W] with H, W multiples of {self.downsample}; "
                                     f"got shape {images.shape}")
         encoder = self.encoder
-        return encoder.run(None, {self.spec.graph("tokenizer_encoder").inputs[0]: images})[0]
+        codes = encoder.run(None, {self.spec.graph("tokenizer_encoder").inputs[0]: images})[0]
+        want = (images.shape[0], images.shape[2] // self.downsample, images.shape[3] // self.downsample)
+        if tuple(codes.shape) != want:
+            raise self._swapped("tokenizer_encoder", f"images of {images.shape[2]}x{images.shape[3]} px give codes of "
+                                f"shape {tuple(codes.shape)}, not {want} ({self.downsample}x downsampling)")
+        if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
+            raise self._swapped("tokenizer_encoder", f"it gives codes {codes.min()}..{codes.max()}, outside the "
+                                f"manifest's codebook of {self.codebook_size}")
+        return codes
 
 
 def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:

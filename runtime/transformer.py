@@ -79,6 +79,7 @@ class TransformerRunner:
         outputs = {o.name: o for o in session.get_outputs()}
         self.logits_dtype = _ORT_TYPES.get(outputs[io.logits].type, np.float32)
         self.device = _DEVICE_OF_PROVIDER.get(session.get_providers()[0], "cpu")
+        self.run_options = None  # an ort.RunOptions for every call (the load's probe: quiet_run_options())
         self.length = 0
         self.capacity = 0
         self.token_rows = 0  # token evaluations since start(): rows x tokens, summed over calls
@@ -147,7 +148,7 @@ class TransformerRunner:
             feeds = {names.input_ids: input_ids, names.position_ids: position_ids,
                      names.attention_mask: attention_mask}
             feeds.update(zip(self.past_names, self.past))
-            out = self.session.run(None, feeds)
+            out = self.session.run(None, feeds, self.run_options)
             logits, self.past = out[0], out[1:]
         self.length += s
         return check_finite(logits, "transformer")
@@ -183,5 +184,5 @@ class TransformerRunner:
             self._logits[s] = (host, ort.OrtValue.ortvalue_from_numpy(host))
         host, value = self._logits[s]
         io.bind_ortvalue_output(names.logits, value)
-        self.session.run_with_iobinding(io)
+        self.session.run_with_iobinding(io, self.run_options)
         return host

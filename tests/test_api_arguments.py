@@ -113,3 +113,67 @@ def test_providers_of_the_wrong_type(providers):
 
     with pytest.raises(InvalidInputError, match="providers must be"):
         Pipeline.load(providers=providers)
+
+
+@pytest.mark.parametrize("threads", [10**12, -1, 0, 1025, 2.0, "4", True])
+def test_threads_out_of_range_or_of_the_wrong_type(tiny_dir, threads):
+    with pytest.raises(InvalidInputError, match=r"threads must be an integer in 1\.\.1024"):
+        Pipeline.load(tiny_dir, providers="cpu", threads=threads)
+
+
+def test_threads_in_range_load(tiny_dir):
+    assert Pipeline.load(tiny_dir, providers="cpu", threads=np.int64(1)).generate_tokens([1]).shape == (1, 4, 4)
+
+
+@pytest.mark.parametrize("tile", ["a", 0, -3, 2.5, True])
+def test_decode_tile_of_the_wrong_type(tiny_pipe, tile):
+    with pytest.raises(InvalidInputError, match=r"tile must be >= 1 \(an integer\)"):
+        tiny_pipe.decode(np.zeros((1, 4, 4), np.int64), tile=tile)
+
+
+@pytest.mark.parametrize("box", [(float("nan"), 0, 5, 5), (0, 0, float("inf"), 5), (0, -float("inf"), 5, 5),
+                                 "nan,0,5,5", "0,0,inf,5", "0,0,1e400,5"])
+def test_outpaint_box_nan_or_infinite(tiny_pipe, box):
+    with pytest.raises(InvalidInputError, match="the box must be four finite integers"):
+        tiny_pipe.outpaint(np.zeros((16, 16, 3), np.uint8), box, 1)
+
+
+def test_decode_of_many_grids_runs_in_chunks_with_the_images_of_one_call(tiny_pipe, monkeypatch):
+    """Thousands of grids are decoded a bounded chunk at a time: each decoder call stays within the
+    chunk, and the images are those of one call."""
+    from tessera.runtime import pipeline as pipeline_mod, tokenizer as tokenizer_mod
+
+    codes = np.random.default_rng(0).integers(0, 64, (50, 4, 4))
+    want = [np.asarray(im) for im in tiny_pipe.decode(codes)]
+    per = tiny_pipe.tokenizer.decode_bytes(4, 4)
+    monkeypatch.setattr(pipeline_mod, "DECODE_CHUNK_BYTES", 7 * per)
+    monkeypatch.setattr(tokenizer_mod, "DECODE_CHUNK_BYTES", 7 * per)
+    batches = []
+    decoder = tiny_pipe.tokenizer.decoder
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(decoder, name)
+
+        def run(self, outputs, feeds, *rest):
+            batches.append(next(iter(feeds.values())).shape[0])
+            return decoder.run(outputs, feeds, *rest)
+
+    monkeypatch.setattr(tiny_pipe.tokenizer, "_decoder", Recording())
+    got = [np.asarray(im) for im in tiny_pipe.decode(codes)]
+    assert batches == [7] * 7 + [1]
+    assert all(np.array_equal(a, b) for a, b in zip(got, want)) and len(got) == 50
+    batches.clear()
+    tiny_pipe.tokenizer.decode(codes)  # the tokenizer's own decode (previews) is chunked too
+    assert batches == [7] * 7 + [1]
+
+
+def test_decode_over_the_budget_names_what_fits(tiny_dir):
+    pipe = Pipeline.load(tiny_dir, providers="cpu", memory_budget=64 << 20)
+    with pytest.raises(InvalidInputError, match=r"decode at most \d+ grids per call.*memory_budget"):
+        pipe.decode(np.zeros((20000, 4, 4), np.int64))
+    pipe.memory_budget = 100_000  # below one grid's decode (about 0.27 MB)
+    with pytest.raises(InvalidInputError, match=r"decoding one grid of 4x4 .*smaller tiles \(tile=2\)"):
+        pipe.decode(np.zeros((1, 4, 4), np.int64))
+    pipe.memory_budget = None
+    assert len(pipe.decode(np.zeros((3, 4, 4), np.int64))) == 3

@@ -1,12 +1,13 @@
 """Every bad command line ends in one `tessera: error:` line and exit 1 (or argparse's usage error, exit
 2), never a traceback, before any work: export argument errors, runaway -n / --scale, --out naming a
-directory, hostile class names in file names, and --verify auto."""
+directory, an existing --out file, hostile or ambiguous class names, --threads, --box, and --verify auto."""
 from __future__ import annotations
 
 import json
 import shutil
 import time
 
+import numpy as np
 import pytest
 
 from tessera.cli.main import main
@@ -201,3 +202,121 @@ def test_verify_auto_catches_a_same_size_tampered_graph(tiny_dir, tmp_path, caps
     graph.write_bytes(bytes(data))
     err, _ = _one_error(capsys, 1, ["generate", "1", "--model", str(model), "--out", str(tmp_path / "x.png")])
     assert "tokenizer_decoder.onnx" in err and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("threads", ["-1", "0", "99999999999"])
+def test_threads_out_of_range_is_one_line(tiny_dir, tmp_path, capsys, threads):
+    err, _ = _one_error(capsys, 1, ["generate", "1", "--model", str(tiny_dir), "--threads", threads,
+                                    "--out", str(tmp_path / "x.png")])
+    assert "threads must be an integer in 1..1024" in err and f"got {threads}" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_threads_out_of_range_is_one_line_before_measuring(tiny_dir, capsys):
+    err, took = _one_error(capsys, 1, ["bench", str(tiny_dir), "--threads", "-1"])
+    assert "threads must be an integer in 1..1024" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--box", "nan,0,5,5"], "the box must be four finite integers x0,y0,x1,y1 (pixels), not NaN or infinite; "
+                             "got 'nan,0,5,5'"),
+    (["--box", "0,0,inf,5"], "not NaN or infinite"),
+    (["--box", "-5,0,5,5"], "the box -5,0,5,5 reaches outside the image (0,0,16,16)"),
+    (["--box=-5,0,5,5"], "the box -5,0,5,5 reaches outside the image (0,0,16,16)"),
+    (["--place", "--box", "-4,-4,8,8"], "the box -4,-4,8,8 reaches outside the model's canvas"),
+])
+def test_outpaint_box_errors_are_one_line(tiny_dir, tmp_path, capsys, argv, message):
+    from PIL import Image
+
+    image = tmp_path / "in.png"
+    Image.new("RGB", (16, 16)).save(image)
+    err, _ = _one_error(capsys, 1, ["edit", "outpaint", str(image), *argv, "--model", str(tiny_dir),
+                                    "--out", str(tmp_path / "out.png")])
+    assert message in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
+def test_an_existing_out_file_is_kept_unless_overwrite(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "mine.png"
+    out.write_bytes(b"a user's file")
+    err, _ = _one_error(capsys, 1, ["generate", "1", "--model", str(tiny_dir), "--out", str(out), "-q"])
+    assert f"{out} already exists; pass --overwrite to replace it" in err
+    assert out.read_bytes() == b"a user's file"
+    assert main(["generate", "1", "--model", str(tiny_dir), "--out", str(out), "-q", "--overwrite"]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG" and sorted(p.name for p in tmp_path.iterdir()) == ["mine.png"]
+
+
+def test_one_existing_file_among_several_outputs_stops_before_any_is_written(tiny_dir, tmp_path, capsys):
+    taken = tmp_path / "d-002-two.png"
+    taken.write_bytes(b"keep")
+    err, _ = _one_error(capsys, 1, ["generate", "1", "2", "-n", "2", "--model", str(tiny_dir),
+                                    "--out", str(tmp_path / "d.png"), "-q"])
+    assert f"{taken} already exists" in err and "--overwrite" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d-002-two.png"] and taken.read_bytes() == b"keep"
+
+
+def test_edit_and_bench_outputs_are_kept_unless_overwrite(tiny_dir, tmp_path, capsys):
+    from PIL import Image
+
+    image = tmp_path / "in.png"
+    Image.new("RGB", (16, 16)).save(image)
+    out = tmp_path / "res.png"
+    out.write_bytes(b"mine")
+    err, _ = _one_error(capsys, 1, ["edit", "continue", str(image), "--keep-rows", "2", "--model", str(tiny_dir),
+                                    "--out", str(out), "-q"])
+    assert "already exists; pass --overwrite" in err and out.read_bytes() == b"mine"
+    report = tmp_path / "run.md"
+    report.write_text("last week's numbers\n")
+    err, took = _one_error(capsys, 1, ["bench", str(tiny_dir), "--markdown", str(report), "-q"])
+    assert f"{report} already exists; pass --overwrite" in err and report.read_text() == "last week's numbers\n"
+
+
+def test_an_image_appearing_while_generating_is_not_replaced(tmp_path):
+    from PIL import Image
+
+    from tessera.cli.output import save_image
+    from tessera.runtime import InvalidInputError
+
+    path = tmp_path / "x.png"
+    path.write_bytes(b"arrived meanwhile")
+    with pytest.raises(InvalidInputError, match="appeared while this command ran; it was left alone"):
+        save_image(Image.new("RGB", (4, 4)), path, overwrite=False)
+    assert path.read_bytes() == b"arrived meanwhile" and sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
+
+
+@pytest.fixture
+def digit_names(tiny_dir, tmp_path):
+    """Class names that are the ids of other classes: class '5' at id 4, '4' at id 5."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    manifest = json.loads((model / "tessera.json").read_text())
+    names = manifest["classes"]["names"]
+    names[4], names[5] = "5", "4"
+    (model / "tessera.json").write_text(json.dumps(manifest))
+    return model
+
+
+def test_a_class_name_that_is_another_id_is_ambiguous(digit_names, tmp_path, capsys):
+    out = tmp_path / "x.png"
+    err, _ = _one_error(capsys, 1, ["generate", "5", "--model", str(digit_names), "--out", str(out)])
+    assert "class label '5' is ambiguous in this model: class id 5 ('4') or the class named '5' (id 4); " \
+           "write id:5 or name:5" in err and not out.exists()
+    # several outputs carry their class's name: id:5 is the class named '4', name:5 the class at id 4
+    assert main(["generate", "id:5", "name:5", "0", "--model", str(digit_names), "--out", str(tmp_path / "d.png"),
+                 "-q"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("d-*")) == ["d-000-4.png", "d-001-5.png", "d-002-zero.png"]
+    assert main(["info", str(digit_names)]) == 0
+    assert "2 class name(s) are the ids of other classes (e.g. 4=5): write id:5 or name:5" in capsys.readouterr().out
+
+
+def test_class_labels_in_the_api_follow_the_same_rule(digit_names):
+    from tessera.runtime import InvalidInputError, Pipeline
+
+    pipe = Pipeline.load(digit_names, providers="cpu")
+    assert pipe.labels([5, "id:5", "name:5", "name:4", np.int64(4)]).tolist() == [5, 5, 4, 5, 4]
+    with pytest.raises(InvalidInputError, match="ambiguous"):
+        pipe.labels(["4"])
+    with pytest.raises(InvalidInputError, match="id: takes an integer id"):
+        pipe.labels(["id:five"])
+    with pytest.raises(InvalidInputError, match="unknown class name 'name:55'"):
+        pipe.labels(["name:55"])

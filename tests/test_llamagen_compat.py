@@ -102,3 +102,49 @@ def test_load_strict_accepts_exact_match():
     a, b = GPT(gpt_preset("GPT-Tiny")), GPT(gpt_preset("GPT-Tiny"))
     load_strict(b, a.state_dict())
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.int64, torch.uint8, torch.complex64])
+def test_checkpoint_tensors_that_are_not_floats_are_refused_not_cast(tmp_path, capsys, dtype):
+    """A bool / integer / complex tensor where the model holds float weights is another quantity, not a
+    precision: it was once cast to float32 and exported without a word."""
+    from safetensors.torch import save_file
+
+    from tessera.cli.main import main
+    from tessera.export.build import build_gpt, build_vq
+    from tessera.export.config import gpt_preset, vq_preset
+
+    gpt = build_gpt(gpt_preset("GPT-Tiny"), None, seed=0)
+    state = {k: v.clone() for k, v in gpt.state_dict().items()}
+    state["norm.weight"] = (state["norm.weight"] > 0).to(dtype)
+    if dtype is torch.complex64:  # safetensors has no complex type: a torch checkpoint
+        path = tmp_path / "gpt.pt"
+        torch.save(state, path)
+    else:
+        path = tmp_path / "gpt.safetensors"
+        save_file(state, str(path))
+    name = str(dtype).removeprefix("torch.")
+    with pytest.raises(CheckpointError, match=rf"dtype mismatch .*norm.weight: checkpoint {name} vs model float32"):
+        build_gpt(gpt_preset("GPT-Tiny"), path)
+    vq = tmp_path / "vq.safetensors"
+    save_file(build_vq(vq_preset("VQ-Tiny"), None, seed=0).state_dict(), str(vq))
+    out = tmp_path / "out"
+    assert main(["export", "--gpt", "GPT-Tiny", "--vq", "VQ-Tiny", "--gpt-weights", str(path), "--vq-weights",
+                 str(vq), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tessera: error: ") and f"norm.weight: checkpoint {name} vs model float32" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_checkpoints_in_another_float_precision_load(tmp_path, dtype):
+    from safetensors.torch import save_file
+
+    from tessera.export.build import build_gpt
+    from tessera.export.config import gpt_preset
+
+    state = {k: v.to(dtype) for k, v in build_gpt(gpt_preset("GPT-Tiny"), None, seed=0).state_dict().items()}
+    save_file(state, str(tmp_path / "gpt.safetensors"))
+    gpt = build_gpt(gpt_preset("GPT-Tiny"), tmp_path / "gpt.safetensors")
+    assert all(v.dtype == torch.float32 for v in gpt.state_dict().values())
+    assert torch.equal(gpt.state_dict()["norm.weight"], state["norm.weight"].float())

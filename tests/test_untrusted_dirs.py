@@ -15,6 +15,7 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tessera.runtime import ModelDirectoryError, load_manifest
@@ -205,9 +206,9 @@ def test_sigterm_while_moving_into_place_waits_for_the_move(tiny_models, model_c
     gpt, vq = tiny_models
     real_install = md._install
 
-    def install(tmp, out):
+    def install(tmp, out, *rest):
         os.kill(os.getpid(), signal.SIGTERM)
-        return real_install(tmp, out)
+        return real_install(tmp, out, *rest)
 
     monkeypatch.setattr(md, "_install", install)
     with pytest.raises(SystemExit):
@@ -251,7 +252,11 @@ def test_stale_partials_of_dead_exports_are_removed(tmp_path):
     lookalike = partial(".m.partial-not-a-mkdtemp-name")
     link = tmp_path / f".m.partial-{_dead_pid()}-symlink0"
     link.symlink_to(other, target_is_directory=True)
-    prepare_output(out, overwrite=False)
+    with pytest.warns(RuntimeWarning) as caught:
+        prepare_output(out, overwrite=False)
+    said = [str(w.message) for w in caught]
+    assert any(m.startswith("removed 2 partial directories of killed exports to m") for m in said), said
+    assert any(f"{recent.name} beside m looks left by a killed export" in m for m in said), said
     assert not dead.exists() and not legacy.exists()
     for kept in (recent, alive, other, lookalike, link):
         assert kept.exists() or kept.is_symlink(), kept
@@ -460,3 +465,142 @@ def test_installed_copy_without_the_pytorch_weights_loads_but_cannot_reexport(ti
     (d / "vq.safetensors").write_bytes(b"tampered")
     with pytest.raises(ModelDirectoryError, match="vq.safetensors"):
         load_manifest(d, verify="size")
+
+
+# --- a graph swapped for another kind is refused at load, in one line ---------------------------
+@pytest.fixture(scope="module")
+def codebook128_dir(tmp_path_factory) -> Path:
+    """A tiny model whose tokenizer has 128 codes (the shared tiny models have 64)."""
+    from tessera.export.build import build_gpt, build_vq
+    from tessera.export.config import GPTConfig, VQConfig, gpt_preset, vq_preset
+    from tessera.export.model_dir import ExportSpec, write_model_dir
+
+    gpt = build_gpt(GPTConfig(**{**gpt_preset("GPT-Tiny").to_dict(), "vocab_size": 128}), None, seed=3)
+    vq = build_vq(VQConfig(**{**vq_preset("VQ-Tiny").to_dict(), "codebook_size": 128, "usage_slots": 128}), None,
+                  seed=4)
+    return write_model_dir(gpt, vq, tmp_path_factory.mktemp("cb128") / "m", ExportSpec("cb128", NAMES))
+
+
+def _swap_graph(src: Path, into: Path, name: str) -> None:
+    """Put `src`'s graph file `name` into the model directory `into`, its manifest checksums updated
+    (a careful tamperer, or an honest mistake while copying files between directories)."""
+    shutil.copy(src / name, into / name)
+    data = (into / name).read_bytes()
+    _files_entry(into, name, data)
+
+
+def _drop_self_test(m: Path) -> None:
+    _edit_manifest(m, lambda d: d["graphs"]["transformer"].pop("self_test"))
+
+
+@pytest.mark.parametrize("self_test", [True, False], ids=["recorded-self-test", "no-self-test"])
+def test_portable_transformer_in_a_fused_dir_is_refused_at_load(model_copy, portable_dir, tmp_path, capfd,
+                                                                 self_test):
+    from tessera.runtime import Pipeline
+
+    _swap_graph(portable_dir, model_copy, "transformer.onnx")
+    if not self_test:  # exported before self-tests were recorded: the probe call still runs
+        _drop_self_test(model_copy)
+    with pytest.raises(ModelDirectoryError, match=r"its transformer graph \(transformer.onnx\) fails the load's "
+                                                  r"probe call .*kind fused, kv_cache shared-buffer.*re-export"):
+        Pipeline.load(model_copy, providers="cpu")
+    capfd.readouterr()
+    out = tmp_path / "x.png"
+    assert main(["generate", "1", "--model", str(model_copy), "--out", str(out)]) == 1
+    err = capfd.readouterr().err  # file descriptor 2: onnxruntime's own log lines would land here
+    assert err.startswith("tessera: error: ") and err.count("\n") == 1 and "fails the load's probe call" in err
+    assert not out.exists()
+
+
+def test_decoder_of_a_smaller_codebook_is_refused_at_load(codebook128_dir, tiny_dir, tmp_path, capfd):
+    from tessera.runtime import Pipeline
+
+    m = tmp_path / "m"
+    shutil.copytree(codebook128_dir, m)
+    _swap_graph(tiny_dir, m, "tokenizer_decoder.onnx")  # 64 codes where the manifest says 128
+    with pytest.raises(ModelDirectoryError, match=r"its tokenizer_decoder graph \(tokenizer_decoder.onnx\) does not "
+                                                  r"fit the manifest: it fails on codes 0..127 of the manifest's "
+                                                  r"codebook of 128 .*re-export"):
+        Pipeline.load(m, providers="cpu")
+    capfd.readouterr()
+    assert main(["generate", "1", "--model", str(m), "--out", str(tmp_path / "x.png")]) == 1
+    err = capfd.readouterr().err
+    assert err.startswith("tessera: error: ") and err.count("\n") == 1 and "codebook of 128" in err
+
+
+def test_encoder_of_another_codebook_is_one_line_at_its_first_use(model_copy, codebook128_dir):
+    from tessera.runtime import Pipeline
+
+    _swap_graph(codebook128_dir, model_copy, "tokenizer_encoder.onnx")  # codes up to 127 for a 64-code model
+    pipe = Pipeline.load(model_copy, providers="cpu")
+    picture = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    with pytest.raises(ModelDirectoryError, match=r"its tokenizer_encoder graph \(tokenizer_encoder.onnx\) does not "
+                                                  r"fit the manifest: it gives codes \d+..\d+, outside the manifest's "
+                                                  "codebook of 64"):
+        pipe.outpaint(picture, (4, 4, 12, 12), 1)
+    assert pipe.generate_tokens([1]).shape == (1, 4, 4)  # generation, which needs no encoder, still works
+
+
+# --- SIGKILL: the watchdog cleans up what the export cannot ---------------------------------------
+_STALLED_EXPORT = """
+import sys, time
+from pathlib import Path
+from tessera.export.build import build_gpt, build_vq
+from tessera.export.config import gpt_preset, vq_preset
+from tessera.export import model_dir as md
+
+out, where = Path(sys.argv[1]), sys.argv[2]
+
+def stall(*a, **k):
+    print("stalled", flush=True)
+    time.sleep(600)
+
+if where == "parity":
+    md.parity.check = stall
+else:  # between renaming the old directory aside and moving the new one in
+    real = Path.rename
+    def rename(self, target):
+        if self.name.startswith(f".{out.name}.partial-"):
+            stall()
+        return real(self, target)
+    Path.rename = rename
+md.write_model_dir(build_gpt(gpt_preset("GPT-Tiny"), None, seed=1), build_vq(vq_preset("VQ-Tiny"), None, seed=2),
+                   out, md.ExportSpec("new", [str(i) for i in range(10)], overwrite=True))
+"""
+
+
+def _kill_stalled_export(out: Path, where: str) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _STALLED_EXPORT, str(out), where], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "stalled"
+        assert [p for p in _hidden(out.parent) if ".partial-" in p]  # the partial directory is there
+    finally:
+        proc.kill()  # SIGKILL: no handler, no cleanup in the process itself
+        proc.wait()
+        proc.stdout.close()
+
+
+def _settled(folder: Path, timeout_s: float = 60.0) -> list[str]:
+    """The hidden names in `folder` once the watchdog has had time to act (it does at once; this waits
+    for a loaded machine, not for a duration the test relies on)."""
+    deadline = time.monotonic() + timeout_s
+    while _hidden(folder) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _hidden(folder)
+
+
+def test_sigkilled_export_leaves_nothing(tmp_path):
+    out = tmp_path / "m"
+    _kill_stalled_export(out, "parity")
+    assert _settled(tmp_path) == [] and not out.exists()
+
+
+def test_sigkill_between_the_renames_puts_the_old_dir_back(model_copy):
+    before = _listing(model_copy)
+    _kill_stalled_export(model_copy, "install")
+    assert _settled(model_copy.parent) == []
+    assert _listing(model_copy) == before  # the old model directory, byte for byte, where it was
