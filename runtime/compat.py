@@ -25,13 +25,11 @@ Versions here are those the support-matrix test (tests/test_ort_matrix.py) insta
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
-from .versions import release_numbers
 from .errors import InvalidInputError, ModelDirectoryError
-
-if TYPE_CHECKING:
-    from .spec import GraphSpec
+from .spec import MULTI_QUERY_MODES, GraphSpec  # noqa: F401 (MULTI_QUERY_MODES: the values FusedForm takes)
+from .versions import release_numbers
 
 OLDEST_TESTED = "1.22"
 
@@ -49,7 +47,6 @@ FUSED_FORMS = (  # oldest first
     FusedForm("1.22", gqa_query_seqlens=False, multi_query="one-query-per-call"),
     FusedForm("1.32", gqa_query_seqlens=True, multi_query="batched"),
 )
-MULTI_QUERY_MODES = ("batched", "one-query-per-call")
 
 
 def parse_version(text: str) -> tuple[int, ...]:
@@ -71,7 +68,7 @@ def fused_form(target_onnxruntime: str) -> FusedForm:
     return fitting[-1]
 
 
-def check_loadable(graphs: "Iterable[GraphSpec]", installed: str, model_name: str) -> None:
+def check_loadable(graphs: Iterable[GraphSpec], installed: str, model_name: str) -> None:
     """One line naming the version found, the version needed and the fix, before any session opens
     (each `min_onnxruntime` is a version: the manifest reader checked it)."""
     have = parse_version(installed)
@@ -105,7 +102,7 @@ OPTIMIZER_BUGS = (
 )
 
 
-def disabled_optimizers(graph: "GraphSpec", installed: str) -> list[str]:
+def disabled_optimizers(graph: GraphSpec, installed: str) -> list[str]:
     """Optimizers to switch off for this graph on the installed onnxruntime."""
     have = parse_version(installed)
     return [bug.optimizer for bug in OPTIMIZER_BUGS

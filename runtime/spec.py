@@ -21,8 +21,8 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import PurePosixPath, PureWindowsPath
 
-from .compat import MULTI_QUERY_MODES, OLDEST_TESTED, parse_version
-from .errors import InvalidInputError, ModelDirectoryError
+from .errors import ModelDirectoryError
+from .versions import release_numbers
 
 MANIFEST_NAME = "tessera.json"
 FORMAT = "tessera-model"
@@ -32,6 +32,7 @@ ANY_ORDER_FAMILY = "anyorder-c2i"  # LlamaGen c2i + a position query: cells in a
 CONDITIONING_KINDS = ("class",)
 GRAPH_KINDS = ("fused", "portable")
 KV_CACHE_MODES = ("shared-buffer", "concat")
+MULTI_QUERY_MODES = ("batched", "one-query-per-call")  # how the transformer takes several queries (compat.py)
 LAYER = "{layer}"  # the layer index in a KV name pattern
 REEXPORT = "tessera export --from DIR --out NEW"
 FIX = f"re-export the model ({REEXPORT}, or from its checkpoints) or get it from a trusted source"
@@ -562,11 +563,9 @@ class _Reader:
         external = self.listed(files, f'{where}["external_data"]', e["external_data"]) \
             if "external_data" in e else None
         min_ort = self.text(e, p, "min_onnxruntime", max_len=64)
-        try:
-            parse_version(min_ort)
-        except InvalidInputError:
+        if not release_numbers(min_ort):
             raise self.error(f"{p}.min_onnxruntime", f"must be an onnxruntime version such as '1.22', "
-                                                     f"got {_show(min_ort)}") from None
+                                                     f"got {_show(min_ort)}")
         options = e.get("options")
         if options is not None and not isinstance(options, dict):
             raise self.error(f"{p}.options", f"must be an object, got {_show(options)}")
@@ -748,7 +747,7 @@ def upgrade_v1(data: dict, r: _Reader) -> dict:
             new_graphs[name] = e  # refused by the format-2 reader, naming the field
             continue
         e = {"precision": "fp32", "method": "none", **e}
-        e.setdefault("min_onnxruntime", "1.32" if e.get("kind") == "fused" else OLDEST_TESTED)
+        e.setdefault("min_onnxruntime", "1.32" if e.get("kind") == "fused" else "1.22")
         if name in _V1_TOKENIZER_IO:
             e = {"inputs": _V1_TOKENIZER_IO[name][0], "outputs": _V1_TOKENIZER_IO[name][1], **e}
         if name == "transformer":
