@@ -141,7 +141,7 @@ def reference(model_dir: Path) -> Reference:
     def decode(tokens: np.ndarray) -> np.ndarray:
         return vq.decode_codes(torch.from_numpy(tokens)).numpy()
 
-    return Reference(manifest["graphs"]["transformer"]["precision"], logits, sampled, greedy, decode)
+    return Reference(spec.graph("transformer").precision, logits, sampled, greedy, decode)
 
 
 def judge(got: dict, ref: Reference, newest: dict | None) -> tuple[bool, str]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .errors import InvalidInputError, ModelDirectoryError
-from .spec import MULTI_QUERY_MODES, GraphSpec  # noqa: F401 (MULTI_QUERY_MODES: the values FusedForm takes)
+from .spec import GraphSpec
 from .versions import release_numbers
 
 OLDEST_TESTED = "1.22"

@@ -295,9 +295,7 @@ class ModelSpec:
 
     @cached_property
     def layout(self) -> TokenLayout:
-        t = self.transformer
-        query = t.vocab_size + t.num_classes + 1 if self.family == ANY_ORDER_FAMILY else None
-        return TokenLayout(t.vocab_size, t.vocab_size, t.num_classes, t.rope_grid, query)
+        return token_layout(self.transformer, self.family)
 
     @property
     def class_names(self) -> list[str]:
@@ -355,6 +353,13 @@ class ModelSpec:
         """Validate a parsed manifest (format 2, or format 1 through `upgrade_v1`); `root` (the model
         directory, optional) names it in errors."""
         return _Reader(f"{root}/{MANIFEST_NAME}" if root is not None else MANIFEST_NAME).spec(data)
+
+
+def token_layout(t: TransformerSpec, family: str) -> TokenLayout:
+    """The layout the transformer fields and the family give (docs/model-directory.md, section 5):
+    class tokens follow the codes, the null class follows the classes, then the query (any order)."""
+    query = t.vocab_size + t.num_classes + 1 if family == ANY_ORDER_FAMILY else None
+    return TokenLayout(t.vocab_size, t.vocab_size, t.num_classes, t.rope_grid, query)
 
 
 def probe_inputs(layout: TokenLayout, grid: tuple[int, int]) -> tuple[list[list[int]], list[list[int]]]:
@@ -497,9 +502,7 @@ class _Reader:
         files = self.files(data)  # names first: a hostile name is refused before anything else
         weights = self.weights(data, files)
         t = self.transformer(self.section(data, "transformer", known=_TRANSFORMER_KEYS))
-        layout = TokenLayout(t.vocab_size, t.vocab_size, t.num_classes, t.rope_grid,
-                             t.vocab_size + t.num_classes + 1 if family == ANY_ORDER_FAMILY else None)
-        graphs = self.graphs(self.section(data, "graphs"), t, layout, files)
+        graphs = self.graphs(self.section(data, "graphs"), t, token_layout(t, family), files)
         k = self.section(data, "tokenizer", known=("downsample", "parameters"))
         tokenizer = TokenizerSpec(downsample=self.integer(k, "tokenizer", "downsample", 1, 1024),
                                   parameters=self.integer(k, "tokenizer", "parameters", 0, 10 ** 13, default=None))

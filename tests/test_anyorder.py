@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from tessera.runtime import InvalidInputError
-from tessera.runtime.errors import ModelDirectoryError
 from tessera.runtime.sampling import SamplingConfig
 from tessera.runtime.schedule import cosine_counts, image_plans, plan
 

@@ -17,8 +17,7 @@ import pytest
 
 from tessera.runtime import ModelDirectoryError, Pipeline, load_manifest
 from tessera.runtime.manifest import TokenLayout as ReExportedLayout, sha256_file
-from tessera.runtime.spec import (FileEntry, GenerationDefaults, GraphIO, ModelSpec, TensorSig, TokenLayout,
-                                  check_session)
+from tessera.runtime.spec import GenerationDefaults, GraphIO, ModelSpec, TensorSig, TokenLayout, check_session
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 ROOT = Path(__file__).resolve().parents[1]
