@@ -106,7 +106,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"{spec.name}  ({m.root})")
     if spec.format_version < FORMAT_VERSION:
         print(f"  format       {spec.format_version}, read through its upgrade to {FORMAT_VERSION}; "
-              f"write it as {FORMAT_VERSION} with: {REEXPORT}")
+              f"write it as {FORMAT_VERSION} with: {REEXPORT.replace('DIR', str(m.root))}")
     if spec.description:
         print(f"  {spec.description}")
     print(f"  transformer  {t.n_layer} layers, dim {t.dim}, {t.n_head} heads, "

@@ -1,7 +1,7 @@
-"""The model directory's manifest (`tessera.json`): the one source of truth the runtime reads.
-
-Dimensions, token layout, class names, graph files, precisions and checksums all live here;
-nothing in the runtime repeats them.
+"""A model directory on disk: its manifest (`tessera.json`) read once into a `ModelSpec`
+(runtime/spec.py: every type, range, cross-check and listed name), then the file system's part
+(symlinks stay inside the directory, sizes and checksums). Nothing in the runtime reads the manifest
+file again or repeats what the spec holds.
 """
 from __future__ import annotations
 
