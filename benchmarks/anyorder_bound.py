@@ -45,10 +45,14 @@ TARGETS = {"digits": 4.0, "GPT-B": 5.0}  # issue 12: time per image, any-order v
 
 def weight_flops_per_token_row(pipe) -> float:
     """2 x the multiply-adds of every weight matrix one token row goes through (blocks and head;
-    the embedding is a lookup, attention over the cache is left out), from the model's manifest."""
+    the embedding is a lookup, attention over the cache is left out), from the model's manifest (the
+    FFN width follows from its `export` section, read as re-export reads it)."""
+    from tessera.export.config import configs_from_spec
+
     t = pipe.manifest.spec.transformer
     d, hd = t.dim, t.head_dim
-    per_layer = d * hd * (t.n_head + 2 * t.n_kv_head) + t.n_head * hd * d + 3 * d * t.ffn_dim
+    ffn_dim = configs_from_spec(pipe.manifest.spec)[0].ffn_dim
+    per_layer = d * hd * (t.n_head + 2 * t.n_kv_head) + t.n_head * hd * d + 3 * d * ffn_dim
     return 2.0 * (t.n_layer * per_layer + d * t.vocab_size)
 
 
