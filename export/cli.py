@@ -277,17 +277,20 @@ def run(args: argparse.Namespace, progress=None) -> Path:
         defaults = old.generation.to_dict()
         keep_weights = bool(old.weights)  # a re-export keeps what made it re-exportable
         name = args.name or old.name or Path(args.out).name
+        description = old.description
         extras = carried_extras(Path(args.from_dir), old, {Path(f).name for f in args.extra})
     else:
         defaults = chosen.generation_defaults()  # LlamaGen's sampling defaults for its presets
         keep_weights = False
         extras = []
         name = args.name or Path(args.out).name
+        description = ""
     for key, val in (("guidance_scale", args.default_guidance), ("temperature", args.default_temperature),
                      ("top_k", args.default_top_k), ("top_p", args.default_top_p)):
         if val is not None:
             defaults[key] = val
-    spec = ExportSpec(name=name, class_names=names, generation_defaults=defaults, opset=args.opset,
+    spec = ExportSpec(name=name, description=description, class_names=names, generation_defaults=defaults,
+                      opset=args.opset,
                       include_weights=args.include_weights or keep_weights,
                       extra_files=extras + [Path(f) for f in args.extra],
                       overwrite=args.overwrite, graph=args.graph, target_onnxruntime=args.target_onnxruntime,
