@@ -111,7 +111,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  {spec.description}")
     print(f"  transformer  {t.n_layer} layers, dim {t.dim}, {t.n_head} heads, "
           f"{(t.parameters or 0) / 1e6:.1f}M params, vocab {t.vocab_size}")
-    print(f"  tokenizer    {k.downsample}x downsampling, codebook {t.vocab_size}, {(k.parameters or 0) / 1e6:.1f}M params")
+    print(f"  tokenizer    {k.downsample}x downsampling, codebook {t.vocab_size}, "
+          f"{(k.parameters or 0) / 1e6:.1f}M params")
     print(f"  image        {spec.image_size[1]}x{spec.image_size[0]} px from a {w}x{h} token grid, "
           f"{spec.image.channels} channel{'s' * (spec.image.channels > 1)}")
     names = spec.class_names
