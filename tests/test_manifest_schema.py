@@ -364,6 +364,9 @@ def test_a_format_1_directory_runs_the_same_and_reexports_to_format_2(tmp_path, 
     shutil.copytree(ROOT / "models" / "default", old)
     _as_format_1(old)
     assert load_manifest(old, verify="full").spec.format_version == 1
+    assert main(["info", str(old)]) == 0
+    assert f"format       1, read through its upgrade to 2; write it as 2 with: tessera export --from {old} --out NEW" \
+        in capsys.readouterr().out
     np.testing.assert_array_equal(Pipeline.load(old, providers="cpu").generate_tokens([3, 7], seed=0),
                                   Pipeline.load(ROOT / "models" / "default", providers="cpu")
                                   .generate_tokens([3, 7], seed=0))
