@@ -77,13 +77,13 @@ def check_config(cfg: BenchConfig) -> list[dict]:
     for d in cfg.model_dirs:
         m = load_manifest(d, verify="size")
         guidance = cfg.guidance_scale if cfg.guidance_scale is not None else \
-            float(m.generation_defaults.get("guidance_scale", 1.0))
+            float(m.spec.generation.guidance_scale)
         if guidance > 1.0 and any(b % 2 for b in cfg.batches):
             raise InvalidInputError(f"--batch counts transformer rows, 2 per image with guidance ({m.root.name}: "
                                     f"guidance {guidance:g}); use even sizes, e.g. 2,8")
         graphs = [p for p in Path(d).iterdir() if p.name.endswith((".onnx", ".onnx.data"))]
         out.append({"dir": str(d), "name": display_name(Path(d)), "graphs_mib": sum(p.stat().st_size for p in graphs)
-                    / float(1 << 20), "precision": m.graph("transformer").get("precision", "?"), "guidance": guidance,
+                    / float(1 << 20), "precision": m.spec.graph("transformer").precision, "guidance": guidance,
                     "grid": list(m.grid)})
     return out
 

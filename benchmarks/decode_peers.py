@@ -67,10 +67,12 @@ def shapes(quick: bool, with_default: bool) -> list[SimpleNamespace]:
            else shape("LlamaGen GPT-B 256px", 12, 768, 12, 2048, 16384, 16)]
     path = REPO / "models" / "default" / "tessera.json"
     if with_default and path.is_file():
-        m = json.loads(path.read_text())
-        t = m["transformer"]
-        out.append(shape("shipped default (models/default)", t["n_layer"], t["dim"], t["n_head"], t["ffn_dim"],
-                         t["vocab_size"], m["grid"]["height"], t.get("norm_eps", 1e-5), model_dir=str(path.parent),
+        from tessera.export.config import configs_from_spec
+        from tessera.runtime.manifest import load_manifest
+
+        t = configs_from_spec(load_manifest(path.parent, verify="none").spec)[0]  # the typed manifest
+        out.append(shape("shipped default (models/default)", t.n_layer, t.dim, t.n_head, t.ffn_dim,
+                         t.vocab_size, t.grid, t.norm_eps, model_dir=str(path.parent),
                          peers=["tessera-default", "torch"]))
     return out
 
@@ -132,9 +134,9 @@ def worker_tessera(job: dict) -> dict:
     pipe = Pipeline.load(job["model_dir"], providers="cpu", threads=job["threads"], verify="none")
     one = callback_generation(lambda rows, cb: pipe.generate_tokens(
         list(range(rows // 2)), guidance_scale=GUIDANCE, temperature=1.0, top_k=job["top_k"], seed=0, callback=cb))
-    g = pipe.manifest.graph("transformer")
+    g = pipe.manifest.spec.graph("transformer")
     return {"runs": run_rounds(one, job["batches"], job["warmup"], 1, job["tokens"], job["max_s"]),
-            "graph": {k: g.get(k) for k in ("kind", "precision", "options")}}
+            "graph": {"kind": g.kind, "precision": g.precision, "options": g.options}}
 
 
 def worker_torch(job: dict) -> dict:

@@ -92,27 +92,30 @@ def _check_output_pixels(pipe, args: argparse.Namespace, count: int) -> None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from tessera.runtime.backend import installed_flavours
-    from tessera.runtime.compat import required_version
-    from tessera.runtime.manifest import load_manifest
+    from tessera.runtime.manifest import FORMAT_VERSION, REEXPORT, load_manifest
     from tessera.runtime.pipeline import default_model_dir
     from tessera.runtime.providers import available_providers
     from tessera.runtime.session import ort_version
 
     m = load_manifest(args.model or default_model_dir(), verify=resolve_verify(args.verify, args.model))
     if args.json:
-        print(json.dumps(m.data, indent=2))
+        print(json.dumps(m.spec.to_manifest(), indent=2))  # format 2, as the runtime read it
         return 0
     spec = m.spec  # the validated manifest (runtime/spec.py)
-    t, k, image = spec.transformer, spec.tokenizer, spec.image
+    t, k = spec.transformer, spec.tokenizer
     h, w = spec.grid
     print(f"{spec.name}  ({m.root})")
+    if spec.format_version < FORMAT_VERSION:
+        print(f"  format       {spec.format_version}, read through its upgrade to {FORMAT_VERSION}; "
+              f"write it as {FORMAT_VERSION} with: {REEXPORT.replace('DIR', str(m.root))}")
     if spec.description:
         print(f"  {spec.description}")
     print(f"  transformer  {t.n_layer} layers, dim {t.dim}, {t.n_head} heads, "
           f"{(t.parameters or 0) / 1e6:.1f}M params, vocab {t.vocab_size}")
-    print(f"  tokenizer    {k.downsample}x downsampling, codebook {k.codebook_size}x{k.codebook_dim or '?'}, "
+    print(f"  tokenizer    {k.downsample}x downsampling, codebook {t.vocab_size}, "
           f"{(k.parameters or 0) / 1e6:.1f}M params")
-    print(f"  image        {image.width}x{image.height} px from a {w}x{h} token grid")
+    print(f"  image        {spec.image_size[1]}x{spec.image_size[0]} px from a {w}x{h} token grid, "
+          f"{spec.image.channels} channel{'s' * (spec.image.channels > 1)}")
     names = spec.class_names
     shown = ", ".join(f"{i}={n}" for i, n in enumerate(names[:12])) + (" ..." if len(names) > 12 else "")
     print(f"  classes      {spec.num_classes}: {shown}")
@@ -125,7 +128,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     for g in spec.graphs:
         size = spec.files[g.file].bytes if g.file in spec.files else 0
         print(f"  {g.name:18s} {g.file:28s} {g.precision:5s} opset {g.opset}  {size / 1e6:7.2f} MB  "
-              f"onnxruntime >= {required_version(g.to_dict())}")
+              f"onnxruntime >= {g.min_onnxruntime}")
 
     def informational(section: str, *keys):  # parity and exported_by are not part of the contract
         value = spec.info.get(section)

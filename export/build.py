@@ -8,9 +8,10 @@ import torch
 
 from tessera.runtime.errors import ModelDirectoryError
 from tessera.runtime.manifest import load_manifest
+from tessera.runtime.spec import ModelSpec
 
 from .checkpoints import load_strict, read_state_dict
-from .config import GPTConfig, VQConfig, gpt_preset, vq_preset
+from .config import GPTConfig, VQConfig, configs_from_spec, gpt_preset, vq_preset
 from .transformer import GPT
 from .vq import VQModel
 
@@ -74,10 +75,11 @@ def load_run(path: str | Path, kind: str):
     return build_vq(vq_config(str(path / "config.json")), path / "vq.safetensors")
 
 
-def load_model_dir(model_dir: str | Path) -> tuple[GPT, VQModel, dict]:
-    """Rebuild the PyTorch models of a model directory exported with its weights. The directory is
-    untrusted input: `load_manifest` checks that every name it lists is a plain file name inside it
-    and verifies sizes and checksums before anything is read."""
+def load_model_dir(model_dir: str | Path) -> tuple[GPT, VQModel, ModelSpec]:
+    """Rebuild the PyTorch models of a model directory exported with its weights (format 2, or 1
+    through the runtime's upgrade), and return its spec. The directory is untrusted input:
+    `load_manifest` checks that every name it lists is a plain file name inside it and verifies sizes
+    and checksums before anything is read; the `export` section is checked by `configs_from_spec`."""
     from .model_dir import ExportError
 
     manifest = load_manifest(model_dir, verify="full")
@@ -97,6 +99,5 @@ def load_model_dir(model_dir: str | Path) -> tuple[GPT, VQModel, dict]:
         raise ExportError(f"{model_dir} lists its PyTorch weights but {' and '.join(absent)} are not there (an "
                           "installed copy leaves them out); re-export from a copy that has them, e.g. the "
                           "source repository's models/ folder")
-    gpt = build_gpt(GPTConfig.from_dict(spec.transformer.to_dict()), root / weights["transformer"])
-    vq = build_vq(VQConfig.from_dict(spec.tokenizer.to_dict()), root / weights["tokenizer"])
-    return gpt, vq, manifest.data
+    gpt_cfg, vq_cfg = configs_from_spec(spec, str(root / "tessera.json"))
+    return build_gpt(gpt_cfg, root / weights["transformer"]), build_vq(vq_cfg, root / weights["tokenizer"]), spec

@@ -227,15 +227,15 @@ def _class_names(arg: str | None, n: int) -> list[str]:
     return names
 
 
-def carried_extras(src: Path, manifest: dict, replaced: set[str]) -> list[Path]:
-    """Files a re-export carries over from its source directory: model card, samples ... (not the
-    graphs, weights or their data files, which are written anew), unless a new --extra replaces them.
-    Only plain file names inside `src` (the runtime's check): a hostile manifest copies nothing."""
+def carried_extras(src: Path, spec, replaced: set[str]) -> list[Path]:
+    """Files a re-export carries over from its source directory (`spec`: its ModelSpec): model card,
+    samples ... (not the graphs, weights or their data files, which are written anew), unless a new
+    --extra replaces them. Only plain file names inside `src` (the runtime's check, made again here
+    as the files are copied): a hostile manifest copies nothing."""
     from tessera.runtime.manifest import file_inside
 
-    made = {g["file"] for g in manifest["graphs"].values()} | set((manifest.get("weights") or {}).values())
-    made |= {g["external_data"] for g in manifest["graphs"].values() if g.get("external_data")}
-    paths = [file_inside(src, name, f"files[{json.dumps(name)}]") for name in manifest["files"]]
+    made = {g.file for g in spec.graphs} | {g.external_data for g in spec.graphs} | set(spec.weights.values())
+    paths = [file_inside(src, name, f"files[{json.dumps(name)}]") for name in spec.files]
     return [path for path in paths if path.name not in made and path.name not in replaced]
 
 
@@ -273,21 +273,24 @@ def run(args: argparse.Namespace, progress=None) -> Path:
             gpt = build_gpt(gcfg, args.gpt_weights, args.seed)
             vq = build_vq(vcfg, args.vq_weights, args.seed)
     if args.from_dir:
-        names = _class_names(args.classes, gpt.cfg.num_classes) if args.classes else old["classes"]["names"]
-        defaults = dict(old.get("generation_defaults", {}))
-        keep_weights = bool(old.get("weights"))  # a re-export keeps what made it re-exportable
-        name = args.name or old.get("name", Path(args.out).name)
+        names = _class_names(args.classes, gpt.cfg.num_classes) if args.classes else old.class_names
+        defaults = old.generation.to_dict()
+        keep_weights = bool(old.weights)  # a re-export keeps what made it re-exportable
+        name = args.name or old.name or Path(args.out).name
+        description = old.description
         extras = carried_extras(Path(args.from_dir), old, {Path(f).name for f in args.extra})
     else:
         defaults = chosen.generation_defaults()  # LlamaGen's sampling defaults for its presets
         keep_weights = False
         extras = []
         name = args.name or Path(args.out).name
+        description = ""
     for key, val in (("guidance_scale", args.default_guidance), ("temperature", args.default_temperature),
                      ("top_k", args.default_top_k), ("top_p", args.default_top_p)):
         if val is not None:
             defaults[key] = val
-    spec = ExportSpec(name=name, class_names=names, generation_defaults=defaults, opset=args.opset,
+    spec = ExportSpec(name=name, description=description, class_names=names, generation_defaults=defaults,
+                      opset=args.opset,
                       include_weights=args.include_weights or keep_weights,
                       extra_files=extras + [Path(f) for f in args.extra],
                       overwrite=args.overwrite, graph=args.graph, target_onnxruntime=args.target_onnxruntime,

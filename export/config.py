@@ -5,7 +5,11 @@ never repeats a dimension; it reads them back from the manifest.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
+
+from tessera.runtime.errors import ModelDirectoryError
+from tessera.runtime.spec import ANY_ORDER_FAMILY, FIX, ImageSpec, ModelSpec, TokenizerSpec, TransformerSpec
 
 
 DEFAULT_OPSET = 18  # ONNX opset of exported graphs (>= 18 lets int4 quantize Gather too)
@@ -212,5 +216,79 @@ def vq_preset(name: str, **overrides) -> VQConfig:
     return VQConfig(**{**VQ_PRESETS[name], **overrides})
 
 
+# --- the manifest's sections <-> the configs: the one conversion ----------------------------------
+# The manifest's `export` section holds what only re-export needs (the runtime never reads it):
+# the training fields of the transformer and the tokenizer's architecture. Everything else the
+# configs hold is a canonical manifest field (`transformer.*`, `tokenizer.downsample`, `image.channels`).
+_EXPORT_TRANSFORMER = {"rope_base": (float, 0.0, 1e12), "multiple_of": (int, 1, 2 ** 20),
+                       "norm_eps": (float, 0.0, 1.0), "class_dropout": (float, 0.0, 1.0),
+                       "dropout": (float, 0.0, 1.0)}
+_EXPORT_TOKENIZER = {"codebook_dim": (int, 1, 65536), "ch": (int, 1, 65536), "ch_mult": (list, 1, 64),
+                     "z_channels": (int, 1, 65536), "num_res_blocks": (int, 0, 64), "norm_groups": (int, 1, 65536),
+                     "commit_beta": (float, 0.0, 1e6), "entropy_ratio": (float, 0.0, 1e6), "dropout": (float, 0.0, 1.0),
+                     "usage_slots": (int, 0, 2 ** 24)}
+
+
+def manifest_sections(gpt: GPTConfig, vq: VQConfig, gpt_parameters: int | None = None,
+                      vq_parameters: int | None = None) -> tuple[TransformerSpec, TokenizerSpec, ImageSpec, dict]:
+    """The configs as the manifest's `transformer`, `tokenizer`, `image` and `export` sections."""
+    transformer = TransformerSpec(dim=gpt.dim, n_layer=gpt.n_layer, n_head=gpt.n_head, n_kv_head=gpt.n_head,
+                                  vocab_size=gpt.vocab_size, num_classes=gpt.num_classes, grid=gpt.grid,
+                                  rope_grid=gpt.rope_grid, parameters=gpt_parameters)
+    export = {"transformer": {k: getattr(gpt, k) for k in _EXPORT_TRANSFORMER},
+              "tokenizer": {k: list(v) if isinstance(v, tuple) else v
+                            for k, v in ((k, getattr(vq, k)) for k in _EXPORT_TOKENIZER)}}
+    return (transformer, TokenizerSpec(downsample=vq.downsample, parameters=vq_parameters),
+            ImageSpec(channels=vq.in_channels), export)
+
+
+def configs_from_spec(spec: ModelSpec, where: str = "tessera.json") -> tuple[GPTConfig, VQConfig]:
+    """The configs of a model directory for re-export: its canonical fields and its `export` section,
+    which is checked here (the runtime does not read it): every field present, of its type and range."""
+    def section(key: str, table: dict) -> dict:
+        s = spec.export.get(key)
+        if not isinstance(s, dict):
+            raise ModelDirectoryError(f"{where}: export.{key} must be an object, got {s!r}; {FIX}")
+        out = {}
+        for name, (kind, lo, hi) in table.items():
+            v = s.get(name)
+            if kind is list:
+                ok = isinstance(v, list) and 1 <= len(v) <= 11 and all(
+                    isinstance(c, int) and not isinstance(c, bool) and lo <= c <= hi for c in v)
+                want = f"a list of 1..11 ints in {lo}..{hi}"
+            else:
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or isinstance(v, int)) \
+                    and math.isfinite(v) and lo <= v <= hi
+                want = f"{'an int' if kind is int else 'a finite number'} in {lo}..{hi}"
+            if not ok:
+                raise ModelDirectoryError(f"{where}: export.{key}.{name} must be {want}, got {v!r}; {FIX}")
+            out[name] = v
+        unknown = sorted(set(s) - set(table))
+        if unknown:
+            raise ModelDirectoryError(f"{where}: export.{key}.{unknown[0]} is not an export field "
+                                      f"(its fields: {', '.join(table)}); {FIX}")
+        return out
+
+    t, k = spec.transformer, spec.tokenizer
+    if t.n_kv_head != t.n_head:
+        raise ModelDirectoryError(f"{where}: transformer.n_kv_head ({t.n_kv_head}) must equal transformer.n_head "
+                                  f"({t.n_head}) for a model this exporter builds (no grouped queries); {FIX}")
+    train, arch = section("transformer", _EXPORT_TRANSFORMER), section("tokenizer", _EXPORT_TOKENIZER)
+    if 2 ** (len(arch["ch_mult"]) - 1) != k.downsample:
+        raise ModelDirectoryError(f"{where}: tokenizer.downsample ({k.downsample}) must be 2 ** (len(export.tokenizer."
+                                  f"ch_mult) - 1) = {2 ** (len(arch['ch_mult']) - 1)}; {FIX}")
+    try:
+        gpt = GPTConfig(dim=t.dim, n_layer=t.n_layer, n_head=t.n_head, vocab_size=t.vocab_size,
+                        num_classes=t.num_classes, grid=t.grid, rope_grid=t.rope_grid,
+                        order="any" if spec.family == ANY_ORDER_FAMILY else "raster", **train)
+        vq = VQConfig(codebook_size=t.vocab_size, in_channels=spec.image.channels,
+                      image_size=t.grid * k.downsample, **arch)
+    except ValueError as e:
+        raise ModelDirectoryError(f"{where}: the manifest describes a model this exporter cannot build ({e}); "
+                                  f"{FIX}") from None
+    return gpt, vq
+
+
 __all__ = ["GPTConfig", "VQConfig", "GPT_PRESETS", "VQ_PRESETS", "GPT_PRESET_INFO", "VQ_PRESET_INFO",
-           "LLAMAGEN_SAMPLING", "LLAMAGEN_SIZES", "PresetInfo", "gpt_preset", "vq_preset", "find_multiple"]
+           "LLAMAGEN_SAMPLING", "LLAMAGEN_SIZES", "PresetInfo", "gpt_preset", "vq_preset", "find_multiple",
+           "manifest_sections", "configs_from_spec"]

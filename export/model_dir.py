@@ -22,14 +22,14 @@ import onnx
 import torch
 from safetensors.torch import save_file
 
-from tessera.runtime.compat import OLDEST_TESTED, fused_form, multi_query
+from tessera.runtime.compat import OLDEST_TESTED, fused_form
 from tessera.runtime.errors import InvalidInputError, ModelDirectoryError
 from tessera.runtime.manifest import FORMAT, MANIFEST_NAME, is_plain_file_name, sha256_file
-from tessera.runtime.spec import (ANY_ORDER_FAMILY, ClassesSpec, FileEntry, GraphIO, ImageSpec, ModelSpec,
-                                  TokenLayout, generation_defaults, graph_spec, tokenizer_spec, transformer_spec)
+from tessera.runtime.spec import (ANY_ORDER_FAMILY, ClassesSpec, FileEntry, GraphIO, GraphSpec, ModelSpec,
+                                  SelfTestSpec, generation_defaults)
 
 from . import parity
-from .config import GPTConfig, VQConfig
+from .config import GPTConfig, VQConfig, manifest_sections
 from .onnx_export import DEFAULT_OPSET, export_tokenizer, export_transformer
 from .progress import StageCallback, stage
 from .quantize import PRECISIONS, QuantOptions, data_file, finalize_graph, quantize_graphs
@@ -40,6 +40,7 @@ from .vq import VQModel
 GRAPH_FILES = {"transformer": "transformer.onnx", "tokenizer_decoder": "tokenizer_decoder.onnx",
                "tokenizer_encoder": "tokenizer_encoder.onnx"}
 WEIGHT_FILES = {"transformer": "gpt.safetensors", "tokenizer": "vq.safetensors"}
+_GRAPH_FACTS = ("kind", "kv_cache", "multi_query")  # what export_transformer says of the graph it wrote
 
 
 from .errors import ExportError  # noqa: E402  (defined in errors.py, under TesseraError; re-exported here)
@@ -112,7 +113,7 @@ def _refuse_replacing(out: Path, what: str) -> ExportError:
                        "was touched; choose another --out, or move that away yourself")
 
 
-def record_self_test(root: Path, precision: str) -> dict:
+def record_self_test(root: Path, precision: str) -> SelfTestSpec:
     """Run the finished transformer graph through the runtime, as a user's load will
     (runtime/self_test.py), and return what its probe call gives."""
     from tessera.runtime import self_test
@@ -390,51 +391,51 @@ def _graph_entries(spec: ExportSpec, root: Path, quant_entries: dict[str, dict],
 
 
 def _manifest(gpt: GPT, vq: VQModel, spec: ExportSpec, parity_report: dict, files: dict[str, dict],
-              graphs: dict | None = None) -> dict:
-    """The manifest, written through the runtime's contract (`tessera.runtime.spec.ModelSpec`) and read
-    back by it: a manifest the runtime would refuse is an ExportError here, not a surprise at load."""
+              graphs: dict | None = None) -> ModelSpec:
+    """The manifest as the runtime's contract (`tessera.runtime.spec.ModelSpec`), read back by it from
+    what it writes: a manifest the runtime would refuse is an ExportError here, not a surprise at load.
+    The transformer's self-test is added once its graph can run (`record_self_test`)."""
     g, v = gpt.cfg, vq.cfg
-    io = GraphIO()  # the transformer graph's names, written once as patterns (graphs.transformer.io)
-    graphs = graphs or {n: {"file": f, "precision": "fp32", "method": "none", "opset": spec.opset}
+    graphs = graphs or {n: {"file": f, "min_onnxruntime": OLDEST_TESTED, "precision": "fp32", "method": "none",
+                            "opset": spec.opset, **({"kind": "fused", "kv_cache": "shared-buffer",
+                                                     "multi_query": "batched"} if n == "transformer" else {})}
                         for n, f in GRAPH_FILES.items()}
-    tokenizer_io = {"tokenizer_decoder": (["codes"], ["image"]), "tokenizer_encoder": (["image"], ["codes"])}
+    tokenizer_io = {"tokenizer_decoder": (("codes",), ("image",)), "tokenizer_encoder": (("image",), ("codes",))}
+    transformer, tokenizer, image, export = manifest_sections(g, v, gpt.num_params(), vq.num_params())
+    entries = []
+    for name, entry in graphs.items():
+        entry = dict(entry)
+        if name == "transformer":  # the graph's names, written once as patterns
+            entry["io"] = GraphIO()
+        else:
+            entry["inputs"], entry["outputs"] = tokenizer_io[name]
+        entries.append(GraphSpec(name=name, **entry))
     try:
-        transformer = transformer_spec({**g.to_dict(), "head_dim": g.head_dim, "ffn_dim": g.ffn_dim,
-                                        "n_kv_head": g.n_head, "parameters": gpt.num_params()})
-        entries = {"transformer": {**graphs["transformer"], "inputs": io.inputs(g.n_layer),
-                                   "outputs": io.outputs(g.n_layer), "io": io.to_dict()}}
-        entries.update({name: {**graphs[name], "inputs": ins, "outputs": outs}
-                        for name, (ins, outs) in tokenizer_io.items()})
         model = ModelSpec(
             name=spec.name, description=spec.description, conditioning="class",
             family=ANY_ORDER_FAMILY if g.order == "any" else "llamagen-c2i",
-            transformer=transformer,
-            tokenizer=tokenizer_spec({**v.to_dict(), "downsample": v.downsample, "grid": v.grid,
-                                      "parameters": vq.num_params()}),
-            image=ImageSpec(height=v.image_size, width=v.image_size, channels=v.in_channels, value_range=(-1, 1)),
-            grid=(g.grid, g.grid),
-            classes=ClassesSpec(names=tuple(spec.class_names), null_class_id=g.null_class),
-            layout=TokenLayout(vocab_size=g.vocab_size, class_token_offset=g.vocab_size,
-                               null_class_id=g.null_class, rope_grid=g.rope_grid, query_token_id=g.query_token),
-            graphs=tuple(graph_spec(name, entry, transformer) for name, entry in entries.items()),
+            transformer=transformer, tokenizer=tokenizer, image=image,
+            classes=ClassesSpec(names=tuple(spec.class_names)), graphs=tuple(entries),
             files={name: FileEntry(meta["sha256"], meta["bytes"]) for name, meta in files.items()},
             weights=dict(WEIGHT_FILES) if spec.include_weights else {},
-            generation=generation_defaults(dict(spec.generation_defaults)),
+            generation=generation_defaults(dict(spec.generation_defaults)), export=export,
             info={"exported_by": {"package": "tessera-ar", "version": package_version(), "torch": torch.__version__,
                                   "onnx": onnx.__version__, "python": platform.python_version()},
                   "parity": parity_report})
-        data = model.to_manifest()
-        ModelSpec.from_manifest(data)  # every cross-check the runtime makes at load
+        return ModelSpec.from_manifest(model.to_manifest())  # every check the runtime makes at load
     except ModelDirectoryError as e:
         raise ExportError(f"this export would write a manifest the runtime refuses: {e}") from None
-    return data
+
+
+def _write_manifest(root: Path, model: ModelSpec) -> None:
+    (root / MANIFEST_NAME).write_text(json.dumps(model.to_manifest(), indent=2) + "\n")
 
 
 def _parity(refs: parity.References, tmp: Path, precision: str, transformer_facts: dict) -> dict:
     report = {
         "precision": precision,
         "transformer": parity.transformer_parity(refs.transformer(precision), tmp / GRAPH_FILES["transformer"],
-                                                 multi_query=multi_query(transformer_facts)),
+                                                 multi_query=transformer_facts.get("multi_query", "batched")),
         "tokenizer": parity.tokenizer_parity(refs.tokenizer(), tmp / GRAPH_FILES["tokenizer_encoder"],
                                              tmp / GRAPH_FILES["tokenizer_decoder"]),
     }
@@ -527,10 +528,11 @@ def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, pr
 
         if fp32_source is not None:
             with stage(progress, "export", f"{precision}, graphs copied from {Path(fp32_source).name}"):
-                source = json.loads((Path(fp32_source) / MANIFEST_NAME).read_text())
-                for name, entry in source["graphs"].items():  # exporter facts (e.g. graph kind) carry over
-                    facts[name] = {k: v for k, v in entry.items() if k not in (
-                        "file", "precision", "method", "options", "opset", "inputs", "outputs", "external_data")}
+                from tessera.runtime.manifest import load_manifest
+
+                for graph in load_manifest(fp32_source, verify="none").spec.graphs:  # exporter facts carry over
+                    facts[graph.name] = {k: getattr(graph, k) for k in ("min_onnxruntime", *_GRAPH_FACTS)
+                                         if getattr(graph, k) is not None}
                 for path in graphs.values():
                     for src in (Path(fp32_source) / path.name, data_file(Path(fp32_source) / path.name)):
                         if src.exists():
@@ -579,10 +581,10 @@ def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, pr
                 shutil.copy2(f, tmp / Path(f).name)
             files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                      for p in sorted(tmp.iterdir()) if p.is_file()}
-            manifest = _manifest(gpt, vq, spec, report, files, _graph_entries(spec, tmp, entries, facts))
-            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-            manifest["graphs"]["transformer"]["self_test"] = record_self_test(tmp, precision)
-            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+            model = _manifest(gpt, vq, spec, report, files, _graph_entries(spec, tmp, entries, facts))
+            _write_manifest(tmp, model)  # the self-test runs the graph through the runtime, which reads it
+            probe = record_self_test(tmp, precision)
+            _write_manifest(tmp, model.with_graph(replace(model.graph("transformer"), self_test=probe)))
             _public_permissions(tmp)
             guard.hold()  # from here a SIGTERM waits until the directory is in place (see restore)
             _install(tmp, out, watchdog)

@@ -47,7 +47,7 @@ def export_transformer(model: GPT, path: Path, opset: int = DEFAULT_OPSET, kind:
         raise ValueError(f"unknown graph kind {kind!r}; choose one of {sorted(GRAPH_KINDS)}")
     if kind == "portable":
         trace_transformer(model, path, opset)
-        return {**GRAPH_KINDS[kind], "min_onnxruntime": OLDEST_TESTED}
+        return {**GRAPH_KINDS[kind], "min_onnxruntime": OLDEST_TESTED, "multi_query": "batched"}
     else:
         import onnx
 

@@ -133,11 +133,9 @@ class Reference:
 
 @torch.no_grad()
 def reference(model_dir: Path) -> Reference:
-    gpt, vq, manifest = load_model_dir(model_dir)
-    t = manifest["token_layout"]
-    grid = (manifest["grid"]["height"], manifest["grid"]["width"])
-    calls = ort_probe.scenario(t["vocab_size"], t["class_token_offset"], manifest["classes"]["null_class_id"],
-                               grid, t["rope_grid"])
+    gpt, vq, spec = load_model_dir(model_dir)
+    t = spec.layout
+    calls = ort_probe.scenario(t.vocab_size, t.class_token_offset, t.null_class_id, spec.grid, t.rope_grid)
     logits, past = [], None
     for c in calls:
         out, past = gpt(torch.from_numpy(c["ids"]), torch.from_numpy(c["pos"]), torch.from_numpy(c["mask"]), past)
@@ -152,7 +150,7 @@ def reference(model_dir: Path) -> Reference:
     def decode(tokens: np.ndarray) -> np.ndarray:
         return vq.decode_codes(torch.from_numpy(tokens)).numpy()
 
-    return Reference(manifest["graphs"]["transformer"]["precision"], logits, sampled, greedy, decode)
+    return Reference(spec.graph("transformer").precision, logits, sampled, greedy, decode)
 
 
 def judge(got: dict, ref: Reference, newest: dict | None) -> tuple[bool, str]:

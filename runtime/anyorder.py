@@ -1,7 +1,7 @@
 """The any-order decoder: a whole grid in a few transformer calls with a position-query model.
 
 An any-order model (manifest family `anyorder-c2i`) has one extra input id, the position query
-(`token_layout.query_token_id`): fed at a cell's rotary position, its logits are the model's
+(`TokenLayout.query_token_id`): fed at a cell's rotary position, its logits are the model's
 distribution for that cell given the context it may see. A schedule (runtime/schedule.py) splits
 the open cells into `steps` groups (cosine sizes, locality-aware or random order); each step
 decides one group, all its cells sampled independently from the same context.

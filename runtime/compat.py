@@ -2,10 +2,11 @@
 
 onnxruntime's contrib operators grow inputs from release to release, and a graph that uses a
 newer form does not load on an older build ("This is an invalid model. In Node, ...
-GroupQueryAttention"). The accelerator flavours lag the CPU package by several releases
-(onnxruntime-rocm stops at 1.22, -directml at 1.24, -gpu at 1.31), so the exporter writes the
-form of the *target* build and records in the manifest the oldest onnxruntime that loads each
-graph; the runtime compares that with the installed version before opening anything.
+GroupQueryAttention"). Accelerator flavours of onnxruntime can lag the CPU package by several
+releases, so the exporter writes the form of the *target* build and records in the manifest the
+oldest onnxruntime that loads each graph (`graphs.<name>.min_onnxruntime`) and how the fused graph
+takes several queries (`graphs.transformer.multi_query`); the runtime compares the first with the
+installed version before opening anything.
 
 The fused transformer has two forms:
 
@@ -24,9 +25,11 @@ Versions here are those the support-matrix test (tests/test_ort_matrix.py) insta
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
-from .versions import release_numbers
 from .errors import InvalidInputError, ModelDirectoryError
+from .spec import GraphSpec
+from .versions import release_numbers
 
 OLDEST_TESTED = "1.22"
 
@@ -44,9 +47,6 @@ FUSED_FORMS = (  # oldest first
     FusedForm("1.22", gqa_query_seqlens=False, multi_query="one-query-per-call"),
     FusedForm("1.32", gqa_query_seqlens=True, multi_query="batched"),
 )
-# What manifests written before the field existed meant: every fused graph used the 1.32 form.
-LEGACY_FUSED = FUSED_FORMS[-1]
-MULTI_QUERY_MODES = ("batched", "one-query-per-call")
 
 
 def parse_version(text: str) -> tuple[int, ...]:
@@ -68,40 +68,18 @@ def fused_form(target_onnxruntime: str) -> FusedForm:
     return fitting[-1]
 
 
-def required_version(graph: dict) -> str:
-    """The oldest onnxruntime that loads this manifest graph entry."""
-    if "min_onnxruntime" in graph:
-        return str(graph["min_onnxruntime"])
-    return LEGACY_FUSED.min_onnxruntime if graph.get("kind") == "fused" else OLDEST_TESTED
-
-
-def multi_query(graph: dict) -> str:
-    """How the runtime may call the transformer with several query tokens."""
-    if graph.get("kv_cache") != "shared-buffer":
-        return "batched"  # the traced graph has no such restriction
-    mode = graph.get("multi_query", LEGACY_FUSED.multi_query)
-    if mode not in MULTI_QUERY_MODES:
-        raise ModelDirectoryError(f"graphs.transformer.multi_query is {mode!r}; expected one of "
-                                  f"{', '.join(MULTI_QUERY_MODES)}. Re-export the model.")
-    return mode
-
-
-def check_loadable(graphs: dict[str, dict], installed: str, model_name: str) -> None:
-    """One line naming the version found, the version needed and the fix, before any session opens."""
+def check_loadable(graphs: Iterable[GraphSpec], installed: str, model_name: str) -> None:
+    """One line naming the version found, the version needed and the fix, before any session opens
+    (each `min_onnxruntime` is a version: the manifest reader checked it)."""
     have = parse_version(installed)
-    for name, graph in graphs.items():
-        need = required_version(graph)
-        try:
-            too_old = have < parse_version(need)
-        except InvalidInputError:
-            raise ModelDirectoryError(f"graphs.{name}.min_onnxruntime is {need!r}, not a version; "
-                                      "re-export the model") from None
-        if too_old:
+    for graph in graphs:
+        need = graph.min_onnxruntime
+        if have < parse_version(need):
             fix = (f"re-export it for this build: tessera export --from DIR --target-onnxruntime {installed}"
-                   if graph.get("kind") == "fused" and parse_version(installed) >= parse_version(OLDEST_TESTED)
+                   if graph.kind == "fused" and have >= parse_version(OLDEST_TESTED)
                    else "re-export it with: tessera export --from DIR --graph portable")
             raise ModelDirectoryError(
-                f"{model_name}: its {name} graph needs onnxruntime >= {need}, but {installed} is installed; "
+                f"{model_name}: its {graph.name} graph needs onnxruntime >= {need}, but {installed} is installed; "
                 f"upgrade onnxruntime (or your accelerator's flavour of it), or {fix}")
 
 
@@ -124,9 +102,9 @@ OPTIMIZER_BUGS = (
 )
 
 
-def disabled_optimizers(graph: dict, installed: str) -> list[str]:
-    """Optimizers to switch off for this manifest graph entry on the installed onnxruntime."""
+def disabled_optimizers(graph: GraphSpec, installed: str) -> list[str]:
+    """Optimizers to switch off for this graph on the installed onnxruntime."""
     have = parse_version(installed)
     return [bug.optimizer for bug in OPTIMIZER_BUGS
-            if graph.get("kind", "") == bug.kind and graph.get("precision") == bug.precision
+            if (graph.kind or "") == bug.kind and graph.precision == bug.precision
             and parse_version(bug.first_bad) <= have < parse_version(bug.fixed_in)]

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import InvalidInputError
 from .sampling import SamplingConfig, image_seeds
+
+if TYPE_CHECKING:
+    from .spec import GenerationDefaults, TransformerSpec
 
 # Default memory a single generation may plan to use (KV cache, logits, sampler buffers); a
 # request above it is refused before anything is allocated. Override per pipeline with
@@ -111,17 +114,17 @@ class GenerationConfig:
         return replace(base, resolved=False, **options) if options else base
 
     # --- resolution against the model --------------------------------------------------------
-    def resolve(self, defaults: Mapping, vocab_size: int, rope_grid: int,
+    def resolve(self, defaults: "GenerationDefaults | None", vocab_size: int, rope_grid: int,
                 trained_grid: tuple[int, int]) -> "GenerationConfig":
         """Fill unset options from the manifest's `defaults`, validate everything, and return a
         config of concrete values (`resolved=True`). Idempotent."""
         if self.resolved:
             return self
-        d = defaults or {}
 
         def pick(name, fallback):
             v = getattr(self, name)
-            return (d.get(name, fallback), " (the model's default)") if v is None else (v, "")
+            d = getattr(defaults, name, None)  # the manifest's generation_defaults (typed)
+            return ((fallback, "") if d is None else (d, " (the model's default)")) if v is None else (v, "")
 
         g, note = pick("guidance_scale", 1.0)
         g = check_real("guidance_scale", g, 0.0, note=" (<= 1 turns guidance off)" + note)
@@ -206,20 +209,19 @@ class GenerationConfig:
         return image_seeds(self.seed, images)
 
 
-def memory_estimate(images: int, guided: bool, grid: tuple[int, int], transformer: Mapping,
+def memory_estimate(images: int, guided: bool, grid: tuple[int, int], transformer: "TransformerSpec",
                     vocab_size: int, queries: int = 1) -> int:
     """Bytes a generation of `images` images plans to hold: the KV cache (float32 upper bound),
     the logits of one call and the sampler's per-row buffers, the token grids and uniforms."""
     rows = images * (2 if guided else 1)
     n = grid[0] * grid[1]
     capacity = 1 + n + grid[0]
-    kv = rows * int(transformer["n_layer"]) * 2 * int(transformer["n_head"]) * int(transformer["head_dim"]) \
-        * capacity * 4
+    kv = rows * transformer.n_layer * 2 * transformer.n_kv_head * transformer.head_dim * capacity * 4
     logits = rows * queries * vocab_size * 4 * 3  # the call's logits, guidance and the top-k partition
     return int(kv + logits + images * n * 16 + rows * (n + 1) ** 2 // 2)
 
 
-def check_budget(what: str, images: int, guided: bool, grid: tuple[int, int], transformer: Mapping,
+def check_budget(what: str, images: int, guided: bool, grid: tuple[int, int], transformer: "TransformerSpec",
                  vocab_size: int, budget: int | None, queries: int = 1) -> None:
     """Refuse (InvalidInputError) a request whose memory estimate exceeds `budget` bytes."""
     if budget is None:

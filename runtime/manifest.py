@@ -1,18 +1,18 @@
-"""The model directory's manifest (`tessera.json`): the one source of truth the runtime reads.
-
-Dimensions, token layout, class names, graph files, precisions and checksums all live here;
-nothing in the runtime repeats them.
+"""A model directory on disk: its manifest (`tessera.json`) read once into a `ModelSpec`
+(runtime/spec.py: every type, range, cross-check and listed name), then the file system's part
+(symlinks stay inside the directory, sizes and checksums). Nothing in the runtime reads the manifest
+file again or repeats what the spec holds.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 from .errors import InvalidInputError, ModelDirectoryError
-from .spec import FORMAT, FORMAT_VERSION, MANIFEST_NAME, ModelSpec, TokenLayout  # noqa: F401 (re-exported)
+from .spec import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, REEXPORT, UNTRUSTED_FIX,  # noqa: F401 (re-exported)
+                   ModelSpec, TokenLayout, is_plain_file_name, quoted)
 
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest of 100,000 class names is ~5 MB; more is not a manifest
 
@@ -26,144 +26,60 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 # --- a model directory is untrusted input: every name it lists stays inside it ----------------
-_UNTRUSTED_FIX = "the manifest is damaged or was tampered with; re-export the model or get it from a trusted source"
-_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-
-
-def is_plain_file_name(name) -> bool:
-    """A non-empty str naming a file directly inside a directory on every OS: no separator ('/' or
-    '\\'), no drive or stream (':'), not '.' or '..', not absolute, no NUL."""
-    return (isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\:\0")
-            and PurePosixPath(name).name == name and PureWindowsPath(name).name == name)
-
-
 def file_inside(root: Path, name, field: str) -> Path:
     """`root / name` after checking that `name` is a plain file name and that the path, symlinks
     resolved, stays inside `root`; else a ModelDirectoryError naming `field`. No file is opened."""
     if not is_plain_file_name(name):
         raise ModelDirectoryError(f"{field}: not a plain file name inside the model directory ({name!r}); "
-                                  + _UNTRUSTED_FIX)
+                                  + UNTRUSTED_FIX)
     path = root / name
     try:
         real_root, real = root.resolve(), path.resolve()
     except (OSError, RuntimeError) as e:  # a symlink loop
-        raise ModelDirectoryError(f"{field}: {name!r} cannot be resolved ({e}); " + _UNTRUSTED_FIX) from None
+        raise ModelDirectoryError(f"{field}: {name!r} cannot be resolved ({e}); " + UNTRUSTED_FIX) from None
     if not real.is_relative_to(real_root):
         raise ModelDirectoryError(f"{field}: {name!r} is a symlink to {real}, outside the model directory; "
-                                  "copy the file into the directory instead, or " + _UNTRUSTED_FIX)
+                                  "copy the file into the directory instead, or " + UNTRUSTED_FIX)
     return path
 
 
-def _quoted(name) -> str:
-    return json.dumps(name) if isinstance(name, str) else repr(name)
+def check_names(root: Path, spec: ModelSpec) -> None:
+    """Every file the manifest lists, symlinks resolved, stays inside the model directory. (That each
+    name is a plain file name listed in `files` with a well-formed entry, the manifest reader checked.)
+    Opens no listed file."""
+    for name in spec.files:
+        file_inside(root, name, f"files[{quoted(name)}]")
 
 
-def check_names(manifest: "Manifest") -> None:
-    """Every name the manifest lists (`files`, each graph's `file` and `external_data`, `weights`)
-    is a plain file name inside the model directory, each graph and weights file is listed in
-    `files`, and each `files` entry has a well-formed `bytes` and `sha256`. Opens no listed file."""
-    data, root = manifest.data, manifest.root
-    files = data.get("files")
-    if not isinstance(files, dict):
-        raise ModelDirectoryError(f"{root / MANIFEST_NAME}: 'files' is not an object of file name -> "
-                                  "{sha256, bytes}; " + _UNTRUSTED_FIX)
-    for name, meta in files.items():
-        field = f"files[{_quoted(name)}]"
-        file_inside(root, name, field)
-        if not isinstance(meta, dict):
-            raise ModelDirectoryError(f"{field}: expected {{\"sha256\": ..., \"bytes\": ...}}, got {meta!r}; "
-                                      + _UNTRUSTED_FIX)
-        size, digest = meta.get("bytes"), meta.get("sha256")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise ModelDirectoryError(f'{field}["bytes"]: expected a size in bytes (an integer >= 0), '
-                                      f"got {size!r}; " + _UNTRUSTED_FIX)
-        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
-            raise ModelDirectoryError(f'{field}["sha256"]: expected 64 hex digits, got {digest!r}; '
-                                      + _UNTRUSTED_FIX)
-    graphs = data.get("graphs")
-    if not isinstance(graphs, dict):
-        raise ModelDirectoryError(f"{root / MANIFEST_NAME}: 'graphs' is not an object of graph name -> entry; "
-                                  + _UNTRUSTED_FIX)
-    listed = []
-    for gname, entry in graphs.items():
-        gfield = f"graphs[{_quoted(gname)}]"
-        if not isinstance(entry, dict):
-            raise ModelDirectoryError(f"{gfield}: expected an object with a 'file', got {entry!r}; " + _UNTRUSTED_FIX)
-        keys = ["file"] + (["external_data"] if entry.get("external_data") is not None else [])
-        for key in keys:
-            field = f'{gfield}["{key}"]'
-            file_inside(root, entry.get(key), field)
-            listed.append((field, entry[key]))
-    weights = data.get("weights") or {}
-    if not isinstance(weights, dict):
-        raise ModelDirectoryError(f"{root / MANIFEST_NAME}: 'weights' is not an object of model -> file name; "
-                                  + _UNTRUSTED_FIX)
-    for wname, fname in weights.items():
-        field = f"weights[{_quoted(wname)}]"
-        file_inside(root, fname, field)
-        listed.append((field, fname))
-    for field, fname in listed:
-        if fname not in files:
-            raise ModelDirectoryError(f"{field}: {fname!r} is not listed in 'files', so it cannot be verified; "
-                                      + _UNTRUSTED_FIX)
-
-
-@dataclass
+@dataclass(frozen=True)
 class Manifest:
-    """A loaded model directory: `root`, the raw manifest `data`, and `spec`, the validated
-    contract (runtime/spec.py) the views below read."""
+    """A loaded model directory: its `root` and `spec`, the validated contract (runtime/spec.py)
+    that everything reads; the manifest file is read once, by `load_manifest`."""
 
     root: Path
-    data: dict
-    spec: ModelSpec | None = None  # set by load_manifest; for a Manifest built by hand, built on first use
+    spec: ModelSpec
 
-    def _spec(self) -> ModelSpec:
-        if self.spec is None:
-            self.spec = ModelSpec.from_manifest(self.data, self.root)
-        return self.spec
-
-    # --- typed views of what the runtime needs ---------------------------------------------
-    @property
-    def transformer(self) -> dict:
-        """The transformer section as a dict (validated; `spec.transformer` is the typed form)."""
-        return self._spec().transformer.to_dict()
-
+    # --- shorthands for the spec's most used facts ------------------------------------------------
     @property
     def grid(self) -> tuple[int, int]:
-        return self._spec().grid
+        return self.spec.grid
 
     @property
     def class_names(self) -> list[str]:
-        return self._spec().class_names
+        return self.spec.class_names
 
     @property
     def num_classes(self) -> int:
-        return self._spec().num_classes
+        return self.spec.num_classes
 
     @property
     def layout(self) -> TokenLayout:
-        return self._spec().layout
-
-    @property
-    def generation_defaults(self) -> dict:
-        return self._spec().generation.to_dict()
-
-    def graph(self, name: str) -> dict:
-        try:
-            return self.data["graphs"][name]
-        except KeyError:
-            raise ModelDirectoryError(
-                f"{self.root} has no '{name}' graph (it has {sorted(self.data.get('graphs', {}))}); re-export the model"
-            ) from None
+        return self.spec.layout
 
     def graph_path(self, name: str) -> Path:
-        entry = self.graph(name)
-        path = file_inside(self.root, entry.get("file") if isinstance(entry, dict) else None,
-                           f'graphs[{_quoted(name)}]["file"]')
-        if path.name not in self.data.get("files", {}):
-            raise ModelDirectoryError(f'graphs[{_quoted(name)}]["file"]: {path.name!r} is not listed in '
-                                      "'files', so it cannot be verified; " + _UNTRUSTED_FIX)
-        return path
+        """The graph's file, its name checked again against the directory as it is now (a symlink
+        swapped in after loading is refused)."""
+        return file_inside(self.root, self.spec.graph(name).file, f'graphs[{quoted(name)}]["file"]')
 
     # --- class labels -----------------------------------------------------------------------
     def class_id(self, label: int | str) -> int:
@@ -241,8 +157,10 @@ def load_manifest(model_dir: str | Path, verify: str = "full") -> Manifest:
     """Read and check a model directory.
 
     verify: "full" checks size and sha256 of every listed file, "size" only sizes (fast, catches
-    truncation), "none" skips both.
+    truncation), "none" skips both. A format-1 manifest is read through its upgrade (spec.upgrade_v1).
     """
+    if verify not in ("full", "size", "none"):
+        raise InvalidInputError(f"verify must be 'full', 'size' or 'none', got {verify!r}")
     root = Path(model_dir)
     if not root.is_dir():
         raise ModelDirectoryError(f"model directory {root} does not exist; pass a directory made by `tessera export`")
@@ -254,26 +172,14 @@ def load_manifest(model_dir: str | Path, verify: str = "full") -> Manifest:
         size = path.stat().st_size
         if size > MAX_MANIFEST_BYTES:
             raise ModelDirectoryError(f"{path} is {size} bytes, more than a manifest can be "
-                                      f"({MAX_MANIFEST_BYTES} bytes); " + _UNTRUSTED_FIX)
+                                      f"({MAX_MANIFEST_BYTES} bytes); " + UNTRUSTED_FIX)
         data = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError) as e:  # RecursionError: absurdly nested JSON
         raise ModelDirectoryError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:200]}); "
                                   "re-export the model") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("format_version"), int):
-        raise ModelDirectoryError(f"{path} is not a Tessera manifest "
-                                  f"(format {data.get('format') if isinstance(data, dict) else None!r})")
-    if data["format_version"] > FORMAT_VERSION:
-        raise ModelDirectoryError(f"{path} has format version {data['format_version']}, newer than this runtime "
-                                  f"understands ({FORMAT_VERSION}); upgrade tessera-ar")
-    for key in ("transformer", "grid", "classes", "token_layout", "graphs", "files"):
-        if key not in data:
-            raise ModelDirectoryError(f"{path} lacks the '{key}' section; re-export the model")
-    if verify not in ("full", "size", "none"):
-        raise InvalidInputError(f"verify must be 'full', 'size' or 'none', got {verify!r}")
-    manifest = Manifest(root, data)
-    check_names(manifest)  # always: a name check opens nothing and costs nothing
-    # Then the schema: every section, type, range and cross-check (runtime/spec.py); opens nothing.
-    manifest.spec = ModelSpec.from_manifest(data, root)
+    # The schema: every section, type, range and name (runtime/spec.py); opens nothing.
+    manifest = Manifest(root, ModelSpec.from_manifest(data, root))
+    check_names(root, manifest.spec)  # symlinks: still opens nothing
     if verify != "none":
         _verify_listed(manifest, full=verify == "full")
     return manifest
@@ -282,24 +188,24 @@ def load_manifest(model_dir: str | Path, verify: str = "full") -> Manifest:
 def verify_files(manifest: Manifest, full: bool = True) -> None:
     """Check the size (and with `full` the sha256) of every file the manifest lists, after checking
     that every listed name stays inside the model directory (`check_names`)."""
-    check_names(manifest)
+    check_names(manifest.root, manifest.spec)
     _verify_listed(manifest, full)
 
 
 def _verify_listed(manifest: Manifest, full: bool) -> None:
     # The PyTorch weights serve re-export only: an install may leave them out (the wheel does),
     # but when present they are verified like every other file.
-    export_only = set((manifest.data.get("weights") or {}).values())
-    for name, meta in manifest.data["files"].items():
+    export_only = set(manifest.spec.weights.values())
+    for name, entry in manifest.spec.files.items():
         f = manifest.root / name
         if name in export_only and not f.exists():
             continue
         if not f.is_file():
             raise ModelDirectoryError(f"{f} is missing from the model directory; re-export or re-copy the model")
         size = f.stat().st_size
-        if size != meta["bytes"]:
-            raise ModelDirectoryError(f"{f} is {size} bytes but the manifest says {meta['bytes']}: "
+        if size != entry.bytes:
+            raise ModelDirectoryError(f"{f} is {size} bytes but the manifest says {entry.bytes}: "
                                       "the file is truncated or was replaced; re-export or re-copy the model")
-        if full and sha256_file(f) != meta["sha256"].lower():
+        if full and sha256_file(f) != entry.sha256.lower():
             raise ModelDirectoryError(f"{f} fails its sha256 checksum: the file is corrupt or was modified; "
                                       "re-export or re-copy the model")

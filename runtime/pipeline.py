@@ -119,15 +119,15 @@ class Pipeline:
         threads = check_threads(threads)  # before any session opens
         self.manifest = manifest
         self.low_memory = bool(low_memory)
-        graphs = manifest.data["graphs"]
+        spec = manifest.spec
         installed = ort_version()
-        check_loadable(graphs, installed, manifest.root.name)  # before any session opens
-        warn_if_unsuited(graphs, providers[0], manifest.root.name)
+        check_loadable(spec.graphs, installed, manifest.root.name)  # before any session opens
+        warn_if_unsuited(spec.graph("transformer"), providers[0], manifest.root.name)
 
         def opener(path: Path):
-            entry = next((g for g in graphs.values() if g.get("file") == path.name), {})
+            graph = next(g for g in spec.graphs if g.file == path.name)
             return open_session(path, providers, threads, provider_options, session_options,
-                                disabled_optimizers(entry, installed))
+                                disabled_optimizers(graph, installed))
 
         self._pool_size = check_int("max_concurrency", max_concurrency, 1)
 
@@ -139,14 +139,14 @@ class Pipeline:
 
         self._open_transformer = open_transformer
         open_transformer()
-        self._self_test(graphs["transformer"].get("self_test"), manifest)
+        self._self_test(spec.graph("transformer").self_test, manifest)
         self.tokenizer = ImageTokenizer(manifest, opener)
         # What really runs each graph: onnxruntime may drop a requested provider (it warns then).
         self.graph_providers = {"transformer": active_provider(self.transformer.session),
                                 "tokenizer_decoder": active_provider(self.tokenizer.decoder)}
         self.providers = list(dict.fromkeys([self.graph_providers["transformer"], *providers]))
         if self.graph_providers["transformer"] != providers[0]:
-            warn_if_unsuited(graphs, self.graph_providers["transformer"], manifest.root.name)
+            warn_if_unsuited(spec.graph("transformer"), self.graph_providers["transformer"], manifest.root.name)
         self.layout = manifest.layout
         self.grid = manifest.grid
         self.memory_budget = memory_budget
@@ -252,7 +252,7 @@ class Pipeline:
     def config(self, config: GenerationConfig | None = None, **options) -> GenerationConfig:
         """`config` with `options` replaced, resolved against this model's defaults and validated."""
         cfg = GenerationConfig.from_options(config, **options)
-        return cfg.resolve(self.manifest.generation_defaults, self.layout.vocab_size, self.layout.rope_grid,
+        return cfg.resolve(self.manifest.spec.generation, self.layout.vocab_size, self.layout.rope_grid,
                            self.grid)
 
     def sampling_options(self, guidance_scale: float | None = None, temperature: float | None = None,
@@ -293,7 +293,7 @@ class Pipeline:
         n = cfg.grid[0] * cfg.grid[1]
         queries = {"parallel": cfg.grid[0], "jacobi": min(n, 2 * (cfg.jacobi_window or 0) + 2),
                    "anyorder": 2 * max(cosine_counts(n, cfg.steps or 1))}.get(cfg.decoder, 1)
-        check_budget("generate", count * cfg.num_images_per_class, cfg.guided, cfg.grid, self.manifest.transformer,
+        check_budget("generate", count * cfg.num_images_per_class, cfg.guided, cfg.grid, self.manifest.spec.transformer,
                      self.layout.vocab_size, self.memory_budget, queries)
         labels = self.labels(class_labels, cfg.num_images_per_class)
         seeds = cfg.seeds(labels.shape[0])
@@ -600,7 +600,7 @@ class Pipeline:
         label = None if class_label is None else self.manifest.class_id(class_label)
         k = self._draws_per_image(regen, candidates, num_images)
         rows = int(num_images) * k
-        check_budget("edit", rows, cfg.guided and label is not None, self.grid, self.manifest.transformer,
+        check_budget("edit", rows, cfg.guided and label is not None, self.grid, self.manifest.spec.transformer,
                      self.layout.vocab_size, self.memory_budget)
         seeds = cfg.seeds(rows)
         if source is None:

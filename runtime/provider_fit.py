@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .spec import GraphSpec
 
 
 @dataclass(frozen=True)
@@ -41,19 +45,18 @@ FITS = {
 }
 
 
-def fit_warning(graphs: dict[str, dict], provider: str, model_name: str) -> str | None:
+def fit_warning(graph: "GraphSpec", provider: str, model_name: str) -> str | None:
     """A one-line warning when the transformer graph does not suit `provider`, else None."""
     fit = FITS.get(provider)
-    graph = graphs.get("transformer", {})
-    kind, precision = graph.get("kind", "portable"), graph.get("precision", "fp32")
+    kind, precision = graph.kind, graph.precision
     if fit is None or (kind, precision) in fit.good:
         return None
     return (f"{model_name}: a {kind} {precision} transformer is a poor fit for {provider} ({fit.why}); "
             f"export one with `tessera export --from DIR --graph {fit.best[0]} --quant {fit.best[1]}`")
 
 
-def warn_if_unsuited(graphs: dict[str, dict], provider: str, model_name: str) -> str | None:
-    msg = fit_warning(graphs, provider, model_name)
+def warn_if_unsuited(graph: "GraphSpec", provider: str, model_name: str) -> str | None:
+    msg = fit_warning(graph, provider, model_name)
     if msg:
         warnings.warn(msg, RuntimeWarning, stacklevel=4)  # the caller of Pipeline.load
     return msg

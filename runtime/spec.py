@@ -1,34 +1,42 @@
 """The model contract: what a model directory's manifest (`tessera.json`) says, typed and validated.
 
 `ModelSpec.from_manifest` is the one place the manifest is read: every section present and an
-object, every field of its type (a bool is not an int) and within a sane range, and the sections
-agreeing with each other (vocab == codebook, grid == image / downsample, the transformer graph's
-listed inputs and outputs == the names its `io` patterns give). Any failure is one
-`ModelDirectoryError` naming the field and the fix. `ModelSpec.to_manifest` is what the exporter
-writes, so both sides share one definition.
+object, every field of its type (a bool is not an int) and within a sane range, every name it lists
+a plain file name listed in `files`, the self-test probe within the model's tables. Any failure is
+one `ModelDirectoryError` naming the field and the fix. `ModelSpec.to_manifest` is what the exporter
+writes, so both sides share one definition; docs/model-directory.md is its normative description.
 
-The transformer graph's input/output names are written once, as patterns, under
-`graphs.transformer.io` (in the spirit of onnxruntime-genai's config); manifests written before
-it existed mean today's names (`GraphIO()`).
+Format 2 keeps one field per fact: what follows from others (class token ids, the null class, the
+image size, the transformer graph's input list) is a rule, not a copy. The runtime reads and checks
+the sections it uses; `export` (architecture and training fields that only re-export needs) is the
+exporter's, checked by it (export/config.py). A format-1 manifest is read through `upgrade_v1`, the
+one place that knows format 1.
 """
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import PurePosixPath, PureWindowsPath
 
-from .compat import MULTI_QUERY_MODES, parse_version
-from .errors import InvalidInputError, ModelDirectoryError
+from .errors import ModelDirectoryError
+from .versions import release_numbers
 
 MANIFEST_NAME = "tessera.json"
 FORMAT = "tessera-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FAMILIES = ("llamagen-c2i", "anyorder-c2i")  # what this runtime knows how to run
 ANY_ORDER_FAMILY = "anyorder-c2i"  # LlamaGen c2i + a position query: cells in any order (runtime/anyorder.py)
 CONDITIONING_KINDS = ("class",)
 GRAPH_KINDS = ("fused", "portable")
 KV_CACHE_MODES = ("shared-buffer", "concat")
+MULTI_QUERY_MODES = ("batched", "one-query-per-call")  # how the transformer takes several queries (compat.py)
 LAYER = "{layer}"  # the layer index in a KV name pattern
-FIX = "re-export the model (tessera export --from DIR, or from its checkpoints) or get it from a trusted source"
+REEXPORT = "tessera export --from DIR --out NEW"
+FIX = f"re-export the model ({REEXPORT}, or from its checkpoints) or get it from a trusted source"
+UNTRUSTED_FIX = "the manifest is damaged or was tampered with; re-export the model or get it from a trusted source"
 
 # Ranges a model of this family can have; beyond them a manifest is damaged or hostile (issue 15).
 MAX_LAYERS = MAX_HEADS = MAX_HEAD_DIM = 1024
@@ -38,18 +46,34 @@ MAX_GRID = 256  # tokens per side
 MAX_ROPE_GRID = 1024
 MAX_IMAGE_SIDE = 16384
 MAX_NAME = 256  # characters of a class, tensor or graph name
+MAX_PROBE_TOKENS = 16  # tokens per row of the recorded self-test call
+MAX_PROBE_VALUES = 128  # logits per row it records
 
 _REQUIRED = object()
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def is_plain_file_name(name) -> bool:
+    """A non-empty str naming a file directly inside a directory on every OS: no separator ('/' or
+    '\\'), no drive or stream (':'), not '.' or '..', not absolute, no NUL."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\:\0")
+            and PurePosixPath(name).name == name and PureWindowsPath(name).name == name)
+
+
+def quoted(name) -> str:
+    """A listed name as the errors show it: JSON for a string (escapes visible), repr otherwise."""
+    return json.dumps(name) if isinstance(name, str) else repr(name)
 
 
 # --- the parts -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TokenLayout:
-    """Where tokens and positions sit in the transformer's input space."""
+    """Where tokens and positions sit in the transformer's input space (derived from `transformer`
+    and the family: docs/model-directory.md, section 5)."""
 
     vocab_size: int  # image codes are 0 .. vocab_size - 1
-    class_token_offset: int  # class c is fed as class_token_offset + c
-    null_class_id: int
+    class_token_offset: int  # class c is fed as class_token_offset + c (= vocab_size)
+    null_class_id: int  # = num_classes
     rope_grid: int  # cell (row, col) has position id 1 + row * rope_grid + col; the class has 0
     query_token_id: int | None = None  # any-order models: the position query (after the null class)
 
@@ -58,6 +82,16 @@ class TokenLayout:
 
     def cell_position(self, row, col):
         return 1 + row * self.rope_grid + col
+
+    @property
+    def embedding_rows(self) -> int:
+        """Input ids the graph's embedding table has: codes, classes, the null class (and the query)."""
+        return self.class_token_offset + self.null_class_id + 1 + (self.query_token_id is not None)
+
+    @property
+    def positions(self) -> int:
+        """Position ids the rotary table has: the class's 0, then rope_grid x rope_grid cells."""
+        return 1 + self.rope_grid ** 2
 
 
 @dataclass(frozen=True)
@@ -101,86 +135,68 @@ _IO_KEYS = ("input_ids", "position_ids", "attention_mask", "logits", "past_key_n
 
 @dataclass(frozen=True)
 class TransformerSpec:
+    """The model's shape: the canonical home of every dimension (docs/model-directory.md, section 2)."""
+
     dim: int
     n_layer: int
     n_head: int
-    n_kv_head: int
-    head_dim: int
-    vocab_size: int
-    num_classes: int
-    grid: int  # tokens per side it was trained on
-    rope_grid: int
-    rope_base: float = 10000.0
-    ffn_dim: int | None = None
-    multiple_of: int | None = None
-    norm_eps: float = 1e-5
-    class_dropout: float = 0.0
-    dropout: float = 0.0
-    parameters: int | None = None
-    extra: dict = field(default_factory=dict, hash=False)  # keys this runtime does not read, kept
+    n_kv_head: int  # the heads the KV cache holds
+    vocab_size: int  # image codes; the logits' last axis; the decoder's codebook
+    num_classes: int  # class embedding rows, + 1 for the null class
+    grid: int  # tokens per side it was trained on (the grid is square)
+    rope_grid: int  # side of the rotary table: the largest grid it can generate
+    parameters: int | None = None  # informational
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
 
     def to_dict(self) -> dict:
-        d = {"dim": self.dim, "n_layer": self.n_layer, "n_head": self.n_head, "vocab_size": self.vocab_size,
-             "num_classes": self.num_classes, "grid": self.grid, "rope_grid": self.rope_grid,
-             "rope_base": self.rope_base, "multiple_of": self.multiple_of, "norm_eps": self.norm_eps,
-             "class_dropout": self.class_dropout, "dropout": self.dropout, "head_dim": self.head_dim,
-             "ffn_dim": self.ffn_dim, "n_kv_head": self.n_kv_head, "parameters": self.parameters}
-        return {**{k: v for k, v in d.items() if v is not None}, **self.extra}
+        d = {"dim": self.dim, "n_layer": self.n_layer, "n_head": self.n_head, "n_kv_head": self.n_kv_head,
+             "vocab_size": self.vocab_size, "num_classes": self.num_classes, "grid": self.grid,
+             "rope_grid": self.rope_grid, "parameters": self.parameters}
+        return {k: v for k, v in d.items() if v is not None}
 
 
 @dataclass(frozen=True)
 class TokenizerSpec:
-    codebook_size: int
-    downsample: int
-    grid: int | None = None
-    codebook_dim: int | None = None
-    ch: int | None = None
-    ch_mult: tuple[int, ...] | None = None
-    z_channels: int | None = None
-    num_res_blocks: int | None = None
-    norm_groups: int | None = None
-    in_channels: int | None = None
-    image_size: int | None = None
-    commit_beta: float | None = None
-    entropy_ratio: float | None = None
-    dropout: float | None = None
-    usage_slots: int | None = None
-    parameters: int | None = None
-    extra: dict = field(default_factory=dict, hash=False)
+    downsample: int  # pixels per token side
+    parameters: int | None = None  # informational
 
     def to_dict(self) -> dict:
-        d = {"codebook_size": self.codebook_size, "codebook_dim": self.codebook_dim, "ch": self.ch,
-             "ch_mult": list(self.ch_mult) if self.ch_mult is not None else None, "z_channels": self.z_channels,
-             "num_res_blocks": self.num_res_blocks, "norm_groups": self.norm_groups,
-             "in_channels": self.in_channels, "image_size": self.image_size, "commit_beta": self.commit_beta,
-             "entropy_ratio": self.entropy_ratio, "dropout": self.dropout, "usage_slots": self.usage_slots,
-             "downsample": self.downsample, "grid": self.grid, "parameters": self.parameters}
-        return {**{k: v for k, v in d.items() if v is not None}, **self.extra}
+        return {"downsample": self.downsample, **({"parameters": self.parameters} if self.parameters is not None else {})}
 
 
 @dataclass(frozen=True)
 class ImageSpec:
-    height: int
-    width: int
-    channels: int = 3
-    value_range: tuple[float, float] = (-1, 1)
+    channels: int = 3  # the decoder output's axis 1: 1 (grey) or 3 (RGB)
 
     def to_dict(self) -> dict:
-        return {"height": self.height, "width": self.width, "channels": self.channels,
-                "value_range": list(self.value_range)}
+        return {"channels": self.channels}
 
 
 @dataclass(frozen=True)
 class ClassesSpec:
     names: tuple[str, ...]
-    null_class_id: int
-
-    @property
-    def count(self) -> int:
-        return len(self.names)
 
     def to_dict(self) -> dict:
-        return {"count": self.count, "names": list(self.names), "null_class_id": self.null_class_id}
+        return {"names": list(self.names)}
+
+
+@dataclass(frozen=True)
+class SelfTestSpec:
+    """The transformer's recorded probe (runtime/self_test.py): one causal call of `input_ids` at
+    `position_ids` (two rows), and the last position's logits at `indices`."""
+
+    input_ids: tuple[tuple[int, ...], ...]
+    position_ids: tuple[tuple[int, ...], ...]
+    indices: tuple[int, ...]
+    values: tuple[tuple[float, ...], ...]
+    tolerance: float
+
+    def to_dict(self) -> dict:
+        return {"input_ids": [list(r) for r in self.input_ids], "position_ids": [list(r) for r in self.position_ids],
+                "indices": list(self.indices), "values": [list(r) for r in self.values], "tolerance": self.tolerance}
 
 
 @dataclass(frozen=True)
@@ -189,48 +205,51 @@ class GraphSpec:
 
     name: str
     file: str
+    min_onnxruntime: str  # the oldest onnxruntime that loads it (runtime/compat.py)
     precision: str = "fp32"
     method: str = "none"
-    opset: int | None = None
+    opset: int | None = None  # informational
+    external_data: str | None = None
+    options: dict | None = field(default=None, hash=False)  # quantization options (informational)
     kind: str | None = None  # transformer: "fused" or "portable"
     kv_cache: str | None = None  # transformer: "shared-buffer" or "concat"
-    multi_query: str | None = None
-    min_onnxruntime: str | None = None  # None: written before the field existed (compat.required_version)
-    external_data: str | None = None
-    options: dict | None = field(default=None, hash=False)  # quantization options
-    # tokenizer decoder variants: PSNR (dB) of its image against the fp32 decoder's, measured at
-    # export on a fixed probe, and the bound it had to pass (None: fp32, or written before these)
+    multi_query: str | None = None  # transformer: "batched" or "one-query-per-call"
+    io: GraphIO | None = None  # transformer: its names, as patterns
+    self_test: SelfTestSpec | None = None  # transformer: None only while the exporter writes it
+    inputs: tuple[str, ...] = ()  # tokenizer graphs: listed; the transformer: from `io`
+    outputs: tuple[str, ...] = ()
+    # tokenizer decoder variants: PSNR (dB) of its image against the fp32 decoder's on a fixed probe,
+    # and the bound it had to pass
     psnr_db: float | None = None
     min_psnr_db: float | None = None
-    inputs: tuple[str, ...] = ()
-    outputs: tuple[str, ...] = ()
-    io: GraphIO | None = None  # the transformer's names, as patterns
-    extra: dict = field(default_factory=dict, hash=False)
 
     def to_dict(self) -> dict:
-        d = {"file": self.file, "min_onnxruntime": self.min_onnxruntime, "kind": self.kind,
-             "kv_cache": self.kv_cache, "multi_query": self.multi_query, "precision": self.precision,
-             "method": self.method, "options": self.options, "opset": self.opset,
-             "external_data": self.external_data, "psnr_db": self.psnr_db, "min_psnr_db": self.min_psnr_db}
+        d = {"file": self.file, "external_data": self.external_data, "min_onnxruntime": self.min_onnxruntime,
+             "kind": self.kind, "kv_cache": self.kv_cache, "multi_query": self.multi_query,
+             "precision": self.precision, "method": self.method, "options": self.options, "opset": self.opset,
+             "psnr_db": self.psnr_db, "min_psnr_db": self.min_psnr_db}
         d = {k: v for k, v in d.items() if v is not None}
-        d.update(self.extra)
-        d.update(inputs=list(self.inputs), outputs=list(self.outputs))
         if self.io is not None:
             d["io"] = self.io.to_dict()
+        else:
+            d.update(inputs=list(self.inputs), outputs=list(self.outputs))
+        if self.self_test is not None:
+            d["self_test"] = self.self_test.to_dict()
         return d
 
 
 @dataclass(frozen=True)
 class GenerationDefaults:
+    """What a host uses for an option its caller leaves unset; these defaults turn each option off."""
+
     guidance_scale: float = 1.0
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
-    extra: dict = field(default_factory=dict, hash=False)
 
     def to_dict(self) -> dict:
         return {"guidance_scale": self.guidance_scale, "temperature": self.temperature, "top_k": self.top_k,
-                "top_p": self.top_p, **self.extra}
+                "top_p": self.top_p}
 
 
 @dataclass(frozen=True)
@@ -239,21 +258,8 @@ class FileEntry:
     bytes: int
 
 
-_TOKEN_LAYOUT_NOTES = {
-    "input_ids": "image codes 0..vocab_size-1; class c -> class_token_offset + c; "
-                 "null class (guidance) -> class_token_offset + null_class_id",
-    "class_position_id": 0,
-    "cell_position_id": "1 + row * rope_grid + col (row-major cells)",
-    "attention_mask": "bool [batch, sequence, past + sequence], True = may attend",
-    "sequence": "class token, then image tokens in raster order; the token at cell j predicts cell j+1",
-}
-_ANY_ORDER_NOTES = {
-    "sequence": "class token, then image tokens in any order at their cells' positions; a query_token_id "
-                "at a cell's position predicts that cell and is never context (runtime/anyorder.py)",
-}
-_KNOWN_TOP = ("format", "format_version", "name", "description", "family", "conditioning", "transformer",
-              "tokenizer", "image", "grid", "classes", "token_layout", "graphs", "weights", "generation_defaults",
-              "files")
+_TOP = ("format", "format_version", "name", "description", "family", "conditioning", "transformer", "tokenizer",
+        "image", "classes", "graphs", "generation_defaults", "export", "weights", "files")
 
 
 @dataclass(frozen=True)
@@ -265,31 +271,44 @@ class ModelSpec:
     transformer: TransformerSpec
     tokenizer: TokenizerSpec
     image: ImageSpec
-    grid: tuple[int, int]  # (height, width) in tokens
     classes: ClassesSpec
-    layout: TokenLayout
     graphs: tuple[GraphSpec, ...]
-    files: dict = field(default_factory=dict, hash=False)  # name -> FileEntry
-    weights: dict = field(default_factory=dict, hash=False)  # model -> file name
     generation: GenerationDefaults = GenerationDefaults()
+    files: dict = field(default_factory=dict, hash=False)  # name -> FileEntry
+    weights: dict = field(default_factory=dict, hash=False)  # model -> file name (re-export only)
     description: str = ""
     conditioning: str = "class"
-    format_version: int = FORMAT_VERSION
+    export: dict = field(default_factory=dict, hash=False)  # the exporter's section (export/config.py)
     info: dict = field(default_factory=dict, hash=False)  # informational sections (exported_by, parity ...)
+    format_version: int = field(default=FORMAT_VERSION, compare=False)  # as found on disk (1: upgraded)
 
-    # --- views -------------------------------------------------------------------------------------
+    # --- derived facts (docs/model-directory.md: rules, not fields) --------------------------------
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The trained grid (height, width) in tokens."""
+        return self.transformer.grid, self.transformer.grid
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """The trained image (height, width) in pixels."""
+        return self.grid[0] * self.tokenizer.downsample, self.grid[1] * self.tokenizer.downsample
+
+    @cached_property
+    def layout(self) -> TokenLayout:
+        return token_layout(self.transformer, self.family)
+
     @property
     def class_names(self) -> list[str]:
         return list(self.classes.names)
 
     @property
     def num_classes(self) -> int:
-        return self.classes.count
+        return self.transformer.num_classes
 
     @property
     def io(self) -> GraphIO:
         """The transformer graph's input/output names."""
-        return self.graph("transformer").io or GraphIO()
+        return self.graph("transformer").io
 
     def graph_names(self) -> list[str]:
         return [g.name for g in self.graphs]
@@ -303,30 +322,27 @@ class ModelSpec:
     def has_graph(self, name: str) -> bool:
         return any(g.name == name for g in self.graphs)
 
+    def with_graph(self, graph: GraphSpec) -> "ModelSpec":
+        """This spec with the graph of the same name replaced."""
+        return replace(self, graphs=tuple(graph if g.name == graph.name else g for g in self.graphs))
+
     # --- the manifest --------------------------------------------------------------------------
     def to_manifest(self) -> dict:
-        """The manifest dict (`tessera.json`) that `from_manifest` reads back to an equal spec."""
+        """The manifest dict (`tessera.json`, format 2) that `from_manifest` reads back to an equal spec."""
         info = dict(self.info)
-        d = {"format": FORMAT, "format_version": self.format_version, "name": self.name,
-             "description": self.description, "family": self.family,
-             "conditioning": {"kind": self.conditioning}}
+        d = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": self.name,
+             "description": self.description, "family": self.family, "conditioning": {"kind": self.conditioning}}
         if "exported_by" in info:
             d["exported_by"] = info.pop("exported_by")
         d.update({
             "transformer": self.transformer.to_dict(),
             "tokenizer": self.tokenizer.to_dict(),
             "image": self.image.to_dict(),
-            "grid": {"height": self.grid[0], "width": self.grid[1]},
             "classes": self.classes.to_dict(),
-            "token_layout": {"vocab_size": self.layout.vocab_size, "class_token_offset": self.layout.class_token_offset,
-                             **{k: v for k, v in _TOKEN_LAYOUT_NOTES.items() if k != "cell_position_id"},
-                             "rope_grid": self.layout.rope_grid,
-                             "cell_position_id": _TOKEN_LAYOUT_NOTES["cell_position_id"],
-                             **({"query_token_id": self.layout.query_token_id, **_ANY_ORDER_NOTES}
-                                if self.layout.query_token_id is not None else {})},
             "graphs": {g.name: g.to_dict() for g in self.graphs},
-            "weights": dict(self.weights),
             "generation_defaults": self.generation.to_dict(),
+            "export": self.export,
+            "weights": dict(self.weights),
         })
         d.update(info)
         d["files"] = {n: {"sha256": f.sha256, "bytes": f.bytes} for n, f in self.files.items()}
@@ -334,8 +350,28 @@ class ModelSpec:
 
     @classmethod
     def from_manifest(cls, data: object, root=None) -> "ModelSpec":
-        """Validate a parsed manifest; `root` (the model directory, optional) names it in errors."""
+        """Validate a parsed manifest (format 2, or format 1 through `upgrade_v1`); `root` (the model
+        directory, optional) names it in errors."""
         return _Reader(f"{root}/{MANIFEST_NAME}" if root is not None else MANIFEST_NAME).spec(data)
+
+
+def token_layout(t: TransformerSpec, family: str) -> TokenLayout:
+    """The layout the transformer fields and the family give (docs/model-directory.md, section 5):
+    class tokens follow the codes, the null class follows the classes, then the query (any order)."""
+    query = t.vocab_size + t.num_classes + 1 if family == ANY_ORDER_FAMILY else None
+    return TokenLayout(t.vocab_size, t.vocab_size, t.num_classes, t.rope_grid, query)
+
+
+def probe_inputs(layout: TokenLayout, grid: tuple[int, int]) -> tuple[list[list[int]], list[list[int]]]:
+    """The self-test call's (input_ids, position_ids), two rows: the class token of class 0 and of the
+    null class, then four cells in raster order that cross a row boundary (docs, section 6)."""
+    h, w = grid
+    n = h * w
+    cells = sorted({0, min(1, n - 1), min(w, n - 1), n - 1})
+    tokens = [(k * 7919 + 3) % layout.vocab_size for k in range(len(cells))]
+    ids = [[layout.class_ids(label), *tokens] for label in (0, layout.null_class_id)]
+    positions = [0, *(layout.cell_position(c // w, c % w) for c in cells)]
+    return ids, [positions, list(positions)]
 
 
 # --- validation ------------------------------------------------------------------------------------
@@ -359,8 +395,12 @@ class _Reader:
     def error(self, path: str, problem: str) -> ModelDirectoryError:
         return ModelDirectoryError(f"{self.where}: {path} {problem}; {FIX}")
 
+    def untrusted(self, path: str, problem: str) -> ModelDirectoryError:
+        return ModelDirectoryError(f"{self.where}: {path}: {problem}; {UNTRUSTED_FIX}")
+
     # one field ------------------------------------------------------------------------------------
-    def section(self, data: dict, key: str, path: str = "", default=_REQUIRED) -> dict:
+    def section(self, data: dict, key: str, path: str = "", default=_REQUIRED, known: tuple = ()) -> dict:
+        """An object field; with `known`, a key it does not list is refused (a typo is not ignored)."""
         p = f"{path}.{key}" if path else key
         if key not in data:
             if default is _REQUIRED:
@@ -369,11 +409,15 @@ class _Reader:
         value = data[key]
         if not isinstance(value, dict):
             raise self.error(p, f"must be an object, got {_show(value)}")
+        unknown = [k for k in value if k not in known]
+        if known and unknown:
+            raise self.error(f"{p}.{unknown[0]}", f"is not a field of format {FORMAT_VERSION} (its fields: "
+                                                  f"{', '.join(known)})")
         return value
 
     def integer(self, sec: dict, path: str, key: str, lo: int, hi: int, default=_REQUIRED):
         p = f"{path}.{key}"
-        if key not in sec or (sec[key] is None and default is not _REQUIRED):
+        if key not in sec:
             if default is _REQUIRED:
                 raise self.error(p, f"is missing (an int in {lo}..{hi})")
             return default
@@ -385,7 +429,7 @@ class _Reader:
     def number(self, sec: dict, path: str, key: str, lo: float, hi: float, default=_REQUIRED,
                lo_open: bool = False, what: str | None = None):
         p = f"{path}.{key}"
-        if key not in sec or (sec[key] is None and default is not _REQUIRED):
+        if key not in sec:
             if default is _REQUIRED:
                 raise self.error(p, "is missing")
             return default
@@ -398,7 +442,7 @@ class _Reader:
 
     def text(self, sec: dict, path: str, key: str, default=_REQUIRED, choices=None, max_len: int = 4096):
         p = f"{path}.{key}" if path else key
-        if key not in sec or (sec[key] is None and default is not _REQUIRED):
+        if key not in sec:
             if default is _REQUIRED:
                 raise self.error(p, "is missing")
             return default
@@ -410,13 +454,10 @@ class _Reader:
             raise self.error(p, f"must be a string of at most {max_len} characters, got {_show(v)}")
         return v
 
-    def names(self, sec: dict, path: str, key: str, max_count: int, default=_REQUIRED,
-              min_len: int = 1) -> tuple[str, ...]:
+    def names(self, sec: dict, path: str, key: str, max_count: int, min_len: int = 1) -> tuple[str, ...]:
         p = f"{path}.{key}"
         if key not in sec:
-            if default is _REQUIRED:
-                raise self.error(p, "is missing (a list of names)")
-            return default
+            raise self.error(p, "is missing (a list of names)")
         v = sec[key]
         if not isinstance(v, list) or len(v) > max_count:
             raise self.error(p, f"must be a list of at most {max_count} names, got {_show(v)}")
@@ -426,8 +467,15 @@ class _Reader:
                                               f"{MAX_NAME} characters, got {_show(n)}")
         return tuple(v)
 
-    def mismatch(self, path: str, problem: str) -> ModelDirectoryError:
-        return self.error(path, problem)
+    def matrix(self, sec: dict, path: str, key: str, rows: int, cols: tuple[int, int], ok, what: str) -> tuple:
+        """`rows` lists of the same length in cols[0]..cols[1], each element passing `ok`."""
+        p = f"{path}.{key}"
+        v = sec.get(key)
+        if not (isinstance(v, list) and len(v) == rows and all(isinstance(r, list) for r in v)
+                and cols[0] <= len(v[0]) <= cols[1] and all(len(r) == len(v[0]) for r in v)
+                and all(ok(x) for r in v for x in r)):
+            raise self.error(p, f"must be {rows} rows of {cols[0]}..{cols[1]} {what}, got {_show(v)}")
+        return tuple(tuple(r) for r in v)
 
     # the sections ------------------------------------------------------------------------------------
     def spec(self, data: object) -> ModelSpec:
@@ -442,209 +490,116 @@ class _Reader:
         if version > FORMAT_VERSION:
             raise ModelDirectoryError(f"{self.where} has format version {version}, newer than this runtime "
                                       f"understands ({FORMAT_VERSION}); upgrade tessera-ar")
-        name = self.text(data, "", "name", default="")
-        description = self.text(data, "", "description", default="")
-        family = data.get("family", FAMILIES[0])
+        if version < FORMAT_VERSION:
+            data = upgrade_v1(data, self)
+        family = self.text(data, "", "family", max_len=MAX_NAME)
         if family not in FAMILIES:
             raise ModelDirectoryError(f"{self.where}: family is {_show(family)}, a model family this runtime "
                                       f"does not know (it runs {', '.join(FAMILIES)}); upgrade tessera-ar or "
                                       f"use a model of a known family")
-        cond = self.section(data, "conditioning", default={"kind": "class"})
-        conditioning = self.text(cond, "conditioning", "kind", default="class", choices=CONDITIONING_KINDS)
-        for key in ("transformer", "tokenizer", "image", "grid", "classes", "token_layout", "graphs", "files"):
-            self.section(data, key)  # each present and an object, in a fixed order
-        t = self.transformer(data["transformer"])
-        k = self.tokenizer(data["tokenizer"])
-        image = self.image(data["image"])
-        g = data["grid"]
-        grid = (self.integer(g, "grid", "height", 1, MAX_GRID), self.integer(g, "grid", "width", 1, MAX_GRID))
-        classes = self.classes(data["classes"], t)
-        layout = self.token_layout(data["token_layout"], t, classes, family)
-        graphs = self.graphs(data["graphs"], t)
-        files = self.files(data["files"])
-        weights = self.weights(data)
-        generation = self.generation(self.section(data, "generation_defaults", default={}))
-        self.cross_check(t, k, image, grid)
-        info = {key: value for key, value in data.items() if key not in _KNOWN_TOP}
-        return ModelSpec(name=name, family=family, transformer=t, tokenizer=k, image=image, grid=grid,
-                         classes=classes, layout=layout, graphs=graphs, files=files, weights=weights,
-                         generation=generation, description=description, conditioning=conditioning,
-                         format_version=version, info=info)
+        cond = self.section(data, "conditioning", known=("kind",))
+        conditioning = self.text(cond, "conditioning", "kind", choices=CONDITIONING_KINDS)
+        files = self.files(data)  # names first: a hostile name is refused before anything else
+        weights = self.weights(data, files)
+        t = self.transformer(self.section(data, "transformer", known=_TRANSFORMER_KEYS))
+        graphs = self.graphs(self.section(data, "graphs"), t, token_layout(t, family), files)
+        k = self.section(data, "tokenizer", known=("downsample", "parameters"))
+        tokenizer = TokenizerSpec(downsample=self.integer(k, "tokenizer", "downsample", 1, 1024),
+                                  parameters=self.integer(k, "tokenizer", "parameters", 0, 10 ** 13, default=None))
+        if t.grid * tokenizer.downsample > MAX_IMAGE_SIDE:
+            raise self.error("tokenizer.downsample", f"x transformer.grid ({tokenizer.downsample} x {t.grid}) "
+                                                     f"must be at most {MAX_IMAGE_SIDE} pixels")
+        image = ImageSpec(self.integer(self.section(data, "image", known=("channels",)), "image", "channels", 1, 16))
+        c = self.section(data, "classes", known=("names",))
+        names = self.names(c, "classes", "names", MAX_CLASSES, min_len=0)
+        if len(names) != t.num_classes:
+            raise self.error("classes.names", f"has {len(names)} names but transformer.num_classes is {t.num_classes}")
+        export = self.section(data, "export")  # the exporter's: it checks the fields (export/config.py)
+        return ModelSpec(
+            name=self.text(data, "", "name"), description=self.text(data, "", "description"), family=family,
+            conditioning=conditioning, transformer=t, tokenizer=tokenizer, image=image, classes=ClassesSpec(names),
+            graphs=graphs, generation=self.generation(self.section(data, "generation_defaults", known=_GENERATION)),
+            files=files, weights=weights, export=export, format_version=version,
+            info={key: value for key, value in data.items() if key not in _TOP})
 
     def transformer(self, s: dict) -> TransformerSpec:
         p = "transformer"
         dim = self.integer(s, p, "dim", 1, 65536)
-        n_layer = self.integer(s, p, "n_layer", 1, MAX_LAYERS)
         n_head = self.integer(s, p, "n_head", 1, MAX_HEADS)
-        n_kv_head = self.integer(s, p, "n_kv_head", 1, n_head, default=n_head)
-        head_dim = self.integer(s, p, "head_dim", 1, MAX_HEAD_DIM, default=dim // n_head or 1)
-        vocab = self.integer(s, p, "vocab_size", 1, MAX_VOCAB)
-        num_classes = self.integer(s, p, "num_classes", 1, MAX_CLASSES)
-        grid = self.integer(s, p, "grid", 1, MAX_GRID)
-        rope_grid = self.integer(s, p, "rope_grid", grid, MAX_ROPE_GRID)
-        spec = TransformerSpec(
-            dim=dim, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, head_dim=head_dim, vocab_size=vocab,
-            num_classes=num_classes, grid=grid, rope_grid=rope_grid,
-            rope_base=self.number(s, p, "rope_base", 0, 1e12, default=10000.0, lo_open=True),
-            ffn_dim=self.integer(s, p, "ffn_dim", 1, 2 ** 20, default=None),
-            multiple_of=self.integer(s, p, "multiple_of", 1, 2 ** 20, default=None),
-            norm_eps=self.number(s, p, "norm_eps", 0, 1, default=1e-5, lo_open=True),
-            class_dropout=self.number(s, p, "class_dropout", 0, 1, default=0.0),
-            dropout=self.number(s, p, "dropout", 0, 1, default=0.0),
-            parameters=self.integer(s, p, "parameters", 0, 10 ** 13, default=None),
-            extra={key: v for key, v in s.items() if key not in _TRANSFORMER_KEYS})
-        if head_dim * n_head != dim:
-            raise self.mismatch("transformer.head_dim", f"({head_dim}) x transformer.n_head ({n_head}) must equal "
-                                                        f"transformer.dim ({dim})")
+        n_kv_head = self.integer(s, p, "n_kv_head", 1, n_head)
+        if dim % n_head or not dim // n_head <= MAX_HEAD_DIM:
+            raise self.error("transformer.dim", f"({dim}) must be transformer.n_head ({n_head}) x a head size "
+                                                f"in 1..{MAX_HEAD_DIM}")
         if n_head % n_kv_head:
-            raise self.mismatch("transformer.n_kv_head", f"({n_kv_head}) must divide transformer.n_head ({n_head})")
-        return spec
+            raise self.error("transformer.n_kv_head", f"({n_kv_head}) must divide transformer.n_head ({n_head})")
+        grid = self.integer(s, p, "grid", 1, MAX_GRID)
+        return TransformerSpec(
+            dim=dim, n_layer=self.integer(s, p, "n_layer", 1, MAX_LAYERS), n_head=n_head, n_kv_head=n_kv_head,
+            vocab_size=self.integer(s, p, "vocab_size", 1, MAX_VOCAB),
+            num_classes=self.integer(s, p, "num_classes", 1, MAX_CLASSES), grid=grid,
+            rope_grid=self.integer(s, p, "rope_grid", grid, MAX_ROPE_GRID),
+            parameters=self.integer(s, p, "parameters", 0, 10 ** 13, default=None))
 
-    def tokenizer(self, s: dict) -> TokenizerSpec:
-        p = "tokenizer"
-        ch_mult = s.get("ch_mult")
-        if ch_mult is not None and (not isinstance(ch_mult, list) or not 1 <= len(ch_mult) <= 11
-                                    or not all(_is_int(c) and 1 <= c <= 64 for c in ch_mult)):
-            raise self.error(f"{p}.ch_mult", f"must be a list of 1..11 ints in 1..64, got {_show(ch_mult)}")
-        spec = TokenizerSpec(
-            codebook_size=self.integer(s, p, "codebook_size", 1, MAX_VOCAB),
-            downsample=self.integer(s, p, "downsample", 1, 1024),
-            grid=self.integer(s, p, "grid", 1, MAX_GRID, default=None),
-            codebook_dim=self.integer(s, p, "codebook_dim", 1, 65536, default=None),
-            ch=self.integer(s, p, "ch", 1, 65536, default=None),
-            ch_mult=tuple(ch_mult) if ch_mult is not None else None,
-            z_channels=self.integer(s, p, "z_channels", 1, 65536, default=None),
-            num_res_blocks=self.integer(s, p, "num_res_blocks", 0, 64, default=None),
-            norm_groups=self.integer(s, p, "norm_groups", 1, 65536, default=None),
-            in_channels=self.integer(s, p, "in_channels", 1, 16, default=None),
-            image_size=self.integer(s, p, "image_size", 1, MAX_IMAGE_SIDE, default=None),
-            commit_beta=self.number(s, p, "commit_beta", 0, 1e6, default=None),
-            entropy_ratio=self.number(s, p, "entropy_ratio", 0, 1e6, default=None),
-            dropout=self.number(s, p, "dropout", 0, 1, default=None),
-            usage_slots=self.integer(s, p, "usage_slots", 0, 2 ** 24, default=None),
-            parameters=self.integer(s, p, "parameters", 0, 10 ** 13, default=None),
-            extra={key: v for key, v in s.items() if key not in _TOKENIZER_KEYS})
-        if ch_mult is not None and 2 ** (len(ch_mult) - 1) != spec.downsample:
-            raise self.mismatch("tokenizer.downsample", f"({spec.downsample}) must be 2 ** (len(tokenizer.ch_mult) "
-                                                        f"- 1) = {2 ** (len(ch_mult) - 1)}")
-        return spec
-
-    def image(self, s: dict) -> ImageSpec:
-        p = "image"
-        vr = s.get("value_range", [-1, 1])
-        if not (isinstance(vr, list) and len(vr) == 2 and all(_is_number(x) for x in vr) and vr[0] < vr[1]):
-            raise self.error(f"{p}.value_range", f"must be [low, high] with low < high, got {_show(vr)}")
-        return ImageSpec(height=self.integer(s, p, "height", 1, MAX_IMAGE_SIDE),
-                         width=self.integer(s, p, "width", 1, MAX_IMAGE_SIDE),
-                         channels=self.integer(s, p, "channels", 1, 16, default=3), value_range=tuple(vr))
-
-    def classes(self, s: dict, t: TransformerSpec) -> ClassesSpec:
-        p = "classes"
-        count = self.integer(s, p, "count", 1, MAX_CLASSES)
-        names = self.names(s, p, "names", MAX_CLASSES, min_len=0)
-        if len(names) != count:
-            raise self.mismatch(f"{p}.names", f"has {len(names)} names but classes.count is {count}")
-        if count != t.num_classes:
-            raise self.mismatch(f"{p}.count", f"({count}) must equal transformer.num_classes ({t.num_classes})")
-        null = self.integer(s, p, "null_class_id", 0, MAX_CLASSES)
-        if null != t.num_classes:  # the class embedding has num_classes + 1 rows, the last one the null class
-            raise self.mismatch(f"{p}.null_class_id", f"must be transformer.num_classes ({t.num_classes}), the "
-                                                      f"row the exporter gives the null class, got {null}")
-        return ClassesSpec(names=names, null_class_id=null)
-
-    def token_layout(self, s: dict, t: TransformerSpec, classes: ClassesSpec, family: str = FAMILIES[0]
-                     ) -> TokenLayout:
-        p = "token_layout"
-        vocab = self.integer(s, p, "vocab_size", 1, MAX_VOCAB)
-        if vocab != t.vocab_size:
-            raise self.mismatch(f"{p}.vocab_size", f"({vocab}) must equal transformer.vocab_size ({t.vocab_size})")
-        offset = self.integer(s, p, "class_token_offset", 0, MAX_VOCAB)
-        if offset != t.vocab_size:  # class tokens follow the image codes in the embedding table
-            raise self.mismatch(f"{p}.class_token_offset", f"must be transformer.vocab_size ({t.vocab_size}), "
-                                                           f"where the exporter puts the class tokens, got {offset}")
-        rope = self.integer(s, p, "rope_grid", 1, MAX_ROPE_GRID)
-        if rope != t.rope_grid:
-            raise self.mismatch(f"{p}.rope_grid", f"({rope}) must equal transformer.rope_grid ({t.rope_grid})")
-        position = s.get("class_position_id", 0)
-        if position != 0 or not _is_int(position):
-            raise self.error(f"{p}.class_position_id", f"must be 0, got {_show(position)}")
-        order = t.extra.get("order", "raster")
-        if order != ("any" if family == ANY_ORDER_FAMILY else "raster"):
-            raise self.mismatch("transformer.order", f"is {_show(order)} but the family is {family}: "
-                                                     f"an {ANY_ORDER_FAMILY} model has order 'any', others 'raster'")
-        query = None
-        if family == ANY_ORDER_FAMILY:  # the query row follows the null class in the embedding table
-            query = self.integer(s, p, "query_token_id", 0, 2 * MAX_VOCAB)
-            if query != offset + classes.null_class_id + 1:
-                raise self.mismatch(f"{p}.query_token_id", f"must be class_token_offset + null_class_id + 1 "
-                                                           f"({offset + classes.null_class_id + 1}), got {query}")
-        elif "query_token_id" in s:
-            raise self.error(f"{p}.query_token_id", f"is only valid for family {ANY_ORDER_FAMILY}")
-        return TokenLayout(vocab, offset, classes.null_class_id, rope, query)
-
-    def graphs(self, s: dict, t: TransformerSpec) -> tuple[GraphSpec, ...]:
+    def graphs(self, s: dict, t: TransformerSpec, layout: TokenLayout, files: dict) -> tuple[GraphSpec, ...]:
         for required in ("transformer", "tokenizer_decoder"):
             if required not in s:
                 raise self.error(f"graphs.{required}", "is missing")
-        return tuple(self.graph(name, entry, t) for name, entry in s.items())
+        return tuple(self.graph(name, entry, t, layout, files) for name, entry in s.items())
 
-    def graph(self, name, e, t: TransformerSpec) -> GraphSpec:
+    def listed(self, files: dict, path: str, name) -> str:
+        """A name a section lists: a plain file name that `files` lists (so it is verified)."""
+        if not is_plain_file_name(name):
+            raise self.untrusted(path, f"not a plain file name inside the model directory ({name!r})")
+        if name not in files:
+            raise self.untrusted(path, f"{name!r} is not listed in 'files', so it cannot be verified")
+        return name
+
+    def graph(self, name, e, t: TransformerSpec, layout: TokenLayout, files: dict) -> GraphSpec:
         p = f"graphs.{name}"
         if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
             raise self.error(f"graphs[{_show(name)}]", "must be named by a short string")
-        if not isinstance(e, dict):
-            raise self.error(p, f"must be an object, got {_show(e)}")
-        min_ort = self.text(e, p, "min_onnxruntime", default=None, max_len=64)
-        if min_ort is not None:
-            try:
-                parse_version(min_ort)
-            except InvalidInputError:
-                raise self.error(f"{p}.min_onnxruntime", f"must be an onnxruntime version such as '1.22', "
-                                                         f"got {_show(min_ort)}") from None
+        transformer = name == "transformer"
+        known = _GRAPH_KEYS + (_TRANSFORMER_GRAPH_KEYS if transformer else ("inputs", "outputs"))
+        e = self.section({name: e}, name, "graphs", known=known)
+        where = f"graphs[{quoted(name)}]"
+        file = self.listed(files, f'{where}["file"]', e.get("file"))
+        external = self.listed(files, f'{where}["external_data"]', e["external_data"]) \
+            if "external_data" in e else None
+        min_ort = self.text(e, p, "min_onnxruntime", max_len=64)
+        if not release_numbers(min_ort):
+            raise self.error(f"{p}.min_onnxruntime", f"must be an onnxruntime version such as '1.22', "
+                                                     f"got {_show(min_ort)}")
         options = e.get("options")
         if options is not None and not isinstance(options, dict):
             raise self.error(f"{p}.options", f"must be an object, got {_show(options)}")
-        io = None
-        if name == "transformer":
-            io = self.io(self.section(e, "io", p, default={}), p, t.n_layer)
-            default_in, default_out = io.inputs(t.n_layer), io.outputs(t.n_layer)
-        else:
-            default_in, default_out = _TOKENIZER_IO.get(name, ((), ()))
-        max_io = 4 * MAX_LAYERS + 8
-        inputs = self.names(e, p, "inputs", max_io, default=tuple(default_in))
-        outputs = self.names(e, p, "outputs", max_io, default=tuple(default_out))
-        if name == "transformer":
-            for key, listed, want in (("inputs", inputs, default_in), ("outputs", outputs, default_out)):
-                if list(listed) != want:
-                    i = next((i for i, (a, b) in enumerate(zip(listed, want)) if a != b), min(len(listed), len(want)))
-                    got = listed[i] if i < len(listed) else "nothing"
-                    raise self.mismatch(f"{p}.{key}", f"must be the names graphs.transformer.io gives for "
-                                                      f"transformer.n_layer={t.n_layer} ({len(want)} names); "
-                                                      f"entry {i} is {_show(got)}, expected "
-                                                      f"{_show(want[i]) if i < len(want) else 'nothing'}")
-        elif name in _TOKENIZER_IO and (len(inputs), len(outputs)) != (1, 1):
-            raise self.mismatch(f"{p}.inputs", f"a tokenizer graph takes one input and gives one output, the "
-                                               f"manifest lists {list(inputs)} -> {list(outputs)}")
-        return GraphSpec(
-            name=name, file=self.text(e, p, "file", max_len=MAX_NAME),
-            precision=self.text(e, p, "precision", default="fp32", max_len=64),
-            method=self.text(e, p, "method", default="none", max_len=128),
-            opset=self.integer(e, p, "opset", 1, 1000, default=None),
-            kind=self.text(e, p, "kind", default=None, choices=GRAPH_KINDS),
-            kv_cache=self.text(e, p, "kv_cache", default=None, choices=KV_CACHE_MODES),
-            multi_query=self.text(e, p, "multi_query", default=None, choices=MULTI_QUERY_MODES),
-            min_onnxruntime=min_ort,
-            external_data=self.text(e, p, "external_data", default=None, max_len=MAX_NAME),
-            options=options, inputs=inputs, outputs=outputs, io=io,
+        graph = GraphSpec(
+            name=name, file=file, external_data=external, min_onnxruntime=min_ort,
+            precision=self.text(e, p, "precision", max_len=64), method=self.text(e, p, "method", max_len=128),
+            opset=self.integer(e, p, "opset", 1, 1000, default=None), options=options,
             psnr_db=self.number(e, p, "psnr_db", 0, 1000, default=None, what="a PSNR in dB, 0..1000"),
-            min_psnr_db=self.number(e, p, "min_psnr_db", 0, 1000, default=None, what="a PSNR in dB, 0..1000"),
-            extra={key: v for key, v in e.items() if key not in _GRAPH_KEYS})
+            min_psnr_db=self.number(e, p, "min_psnr_db", 0, 1000, default=None, what="a PSNR in dB, 0..1000"))
+        if not transformer:
+            inputs, outputs = self.names(e, p, "inputs", 1), self.names(e, p, "outputs", 1)
+            if (len(inputs), len(outputs)) != (1, 1):
+                raise self.error(f"{p}.inputs", f"a tokenizer graph takes one input and gives one output, the "
+                                                f"manifest lists {list(inputs)} -> {list(outputs)}")
+            return replace(graph, inputs=inputs, outputs=outputs)
+        kv_cache = self.text(e, p, "kv_cache", choices=KV_CACHE_MODES)
+        multi_query = self.text(e, p, "multi_query", choices=MULTI_QUERY_MODES)
+        if kv_cache == "concat" and multi_query != "batched":
+            raise self.error(f"{p}.multi_query", "must be 'batched' for a concat KV cache (only a shared-buffer "
+                                                 f"graph can need one query per call), got {_show(multi_query)}")
+        io = self.io(self.section(e, "io", p), p, t.n_layer)
+        probe = self.self_test(self.section(e, "self_test", p, default=None, known=_SELF_TEST_KEYS), layout)
+        return replace(graph, kind=self.text(e, p, "kind", choices=GRAPH_KINDS), kv_cache=kv_cache,
+                       multi_query=multi_query, io=io, self_test=probe,
+                       inputs=tuple(io.inputs(t.n_layer)), outputs=tuple(io.outputs(t.n_layer)))
 
     def io(self, s: dict, path: str, n_layer: int) -> GraphIO:
         p = f"{path}.io"
         values = {}
         for key in _IO_KEYS:
-            v = s.get(key, getattr(GraphIO, key))
+            v = s.get(key)
             pattern = key.endswith("_names")
             if not isinstance(v, str) or not 0 < len(v) <= MAX_NAME or (
                     pattern and (v.count(LAYER) != 1 or v.replace(LAYER, "").count("{") or v.count("}") != 1)) or (
@@ -655,83 +610,179 @@ class _Reader:
         io = GraphIO(**values)
         names = io.inputs(n_layer) + io.outputs(n_layer)
         if len(set(names)) != len(names):
-            raise self.mismatch(p, "must give every input and output a different name")
+            raise self.error(p, "must give every input and output a different name")
         return io
 
-    def files(self, s: dict) -> dict:
+    def self_test(self, s: dict | None, layout: TokenLayout) -> SelfTestSpec | None:
+        """The recorded probe, bounded: ids within the embedding table, positions within the rotary
+        table, a few tokens; whether they are the layout's probe is checked when it runs (self_test.py)."""
+        if s is None:
+            return None
+        p = "graphs.transformer.self_test"
+        ids = self.matrix(s, p, "input_ids", 2, (1, MAX_PROBE_TOKENS),
+                          lambda x: _is_int(x) and 0 <= x < layout.embedding_rows,
+                          f"token ids in 0..{layout.embedding_rows - 1} (the embedding table)")
+        positions = self.matrix(s, p, "position_ids", 2, (len(ids[0]), len(ids[0])),
+                                lambda x: _is_int(x) and 0 <= x < layout.positions,
+                                f"position ids in 0..{layout.positions - 1} (the rotary table)")
+        indices = s.get("indices")
+        if not (isinstance(indices, list) and 1 <= len(indices) <= MAX_PROBE_VALUES and len(set(map(repr, indices)))
+                == len(indices) and all(_is_int(i) and 0 <= i < layout.vocab_size for i in indices)):
+            raise self.error(f"{p}.indices", f"must be 1..{MAX_PROBE_VALUES} distinct ids in "
+                                             f"0..{layout.vocab_size - 1}, got {_show(indices)}")
+        indices = tuple(indices)
+        values = self.matrix(s, p, "values", 2, (len(indices), len(indices)), _is_number,
+                             "finite numbers (one per index)")
+        tolerance = self.number(s, p, "tolerance", 0, 1, lo_open=True)
+        return SelfTestSpec(ids, positions, indices, values, tolerance)
+
+    def files(self, data: dict) -> dict:
+        s = data.get("files")
+        if not isinstance(s, dict):
+            raise self.untrusted("files", "'files' is not an object of file name -> {sha256, bytes}")
         out = {}
         for name, meta in s.items():
-            p = f"files[{_show(name)}]"
+            p = f"files[{quoted(name)}]"
+            if not is_plain_file_name(name):
+                raise self.untrusted(p, f"not a plain file name inside the model directory ({name!r})")
             if not isinstance(meta, dict):
-                raise self.error(p, f"must be {{\"sha256\": ..., \"bytes\": ...}}, got {_show(meta)}")
+                raise self.untrusted(p, f"expected {{\"sha256\": ..., \"bytes\": ...}}, got {_show(meta)}")
             size, digest = meta.get("bytes"), meta.get("sha256")
             if not _is_int(size) or size < 0:
-                raise self.error(f"{p}.bytes", f"must be an int >= 0, got {_show(size)}")
-            if not isinstance(digest, str) or len(digest) != 64:
-                raise self.error(f"{p}.sha256", f"must be 64 hex digits, got {_show(digest)}")
+                raise self.untrusted(f'{p}["bytes"]', f"expected a size in bytes (an integer >= 0), got {_show(size)}")
+            if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+                raise self.untrusted(f'{p}["sha256"]', f"expected 64 hex digits, got {_show(digest)}")
             out[name] = FileEntry(digest, size)
         return out
 
-    def weights(self, data: dict) -> dict:
-        w = data.get("weights") or {}
+    def weights(self, data: dict, files: dict) -> dict:
+        w = data.get("weights")
         if not isinstance(w, dict):
-            raise self.error("weights", f"must be an object of model -> file name, got {_show(w)}")
+            raise self.untrusted("weights", f"'weights' is not an object of model -> file name, got {_show(w)}")
         for key, fname in w.items():
-            if not isinstance(fname, str):
-                raise self.error(f"weights.{key}", f"must be a file name, got {_show(fname)}")
+            self.listed(files, f"weights[{quoted(key)}]", fname)
         return dict(w)
 
     def generation(self, s: dict) -> GenerationDefaults:
         p = "generation_defaults"
         return GenerationDefaults(
-            guidance_scale=self.number(s, p, "guidance_scale", 0, 1e6, default=1.0,
+            guidance_scale=self.number(s, p, "guidance_scale", 0, 1e6,
                                        what="a finite number >= 0 (<= 1 turns guidance off)"),
-            temperature=self.number(s, p, "temperature", 0, 1e6, default=1.0,
-                                    what="a finite number >= 0 (0 = greedy)"),
-            top_k=self.integer(s, p, "top_k", 0, MAX_VOCAB, default=0),
-            top_p=self.number(s, p, "top_p", 0, 1, default=1.0, lo_open=True, what="a number in (0, 1]"),
-            extra={k: v for k, v in s.items() if k not in ("guidance_scale", "temperature", "top_k", "top_p")})
-
-    def cross_check(self, t: TransformerSpec, k: TokenizerSpec, image: ImageSpec, grid: tuple[int, int]) -> None:
-        if t.vocab_size != k.codebook_size:
-            raise self.mismatch("transformer.vocab_size", f"({t.vocab_size}) must equal tokenizer.codebook_size "
-                                                          f"({k.codebook_size})")
-        for axis, side, cells in (("height", image.height, grid[0]), ("width", image.width, grid[1])):
-            if side != cells * k.downsample:
-                raise self.mismatch(f"grid.{axis}", f"({cells}) must be image.{axis} ({side}) / tokenizer.downsample "
-                                                    f"({k.downsample})")
-            if cells != t.grid:
-                raise self.mismatch(f"grid.{axis}", f"({cells}) must equal transformer.grid ({t.grid})")
-        if k.grid is not None and k.grid != t.grid:
-            raise self.mismatch("tokenizer.grid", f"({k.grid}) must equal transformer.grid ({t.grid})")
-        if k.image_size is not None and k.image_size != image.height:
-            raise self.mismatch("tokenizer.image_size", f"({k.image_size}) must equal image.height ({image.height})")
-        if k.in_channels is not None and k.in_channels != image.channels:
-            raise self.mismatch("tokenizer.in_channels", f"({k.in_channels}) must equal image.channels "
-                                                         f"({image.channels})")
+            temperature=self.number(s, p, "temperature", 0, 1e6, what="a finite number >= 0 (0 = greedy)"),
+            top_k=self.integer(s, p, "top_k", 0, MAX_VOCAB),
+            top_p=self.number(s, p, "top_p", 0, 1, lo_open=True, what="a number in (0, 1]"))
 
 
-# Builders for the exporter: the same checks as `ModelSpec.from_manifest`, one section at a time.
-def transformer_spec(d: dict, where: str = MANIFEST_NAME) -> TransformerSpec:
-    return _Reader(where).transformer(d)
-
-
-def tokenizer_spec(d: dict, where: str = MANIFEST_NAME) -> TokenizerSpec:
-    return _Reader(where).tokenizer(d)
-
-
-def graph_spec(name: str, entry: dict, transformer: TransformerSpec, where: str = MANIFEST_NAME) -> GraphSpec:
-    return _Reader(where).graph(name, entry, transformer)
+_TRANSFORMER_KEYS = ("dim", "n_layer", "n_head", "n_kv_head", "vocab_size", "num_classes", "grid", "rope_grid",
+                     "parameters")
+_GRAPH_KEYS = ("file", "external_data", "min_onnxruntime", "precision", "method", "options", "opset", "psnr_db",
+               "min_psnr_db")
+_TRANSFORMER_GRAPH_KEYS = ("kind", "kv_cache", "multi_query", "io", "self_test")
+_SELF_TEST_KEYS = ("input_ids", "position_ids", "indices", "values", "tolerance")
+_GENERATION = ("guidance_scale", "temperature", "top_k", "top_p")
 
 
 def generation_defaults(d: dict, where: str = MANIFEST_NAME) -> GenerationDefaults:
-    return _Reader(where).generation(d)
+    """Generation defaults for the exporter: the options given, the others off; checked as at load."""
+    r = _Reader(where)
+    return r.generation(r.section({"generation_defaults": {**GenerationDefaults().to_dict(), **d}},
+                                  "generation_defaults", known=_GENERATION))
 
 
-_TRANSFORMER_KEYS = {f for f in TransformerSpec.__dataclass_fields__ if f != "extra"}
-_TOKENIZER_KEYS = {f for f in TokenizerSpec.__dataclass_fields__ if f != "extra"}
-_GRAPH_KEYS = {f for f in GraphSpec.__dataclass_fields__ if f not in ("extra", "name")}
-_TOKENIZER_IO = {"tokenizer_decoder": (["codes"], ["image"]), "tokenizer_encoder": (["image"], ["codes"])}
+# --- format 1 --------------------------------------------------------------------------------------
+# Format 1 wrote these facts twice; each copy had to equal its canonical field, and still must.
+_V1_DROPPED_TRANSFORMER = ("head_dim", "ffn_dim", "order")
+_V1_DROPPED_TOKENIZER = ("codebook_size", "grid", "image_size", "in_channels")
+_V1_TOKENIZER_IO = {"tokenizer_decoder": (["codes"], ["image"]), "tokenizer_encoder": (["image"], ["codes"])}
+
+
+def upgrade_v1(data: dict, r: _Reader) -> dict:
+    """A format-1 manifest as format 2, in memory (the directory is not changed): every copy format 1
+    kept is checked against its canonical field and dropped, architecture and training fields move
+    to `export`, and the defaults format 1 allowed for absent fields are written out (what they meant
+    then: a fused graph without `min_onnxruntime` is the 1.32 form, batched). A self-test gets its
+    probe inputs from the layout formula. `tessera export --from DIR --out NEW` writes it to disk."""
+    t, k = r.section(data, "transformer"), r.section(data, "tokenizer")
+    image, grid, classes = r.section(data, "image"), r.section(data, "grid"), r.section(data, "classes")
+    layout, graphs = r.section(data, "token_layout"), r.section(data, "graphs")
+    family = data.get("family", FAMILIES[0])
+    vocab, n_classes = r.integer(t, "transformer", "vocab_size", 1, MAX_VOCAB), \
+        r.integer(t, "transformer", "num_classes", 1, MAX_CLASSES)
+    side, rope = r.integer(t, "transformer", "grid", 1, MAX_GRID), r.integer(t, "transformer", "rope_grid", 1,
+                                                                             MAX_ROPE_GRID)
+    dim, n_head = r.integer(t, "transformer", "dim", 1, 65536), r.integer(t, "transformer", "n_head", 1, MAX_HEADS)
+    n_layer = r.integer(t, "transformer", "n_layer", 1, MAX_LAYERS)
+    pixels = side * r.integer(k, "tokenizer", "downsample", 1, 1024)
+    channels = r.integer(image, "image", "channels", 1, 16, default=3)
+    anyorder = family == ANY_ORDER_FAMILY
+    copies = [  # (copy, its section, key, canonical field, value)
+        ("transformer.head_dim", t, "head_dim", "transformer.dim / transformer.n_head", dim // n_head),
+        ("transformer.order", t, "order", "the family's order", "any" if anyorder else "raster"),
+        ("tokenizer.codebook_size", k, "codebook_size", "transformer.vocab_size", vocab),
+        ("tokenizer.grid", k, "grid", "transformer.grid", side),
+        ("tokenizer.image_size", k, "image_size", "transformer.grid x tokenizer.downsample", pixels),
+        ("tokenizer.in_channels", k, "in_channels", "image.channels", channels),
+        ("image.height", image, "height", "transformer.grid x tokenizer.downsample", pixels),
+        ("image.width", image, "width", "transformer.grid x tokenizer.downsample", pixels),
+        ("image.value_range", image, "value_range", "the decoder's range", [-1, 1]),
+        ("grid.height", grid, "height", "transformer.grid", side),
+        ("grid.width", grid, "width", "transformer.grid", side),
+        ("classes.count", classes, "count", "transformer.num_classes", n_classes),
+        ("classes.null_class_id", classes, "null_class_id", "transformer.num_classes", n_classes),
+        ("token_layout.vocab_size", layout, "vocab_size", "transformer.vocab_size", vocab),
+        ("token_layout.class_token_offset", layout, "class_token_offset", "transformer.vocab_size", vocab),
+        ("token_layout.rope_grid", layout, "rope_grid", "transformer.rope_grid", rope),
+        ("token_layout.class_position_id", layout, "class_position_id", "0", 0),
+        ("token_layout.query_token_id", layout, "query_token_id", "vocab_size + num_classes + 1 (family "
+                                                                  f"{ANY_ORDER_FAMILY} only)",
+         vocab + n_classes + 1 if anyorder else None),
+    ]
+    for path, section, key, canonical, want in copies:
+        got = section.get(key)
+        if (key in section or (want is not None and key == "query_token_id")) and \
+                not (got == want and type(got) is type(want)):
+            raise r.error(path, f"({_show(got)}) must equal {canonical} ({want})")
+    probe = probe_inputs(TokenLayout(vocab, vocab, n_classes, rope, vocab + n_classes + 1 if anyorder else None),
+                         (side, side))
+    new_graphs = {}
+    for name, e in graphs.items():
+        if not isinstance(e, dict):
+            new_graphs[name] = e  # refused by the format-2 reader, naming the field
+            continue
+        e = {"precision": "fp32", "method": "none", **e}
+        e.setdefault("min_onnxruntime", "1.32" if e.get("kind") == "fused" else "1.22")
+        if name in _V1_TOKENIZER_IO:
+            e = {"inputs": _V1_TOKENIZER_IO[name][0], "outputs": _V1_TOKENIZER_IO[name][1], **e}
+        if name == "transformer":
+            e = {"kind": "portable", "kv_cache": "concat", "multi_query": "batched", "io": GraphIO().to_dict(), **e}
+            io = r.io(r.section(e, "io", "graphs.transformer"), "graphs.transformer", n_layer)
+            for key, want in (("inputs", io.inputs(n_layer)), ("outputs", io.outputs(n_layer))):
+                listed = e.pop(key, want)
+                if listed != want:
+                    raise r.error(f"graphs.transformer.{key}", f"must be the names graphs.transformer.io gives for "
+                                                               f"transformer.n_layer={n_layer} ({len(want)} names), "
+                                                               f"got {_show(listed)}")
+            if isinstance(e.get("self_test"), dict):
+                e["self_test"] = {"input_ids": probe[0], "position_ids": probe[1], **e["self_test"]}
+        new_graphs[name] = e
+    keep_t = (*_TRANSFORMER_KEYS, *_V1_DROPPED_TRANSFORMER)
+    out = {key: value for key, value in data.items() if key not in (
+        "format_version", "grid", "token_layout", "transformer", "tokenizer", "image", "classes", "graphs",
+        "generation_defaults")}
+    defaults = data.get("generation_defaults", {})
+    out.update(
+        format_version=FORMAT_VERSION, name=data.get("name", ""), description=data.get("description", ""),
+        family=family, conditioning=data.get("conditioning", {"kind": "class"}),
+        transformer={"n_kv_head": n_head, **{key: v for key, v in t.items() if key in _TRANSFORMER_KEYS}},
+        tokenizer={key: v for key, v in k.items() if key in ("downsample", "parameters")},
+        image={"channels": channels}, classes={"names": classes.get("names")}, graphs=new_graphs,
+        generation_defaults={**GenerationDefaults().to_dict(), **defaults} if isinstance(defaults, dict)
+        else defaults,
+        export={"transformer": {key: v for key, v in t.items() if key not in keep_t},
+                "tokenizer": {key: v for key, v in k.items()
+                              if key not in ("downsample", "parameters", *_V1_DROPPED_TOKENIZER)}},
+        weights=data.get("weights") or {})
+    return out
 
 
 # --- a graph opened against its spec ----------------------------------------------------------------

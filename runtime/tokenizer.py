@@ -27,9 +27,9 @@ class ImageTokenizer:
 
     def __init__(self, manifest: Manifest, open_session: SessionFactory):
         self.manifest = manifest
-        self.spec = spec = manifest._spec()
+        self.spec = spec = manifest.spec
         self._open = open_session
-        self.codebook_size = spec.tokenizer.codebook_size
+        self.codebook_size = spec.transformer.vocab_size  # the decoder's codes are the transformer's
         self.downsample = spec.tokenizer.downsample
         self.precision = spec.graph("tokenizer_decoder").precision  # the variant the manifest records
         self._probed = False

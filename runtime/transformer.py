@@ -21,7 +21,6 @@ import numpy as np
 
 from .backend import ort
 from .errors import InvalidInputError, ModelDirectoryError, check_finite
-from .compat import multi_query
 from .manifest import Manifest
 from .spec import TensorSig, check_session
 
@@ -38,8 +37,8 @@ def check_transformer_graph(session, spec, model: str) -> None:
     and positions, a bool mask, float KV tensors `[batch, n_kv_head, length, head_dim]` and logits
     `[batch, sequence, vocab_size]`; else one ModelDirectoryError naming the graph and the mismatch."""
     t, io = spec.transformer, spec.io
-    kv_dims, kv_fields = (None, t.n_kv_head, None, t.head_dim), (None, "transformer.n_kv_head", None,
-                                                                  "transformer.head_dim")
+    kv_dims = (None, t.n_kv_head, None, t.head_dim)
+    kv_fields = (None, "transformer.n_kv_head", None, "transformer.dim / transformer.n_head")
     ints = ("tensor(int64)",)
     inputs = [TensorSig(io.input_ids, ints, (None, None)), TensorSig(io.position_ids, ints, (None, None)),
               TensorSig(io.attention_mask, ("tensor(bool)",), (None, None, None))]
@@ -62,17 +61,14 @@ class TransformerRunner:
 
     def __init__(self, session: ort.InferenceSession, manifest: Manifest):
         self.session = session
-        spec = manifest._spec()
-        t = spec.transformer
-        self.n_layer, self.n_head, self.head_dim = t.n_layer, t.n_head, t.head_dim
-        self.n_kv_head = t.n_kv_head  # the heads the cache holds (== n_head unless queries are grouped)
-        self.vocab_size = t.vocab_size
-        graph = manifest.graph("transformer")
-        self.shared = graph.get("kv_cache", "concat") == "shared-buffer"
+        spec = manifest.spec
+        self.spec = t = spec.transformer  # the model's dimensions, read where they are used
+        graph = spec.graph("transformer")
+        self.shared = graph.kv_cache == "shared-buffer"
         # The fused graph's broadest operator form takes one query per call correctly (compat.py).
-        self.one_query_per_call = multi_query(graph) == "one-query-per-call"
+        self.one_query_per_call = graph.multi_query == "one-query-per-call"
         io = self.names = spec.io  # the graph's input/output names (manifest: graphs.transformer.io)
-        self.past_names, self.present_names = io.past_names(self.n_layer), io.present_names(self.n_layer)
+        self.past_names, self.present_names = io.past_names(t.n_layer), io.present_names(t.n_layer)
         check_transformer_graph(session, spec, manifest.root.name)
         inputs = {i.name: i for i in session.get_inputs()}
         self.kv_dtype = _ORT_TYPES.get(inputs[self.past_names[0]].type, np.float32)
@@ -86,16 +82,21 @@ class TransformerRunner:
         self.kv: list[ort.OrtValue] = []  # bound to the session for the current batch
         self._host_kv: list[np.ndarray] = []  # CPU: the allocation behind kv (may hold more rows)
 
+    @property
+    def vocab_size(self) -> int:
+        """The logits' last axis."""
+        return self.spec.vocab_size
+
     # --- cache lifecycle ---------------------------------------------------------------------
     def start(self, batch: int, capacity: int) -> None:
         """Begin a generation of `batch` rows that will hold at most `capacity` tokens."""
         self.length, self.capacity, self.batch, self.token_rows = 0, capacity, batch, 0
         if not self.shared:
-            self.past = [np.zeros((batch, self.n_kv_head, 0, self.head_dim), self.kv_dtype) for _ in self.past_names]
+            self.past = [np.zeros((batch, self.spec.n_kv_head, 0, self.spec.head_dim), self.kv_dtype) for _ in self.past_names]
             return
         if self.kv and self.kv[0].shape()[0] == batch and self.kv[0].shape()[2] >= capacity:
             return  # reuse the cache, the binding and the logits buffers of the last generation
-        shape = [batch, self.n_kv_head, capacity, self.head_dim]
+        shape = [batch, self.spec.n_kv_head, capacity, self.spec.head_dim]
         if self.device == "cpu":
             host = self._host_kv
             if not (host and host[0].shape[0] >= batch and host[0].shape[2] >= capacity):

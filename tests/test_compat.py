@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
 from tessera.runtime import ModelDirectoryError, Pipeline
-from tessera.runtime.compat import (OLDEST_TESTED, check_loadable, disabled_optimizers, fused_form,
-                                    parse_version, required_version)
+from tessera.runtime.compat import OLDEST_TESTED, check_loadable, disabled_optimizers, fused_form, parse_version
 from tessera.runtime.errors import InvalidInputError
+from tessera.runtime.manifest import load_manifest
+from tessera.runtime.spec import GraphSpec
 
 
 def _gqa_inputs(model_dir) -> list[str]:
@@ -53,14 +55,21 @@ def test_fused_form_choice_and_bounds():
     assert parse_version("1.24.0.dev20250101") == (1, 24, 0)
 
 
-def test_manifests_without_the_field_mean_what_they_were_exported_as():
-    assert required_version({"kind": "fused", "kv_cache": "shared-buffer"}) == "1.32"
-    assert required_version({"kind": "portable"}) == OLDEST_TESTED
-    assert required_version({"file": "tokenizer_decoder.onnx"}) == OLDEST_TESTED
+def test_format_1_manifests_without_the_field_mean_what_they_were_exported_as():
+    """Format 1 allowed leaving `min_onnxruntime` out: every fused graph of then was the 1.32 form."""
+    from tessera.runtime.spec import ModelSpec
+
+    v1 = json.loads((Path(__file__).parent / "data" / "format1" / "default.json").read_text())
+    for g in v1["graphs"].values():
+        del g["min_onnxruntime"]
+    del v1["graphs"]["transformer"]["multi_query"]
+    spec = ModelSpec.from_manifest(v1)
+    assert spec.graph("transformer").min_onnxruntime == "1.32" and spec.graph("transformer").multi_query == "batched"
+    assert spec.graph("tokenizer_decoder").min_onnxruntime == OLDEST_TESTED
 
 
 def test_too_old_onnxruntime_is_one_line_naming_found_needed_and_fix(batched_dir, monkeypatch):
-    graphs = json.loads((batched_dir / "tessera.json").read_text())["graphs"]
+    graphs = load_manifest(batched_dir, verify="none").spec.graphs
     with pytest.raises(ModelDirectoryError) as e:
         check_loadable(graphs, "1.31.1", "tiny")
     msg = str(e.value)
@@ -76,7 +85,7 @@ def test_too_old_onnxruntime_is_one_line_naming_found_needed_and_fix(batched_dir
 
 
 def test_below_oldest_tested_suggests_the_portable_graph(tiny_dir):
-    graphs = json.loads((tiny_dir / "tessera.json").read_text())["graphs"]
+    graphs = load_manifest(tiny_dir, verify="none").spec.graphs
     with pytest.raises(ModelDirectoryError, match="--graph portable"):
         check_loadable(graphs, "1.20.0", "tiny")
 
@@ -86,14 +95,16 @@ def test_bad_version_field_is_a_model_directory_error(tiny_dir, tmp_path):
     shutil.copytree(tiny_dir, d)
     manifest = json.loads((d / "tessera.json").read_text())
     manifest["graphs"]["transformer"]["min_onnxruntime"] = "soon"
-    with pytest.raises(ModelDirectoryError, match="min_onnxruntime"):
-        check_loadable(manifest["graphs"], "1.32.0", "m")
+    (d / "tessera.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelDirectoryError, match="graphs.transformer.min_onnxruntime must be an onnxruntime version"):
+        load_manifest(d, verify="none")  # refused where the manifest is read, before anything checks versions
 
 
 def test_known_optimizer_bug_is_avoided_only_where_seen():
-    portable_fp16 = {"kind": "portable", "precision": "fp16"}
+    portable_fp16 = GraphSpec("transformer", "t.onnx", "1.22", kind="portable", precision="fp16")
     assert disabled_optimizers(portable_fp16, "1.24.4") == ["SimplifiedLayerNormFusion"]
     assert disabled_optimizers(portable_fp16, "1.27.0") == ["SimplifiedLayerNormFusion"]
     assert disabled_optimizers(portable_fp16, "1.22.1") == []
     assert disabled_optimizers(portable_fp16, "1.31.1") == []
-    assert disabled_optimizers({"kind": "fused", "precision": "fp16"}, "1.24.4") == []
+    assert disabled_optimizers(GraphSpec("transformer", "t.onnx", "1.22", kind="fused", precision="fp16"),
+                               "1.24.4") == []

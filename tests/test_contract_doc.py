@@ -21,7 +21,9 @@ from tessera.runtime.self_test import probe_call
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "model-directory.md").read_text()
 MODELS = [ROOT / "models" / "default", ROOT / "models" / "anyorder"]
+FORMAT1 = ROOT / "tests" / "data" / "format1"  # the shipped models' manifests as format 1 wrote them
 INFORMATIONAL = ("exported_by", "parity")  # sections the document names as informational, not field by field
+LEAVES = ("graphs.transformer.self_test", "weights", "export.transformer", "export.tokenizer")
 
 
 def documented(key: str) -> bool:
@@ -36,7 +38,7 @@ def manifest_keys(data: dict, prefix: str = "") -> set[str]:
             out.add(k)
             continue
         key = f"{prefix}.{k}" if prefix else k
-        if isinstance(v, dict) and key not in ("graphs.transformer.self_test", "weights"):
+        if isinstance(v, dict) and key not in LEAVES:
             out |= manifest_keys(v, key)
         else:
             out.add(key)
@@ -49,29 +51,48 @@ def doc_form(key: str) -> list[str]:
     forms = [key]
     if m:
         forms.append(f"graphs.<name>.{m.group(2)}")
-    if key.startswith("graphs.transformer.self_test"):
-        forms += [f"graphs.transformer.self_test.{k}" for k in ("indices", "values", "tolerance")]
     return forms
+
+
+def section(title: str) -> str:
+    return DOC.split(title)[1].split("\n## ")[0].split("\n### ")[0]
 
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda p: p.name)
 def test_every_field_of_a_shipped_manifest_is_documented(model):
     data = json.loads((model / "tessera.json").read_text())
     missing = sorted(k for k in manifest_keys(data) if not any(documented(f) for f in doc_form(k)))
+    missing += [f"graphs.transformer.self_test.{k}" for k in data["graphs"]["transformer"]["self_test"]
+                if not documented(f"graphs.transformer.self_test.{k}")]
+    export = section("### `files`, `weights`, `export`")  # the exporter's fields, named in its paragraph
+    missing += [f"export.{part}.{k}" for part in ("transformer", "tokenizer") for k in data["export"][part]
+                if f"`{k}`" not in export]
     assert not missing, f"fields missing from docs/model-directory.md: {missing}"
+
+
+@pytest.mark.parametrize("name", ["default", "anyorder"])
+def test_every_format_1_field_has_a_documented_fate(name):
+    """A host reading format 1 learns from section 9 (or section 2) what each of its fields becomes."""
+    data = json.loads((FORMAT1 / f"{name}.json").read_text())
+    versions = section("## 9. Versions of this contract")
+    export = section("### `files`, `weights`, `export`")
+    keys = manifest_keys(data) | {f"graphs.transformer.self_test.{k}" for k in data["graphs"]["transformer"]["self_test"]}
+    missing = sorted(k for k in keys if not any(f"`{f}`" in versions or documented(f) for f in doc_form(k))
+                     and not (k.split(".")[0] in ("transformer", "tokenizer") and f"`{k.split('.')[-1]}`" in export))
+    assert not missing, f"format-1 fields whose fate docs/model-directory.md does not say: {missing}"
 
 
 def test_every_field_of_the_typed_manifest_is_documented():
     sections = {"transformer": spec_module.TransformerSpec, "tokenizer": spec_module.TokenizerSpec,
-                "image": spec_module.ImageSpec, "graphs.transformer.io": spec_module.GraphIO,
+                "image": spec_module.ImageSpec, "classes": spec_module.ClassesSpec,
+                "graphs.transformer.io": spec_module.GraphIO, "graphs.transformer.self_test": spec_module.SelfTestSpec,
                 "generation_defaults": spec_module.GenerationDefaults}
-    missing = [f"{section}.{f.name}" for section, cls in sections.items() for f in fields(cls)
-               if f.name != "extra" and not documented(f"{section}.{f.name}")]
+    missing = [f"{name}.{f.name}" for name, cls in sections.items() for f in fields(cls)
+               if not documented(f"{name}.{f.name}")]
+    transformer_only = ("io", "self_test", "kind", "kv_cache", "multi_query")
     missing += [f"graphs.<name>.{f.name}" for f in fields(spec_module.GraphSpec)
-                if f.name not in ("extra", "name", "io", "kind", "kv_cache", "multi_query")
-                and not documented(f"graphs.<name>.{f.name}")]
-    missing += [f"graphs.transformer.{k}" for k in ("kind", "kv_cache", "multi_query")
-                if not documented(f"graphs.transformer.{k}")]
+                if f.name not in ("name", *transformer_only) and not documented(f"graphs.<name>.{f.name}")]
+    missing += [f"graphs.transformer.{k}" for k in transformer_only[2:] if not documented(f"graphs.transformer.{k}")]
     assert not missing, f"ModelSpec fields missing from docs/model-directory.md: {missing}"
 
 
@@ -89,6 +110,21 @@ def test_the_self_test_worked_example_is_the_probe():
     assert f"`ids = {ids.tolist()}`" in DOC
     assert f"positions `{positions[0].tolist()}`" in DOC
     assert mask[0].tolist() == np.tril(np.ones((5, 5), bool)).tolist()
+    recorded = manifest.spec.graph("transformer").self_test  # what a host replays
+    assert [list(r) for r in recorded.input_ids] == ids.tolist()
+    assert [list(r) for r in recorded.position_ids] == positions.tolist()
+
+
+def test_the_documented_layout_rules_are_the_runtimes():
+    """Section 5's ids and table sizes, from the transformer fields alone, for both shipped families."""
+    for model in MODELS:
+        spec = load_manifest(model, verify="none").spec
+        t, layout = spec.transformer, spec.layout
+        assert layout.class_ids(3) == t.vocab_size + 3 and layout.null_class_id == t.num_classes
+        assert layout.embedding_rows == t.vocab_size + t.num_classes + 1 + (spec.family == "anyorder-c2i")
+        assert layout.query_token_id == (t.vocab_size + t.num_classes + 1 if spec.family == "anyorder-c2i" else None)
+        assert layout.positions == 1 + t.rope_grid ** 2 and layout.cell_position(2, 3) == 1 + 2 * t.rope_grid + 3
+        assert spec.image_size == (t.grid * spec.tokenizer.downsample,) * 2
 
 
 def test_the_seed_stream_example_is_numpys():

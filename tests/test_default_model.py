@@ -24,9 +24,9 @@ def test_shipped_directory_is_complete_and_small():
     root = default_model_dir()
     m = load_manifest(root, verify="full")
     assert m.class_names == DIGITS
-    assert m.grid == (7, 7) and m.data["image"]["height"] == 28
+    assert m.grid == (7, 7) and m.spec.image_size == (28, 28)
     assert (root / "MODEL_CARD.md").is_file() and (root / "samples.png").is_file()
-    assert m.data["weights"], "the PyTorch weights ship so the model can be re-exported"
+    assert m.spec.weights, "the PyTorch weights ship so the model can be re-exported"
     total = sum(p.stat().st_size for p in root.iterdir())
     assert total < 25e6, f"default model is {total / 1e6:.1f} MB"
 

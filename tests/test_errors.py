@@ -130,12 +130,14 @@ def test_model_that_does_not_suit_the_provider_gets_a_warning(tiny_dir, portable
     from tessera.runtime import load_manifest
     from tessera.runtime.provider_fit import fit_warning, warn_if_unsuited
 
-    fused = load_manifest(tiny_dir, verify="none").data["graphs"]
-    portable = load_manifest(portable_dir, verify="none").data["graphs"]
+    fused = load_manifest(tiny_dir, verify="none").spec.graph("transformer")
+    portable = load_manifest(portable_dir, verify="none").spec.graph("transformer")
     with pytest.warns(RuntimeWarning, match="fp16 only"):
         assert "--graph fused --quant fp16" in warn_if_unsuited(fused, "CUDAExecutionProvider", "tiny")
     assert fit_warning(portable, "CUDAExecutionProvider", "tiny") is None  # standard ops run on CUDA
     assert fit_warning(fused, "CPUExecutionProvider", "tiny") is None
     assert "--graph portable" in fit_warning(fused, "DmlExecutionProvider", "tiny")
-    fp16 = {"transformer": {"kind": "fused", "precision": "fp16"}}
+    from dataclasses import replace
+
+    fp16 = replace(fused, precision="fp16")
     assert "--quant int4" in fit_warning(fp16, "CPUExecutionProvider", "tiny")

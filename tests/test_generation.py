@@ -28,8 +28,8 @@ def test_graph_kinds_are_recorded(tiny_pipe, portable_dir):
     from tessera.runtime import Pipeline
 
     portable = Pipeline.load(portable_dir, providers="cpu")
-    graphs = {p.manifest.graph("transformer")["kind"]: (p.manifest.graph("transformer")["kv_cache"], p.transformer.shared)
-              for p in (tiny_pipe, portable)}
+    graphs = {p.manifest.spec.graph("transformer").kind: (p.manifest.spec.graph("transformer").kv_cache,
+                                                           p.transformer.shared) for p in (tiny_pipe, portable)}
     assert graphs == {"fused": ("shared-buffer", True), "portable": ("concat", False)}
 
 

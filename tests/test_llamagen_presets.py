@@ -233,13 +233,13 @@ def test_384_export_needs_no_preset_flags(tmp_path):
     out = export("--gpt-weights", str(tmp_path / "c2i_B_384.pt"), "--vq-weights", str(tmp_path / "vq_ds16_c2i.pt"),
                  *TINY_GPT, *TINY_VQ, "--out", str(tmp_path / "m"))
     data = json.loads((out / "tessera.json").read_text())
-    assert data["grid"] == {"height": 24, "width": 24}
-    assert (data["image"]["height"], data["image"]["width"]) == (384, 384)
     assert data["transformer"]["grid"] == 24 and data["transformer"]["dim"] == 64
+    assert data["tokenizer"]["downsample"] == 16  # 24 x 16 = 384 px
     assert data["generation_defaults"] == {"guidance_scale": 4.0, "temperature": 1.0, "top_k": 2000, "top_p": 1.0}
     names = data["classes"]["names"]
     assert names == imagenet_class_names() and names[207] == "golden retriever" and len(set(names)) == 1000
     m = load_manifest(out)
+    assert m.spec.image_size == (384, 384)
     assert m.class_id("golden retriever") == 207
     assert m.class_id("  Golden_Retriever ") == m.class_id("GOLDEN  retriever") == 207
     assert m.class_id("Cardigan Welsh corgi") == 264 and m.class_id("cardigan") == 474

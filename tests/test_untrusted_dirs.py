@@ -128,7 +128,7 @@ def test_overwrite_replaces_a_model_dir(tiny_models, model_copy):
     (model_copy / "stale.txt").write_text("from the old directory\n")
     write_model_dir(gpt, vq, model_copy, ExportSpec("replaced", NAMES, overwrite=True))
     m = load_manifest(model_copy, verify="full")
-    assert m.data["name"] == "replaced" and not (model_copy / "stale.txt").exists()
+    assert m.spec.name == "replaced" and not (model_copy / "stale.txt").exists()
     assert _hidden(model_copy.parent) == []  # no .m.old-* nor .m.partial-* left
 
 
@@ -213,7 +213,7 @@ def test_sigterm_while_moving_into_place_waits_for_the_move(tiny_models, model_c
     monkeypatch.setattr(md, "_install", install)
     with pytest.raises(SystemExit):
         md.write_model_dir(gpt, vq, model_copy, md.ExportSpec("moved", NAMES, overwrite=True))
-    assert load_manifest(model_copy, verify="full").data["name"] == "moved"
+    assert load_manifest(model_copy, verify="full").spec.name == "moved"
     assert _hidden(model_copy.parent) == []
 
 
@@ -376,13 +376,14 @@ def test_symlinks_inside_the_directory_are_fine(model_copy, hashed):
     assert model_copy / "transformer.onnx" in hashed
 
 
-def test_graph_path_checks_a_manifest_changed_after_loading(model_copy):
+def test_graph_path_checks_the_directory_again_when_a_graph_opens(model_copy, outside):
+    """The manifest is read once; a graph file swapped for a symlink out of the directory after loading
+    is refused when the graph opens."""
     m = load_manifest(model_copy, verify="none")
-    m.data["graphs"]["transformer"]["file"] = "../x.onnx"
-    with pytest.raises(ModelDirectoryError, match=re.escape('graphs["transformer"]["file"]: not a plain file name')):
-        m.graph_path("transformer")
-    m.data["graphs"]["transformer"]["file"] = "unlisted.onnx"
-    with pytest.raises(ModelDirectoryError, match="not listed in 'files'"):
+    assert m.graph_path("transformer") == model_copy / "transformer.onnx"
+    _graph_symlink_out(model_copy, outside)
+    with pytest.raises(ModelDirectoryError, match=re.escape('graphs["transformer"]["file"]: \'transformer.onnx\' '
+                                                            'is a symlink to') + ".*outside the model directory"):
         m.graph_path("transformer")
 
 
@@ -412,10 +413,14 @@ def test_reexport_copies_nothing_from_outside(model_copy, outside, tmp_path, cap
 def test_carried_extras_uses_the_runtime_name_check(model_copy):
     from tessera.export.cli import carried_extras
 
-    data = json.loads((model_copy / "tessera.json").read_text())
-    data["files"]["../../outside/secret.txt"] = {"sha256": "0" * 64, "bytes": 1}
+    from dataclasses import replace
+
+    from tessera.runtime.spec import FileEntry
+
+    spec = load_manifest(model_copy, verify="none").spec  # a spec built in code skips the reader's checks
+    hostile = replace(spec, files={**spec.files, "../../outside/secret.txt": FileEntry("0" * 64, 1)})
     with pytest.raises(ModelDirectoryError, match="not a plain file name"):
-        carried_extras(model_copy, data, set())
+        carried_extras(model_copy, hostile, set())
 
 
 def test_reexport_of_a_dir_without_weights_is_one_clear_line(model_copy, tmp_path, capsys):
