@@ -9,7 +9,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from tessera.runtime.errors import ModelDirectoryError
-from tessera.runtime.spec import ANY_ORDER_FAMILY, FIX, ImageSpec, ModelSpec, TokenizerSpec, TransformerSpec
+from tessera.runtime.spec import (ANY_ORDER_FAMILY, FIX, ImageSpec, ModelSpec, TokenizerSpec, TransformerSpec,
+                                  activation_per_pixel)
 
 
 DEFAULT_OPSET = 18  # ONNX opset of exported graphs (>= 18 lets int4 quantize Gather too)
@@ -238,7 +239,8 @@ def manifest_sections(gpt: GPTConfig, vq: VQConfig, gpt_parameters: int | None =
     export = {"transformer": {k: getattr(gpt, k) for k in _EXPORT_TRANSFORMER},
               "tokenizer": {k: list(v) if isinstance(v, tuple) else v
                             for k, v in ((k, getattr(vq, k)) for k in _EXPORT_TOKENIZER)}}
-    return (transformer, TokenizerSpec(downsample=vq.downsample, parameters=vq_parameters),
+    return (transformer, TokenizerSpec(downsample=vq.downsample, parameters=vq_parameters,
+                                      activation_per_pixel=activation_per_pixel(vq.ch, vq.ch_mult)),
             ImageSpec(channels=vq.in_channels), export)
 
 

@@ -24,7 +24,7 @@ from .config import DEFAULT_MEMORY_BUDGET, GenerationConfig, check_budget, check
 from .decoding import DecodeRequest, result_of, run_steps
 from .editing import EditResult, check_tokens, complete_tokens, continue_cells, draws_per_image, inpaint_cells, \
     outpaint_cells
-from .errors import InvalidInputError, ModelDirectoryError, TesseraError
+from .errors import InvalidInputError, ModelDirectoryError, TesseraError, first_line
 from .generation import SequentialDecoder
 from .jacobi import JacobiDecoder
 from .image_processing import to_model_input
@@ -38,7 +38,7 @@ from .results import CancelToken, GenerationCancelled, GenerationResult, Step, S
 from .runners import RunnerPool
 from .sampling import ImageStreams, SamplingConfig
 from .schedule import cosine_counts
-from .self_test import probe_call, verify as verify_self_test
+from .self_test import verify as verify_self_test
 from .session import active_provider, check_threads, open_session, ort_version, quiet_run_options
 from .tokenizer import DECODE_CHUNK_BYTES, ImageTokenizer
 from .transformer import TransformerRunner
@@ -54,10 +54,6 @@ ClassLabels = Union[int, str, Sequence[Union[int, str]]]
 ImageLike = Union[Image.Image, np.ndarray]
 
 
-def _first_line(e: BaseException, limit: int = 200) -> str:
-    """An exception's first line, shortened: onnxruntime's messages run to several long lines."""
-    text = str(e).strip()
-    return (text.splitlines()[0][:limit] if text else type(e).__name__)
 
 
 def default_model_dir() -> Path:
@@ -188,10 +184,7 @@ class Pipeline:
 
         runner.run_options = quiet_run_options()
         try:
-            if entry is None:  # exported before the self-test was recorded: the probe call must still run
-                run(*probe_call(manifest.layout, manifest.grid))
-            else:
-                verify_self_test(entry, run, manifest.layout, manifest.grid, manifest.root.name)
+            verify_self_test(entry, run, manifest.layout, manifest.grid, manifest.root.name)
         except TesseraError:
             raise
         except Exception as e:  # onnxruntime's own error types: the graph cannot run as the manifest says
@@ -199,7 +192,7 @@ class Pipeline:
             raise ModelDirectoryError(
                 f"{manifest.root.name}: its transformer graph ({graph.file}) fails the load's probe call under "
                 f"the manifest's description (kind {graph.kind or '?'}, kv_cache {graph.kv_cache or '?'}): "
-                f"{_first_line(e)}. The graph file was replaced by another kind of graph (e.g. a portable one in a "
+                f"{first_line(e)}. The graph file was replaced by another kind of graph (e.g. a portable one in a "
                 "fused model directory) or the manifest was edited; re-export the model") from None
         finally:
             runner.run_options = None

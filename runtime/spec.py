@@ -162,9 +162,20 @@ class TransformerSpec:
 class TokenizerSpec:
     downsample: int  # pixels per token side
     parameters: int | None = None  # informational
+    # Floats per output pixel in the decoder's widest activation (channels x resolution): what the
+    # runtime plans decode memory by. None: unknown, planned as 512.
+    activation_per_pixel: float | None = None
 
     def to_dict(self) -> dict:
-        return {"downsample": self.downsample, **({"parameters": self.parameters} if self.parameters is not None else {})}
+        d = {"downsample": self.downsample, "parameters": self.parameters,
+             "activation_per_pixel": self.activation_per_pixel}
+        return {k: v for k, v in d.items() if v is not None}
+
+
+def activation_per_pixel(ch: int, ch_mult) -> float:
+    """A VQ decoder's widest activation in floats per output pixel: level i has ch * ch_mult[i]
+    channels at 1 / 4**i of the output's pixels."""
+    return float(max(ch * m / 4 ** i for i, m in enumerate(ch_mult)))
 
 
 @dataclass(frozen=True)
@@ -503,9 +514,11 @@ class _Reader:
         weights = self.weights(data, files)
         t = self.transformer(self.section(data, "transformer", known=_TRANSFORMER_KEYS))
         graphs = self.graphs(self.section(data, "graphs"), t, token_layout(t, family), files)
-        k = self.section(data, "tokenizer", known=("downsample", "parameters"))
+        k = self.section(data, "tokenizer", known=("downsample", "parameters", "activation_per_pixel"))
         tokenizer = TokenizerSpec(downsample=self.integer(k, "tokenizer", "downsample", 1, 1024),
-                                  parameters=self.integer(k, "tokenizer", "parameters", 0, 10 ** 13, default=None))
+                                  parameters=self.integer(k, "tokenizer", "parameters", 0, 10 ** 13, default=None),
+                                  activation_per_pixel=self.number(k, "tokenizer", "activation_per_pixel", 0, 2 ** 20,
+                                                                   default=None, lo_open=True))
         if t.grid * tokenizer.downsample > MAX_IMAGE_SIDE:
             raise self.error("tokenizer.downsample", f"x transformer.grid ({tokenizer.downsample} x {t.grid}) "
                                                      f"must be at most {MAX_IMAGE_SIDE} pixels")
@@ -774,7 +787,10 @@ def upgrade_v1(data: dict, r: _Reader) -> dict:
         format_version=FORMAT_VERSION, name=data.get("name", ""), description=data.get("description", ""),
         family=family, conditioning=data.get("conditioning", {"kind": "class"}),
         transformer={"n_kv_head": n_head, **{key: v for key, v in t.items() if key in _TRANSFORMER_KEYS}},
-        tokenizer={key: v for key, v in k.items() if key in ("downsample", "parameters")},
+        tokenizer={**{key: v for key, v in k.items() if key in ("downsample", "parameters")},
+                   **({"activation_per_pixel": activation_per_pixel(k["ch"], k["ch_mult"])}
+                      if _is_int(k.get("ch")) and isinstance(k.get("ch_mult"), list) and k["ch_mult"]
+                      and all(_is_int(m) and m > 0 for m in k["ch_mult"]) and 0 < k["ch"] <= 2 ** 16 else {})},
         image={"channels": channels}, classes={"names": classes.get("names")}, graphs=new_graphs,
         generation_defaults={**GenerationDefaults().to_dict(), **defaults} if isinstance(defaults, dict)
         else defaults,

@@ -110,14 +110,10 @@ class ImageTokenizer:
 
     def decode_bytes(self, h: int, w: int) -> int:
         """Estimated peak bytes of decoding one h x w grid: ACTIVATION_FACTOR x the widest activation
-        (from the manifest's channels and levels; 512 channels at full resolution when it names none),
+        (the manifest's `tokenizer.activation_per_pixel`; 512 floats per pixel when it names none),
         plus the float image it returns."""
-        t, ds = self.spec.tokenizer, self.downsample
-        pixels = h * w * ds * ds
-        if t.ch and t.ch_mult:
-            widest = max(t.ch * m * pixels // 4 ** i for i, m in enumerate(t.ch_mult))
-        else:
-            widest = 512 * pixels
+        pixels = h * w * self.downsample ** 2
+        widest = int((self.spec.tokenizer.activation_per_pixel or 512) * pixels)
         return ACTIVATION_FACTOR * widest * 4 + self.spec.image.channels * pixels * 4
 
     def chunk_size(self, h: int, w: int, limit: int | None = None) -> int:
