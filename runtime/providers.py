@@ -158,6 +158,7 @@ def probe_provider(name: str, refresh: bool = False) -> str | None:
     if name in _PROBED and not refresh:
         return _PROBED[name]
     reason: str | None = None
+    load_nvidia_libraries([name])
     with _quiet_native_output() as lines:
         try:
             opts = ort.SessionOptions()
@@ -185,6 +186,28 @@ def probe_provider(name: str, refresh: bool = False) -> str | None:
         reason = _reason(lines)
     _PROBED[name] = reason
     return reason
+
+
+# Providers whose CUDA and cuDNN libraries tessera-ar[cuda] installs as NVIDIA wheels (onnxruntime-gpu[cuda,cudnn]).
+_NVIDIA_LIBRARY_USERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
+_NVIDIA_PRELOADED: list[bool] = []
+
+
+def load_nvidia_libraries(providers: list[str] | tuple[str, ...]) -> None:
+    """Before the first CUDA or TensorRT session, load the CUDA and cuDNN libraries from the NVIDIA wheels.
+
+    onnxruntime-gpu's CUDA provider looks for libcudart, cuBLAS, cuDNN ... on the system loader's path only,
+    not in site-packages/nvidia where pip puts them, so on a machine with only the driver it would not load;
+    onnxruntime.preload_dlls() (1.21+) loads them from there. Once per process; what it prints stays off the
+    terminal (a library still missing shows up as the provider's own load error)."""
+    if _NVIDIA_PRELOADED or not _NVIDIA_LIBRARY_USERS.intersection(providers) or not hasattr(ort, "preload_dlls"):
+        return
+    _NVIDIA_PRELOADED.append(True)
+    with _quiet_native_output():
+        try:
+            ort.preload_dlls()
+        except Exception:  # e.g. a CPU build: the session then reports what is missing
+            pass
 
 
 def clear_probe_cache() -> None:
