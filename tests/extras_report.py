@@ -4,7 +4,8 @@ tests/test_backend_extras.py, which checks what each extra would install without
     python tests/extras_report.py --write      # .ci/run runs this; needs the package index
 
 Linux flavours resolve `.[extra]` itself for this interpreter, as a user's `pip install` would. The
-Windows-only flavours (directml; qnn, for Windows on Snapdragon) and the Windows CUDA set cannot be
+Windows-only flavours (directml; qnn, for Windows on Snapdragon) and the Windows sets of cuda and
+openvino cannot be
 installed here, so they resolve the extra's requirements (read from setup.cfg) for Windows wheels of this
 Python version. The reports go to
 $TESSERA_EXTRAS_CACHE or ~/.cache/tessera/extras, outside the checkout.
@@ -33,6 +34,7 @@ REPORTS: dict[str, tuple[str, str | None]] = {
     "migraphx": ("migraphx", None),
     "directml": ("directml", WINDOWS),
     "openvino": ("openvino", None),
+    "openvino-windows": ("openvino", WINDOWS),
     "qnn": ("qnn", WINDOWS_ARM),
 }
 WRITE_COMMAND = "python tests/extras_report.py --write"
@@ -46,11 +48,33 @@ def report_path(name: str) -> Path:
     return cache_dir() / f"{name}.json"
 
 
-def extra_requirements(extra: str) -> list[str]:
-    """The requirement lines setup.cfg lists for `extra`."""
+# Marker values of the Windows targets (pip judges markers for the running interpreter, even with --platform).
+TARGET_MARKERS = {WINDOWS: {"sys_platform": "win32", "platform_system": "Windows", "os_name": "nt",
+                            "platform_machine": "AMD64"},
+                  WINDOWS_ARM: {"sys_platform": "win32", "platform_system": "Windows", "os_name": "nt",
+                                "platform_machine": "ARM64"}}
+
+
+def extra_requirements(extra: str, platform: str | None = None) -> list[str]:
+    """The requirement lines setup.cfg lists for `extra`; for a `platform`, those whose markers hold there,
+    without their markers."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # pip carries its own copy
+        from pip._vendor.packaging.requirements import Requirement
+
     cfg = configparser.ConfigParser()
     cfg.read(REPO / "setup.cfg")
-    return [line.strip() for line in cfg["options.extras_require"][extra].splitlines() if line.strip()]
+    lines = [line.strip() for line in cfg["options.extras_require"][extra].splitlines() if line.strip()]
+    if platform is None:
+        return lines
+    out = []
+    for line in lines:
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate(TARGET_MARKERS[platform]):
+            req.marker = None
+            out.append(str(req))
+    return out
 
 
 def resolve(name: str) -> dict:
@@ -62,10 +86,10 @@ def resolve(name: str) -> dict:
                "--report", str(out)]
         if platform is None:
             cmd.append(f".[{extra}]")
-        else:
+        else:  # the markers (e.g. sys_platform == "win32") are judged for the target platform
             version = f"{sys.version_info[0]}.{sys.version_info[1]}"
             cmd += ["--platform", platform, "--python-version", version, "--only-binary=:all:",
-                    "--target", str(Path(tmp) / "target"), *extra_requirements(extra)]
+                    "--target", str(Path(tmp) / "target"), *extra_requirements(extra, platform)]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"pip could not resolve {name} ({' '.join(cmd[3:])}):\n{proc.stderr.strip()[-2000:]}")

@@ -1,7 +1,7 @@
 """Each backend extra installs one onnxruntime flavour whose provider can load on a machine with only the
 vendor's driver: checked on pip's resolution of the extra (`pip install --dry-run --report`), which
 .ci/run caches (`python tests/extras_report.py --write`) so that this test makes no network call.
-And the runtime loads the CUDA libraries that the cuda extra brings as wheels."""
+And the runtime loads the libraries that the cuda (and, on Windows, openvino) extra brings as wheels."""
 from __future__ import annotations
 
 import json
@@ -80,42 +80,66 @@ def test_cpu_and_linux_extras_install_tessera_itself():
             assert {"tessera-ar", "numpy", "pillow"} <= set(got), (name, sorted(got))
 
 
-# --- the runtime loads what the cuda extra installs -------------------------------------------------------
+def test_the_openvino_extra_brings_openvino_itself_on_windows_only():
+    """The Linux wheels bundle OpenVINO; the Windows build needs the openvino wheel of its release."""
+    assert "openvino" not in _installs("openvino")
+    got = _installs("openvino-windows")
+    ort_release = parse_version(got["onnxruntime-openvino"])[:2]
+    assert ort_release == (1, 24), "a new onnxruntime-openvino: pair setup.cfg's openvino pin with its release"
+    assert parse_version(got["openvino"])[:2] == (2025, 4)
+
+
+# --- the runtime loads what the extras install as separate wheels ------------------------------------------
 @pytest.fixture
-def preload(monkeypatch):
+def loads(monkeypatch):
     calls = []
 
-    def fake_preload_dlls(*args, **kwargs):
-        calls.append(args)
-        print("Failed to load libcudart.so.13: cannot open shared object file")  # what onnxruntime prints
+    def fake(kind):
+        def load():
+            calls.append(kind)
+            print(f"Failed to load {kind} libraries: cannot open shared object file")  # what onnxruntime prints
+            if kind == "openvino":
+                raise SystemExit("Error: Please set the OPENVINO_LIB_PATHS environment variable.")
+        return load
 
-    monkeypatch.setattr(providers.ort, "preload_dlls", fake_preload_dlls, raising=False)
-    monkeypatch.setattr(providers, "_NVIDIA_PRELOADED", [])
+    monkeypatch.setattr(providers, "_load_nvidia_libraries", fake("nvidia"))
+    monkeypatch.setattr(providers, "_load_openvino_libraries", fake("openvino"))
+    monkeypatch.setattr(providers, "_LIBRARIES_LOADED", set())
     return calls
 
 
-def test_cuda_libraries_are_loaded_once_before_a_cuda_session_and_quietly(preload, capsys):
-    providers.load_nvidia_libraries(["CPUExecutionProvider"])
-    assert preload == []  # a CPU session loads nothing
-    providers.load_nvidia_libraries(["CUDAExecutionProvider", "CPUExecutionProvider"])
-    providers.load_nvidia_libraries(["TensorrtExecutionProvider", "CUDAExecutionProvider"])
-    assert len(preload) == 1
+def test_provider_libraries_are_loaded_once_before_their_first_session_and_quietly(loads, capsys):
+    providers.load_provider_libraries(["CPUExecutionProvider"])
+    assert loads == []  # a CPU session loads nothing
+    providers.load_provider_libraries(["CUDAExecutionProvider", "CPUExecutionProvider"])
+    providers.load_provider_libraries(["TensorrtExecutionProvider", "CUDAExecutionProvider"])
+    assert loads == ["nvidia"]
+    providers.load_provider_libraries(["OpenVINOExecutionProvider"])  # its SystemExit does not end the process
+    providers.load_provider_libraries(["OpenVINOExecutionProvider", "CUDAExecutionProvider"])
+    assert loads == ["nvidia", "openvino"]
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
 
 
-def test_probing_cuda_loads_the_cuda_libraries_first(preload):
+def test_cuda_libraries_come_from_onnxruntimes_preload(monkeypatch):
+    calls = []
+    monkeypatch.setattr(providers.ort, "preload_dlls", lambda *a, **k: calls.append(a), raising=False)
+    providers._load_nvidia_libraries()
+    assert calls == [()]
+
+
+def test_probing_cuda_loads_the_cuda_libraries_first(loads):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         providers.probe_provider("cuda", refresh=True)  # on this machine the probe may fail; the load comes first
-    assert len(preload) == 1
+    assert loads == ["nvidia"]
     providers.clear_probe_cache()
 
 
-def test_opening_a_session_on_cuda_loads_the_cuda_libraries(preload, tiny_dir):
+def test_opening_a_session_on_cuda_loads_the_cuda_libraries(loads, tiny_dir):
     from tessera.runtime.session import open_session
 
     with warnings.catch_warnings():  # no CUDA here ("runs on CPUExecutionProvider"): what matters is the load
         warnings.simplefilter("ignore")
         open_session(tiny_dir / "tokenizer_decoder.onnx", ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert len(preload) == 1
+    assert loads == ["nvidia"]
