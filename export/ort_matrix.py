@@ -1,7 +1,7 @@
 """The onnxruntime support matrix: which builds load each graph kind and precision, and agree with PyTorch.
 
 Each tested onnxruntime version gets its own virtual environment (it sees this environment's
-numpy, pillow and tessera through --system-site-packages, and shadows onnxruntime with its own
+numpy, pillow and tessera through a .pth file, and shadows onnxruntime with its own
 wheel). `export/ort_probe.py` runs there; this module computes the PyTorch references and
 compares. Wheels come from a local cache, so checking makes no network call: fill the cache once
 with `download_wheels` (CI does, in .ci/run).
@@ -87,17 +87,35 @@ def interpreter(version: str) -> Path:
     python = env / "bin" / "python"
     check = [str(python), "-c", "import onnxruntime; print(onnxruntime.__version__)"]
     if python.exists() and subprocess.run(check, capture_output=True, text=True).stdout.strip() == version:
+        _see_this_environment(python)
         return python
     wheel = _wheel(version)
     if wheel is None:
         raise FileNotFoundError(f"no cached onnxruntime {version} wheel in {wheel_dir()}; "
                                 f"run: {DOWNLOAD_COMMAND}")
-    subprocess.run([sys.executable, "-m", "venv", "--clear", "--system-site-packages", str(env)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(env)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-index", "--no-deps", str(wheel)], check=True)
+    _see_this_environment(python)
     got = subprocess.run(check, capture_output=True, text=True).stdout.strip()
     if got != version:
         raise RuntimeError(f"the venv for onnxruntime {version} imports {got or 'nothing'}")
     return python
+
+
+def _see_this_environment(python: Path) -> None:
+    """Let `python` (a cached venv) import this environment's packages after its own onnxruntime.
+
+    --system-site-packages would not do: a venv made from inside a venv sees the base interpreter's
+    site-packages, not this venv's. A .pth file adds this environment's site directories (their .pth
+    files too, e.g. an editable tessera) after the venv's own; rewritten on every use, since the cached
+    venv may be reached from a different environment than the one that made it."""
+    import site
+
+    dirs = [*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])]
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    lines = [f"import site; site.addsitedir({d!r})" for d in dirs if Path(d).is_dir()]
+    (Path(purelib) / "tessera_outer_site.pth").write_text("\n".join(lines) + "\n")
 
 
 def run_probe(version: str, dirs: list[Path], out: Path) -> dict:

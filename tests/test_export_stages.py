@@ -90,7 +90,7 @@ SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
 
 def _hub_cache(tmp_path, monkeypatch):
     """A Hub cache holding owner/repo's gpt.safetensors (random GPT-Tiny weights), offline."""
-    torch = pytest.importorskip("torch")
+    import torch
     from safetensors.torch import save_file
 
     from tessera.export.build import build_gpt
@@ -117,7 +117,6 @@ def _hub_cache(tmp_path, monkeypatch):
 
 
 def test_weights_from_the_hub_cache_offline(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("huggingface_hub")
     state, torch = _hub_cache(tmp_path, monkeypatch)
     out = tmp_path / "m"
     assert main(["export", "--gpt", "GPT-Tiny", "--gpt-weights", "hf://owner/repo/gpt.safetensors",
@@ -130,7 +129,6 @@ def test_weights_from_the_hub_cache_offline(tmp_path, monkeypatch, capsys):
 
 
 def test_hub_file_not_cached_offline_is_one_line(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("huggingface_hub")
     _hub_cache(tmp_path, monkeypatch)
     assert main([*RANDOM, "--gpt-weights", "hf://owner/repo/missing.safetensors", "--out", str(tmp_path / "m")]) == 1
     err = capsys.readouterr().err

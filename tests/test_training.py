@@ -8,15 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("mlxtend")
-pytest.importorskip("safetensors")
-pytest.importorskip("tqdm")
-
-from tessera.export.config import VQConfig, vq_preset  # noqa: E402
-from tessera.export.vq import VQModel  # noqa: E402
-from tessera.training.data import HELDOUT_PER_CLASS, load_mnist, mnist_split, split_indices  # noqa: E402
-from tessera.training.train_tokenizer import load_vq, train_tokenizer  # noqa: E402
-from tessera.training.train_transformer import train_transformer  # noqa: E402
+from tessera.export.config import VQConfig, vq_preset
+from tessera.export.vq import VQModel
+from tessera.training.data import HELDOUT_PER_CLASS, load_mnist, mnist_split, split_indices
+from tessera.training.train_tokenizer import load_vq, train_tokenizer
+from tessera.training.train_transformer import train_transformer
 
 
 @pytest.fixture(scope="module")
