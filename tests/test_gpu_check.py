@@ -169,11 +169,27 @@ def test_check_provider_fails_a_graph_that_ran_elsewhere_or_not_at_all(tiny_dir,
         "ok": False, "why": "RuntimeError: CUDA failure 35: driver too old", "providers": {}}
 
 
-def test_cpu_run_never_overwrites_the_gpu_results():
+@pytest.fixture(scope="module")
+def gpu_check():
     spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)  # an ImportError here is a failure: the check must import
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # an ImportError here is a failure: the check must import
+    return module
+
+
+def test_cpu_run_never_overwrites_the_gpu_results(gpu_check):
     with pytest.raises(SystemExit):
         gpu_check.parse_args(["--provider", "cpu", "--out", str(gpu_check.RESULTS)])
     assert gpu_check.parse_args(["--provider", "cpu"]).out != gpu_check.RESULTS
     assert gpu_check.parse_args(["--provider", "cuda"]).out == gpu_check.RESULTS
+
+
+def test_no_cuda_is_exit_2_before_anything_is_measured(gpu_check, tmp_path, capsys):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(SystemExit) as stop:
+        gpu_check.main(["--provider", "cuda", "--out", str(tmp_path / "gpu.md"), "--work", str(tmp_path / "w")])
+    assert stop.value.code == 2 and not any(tmp_path.iterdir())
+    assert "gpu_check: CUDAExecutionProvider cannot run here: " in capsys.readouterr().err
