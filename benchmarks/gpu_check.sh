@@ -50,7 +50,7 @@ parent = [p for p in dict.fromkeys(sys.path) if p and p not in own and os.path.e
 found = sorted(wheels.glob("*.whl"))
 ort = [w.name for w in found if w.name.lower().startswith(("onnxruntime-", "onnxruntime_"))]
 if len(ort) > 1:
-    sys.exit(f"gpu_check.sh: {len(ort)} onnxruntime wheels in {wheels} ({', '.join(ort)}); they share one module: keep one")
+    sys.exit(f"gpu_check.sh: {len(ort)} onnxruntime wheels in {wheels} ({', '.join(ort)}) share one module: keep one")
 if provider == "cuda" and not any(n.startswith("onnxruntime_gpu-") for n in ort):
     sys.exit(f"gpu_check.sh: no onnxruntime_gpu-*.whl in {wheels}; fetch it first (see the header of gpu_check.sh)")
 for wheel in found:  # a wheel is a zip of site-packages (PEP 427); its .data/purelib|platlib go there too
@@ -110,19 +110,20 @@ lost = [m for m in ("numpy", "PIL", "onnx", "onnxscript", "safetensors", "torch"
         if importlib.util.find_spec(m) is None]
 if lost:
     sys.exit(f"gpu_check.sh: {', '.join(lost)} not importable; add the wheels to TESSERA_GPU_WHEELS (PIL: pillow)")
-import tessera, tessera.bench, tessera.export, tessera.runtime, torch  # noqa: E401
+import tessera, tessera.bench, tessera.export, tessera.runtime  # noqa: E401
 for pkg in (tessera, tessera.bench, tessera.export, tessera.runtime):
     if not Path(pkg.__path__[0]).is_relative_to(venv / "tessera-copy"):
         sys.exit(f"gpu_check.sh: {pkg.__name__} was imported from {pkg.__path__[0]}, not from this copy")
 import onnxruntime as ort
 where, listed = Path(ort.__file__).parent, ort.get_available_providers()
-print(f"onnxruntime {ort.__version__} from {where}: {listed}\ntorch {torch.__version__}, tessera from "
-      f"{Path(tessera.__file__).parent.resolve()}", file=sys.stderr)
+print(f"onnxruntime {ort.__version__} from {where}: {listed}\ntessera from {Path(tessera.__file__).parent.resolve()}",
+      file=sys.stderr)
 if provider == "cuda":
     if "CUDAExecutionProvider" not in listed or not where.is_relative_to(site):
         sys.exit("gpu_check.sh: the onnxruntime imported is not the venv's onnxruntime-gpu")
     nvidia = importlib.util.find_spec("nvidia")  # torch's CUDA libraries, for processes that do not import torch
-    print(":".join(str(p) for d in (nvidia.submodule_search_locations if nvidia else []) for p in Path(d).glob("*/lib")))
+    roots = nvidia.submodule_search_locations if nvidia else ()
+    print(":".join(str(lib) for root in roots for lib in Path(root).glob("*/lib")))
 EOF
 ) || exit 3
 [[ -n "$LIBS" ]] && export LD_LIBRARY_PATH="$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -131,8 +132,8 @@ LEFT=$(( BUDGET - SECONDS ))
 (( LEFT > 30 )) || die "the set-up took ${SECONDS} s of TESSERA_GPU_BUDGET_S=$BUDGET"
 echo "== benchmarks/gpu_check.py --provider $PROVIDER $* ($LEFT s left)"
 set +e
-TMPDIR=$TMP timeout --kill-after=15 "$LEFT" "$VPY" benchmarks/gpu_check.py --provider "$PROVIDER" --budget-s "$LEFT" "$@"
+TMPDIR=$TMP timeout -k 15 "$LEFT" "$VPY" benchmarks/gpu_check.py --provider "$PROVIDER" --budget-s "$LEFT" "$@"
 rc=$?
 set -e
-(( rc == 124 || rc == 137 )) && echo "gpu_check.sh: stopped after $BUDGET s; the report holds the finished stages" >&2
+(( rc == 124 || rc == 137 )) && echo "gpu_check.sh: stopped at $BUDGET s; the report has the stages done" >&2
 exit $rc

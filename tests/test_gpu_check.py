@@ -28,7 +28,7 @@ TAG = f"-cp{sys.version_info[0]}{sys.version_info[1]}-"
 
 
 def wheel_folders() -> list[Path]:
-    """The gpu-check wheel cache (TESSERA_GPU_CHECK_WHEELS), and the support matrix's, which holds onnxruntime 1.31.1."""
+    """The gpu-check wheel cache (TESSERA_GPU_CHECK_WHEELS), then the support matrix's (it holds onnxruntime 1.31.1)."""
     from tessera.export import ort_matrix
 
     own = os.environ.get("TESSERA_GPU_CHECK_WHEELS") or Path.home() / ".cache" / "tessera" / "gpu-check-wheels"
@@ -113,15 +113,17 @@ def test_gpu_check_runs_from_a_copy_in_a_bare_python(tmp_path):
         assert subprocess.run([str(python), "-c", f"import {absent}"], capture_output=True, cwd=tmp_path).returncode
 
     out = tmp_path / "gpu.md"
-    proc = run_script(copy / "benchmarks" / "gpu_check.sh", {"TESSERA_GPU_PROVIDER": "cpu", "PYTHON": str(python),
-                      "TESSERA_GPU_WHEELS": str(wheels), "TESSERA_GPU_BUDGET_S": "900"}, "--quick", "--rounds", "1", "--out", str(out),
+    env = {"TESSERA_GPU_PROVIDER": "cpu", "PYTHON": str(python), "TESSERA_GPU_WHEELS": str(wheels),
+           "TESSERA_GPU_BUDGET_S": "900"}
+    proc = run_script(copy / "benchmarks" / "gpu_check.sh", env, "--quick", "--rounds", "1", "--out", str(out),
                       cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     text = out.read_text()
     assert text.startswith("# GPU check (CPU dry run, --quick)")
     assert f"onnxruntime module `{GPU_ORT} in " in text and "tessera-copy/tessera`" in text  # the wheel's, the copy's
     rows = {ln.split(" | ")[0][2:]: ln for ln in text.splitlines() if ln.startswith("| tiny ")}
-    assert sorted(rows) == sorted(f"tiny {k} {p}" for k in ("fused", "portable") for p in ("fp32", "fp16", "int8", "int4"))
+    kinds = [f"tiny {k} {p}" for k in ("fused", "portable") for p in ("fp32", "fp16", "int8", "int4")]
+    assert sorted(rows) == sorted(kinds)
     assert all("| CPUExecutionProvider | CPUExecutionProvider | yes |" in ln for ln in rows.values())
     speed = [ln for ln in text.splitlines() if ln.startswith(("| tessera ", "| torch "))]
     assert len(speed) == 8 and all("| CPUExecutionProvider |" in ln for ln in speed if "tessera" in ln)
