@@ -35,7 +35,7 @@ def _labels(pipe, images: int) -> list[int]:
 
 def memory(job: dict) -> dict:
     """Peak RSS after import, after load, and after one whole image (tokens + tokenizer decode)."""
-    import tessera.runtime  # noqa: F401  (the baseline: what importing the runtime costs)
+    from tessera.runtime import Pipeline  # noqa: F401  (the baseline: what importing the runtime costs)
 
     out = {"after_import": snapshot()}
     pipe, out["load_s"] = _load(job)

@@ -17,17 +17,21 @@ A cell passes when the directory loads and
   (relative error, argmax agreement) and images are within the precision's image bound of
   PyTorch's decoding of the same tokens. Token agreement with the newest build is reported, not
   required: quantized kernels round differently between releases, which can move a sampled draw.
+
+`check_provider` judges the same cells on another execution provider of this environment's
+onnxruntime (the GPU check), with the CPU run of each directory in the newest build's place.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
 import subprocess
 import tempfile
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -171,8 +175,9 @@ def reference(model_dir: Path) -> Reference:
     return Reference(spec.graph("transformer").precision, logits, sampled, greedy, decode)
 
 
-def judge(got: dict, ref: Reference, newest: dict | None) -> tuple[bool, str]:
-    """(passed, why) for one probe result against PyTorch and the newest build's result."""
+def judge(got: dict, ref: Reference, newest: dict | None, versus: str = "the newest build") -> tuple[bool, str]:
+    """(passed, why) for one probe result against PyTorch and another run's result of the same directory
+    (`newest`: the newest build's in the matrix; `versus` names it in the text)."""
     if got["status"] != "ok":
         return False, got["status"]
     logits = [got[f"logits_{k}"] for k in range(len(ref.logits))]
@@ -201,12 +206,12 @@ def judge(got: dict, ref: Reference, newest: dict | None) -> tuple[bool, str]:
         # from one release to the next (int4/int8 compute on dynamically quantized activations), which
         # can move a sampled draw; its bound is the export's logit and argmax parity above.
         if ref.precision == "fp32" and key == "tokens_parallel" and same[key] < 1.0:
-            problems.append(f"{key} differ from the newest build ({1 - same[key]:.0%})")
+            problems.append(f"{key} differ from {versus}'s ({1 - same[key]:.0%})")
     image_err = float(np.abs(got["images"] - ref.decode(got["tokens_sampled"])).max())
     if not image_err <= image_atol:
         problems.append(f"image error {image_err:.2g}")
-    detail = (f"logit err {err:.1e}, argmax {agree:.0%}, image err {image_err:.1e}; tokens equal to the newest "
-              "build's: " + ", ".join(f"{k.split('_')[1]} {v:.0%}" for k, v in same.items()))
+    detail = (f"logit err {err:.1e}, argmax {agree:.0%}, image err {image_err:.1e}; tokens equal to {versus}'s: "
+              + ", ".join(f"{k.split('_')[1]} {v:.0%}" for k, v in same.items()))
     return not problems, "; ".join(problems) or detail
 
 
@@ -220,6 +225,38 @@ def run_matrix(dirs: dict[str, Path], workdir: Path, versions=MATRIX_VERSIONS) -
     for label, d in dirs.items():
         table[label] = {v: judge(results[v][str(d)], refs[label], newest[str(d)]) for v in versions}
     return table
+
+
+def check_provider(dirs: dict[str, Path], provider: str) -> dict[str, dict]:
+    """{label: {"ok", "why", "providers"}}: each directory run in this process on `provider`, judged as a
+    matrix cell against PyTorch and, token for token, against the same directory on the CPU. A graph
+    that onnxruntime ran on another provider fails the cell: a silent fallback is not the provider's result."""
+    from tessera.runtime.manifest import load_manifest
+    from tessera.runtime.providers import full_name
+
+    def run(d: Path, on: str) -> dict:
+        try:
+            return {"status": "ok", **ort_probe.probe(d, on)}
+        except Exception as e:  # recorded: the caller shows every failure
+            text = str(e).strip()
+            return {"status": f"{type(e).__name__}: {text.splitlines()[0][:300] if text else ''}"}
+
+    want, out, refs = full_name(provider), {}, {}
+    for label, d in dirs.items():
+        cpu = run(d, "cpu")
+        got = cpu if want == "CPUExecutionProvider" else run(d, provider)
+        # Variants of one model share its PyTorch reference (the weights they carry say which model).
+        weights = sorted(Path(d).glob("*.safetensors"))
+        key = hashlib.sha256(b"".join(f.read_bytes() for f in weights)).hexdigest() if weights else str(d)
+        ref = refs[key] = refs.get(key) or reference(d)
+        ref = replace(ref, precision=load_manifest(d, verify="none").graph("transformer")["precision"])
+        ok, why = judge(got, ref, cpu if cpu["status"] == "ok" else None, versus="the CPU")
+        ran = got.get("graph_providers", {})
+        elsewhere = sorted(g for g, p in ran.items() if p != want)
+        if elsewhere:
+            ok, why = False, f"{', '.join(elsewhere)} not on {want}; {why}"
+        out[label] = {"ok": ok, "why": why, "providers": ran}
+    return out
 
 
 def markdown(table: dict[str, dict[str, tuple]], versions=MATRIX_VERSIONS) -> str:

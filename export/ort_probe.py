@@ -3,6 +3,7 @@
 The support matrix (export/ort_matrix.py) runs this module with each tested onnxruntime version's
 interpreter: `python -m tessera.export.ort_probe OUT.npz DIR [DIR ...]`. It imports the runtime
 only (never torch), so it runs in an environment that holds nothing but an old onnxruntime.
+`ort_matrix.check_provider` calls `probe` in-process on another execution provider (the GPU check).
 For each directory it records the load error, or the logits of a fixed call scenario (prefill,
 decode steps, a multi-query call over a past, through the runtime's own KV-cache runner),
 generated token grids (sampled with guidance, greedy, parallel) and their decoded images.
@@ -50,12 +51,14 @@ def scenario(vocab_size: int, class_token_offset: int, null_class_id: int, grid:
     return calls
 
 
-def probe(model_dir: Path) -> dict[str, np.ndarray]:
+def probe(model_dir: Path, providers: str = "cpu") -> dict:
+    """The arrays listed above for one directory on `providers`, and under "graph_providers" the
+    provider onnxruntime really ran each graph on (it may fall back to the CPU without failing)."""
     from tessera.runtime import Pipeline
 
-    pipe = Pipeline.load(model_dir, providers="cpu")
+    pipe = Pipeline.load(model_dir, providers=providers)
     layout = pipe.layout
-    out: dict[str, np.ndarray] = {}
+    out: dict = {"graph_providers": dict(pipe.graph_providers)}
     runner = pipe.transformer
     calls = scenario(layout.vocab_size, layout.class_token_offset, layout.null_class_id, pipe.grid,
                      layout.rope_grid)
@@ -74,10 +77,12 @@ def main(argv: list[str]) -> int:
     import onnxruntime
 
     target, dirs = Path(argv[0]), argv[1:]
-    arrays, status = {}, {"onnxruntime": onnxruntime.__version__, "dirs": {}}
+    arrays, status = {}, {"onnxruntime": onnxruntime.__version__, "dirs": {}, "providers": {}}
     for i, d in enumerate(dirs):
         try:
-            for key, value in probe(Path(d)).items():
+            result = probe(Path(d))
+            status["providers"][d] = result.pop("graph_providers")
+            for key, value in result.items():
                 arrays[f"{i}/{key}"] = value
             status["dirs"][d] = "ok"
         except Exception as e:  # recorded, not raised: the matrix shows every failure
