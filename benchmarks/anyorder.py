@@ -42,15 +42,15 @@ EXPORTS = HERE / ".cache" / "exports"
 def anyorder_tokens(pipe, labels, seed, steps, order="locality", guidance=None):
     """The any-order decoder's result (token grids, calls) with an explicit schedule order."""
     from tessera.runtime.anyorder import AnyOrderDecoder
-    from tessera.runtime.decoding import DecodeRequest, decode
+    from tessera.runtime.decoders import DecoderRequest, run_decoder
     from tessera.runtime.sampling import ImageStreams
 
     cfg = pipe.config(seed=seed, steps=steps, guidance_scale=guidance)
     labels = np.asarray(labels, np.int64)
-    request = DecodeRequest(labels, cfg.grid, cfg.guidance_scale, cfg.sampling,
+    request = DecoderRequest(labels, cfg.grid, cfg.guidance_scale, cfg.sampling,
                             ImageStreams(cfg.seeds(len(labels)), cfg.grid[0] * cfg.grid[1]))
     with pipe._runners.borrow() as runner:
-        result = decode(AnyOrderDecoder(cfg.steps, order), runner, pipe.layout, request)
+        result = run_decoder(AnyOrderDecoder(cfg.steps, order), runner, pipe.layout, request)
     return result
 
 

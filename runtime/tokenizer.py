@@ -14,7 +14,7 @@ SessionFactory = Callable[[Path], object]
 
 
 class ImageTokenizer:
-    """Decoder sessions open at load; the encoder (editing only) opens on first use."""
+    """The decode session opens at load; the encoder (editing only) opens on first use."""
 
     def __init__(self, manifest: Manifest, open_session: SessionFactory):
         self.manifest = manifest
@@ -23,30 +23,31 @@ class ImageTokenizer:
         self.codebook_size = spec.tokenizer.codebook_size
         self.downsample = spec.tokenizer.downsample
         self.precision = spec.graph("tokenizer_decoder").precision  # the variant the manifest records
-        self._decoder = self._open_decoder()  # checked at load: a bad graph fails there, not after a generation
+        self._decode_session = self._open_decode_session()  # checked at load: a bad graph fails there, not after a generation
         self._encoder = None
 
-    def _open_decoder(self):
-        decoder = self._open(self.manifest.graph_path("tokenizer_decoder"))
-        self._check("tokenizer_decoder", decoder)
-        return decoder
+    def _open_decode_session(self):
+        session = self._open(self.manifest.graph_path("tokenizer_decoder"))
+        self._check("tokenizer_decoder", session)
+        return session
 
     @property
-    def decoder(self):
-        """The decoder session; reopened here after `close_decoder`."""
-        decoder = self._decoder
-        if decoder is None:
-            decoder = self._decoder = self._open_decoder()
-        return decoder
+    def decode_session(self):
+        """The session of the `tokenizer_decoder` graph (codes -> images); reopened here after
+        `close_decode_session`."""
+        session = self._decode_session
+        if session is None:
+            session = self._decode_session = self._open_decode_session()
+        return session
 
-    @decoder.setter
-    def decoder(self, session) -> None:
-        self._decoder = session
+    @decode_session.setter
+    def decode_session(self, session) -> None:
+        self._decode_session = session
 
-    def close_decoder(self) -> None:
-        """Drop the decoder session (its weights and activation arena), e.g. while the transformer
+    def close_decode_session(self) -> None:
+        """Drop the decode session (its weights and activation arena), e.g. while the transformer
         generates on a memory-limited device (`Pipeline.load(low_memory=True)`)."""
-        self._decoder = None
+        self._decode_session = None
 
     @property
     def encoder(self):
@@ -78,8 +79,8 @@ class ImageTokenizer:
             raise InvalidInputError(f"codes must be [batch, height, width], got shape {codes.shape}")
         if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
             raise InvalidInputError(f"codes must lie in 0..{self.codebook_size - 1}; got {codes.min()}..{codes.max()}")
-        decoder = self.decoder
-        images = decoder.run(None, {self.spec.graph("tokenizer_decoder").inputs[0]: codes.astype(np.int64)})[0]
+        session = self.decode_session
+        images = session.run(None, {self.spec.graph("tokenizer_decoder").inputs[0]: codes.astype(np.int64)})[0]
         return check_finite(images, "tokenizer_decoder")
 
     def decode_tiled(self, codes: np.ndarray, tile: int, overlap: int | None = None) -> np.ndarray:
