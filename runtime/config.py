@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -96,9 +96,8 @@ class GenerationConfig:
             in parallel, each this many tokens behind the row above (ZipAR, runtime/parallel.py).
         grid: the token grid (h, w) or one int for a square; None: the trained grid. Each side at
             most the model's rotary table (`rope_grid`).
-        decoder: a name in `DECODERS`; None: the decoder whose option (`parallel_window`,
-            `jacobi_window`, `steps`) is given, else the model's default (the first decoder of
-            its order: sequential, or anyorder for an any-order model).
+        decoder: a name in `DECODERS`; None: the decoder whose option (`Decoder.option`) is
+            given, else the model's default (the first decoder of the model's order).
         jacobi_window: draft tokens per image per call for speculative Jacobi decoding
             (runtime/jacobi.py), an integer >= 1; None: 4.
         steps: transformer calls per grid for the any-order decoder (runtime/anyorder.py), an
@@ -233,6 +232,27 @@ class GenerationConfig:
         return image_seeds(self.seed, images)
 
 
+def class_ids(class_labels, num_images_per_class: int, class_id: Callable[[int | str], int],
+              num_classes: int) -> np.ndarray:
+    """Class ids or names (one or a list) -> ids `[len(labels) * num_images_per_class]`, label-major;
+    `class_id` maps one label to its id (`Manifest.class_id`: names, ranges, suggestions)."""
+    n = check_int("num_images_per_class", num_images_per_class, 1)
+    if isinstance(class_labels, np.ndarray) and class_labels.ndim == 0:
+        class_labels = class_labels.item()
+    if isinstance(class_labels, (str, int, np.integer)) and not isinstance(class_labels, (bool, np.bool_)):
+        class_labels = [class_labels]
+    if not isinstance(class_labels, (list, tuple, np.ndarray)):
+        raise InvalidInputError("class_labels must be a class id, a class name or a list of them, "
+                                f"got {type(class_labels).__name__}")
+    for label in class_labels:
+        if isinstance(label, (bool, np.bool_)) or not isinstance(label, (str, int, np.integer)):
+            raise InvalidInputError(f"class labels must be integer ids (0..{num_classes - 1}) "
+                                    f"or class names, got {label!r} ({type(label).__name__})")
+    if len(class_labels) == 0:
+        raise InvalidInputError("give at least one class label")
+    return np.repeat(np.asarray([class_id(c) for c in class_labels], dtype=np.int64), n)
+
+
 def memory_estimate(images: int, guided: bool, grid: tuple[int, int], transformer: TransformerSpec,
                     vocab_size: int, queries: int = 1) -> int:
     """Bytes a generation of `images` images plans to hold: the KV cache (float32 upper bound),
@@ -261,5 +281,5 @@ def check_budget(what: str, images: int, guided: bool, grid: tuple[int, int], tr
             "Pipeline.load(..., memory_budget=BYTES) / pipe.memory_budget = BYTES (None: no check)")
 
 
-__all__ = ["GenerationConfig", "DEFAULT_MEMORY_BUDGET", "DECODERS", "model_decoders", "model_order",
+__all__ = ["GenerationConfig", "DEFAULT_MEMORY_BUDGET", "DECODERS", "model_decoders", "model_order", "class_ids",
            "memory_estimate", "check_budget", "check_int", "check_real"]

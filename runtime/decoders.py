@@ -25,6 +25,7 @@ from typing import ClassVar, Iterator
 
 import numpy as np
 
+from .errors import InvalidInputError
 from .results import CancelToken, GenerationCancelled, GenerationResult, StepCallback
 from .sampling import ImageStreams, SamplingConfig, guidance_on, image_seeds, sample_guided
 from .spec import TokenLayout
@@ -139,6 +140,32 @@ def cell_positions(layout: TokenLayout, grid: tuple[int, int]) -> np.ndarray:
 
 
 # --- the driver -----------------------------------------------------------------------------------
+def check_callback(callback) -> None:
+    """A step callback must be None or callable; else one InvalidInputError before anything runs."""
+    if callback is not None and not callable(callback):
+        raise InvalidInputError("callback must be callable as callback(step, total, tokens) (return False "
+                                f"to stop), got {type(callback).__name__}")
+
+
+class CancelState:
+    """The cancel state of one generation: its own flag (`Pipeline.interrupt`) or the caller's
+    token; `drive` reads `cancelled` after each decision."""
+
+    __slots__ = ("own", "token")
+
+    def __init__(self, token: CancelToken | None):
+        if token is not None and not isinstance(token, CancelToken):
+            raise InvalidInputError(f"cancel must be a CancelToken, got {type(token).__name__}")
+        self.own, self.token = False, token
+
+    def cancel(self) -> None:
+        self.own = True
+
+    @property
+    def cancelled(self) -> bool:
+        return self.own or (self.token is not None and self.token.cancelled)
+
+
 def drive(decoder: Decoder, runner, layout: TokenLayout, request: DecoderRequest, state: DecoderState,
           callback: StepCallback | None = None, cancel: CancelToken | None = None) -> Iterator[int]:
     """Run `decoder.steps`, yielding after each decision. `callback(step, total, tokens)` is called
@@ -244,5 +271,6 @@ def generate_tokens(runner, layout: TokenLayout, grid: tuple[int, int], labels: 
     return run_decoder(SequentialDecoder(), runner, layout, request, callback).tokens
 
 
-__all__ = ["Decoder", "DecoderRequest", "DecoderState", "Option", "SequentialDecoder", "cell_positions", "drive",
+__all__ = ["Decoder", "DecoderRequest", "DecoderState", "Option", "SequentialDecoder", "CancelState", "cell_positions",
+           "check_callback", "drive",
            "run_decoder", "generate_tokens", "prefill", "sample_cells"]

@@ -43,12 +43,12 @@ import numpy as np
 from PIL import Image
 
 from .config import DECODERS, check_budget
-from .decoders import Decoder, DecoderRequest, cell_positions, run_decoder
+from .decoders import Decoder, DecoderRequest, cell_positions, check_callback, run_decoder
 from .errors import InvalidInputError
 from .image_processing import (check_box_inside, fit, parse_box, pixels_to_cells, place_mask, to_mask,  # noqa: F401
                                to_model_input, to_rgb, border_color, place_image)
 from .preview import with_preview
-from .results import CancelToken, StepCallback, check_callback
+from .results import CancelToken, StepCallback
 from .sampling import ImageStreams, SamplingConfig, guided_logits
 
 # Largest logits array (floats) one scoring call may produce; bigger batches are split.

@@ -21,8 +21,9 @@ import numpy as np
 from PIL import Image
 
 from .compat import check_loadable, disabled_optimizers
-from .config import DECODERS, DEFAULT_MEMORY_BUDGET, GenerationConfig, check_budget, check_int, model_decoders
-from .decoders import DecoderRequest, drive
+from .config import DECODERS, DEFAULT_MEMORY_BUDGET, GenerationConfig, check_budget, check_int, class_ids, \
+    model_decoders
+from .decoders import CancelState, DecoderRequest, check_callback, drive
 from .editing import EditPipeline, EditResult
 from .errors import InvalidInputError
 from .images import to_pil
@@ -30,7 +31,7 @@ from .manifest import Manifest, load_manifest
 from .preview import PreviewRenderer, with_preview
 from .providers import resolve_providers
 from .provider_fit import warn_if_unsuited
-from .results import CancelToken, GenerationResult, Step, StepCallback, check_callback
+from .results import CancelToken, GenerationResult, Step, StepCallback
 from .runners import RunnerPool
 from .sampling import ImageStreams, SamplingConfig
 from .self_test import verify as verify_self_test
@@ -53,22 +54,6 @@ def default_model_dir() -> Path:
     from tessera.models import default_model_dir as shipped
 
     return shipped()
-
-
-class _Stop:
-    """The cancel state of one generation: its own flag (`Pipeline.interrupt`) or the caller's token."""
-
-    __slots__ = ("own", "token")
-
-    def __init__(self, token: CancelToken | None):
-        self.own, self.token = False, token
-
-    def cancel(self) -> None:
-        self.own = True
-
-    @property
-    def cancelled(self) -> bool:
-        return self.own or (self.token is not None and self.token.cancelled)
 
 
 class Pipeline:
@@ -138,13 +123,17 @@ class Pipeline:
         # The decoders this model runs, its default first (its order, from the manifest); assign
         # another tuple of `config.DECODERS` names to time a decoder on a graph not trained for it.
         self.decoders = model_decoders(manifest.spec)
-        self.edit = EditPipeline(self)  # inpaint, outpaint, continue_image, edit_tokens
         self.memory_budget = memory_budget
         self._lock = threading.Lock()  # guards _running, _last_calls and the lazy encoder
-        self._running: set[_Stop] = set()
+        self._running: set[CancelState] = set()
         self._last_calls = 0
         if self.low_memory:  # one graph in memory at a time: the tokenizer's opens when images are decoded
             self.tokenizer.close_decode_session()
+
+    @property
+    def edit(self) -> EditPipeline:
+        """Editing on this pipeline: inpaint, outpaint, continue_image, edit_tokens (runtime/editing.py)."""
+        return EditPipeline(self)
 
     @property
     def transformer(self) -> TransformerRunner:
@@ -238,21 +227,7 @@ class Pipeline:
 
     def labels(self, class_labels: ClassLabels, num_images_per_class: int = 1) -> np.ndarray:
         """Class ids or names -> ids `[len(labels) * num_images_per_class]`, label-major."""
-        n = check_int("num_images_per_class", num_images_per_class, 1)
-        if isinstance(class_labels, np.ndarray) and class_labels.ndim == 0:
-            class_labels = class_labels.item()
-        if isinstance(class_labels, (str, int, np.integer)) and not isinstance(class_labels, (bool, np.bool_)):
-            class_labels = [class_labels]
-        if not isinstance(class_labels, (list, tuple, np.ndarray)):
-            raise InvalidInputError("class_labels must be a class id, a class name or a list of them, "
-                                    f"got {type(class_labels).__name__}")
-        for label in class_labels:
-            if isinstance(label, (bool, np.bool_)) or not isinstance(label, (str, int, np.integer)):
-                raise InvalidInputError(f"class labels must be integer ids (0..{self.manifest.num_classes - 1}) "
-                                        f"or class names, got {label!r} ({type(label).__name__})")
-        if len(class_labels) == 0:
-            raise InvalidInputError("give at least one class label")
-        return np.repeat(np.asarray([self.manifest.class_id(c) for c in class_labels], dtype=np.int64), n)
+        return class_ids(class_labels, num_images_per_class, self.manifest.class_id, self.manifest.num_classes)
 
     def grid_size(self, grid: int | tuple[int, int] | None) -> tuple[int, int]:
         """The token grid to generate: the trained one, or a larger one within the rotary table."""
@@ -275,9 +250,7 @@ class Pipeline:
     @contextmanager
     def lend_runner(self, cancel: CancelToken | None):
         """A runner lent for one generation, and its cancel state (registered for `interrupt`)."""
-        if cancel is not None and not isinstance(cancel, CancelToken):
-            raise InvalidInputError(f"cancel must be a CancelToken, got {type(cancel).__name__}")
-        stop = _Stop(cancel)
+        stop = CancelState(cancel)
         with self._transformer_phase()._runners.borrow() as runner:
             with self._lock:
                 self._running.add(stop)
@@ -289,8 +262,9 @@ class Pipeline:
 
     def _steps(self, cfg: GenerationConfig, request: DecoderRequest, decoder, cancel, callback, decode_images: bool,
                renderer=None, frames: list | None = None) -> Iterator[Step]:
-        """The step stream every call drains: with `frames` (stream) one `Step` per decision, with
-        the preview frame `callback` rendered into `frames`; always a last `Step` with the result."""
+        """The step stream every call drains (`run` to its end, `stream` step by step): with `frames`,
+        one `Step` per decision with the preview frame the callback rendered into `frames`, if any;
+        always a last `Step` with the result and its images."""
         total = request.cells
         with self.lend_runner(cancel) as (runner, stop):
             state = decoder.start(request)

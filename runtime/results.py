@@ -7,17 +7,10 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import InvalidInputError, TesseraError
+from .errors import TesseraError
 
 # callback(step, total, tokens_so_far) -> None or False; False stops the generation (GenerationCancelled).
 StepCallback = Callable[[int, int, np.ndarray], "bool | None"]
-
-
-def check_callback(callback) -> None:
-    """A step callback must be None or callable; else one InvalidInputError before anything runs."""
-    if callback is not None and not callable(callback):
-        raise InvalidInputError("callback must be callable as callback(step, total, tokens) (return False "
-                                f"to stop), got {type(callback).__name__}")
 
 
 @dataclass
@@ -91,4 +84,4 @@ class GenerationCancelled(TesseraError):
         self.step, self.total, self.tokens = step, total, tokens
 
 
-__all__ = ["check_callback", "GenerationResult", "Step", "CancelToken", "GenerationCancelled", "StepCallback"]
+__all__ = ["GenerationResult", "Step", "CancelToken", "GenerationCancelled", "StepCallback"]

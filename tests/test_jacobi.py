@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tessera.runtime import InvalidInputError
-from tessera.runtime.decoders import DecoderRequest, SequentialDecoder, cell_positions, run_decoder
+from tessera.runtime.decoders import DecoderRequest, cell_positions, run_decoder
 from tessera.runtime.jacobi import JacobiDecoder, probabilities, verify
 from tessera.runtime.sampling import ImageStreams, SamplingConfig, apply_guidance
 
