@@ -44,16 +44,16 @@ def anyorder_decode(pipe, labels: Sequence[int], seed: int, order: str, **option
     """The any-order decoder with an explicit schedule order (the pipeline always uses its default
     order): the same request `Pipeline.run` builds, decoded on a runner of the pipeline's pool."""
     from tessera.runtime.anyorder import AnyOrderDecoder
-    from tessera.runtime.decoding import DecodeRequest, decode
+    from tessera.runtime.decoders import DecoderRequest, run_decoder
     from tessera.runtime.sampling import ImageStreams
 
     cfg = pipe.config(seed=seed, **options)
     labels = np.asarray(labels, np.int64)
-    request = DecodeRequest(labels, cfg.grid, cfg.guidance_scale, cfg.sampling,
-                            ImageStreams(cfg.seeds(len(labels)), cfg.grid[0] * cfg.grid[1]))
+    request = DecoderRequest(labels, cfg.grid, cfg.guidance_scale, cfg.sampling,
+                             ImageStreams(cfg.seeds(len(labels)), cfg.grid[0] * cfg.grid[1]))
     pipe.transformer  # noqa: B018  (reopens the transformer where low_memory closed it)
     with pipe._runners.borrow() as runner:
-        return decode(AnyOrderDecoder(cfg.steps, order), runner, pipe.layout, request)
+        return run_decoder(AnyOrderDecoder(cfg.steps, order), runner, pipe.layout, request)
 
 
 @dataclass

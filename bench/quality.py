@@ -8,7 +8,7 @@ import numpy as np
 def teacher_forced_logits(pipe, label: int, tokens: np.ndarray) -> np.ndarray:
     """Logits `[n, V]` of the conditional row for one image's tokens `[n]` (raster order), in one
     causal call: position i sees the class token and tokens 0..i-1."""
-    from tessera.runtime.generation import cell_positions
+    from tessera.runtime.decoders import cell_positions
 
     layout, tokens = pipe.layout, np.asarray(tokens).reshape(-1)
     n = tokens.size

@@ -81,13 +81,14 @@ def interleaved(runs: dict[str, Callable[[int], object]], repeats: int) -> dict[
 
 
 def same_graph_sequential(model_dir, **load_options):
-    """The base `Pipeline` on any model directory, whatever family its manifest names: an any-order
-    graph then decodes one token per call (and with `decoder="anyorder"` when asked), so sequential
-    and any-order decoding are timed on the very same graph. For timing only: an any-order model was
-    not trained for raster order, which is why its own pipeline refuses the sequential decoder."""
+    """A `Pipeline` on any model directory that runs the raster decoders (sequential by default),
+    and the anyorder decoder when asked and the model has a position query: sequential and
+    any-order decoding timed on the very same graph. For timing only: an any-order model was not
+    trained for raster order, which is why it runs the anyorder decoder alone by default."""
+    from tessera.runtime.config import DECODERS
     from tessera.runtime.pipeline import Pipeline
 
-    class SameGraphSequential(Pipeline):
-        """Pipeline.load picks the family's class only when called on Pipeline itself."""
-
-    return SameGraphSequential.load(model_dir, **load_options)
+    pipe = Pipeline.load(model_dir, **load_options)
+    any_order = pipe.layout.query_token_id is not None
+    pipe.decoders = tuple(name for name, d in DECODERS.items() if d.order == "raster" or any_order)
+    return pipe

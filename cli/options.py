@@ -6,10 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
+from tessera.runtime.spec import GenerationDefaults
+
 VERIFY_CHOICES = ["auto", "full", "size", "none"]
 FULL_VERIFY_BYTES = 256 * 2**20  # --verify auto: sha256 of every file below this total (~18 ms for the shipped model)
-# What the runtime uses when a manifest names no default (runtime/pipeline.py, sampling_options).
-RUNTIME_DEFAULTS = {"guidance_scale": 1.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+# What the runtime uses when a manifest names no default: the contract's own (`GenerationDefaults`).
+RUNTIME_DEFAULTS = GenerationDefaults().to_dict()
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -1,7 +1,7 @@
 """Tessera's runtime: numpy + onnxruntime + pillow, never torch.
 
 The names below load on first use (PEP 562), so `import tessera.runtime.sampling` and the other
-numpy-only modules (config, schedule, spec, manifest, decoding, the decoders) import and run
+numpy-only modules (config, schedule, spec, manifest, the decoders and their driver) import and run
 without onnxruntime; only the modules that open sessions (backend, session, transformer, tokenizer,
 pipeline) need it.
 """
@@ -12,10 +12,8 @@ import importlib
 _EXPORTS = {
     "errors": ("TesseraError", "ModelDirectoryError", "ProviderError", "InvalidInputError", "ExtraNotInstalledError"),
     "manifest": ("MANIFEST_NAME", "Manifest", "load_manifest"),
-    "config": ("GenerationConfig",),
-    "decoding": ("Decoder", "DecodeRequest"),
-    "generation": ("SequentialDecoder",),
-    "parallel": ("ParallelDecoder",),
+    "config": ("GenerationConfig", "DECODERS"),
+    "decoders": ("Decoder", "DecoderRequest", "SequentialDecoder"),
     "pipeline": ("Pipeline", "default_model_dir"),
     "providers": ("available_providers", "resolve_providers"),
     "results": ("CancelToken", "GenerationCancelled", "GenerationResult", "Step"),

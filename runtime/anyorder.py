@@ -28,15 +28,11 @@ from typing import Iterator
 
 import numpy as np
 
-from .config import DEFAULT_ANYORDER_STEPS as DEFAULT_STEPS
-from .decoding import DecodeRequest, DecodeState, decode
-from .editing import EditResult
+from .decoders import Decoder, DecoderRequest, DecoderState, Option, cell_positions
 from .errors import InvalidInputError
-from .generation import cell_positions, guidance_rows
-from .manifest import TokenLayout
-from .results import CancelToken, StepCallback
-from .sampling import ImageStreams, SamplingConfig, apply_guidance, sample
-from .schedule import ORDERS, image_plans
+from .sampling import sample_guided
+from .schedule import ORDERS, cosine_counts, image_plans
+from .spec import TokenLayout
 
 DEFAULT_ORDER = "locality"
 
@@ -50,21 +46,23 @@ def query_token(layout: TokenLayout) -> int:
     return int(q)
 
 
-class AnyOrderDecoder:
+class AnyOrderDecoder(Decoder):
     """`steps` calls per grid; each decides one group of the schedule (see the module doc)."""
 
     name = "anyorder"
+    order = "any"
+    option = Option("steps", " (transformer calls per grid)", default=8, per_grid=True, model_default=True)
+    sees_every_kept_cell = True
 
-    def __init__(self, steps: int = DEFAULT_STEPS, order: str = DEFAULT_ORDER):
+    def __init__(self, steps: int = option.default, order: str = DEFAULT_ORDER):
         if order not in ORDERS:
             raise InvalidInputError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
-        self.steps_count, self.order = int(steps), order
+        self.steps_count, self.schedule_order = int(steps), order
 
-    def start(self, request: DecodeRequest) -> DecodeState:
-        # -1: not decided yet (what callbacks see)
-        return DecodeState(np.full((request.labels.shape[0], request.cells), -1, np.int64), prefix_view=False)
+    def queries(self, grid: tuple[int, int]) -> int:
+        return 2 * max(cosine_counts(grid[0] * grid[1], self.steps_count))  # a call: the last group's codes + queries
 
-    def steps(self, runner, layout: TokenLayout, request: DecodeRequest, state: DecodeState) -> Iterator[int]:
+    def steps(self, runner, layout: TokenLayout, request: DecoderRequest, state: DecoderState) -> Iterator[int]:
         query = query_token(layout)
         n, b = request.cells, request.labels.shape[0]
         out = state.out
@@ -80,9 +78,8 @@ class AnyOrderDecoder:
             yield n
             return
         seeds = getattr(request.rng, "seeds", None) or tuple(range(b))
-        groups = image_plans(request.grid, self.steps_count, self.order, seeds, kept)  # [B, count] per step
-        guided = request.guidance_scale > 1.0
-        rows = guidance_rows(request.labels, layout, guided)
+        groups = image_plans(request.grid, self.steps_count, self.schedule_order, seeds, kept)  # [B, count] per step
+        rows = request.rows(layout)
         r, rep = rows.shape[0], rows.shape[0] // b
         positions = cell_positions(layout, request.grid)
         known_cells = np.flatnonzero(kept)
@@ -98,11 +95,8 @@ class AnyOrderDecoder:
             state.calls += 1
             state.mark("prefill" if t == 0 else "decode")
             c = group.shape[1]
-            step = logits[:, -c:]  # [R, c, V]: the queries
-            if guided:
-                step = apply_guidance(step, b, request.guidance_scale)
-            toks = sample(np.ascontiguousarray(step.transpose(1, 0, 2)).reshape(c * b, -1), request.sampling,
-                          request.rng).reshape(c, b).T  # image i's draws in its plan's order
+            toks = sample_guided(logits[:, -c:], b, request.guidance, request.sampling,  # the queries
+                                 request.rng).reshape(c, b).T  # image i's draws in its plan's order
             np.put_along_axis(out, group, toks, axis=1)
             decided += c
             yield decided
@@ -129,27 +123,5 @@ class AnyOrderDecoder:
         return logits
 
 
-def complete_any_order(runner, layout: TokenLayout, grid: tuple[int, int], source: np.ndarray,
-                       regenerate: np.ndarray, label: int | None, guidance_scale: float, sampling: SamplingConfig,
-                       seeds, num_images: int = 1, steps: int = DEFAULT_STEPS, order: str = DEFAULT_ORDER,
-                       callback: StepCallback | None = None, cancel: CancelToken | None = None) -> EditResult:
-    """Editing with an any-order model: the cells of `source [h, w]` where `regenerate` is False are
-    context for every regenerated cell, which `AnyOrderDecoder` decides in `steps` calls. One draw
-    per output image (no candidates to rerank); draw i uses `seeds[i]`. label None: null class,
-    guidance off."""
-    h, w = grid
-    n = h * w
-    src = np.asarray(source).astype(np.int64).reshape(n)
-    regen = np.asarray(regenerate, bool).reshape(n)
-    if label is None:
-        label, guidance_scale = layout.null_class_id, 1.0
-    labels = np.full(int(num_images), label, np.int64)
-    known = (np.tile(src, (len(labels), 1)), np.tile(~regen, (len(labels), 1)))
-    request = DecodeRequest(labels, tuple(grid), guidance_scale, sampling, ImageStreams(seeds, n), known)
-    tokens = decode(AnyOrderDecoder(steps, order), runner, layout, request, callback, cancel).tokens
-    return EditResult(tokens=tokens, source=src.reshape(h, w), keep=~regen.reshape(h, w),
-                      candidates=tokens[:, None], scores=np.zeros((len(labels), 1)),
-                      chosen=np.zeros(len(labels), np.int64))
 
-
-__all__ = ["AnyOrderDecoder", "DEFAULT_STEPS", "DEFAULT_ORDER", "complete_any_order", "query_token"]
+__all__ = ["AnyOrderDecoder", "DEFAULT_ORDER", "query_token"]

@@ -13,24 +13,44 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import Callable, Sequence
 
 import numpy as np
 
+from .anyorder import AnyOrderDecoder
+from .decoders import Decoder, SequentialDecoder
 from .errors import InvalidInputError
-from .sampling import SamplingConfig, image_seeds
-
-if TYPE_CHECKING:
-    from .spec import GenerationDefaults, TransformerSpec
+from .jacobi import JacobiDecoder
+from .parallel import ParallelDecoder
+from .sampling import SamplingConfig, guidance_on, image_seeds
+from .spec import GenerationDefaults, ModelSpec, TransformerSpec
 
 # Default memory a single generation may plan to use (KV cache, logits, sampler buffers); a
 # request above it is refused before anything is allocated. Override per pipeline with
 # `Pipeline.load(..., memory_budget=BYTES)` or `pipe.memory_budget = BYTES` (None: no check).
 DEFAULT_MEMORY_BUDGET = 4 << 30
-# Decoding strategies (runtime/decoding.py) and the Jacobi decoder's drafts per call when unset.
-DECODERS = ("sequential", "parallel", "jacobi", "anyorder")
-DEFAULT_JACOBI_WINDOW = 4
-DEFAULT_ANYORDER_STEPS = 8  # transformer calls per grid when neither the call nor the model names `steps`
+# The decoders the `decoder` option names (runtime/decoders.py). A model runs those of its order
+# (raster, or any order with a position query), the first one by default.
+DECODERS: dict[str, type[Decoder]] = {d.name: d for d in (SequentialDecoder, ParallelDecoder, JacobiDecoder,
+                                                           AnyOrderDecoder)}
+# What a decoder for the other order is told, by the model's order.
+_WRONG_ORDER = {
+    "raster": "this model was trained in raster order and has no position query: the {name} decoder needs an "
+              "any-order model (manifest family anyorder-c2i)",
+    "any": "this model was trained for any-order decoding, not raster order: decoder {name!r} would give garbage; "
+           "use the anyorder decoder (steps=N)",
+}
+
+
+def model_order(spec: ModelSpec) -> str:
+    """"any" for a model with a position query (any-order training), else "raster"."""
+    return "raster" if spec.layout.query_token_id is None else "any"
+
+
+def model_decoders(spec: ModelSpec) -> tuple[str, ...]:
+    """The decoders a model runs, its default first: those of its order."""
+    order = model_order(spec)
+    return tuple(name for name, d in DECODERS.items() if d.order == order)
 
 
 def _is_int(v) -> bool:
@@ -76,13 +96,12 @@ class GenerationConfig:
             in parallel, each this many tokens behind the row above (ZipAR, runtime/parallel.py).
         grid: the token grid (h, w) or one int for a square; None: the trained grid. Each side at
             most the model's rotary table (`rope_grid`).
-        decoder: "sequential", "parallel" or "jacobi"; None: "parallel" when `parallel_window` is
-            set, "jacobi" when `jacobi_window` is set, else "sequential".
+        decoder: a name in `DECODERS`; None: the decoder whose option (`Decoder.option`) is
+            given, else the model's default (the first decoder of the model's order).
         jacobi_window: draft tokens per image per call for speculative Jacobi decoding
-            (runtime/jacobi.py), an integer >= 1; None: DEFAULT_JACOBI_WINDOW.
+            (runtime/jacobi.py), an integer >= 1; None: 4.
         steps: transformer calls per grid for the any-order decoder (runtime/anyorder.py), an
-            integer in 1..cells; None: the model's default (generation_defaults.steps), else
-            DEFAULT_ANYORDER_STEPS. Any-order models use that decoder by default.
+            integer in 1..cells; None: the model's default (generation_defaults.steps), else 8.
     """
 
     guidance_scale: float | None = None
@@ -114,29 +133,27 @@ class GenerationConfig:
         return replace(base, resolved=False, **options) if options else base
 
     # --- resolution against the model --------------------------------------------------------
-    def resolve(self, defaults: "GenerationDefaults | None", vocab_size: int, rope_grid: int,
-                trained_grid: tuple[int, int]) -> "GenerationConfig":
-        """Fill unset options from the manifest's `defaults`, validate everything, and return a
-        config of concrete values (`resolved=True`). Idempotent."""
+    def resolve(self, spec: ModelSpec, decoders: Sequence[str] | None = None) -> "GenerationConfig":
+        """Fill unset options from the model's generation defaults (`spec.generation`), validate
+        everything, and return a config of concrete values (`resolved=True`). `decoders`: the
+        decoder names allowed, the default first (None: `model_decoders(spec)`). Idempotent."""
         if self.resolved:
             return self
+        d = spec.generation
 
-        def pick(name, fallback):
+        def pick(name):
             v = getattr(self, name)
-            d = getattr(defaults, name, None)  # the manifest's generation_defaults (typed)
-            return ((fallback, "") if d is None else (d, " (the model's default)")) if v is None else (v, "")
+            return (getattr(d, name), " (the model's default)") if v is None else (v, "")
 
-        g, note = pick("guidance_scale", 1.0)
+        g, note = pick("guidance_scale")
         g = check_real("guidance_scale", g, 0.0, note=" (<= 1 turns guidance off)" + note)
-        t, note = pick("temperature", 1.0)
+        t, note = pick("temperature")
         t = check_real("temperature", t, 0.0, note=" (0 = greedy)" + note)
-        k, note = pick("top_k", 0)
-        k = min(check_int("top_k", k, 0, note=" (0 = off)" + note), int(vocab_size))
-        p, note = pick("top_p", 1.0)
+        k, note = pick("top_k")
+        k = min(check_int("top_k", k, 0, note=" (0 = off)" + note), int(spec.layout.vocab_size))
+        p, note = pick("top_p")
         p = check_real("top_p", p, 0.0, 1.0, lo_open=True, note=" (1 = off)" + note)
         n = check_int("num_images_per_class", self.num_images_per_class, 1)
-        window = None if self.parallel_window is None else check_int(
-            "parallel_window", self.parallel_window, 1, note=" (or None for sequential decoding)")
         seed = self.seed
         if _is_int(seed):
             seed = check_int("seed", seed, 0, note=" (or a list of them, one per image)")
@@ -145,36 +162,40 @@ class GenerationConfig:
         else:
             raise InvalidInputError(f"seed must be an integer >= 0 or a non-empty list of them (one per image), "
                                     f"got {seed!r}")
-        grid = self._grid(rope_grid, trained_grid)
-        decoder, jacobi_window = self._decoder(window)
-        steps = None
-        if decoder == "anyorder":
-            steps, note = pick("steps", DEFAULT_ANYORDER_STEPS)
-            steps = check_int("steps", steps, 1, grid[0] * grid[1], note=" (transformer calls per grid)" + note)
-        elif self.steps is not None:
-            raise InvalidInputError(f"steps is an option of the anyorder decoder (any-order models), "
-                                    f"not of {decoder!r}")
-        return GenerationConfig(g, t, k, p, seed, n, window, grid, decoder=decoder, jacobi_window=jacobi_window,
-                                steps=steps, resolved=True)
+        grid = self._grid(spec.layout.rope_grid, spec.grid)
+        name, options = self._decoder(tuple(decoders or model_decoders(spec)), model_order(spec), d, grid)
+        return GenerationConfig(g, t, k, p, seed, n, grid=grid, decoder=name, resolved=True, **options)
 
-    def _decoder(self, parallel_window: int | None) -> tuple[str, int | None]:
-        """The decoder's name and the Jacobi window; a window given to another decoder is an error."""
+    def _decoder(self, allowed: tuple[str, ...], order: str, defaults: GenerationDefaults,
+                 grid: tuple[int, int]) -> tuple[str, dict]:
+        """The decoder's name and its option's value; an option given to another decoder is an error."""
         name = self.decoder
-        if name is None:
-            name = "parallel" if parallel_window is not None else "jacobi" if self.jacobi_window is not None \
-                else "sequential"
+        if name is None:  # the allowed decoder whose option is given, else the model's default
+            name = next((a for a in allowed if DECODERS[a].option is not None
+                         and getattr(self, DECODERS[a].option.name) is not None), allowed[0])
         if not isinstance(name, str) or name not in DECODERS:
             raise InvalidInputError(f"decoder must be one of {', '.join(DECODERS)}, got {name!r}")
-        if name == "parallel" and parallel_window is None:
-            raise InvalidInputError("decoder 'parallel' needs parallel_window (an integer >= 1)")
-        if name != "parallel" and parallel_window is not None:
-            raise InvalidInputError(f"parallel_window is an option of the parallel decoder, not of {name!r}")
-        if name != "jacobi":
-            if self.jacobi_window is not None:
-                raise InvalidInputError(f"jacobi_window is an option of the jacobi decoder, not of {name!r}")
-            return name, None
-        window = DEFAULT_JACOBI_WINDOW if self.jacobi_window is None else self.jacobi_window
-        return name, check_int("jacobi_window", window, 1, note=" (draft tokens per call)")
+        if name not in allowed:
+            raise InvalidInputError(_WRONG_ORDER[order].format(name=name))
+        own = DECODERS[name].option
+        for other in DECODERS.values():
+            opt = other.option
+            if opt is not None and opt is not own and getattr(self, opt.name) is not None:
+                models = " (any-order models)" if other.order == "any" else ""
+                raise InvalidInputError(f"{opt.name} is an option of the {other.name} decoder{models}, "
+                                        f"not of {name!r}")
+        if own is None:
+            return name, {}
+        value, note = getattr(self, own.name), ""
+        if value is None and own.model_default:
+            value = getattr(defaults, own.name, None)
+            note = "" if value is None else " (the model's default)"
+        if value is None:
+            value = own.default
+        if value is None:
+            raise InvalidInputError(f"decoder {name!r} needs {own.name} (an integer >= 1)")
+        cells = grid[0] * grid[1] if own.per_grid else None
+        return name, {own.name: check_int(own.name, value, 1, cells, note=own.note + note)}
 
     def _grid(self, limit: int, trained: tuple[int, int]) -> tuple[int, int]:
         grid = self.grid
@@ -199,7 +220,7 @@ class GenerationConfig:
 
     @property
     def guided(self) -> bool:
-        return self.guidance_scale > 1.0
+        return guidance_on(self.guidance_scale)
 
     def seeds(self, images: int) -> tuple[int, ...]:
         """The seed of each image of a call of `images` images."""
@@ -209,10 +230,32 @@ class GenerationConfig:
         return image_seeds(self.seed, images)
 
 
-def memory_estimate(images: int, guided: bool, grid: tuple[int, int], transformer: "TransformerSpec",
+def class_ids(class_labels, num_images_per_class: int, class_id: Callable[[int | str], int],
+              num_classes: int) -> np.ndarray:
+    """Class ids or names (one or a list) -> ids `[len(labels) * num_images_per_class]`, label-major;
+    `class_id` maps one label to its id (`Manifest.class_id`: names, ranges, suggestions)."""
+    n = check_int("num_images_per_class", num_images_per_class, 1)
+    if isinstance(class_labels, np.ndarray) and class_labels.ndim == 0:
+        class_labels = class_labels.item()
+    if isinstance(class_labels, (str, int, np.integer)) and not isinstance(class_labels, (bool, np.bool_)):
+        class_labels = [class_labels]
+    if not isinstance(class_labels, (list, tuple, np.ndarray)):
+        raise InvalidInputError("class_labels must be a class id, a class name or a list of them, "
+                                f"got {type(class_labels).__name__}")
+    for label in class_labels:
+        if isinstance(label, (bool, np.bool_)) or not isinstance(label, (str, int, np.integer)):
+            raise InvalidInputError(f"class labels must be integer ids (0..{num_classes - 1}) "
+                                    f"or class names, got {label!r} ({type(label).__name__})")
+    if len(class_labels) == 0:
+        raise InvalidInputError("give at least one class label")
+    return np.repeat(np.asarray([class_id(c) for c in class_labels], dtype=np.int64), n)
+
+
+def memory_estimate(images: int, guided: bool, grid: tuple[int, int], transformer: TransformerSpec,
                     vocab_size: int, queries: int = 1) -> int:
     """Bytes a generation of `images` images plans to hold: the KV cache (float32 upper bound),
-    the logits of one call and the sampler's per-row buffers, the token grids and uniforms."""
+    the logits of one call of `queries` rows per image (`Decoder.queries`) and the sampler's
+    per-row buffers, the token grids and uniforms."""
     rows = images * (2 if guided else 1)
     n = grid[0] * grid[1]
     capacity = 1 + n + grid[0]
@@ -221,7 +264,7 @@ def memory_estimate(images: int, guided: bool, grid: tuple[int, int], transforme
     return int(kv + logits + images * n * 16 + rows * (n + 1) ** 2 // 2)
 
 
-def check_budget(what: str, images: int, guided: bool, grid: tuple[int, int], transformer: "TransformerSpec",
+def check_budget(what: str, images: int, guided: bool, grid: tuple[int, int], transformer: TransformerSpec,
                  vocab_size: int, budget: int | None, queries: int = 1) -> None:
     """Refuse (InvalidInputError) a request whose memory estimate exceeds `budget` bytes."""
     if budget is None:
@@ -236,5 +279,5 @@ def check_budget(what: str, images: int, guided: bool, grid: tuple[int, int], tr
             "Pipeline.load(..., memory_budget=BYTES) / pipe.memory_budget = BYTES (None: no check)")
 
 
-__all__ = ["GenerationConfig", "DEFAULT_MEMORY_BUDGET", "DECODERS", "DEFAULT_JACOBI_WINDOW", "DEFAULT_ANYORDER_STEPS",
+__all__ = ["GenerationConfig", "DEFAULT_MEMORY_BUDGET", "DECODERS", "model_decoders", "model_order", "class_ids",
            "memory_estimate", "check_budget", "check_int", "check_real"]

@@ -2,9 +2,11 @@
 
 An edit is a token grid with some cells *kept* (taken from an input image through the tokenizer's
 encoder) and the others *regenerated*. Pixel masks map to cells conservatively: a cell is
-regenerated if any of its pixels is masked. The regenerated cells are sampled with
-`generate_tokens(..., known=...)`, which forces the kept cells and prefills a known prefix (the top
-rows) in one call.
+regenerated if any of its pixels is masked. The regenerated cells are decided by the model's
+default decoder with the kept cells as `known` input: the sequential decoder forces them and
+prefills a known prefix (the top rows) in one call; the any-order decoder (runtime/anyorder.py)
+feeds every kept cell as context, so each draw already conditions on all of them (one draw per
+image, no reranking).
 
 Conditioning on what lies *after* a hole. A raster model samples cell j from p(x_j | x_<j, c):
 the kept cells below or right of a hole do not influence how it is filled. We correct for that
@@ -25,12 +27,13 @@ own likelihood. When no kept cell follows the hole (continuation), every weight 
 candidate is drawn.
 
 Without a class label, the model's null class is used (the unconditional model) and guidance is
-off. The known-cells decoding is the sequential decoder with `known` cells (runtime/generation.py).
+off.
 
 Layout: pixels and masks are prepared in runtime/image_processing.py; `*_cells` below turn an
-edit request into (canvas, cells to regenerate); `complete_tokens` is the algorithm on tokens.
-`Pipeline.inpaint / outpaint / continue_image / edit_tokens` (runtime/pipeline.py) encode the
-canvas, lend a transformer runner and decode the result; this module does not import the pipeline.
+edit request into (canvas, cells to regenerate); `complete_tokens` is the algorithm on tokens;
+`EditPipeline` runs an edit on a loaded `Pipeline` (its options, runners, tokenizer), beside the
+generation pipeline: `Pipeline.inpaint / outpaint / continue_image / edit_tokens` hand over to it.
+This module does not import the pipeline.
 """
 from __future__ import annotations
 
@@ -39,13 +42,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from .decoding import DecodeRequest, decode
+from .config import DECODERS, check_budget
+from .decoders import Decoder, DecoderRequest, cell_positions, check_callback, run_decoder
 from .errors import InvalidInputError
-from .generation import SequentialDecoder, cell_positions, guidance_rows
 from .image_processing import (check_box_inside, fit, parse_box, pixels_to_cells, place_mask, to_mask,  # noqa: F401
-                               to_rgb, border_color, place_image)
+                               to_model_input, to_rgb, border_color, place_image)
+from .preview import with_preview
 from .results import CancelToken, StepCallback
-from .sampling import ImageStreams, SamplingConfig, apply_guidance
+from .sampling import ImageStreams, SamplingConfig, guided_logits
 
 # Largest logits array (floats) one scoring call may produce; bigger batches are split.
 _SCORE_BUDGET = 1 << 26
@@ -67,8 +71,9 @@ class EditResult:
 
 # --- the edit on tokens ----------------------------------------------------------------------------
 def score_known(runner, layout, grid: tuple[int, int], tokens: np.ndarray, labels: np.ndarray,
-                guidance_scale: float, scored: np.ndarray) -> np.ndarray:
-    """Teacher-forced log-likelihood of the cells where `scored` [n] is True, per row of `tokens [B, n]`.
+                guidance: float | None, scored: np.ndarray) -> np.ndarray:
+    """Teacher-forced log-likelihood of the cells where `scored` [n] is True, per row of `tokens [B, n]`,
+    under guidance `guidance` (the scale, or None: off), as the draws were sampled.
 
     One multi-token call per batch: the class token at position 0, then cells 0..L-1 at their
     rotary positions under a causal mask; the logits of entry i predict cell i.
@@ -79,14 +84,13 @@ def score_known(runner, layout, grid: tuple[int, int], tokens: np.ndarray, label
     if not scored.any():
         return np.zeros(b)
     length = int(np.flatnonzero(scored)[-1]) + 1  # predict cells 0 .. length-1
-    guided = guidance_scale > 1.0
     positions = np.concatenate([[0], cell_positions(layout, grid)[:length - 1]]).astype(np.int64)
-    chunk = max(1, _SCORE_BUDGET // (length * runner.vocab_size * (2 if guided else 1)))
+    chunk = max(1, _SCORE_BUDGET // (length * runner.vocab_size * (1 if guidance is None else 2)))
     out = np.empty(b)
     for s in range(0, b, chunk):
         toks, labs = tokens[s:s + chunk], labels[s:s + chunk]
         c = toks.shape[0]
-        rows = guidance_rows(labs, layout, guided)
+        rows = labs if guidance is None else np.concatenate([labs, np.full_like(labs, layout.null_class_id)])
         r = rows.shape[0]
         ids = np.empty((r, length), np.int64)
         ids[:, 0] = layout.class_ids(rows)
@@ -96,9 +100,7 @@ def score_known(runner, layout, grid: tuple[int, int], tokens: np.ndarray, label
                         np.ascontiguousarray(np.broadcast_to(np.tril(np.ones((length, length), bool)),
                                                              (r, length, length))))
         logits = np.array(logits, dtype=np.float32)  # the runner reuses its buffer
-        if guided:
-            logits = apply_guidance(logits, c, guidance_scale)
-        logits = logits.astype(np.float64)
+        logits = guided_logits(logits, c, guidance).astype(np.float64)
         top = logits.max(-1, keepdims=True)
         logz = (top + np.log(np.exp(logits - top).sum(-1, keepdims=True)))[..., 0]
         picked = np.take_along_axis(logits, toks[:, :length, None], -1)[..., 0]
@@ -118,33 +120,35 @@ def draws_per_image(regenerate: np.ndarray, candidates: int, num_images: int = 1
     return int(candidates) if (~regen[first + 1:]).any() else 1
 
 
-def complete_tokens(runner, layout, grid: tuple[int, int], source: np.ndarray, regenerate: np.ndarray,
-                    label: int | None, guidance_scale: float, sampling: SamplingConfig, seed=0,
-                    num_images: int = 1, candidates: int = 4, callback: StepCallback | None = None,
+def complete_tokens(decoder: Decoder, runner, layout, grid: tuple[int, int], source: np.ndarray,
+                    regenerate: np.ndarray, label: int | None, guidance_scale: float, sampling: SamplingConfig,
+                    seeds, num_images: int = 1, candidates: int = 4, callback: StepCallback | None = None,
                     cancel: CancelToken | None = None) -> EditResult:
-    """Regenerate the cells of `source [h, w]` where `regenerate [h, w]` is True (see the module doc).
+    """Regenerate the cells of `source [h, w]` where `regenerate [h, w]` is True with `decoder`
+    (see the module doc): `candidates` draws per output image, reranked, unless the decoder sees
+    every kept cell (one draw).
 
     label None: the null class (unconditional), guidance off. The callback sees all
     `num_images * K` draws, image-major (draw k of image i is row i * K + k); draw r draws from
-    its own stream, `seed + r` (or `seed[r]` for a list of num_images * K seeds). The callback
-    returning False, or `cancel`, stops the edit (GenerationCancelled).
+    its own stream, `seeds[r]`. The callback returning False, or `cancel`, stops the edit
+    (GenerationCancelled).
     """
     h, w = grid
     n = h * w
     src = np.asarray(source).astype(np.int64).reshape(n)
     regen = np.asarray(regenerate, bool).reshape(n)
     k = draws_per_image(regen, candidates, num_images)
+    if decoder.sees_every_kept_cell:
+        k = 1
     if label is None:
-        label, guidance_scale = layout.null_class_id, 1.0
-    first = int(np.argmax(regen))
-    scored = ~regen & (np.arange(n) > first)
+        label, guidance_scale = layout.null_class_id, 0.0  # unconditional: no guidance
     b = int(num_images) * k
     labels = np.full(b, label, np.int64)
     known = (np.tile(src, (b, 1)), np.tile(~regen, (b, 1)))
-    seeds = tuple(int(seed) + r for r in range(b)) if isinstance(seed, (int, np.integer)) else tuple(seed)
-    request = DecodeRequest(labels, tuple(grid), guidance_scale, sampling, ImageStreams(seeds, n), known)
-    draws = decode(SequentialDecoder(), runner, layout, request, callback, cancel).tokens.reshape(b, n)
-    scores = score_known(runner, layout, grid, draws, labels, guidance_scale, scored) if k > 1 else np.zeros(b)
+    request = DecoderRequest(labels, tuple(grid), guidance_scale, sampling, ImageStreams(tuple(seeds), n), known)
+    draws = run_decoder(decoder, runner, layout, request, callback, cancel).tokens.reshape(b, n)
+    scored = ~regen & (np.arange(n) > int(np.argmax(regen)))  # the kept cells after the first hole
+    scores = score_known(runner, layout, grid, draws, labels, request.guidance, scored) if k > 1 else np.zeros(b)
     scores = scores.reshape(num_images, k)
     chosen = scores.argmax(1)
     cand = draws.reshape(num_images, k, h, w)
@@ -235,5 +239,94 @@ def check_tokens(tokens, regenerate, grid: tuple[int, int], vocab_size: int) -> 
     return tok.astype(np.int64), regen
 
 
-__all__ = ["EditResult", "inpaint_cells", "outpaint_cells", "continue_cells", "check_tokens", "complete_tokens",
-           "score_known", "draws_per_image", "to_rgb", "to_mask", "pixels_to_cells", "parse_box"]
+# --- the edit pipeline -------------------------------------------------------------------------------
+_SAMPLING = ("guidance_scale", "temperature", "top_k", "top_p", "seed")
+
+
+class EditPipeline:
+    """Editing on a loaded `Pipeline`: its options, model defaults, runners and tokenizer (`pipe.edit`).
+
+    The model's default decoder regenerates the cells (see the module doc); its option (e.g.
+    `steps` for an any-order model) is an edit option too."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def inpaint(self, image, mask, class_label: int | str | None = None, **options):
+        """Regenerate the masked part of `image` (PIL or array; fit to the model's size, aspect kept,
+        padded with its border colour). mask: white / True = regenerate, the input image's size, the
+        model's canvas size or the token grid's; a token cell is regenerated if any of its pixels is.
+        class_label None: unconditional (null class, no guidance). Options (see `edit_tokens`):
+        num_images, candidates (draws reranked by the likelihood of the kept cells after the hole),
+        guidance_scale, temperature, top_k, top_p, seed, callback, cancel, preview, preview_every,
+        return_result (an EditResult instead of the image list)."""
+        canvas, regen = inpaint_cells(image, mask, self.pipe.image_size, self.pipe.grid)
+        return self._edit(canvas, None, regen, class_label, **options)
+
+    def outpaint(self, image, box: tuple[int, int, int, int] | None = None, class_label: int | str | None = None,
+                 *, place: bool = False, **options):
+        """Keep `box` (x0, y0, x1, y1, exclusive; default the centered half) and regenerate around it.
+        place=False: the box is in the input image's pixels. place=True: the image is scaled into the
+        box on the model's canvas (extend a small image). Other options as `inpaint`."""
+        canvas, regen = outpaint_cells(image, box, place, self.pipe.image_size, self.pipe.grid)
+        return self._edit(canvas, None, regen, class_label, **options)
+
+    def continue_image(self, image, keep_rows: int, class_label: int | str | None = None, **options):
+        """Keep the top `keep_rows` token rows of `image` and write the rest (a prefilled prefix).
+        Options as `inpaint` (no candidates: nothing known follows the hole)."""
+        canvas, regen = continue_cells(image, keep_rows, self.pipe.image_size, self.pipe.grid)
+        options["candidates"] = 1
+        return self._edit(canvas, None, regen, class_label, **options)
+
+    def edit_tokens(self, tokens: np.ndarray, regenerate: np.ndarray, class_label: int | str | None = None,
+                    **options) -> EditResult:
+        """The edit on a token grid: `tokens [h, w]`, `regenerate [h, w]` bool -> EditResult.
+
+        Options: num_images (>= 1), candidates (>= 1), guidance_scale, temperature, top_k, top_p,
+        seed (draw r of the num_images x K draws uses seed + r), callback, cancel, preview,
+        preview_every."""
+        source, regen = check_tokens(tokens, regenerate, self.pipe.grid, self.pipe.layout.vocab_size)
+        options["return_result"] = True
+        return self._edit(None, source, regen, class_label, **options)
+
+    def _edit(self, canvas, source, regen, class_label, *, num_images: int = 1, candidates: int = 4,
+              callback: StepCallback | None = None, cancel: CancelToken | None = None, preview=None,
+              preview_every=None, return_result: bool = False, **sampling):
+        pipe = self.pipe
+        option = DECODERS[pipe.decoders[0]].option
+        valid = _SAMPLING + (() if option is None else (option.name,))
+        unknown = sorted(set(sampling) - set(valid))
+        if unknown:
+            raise InvalidInputError(f"unknown edit option(s) {', '.join(unknown)}; valid: num_images, candidates, "
+                                    f"callback, cancel, preview, preview_every, return_result, {', '.join(valid)}")
+        cfg = pipe.config(decoder=pipe.decoders[0], **sampling)
+        decoder = DECODERS[cfg.decoder].from_config(cfg)
+        check_callback(callback)
+        label = None if class_label is None else pipe.manifest.class_id(class_label)
+        k = draws_per_image(regen, candidates, num_images)
+        rows = int(num_images) * (1 if decoder.sees_every_kept_cell else k)
+        check_budget("edit", rows, cfg.guided and label is not None, pipe.grid, pipe.manifest.spec.transformer,
+                     pipe.layout.vocab_size, pipe.memory_budget, decoder.queries(pipe.grid))
+        seeds = cfg.seeds(rows)
+        if source is None:
+            with pipe._lock:  # the encoder session opens on first use
+                pipe.tokenizer.encoder
+            source = np.asarray(pipe.tokenizer.encode(to_model_input(canvas)))[0].astype(np.int64)
+        if preview is not None:
+            n = pipe.grid[0] * pipe.grid[1]
+            known = (np.tile(np.asarray(source).reshape(n), (rows, 1)),
+                     np.tile(~np.asarray(regen, bool).reshape(n), (rows, 1)))
+            callback = with_preview(pipe.tokenizer, pipe.grid, preview, preview_every, callback, known=known)
+        elif preview_every is not None:
+            with_preview(pipe.tokenizer, pipe.grid, None, preview_every)  # a clear error for a bad value
+        with pipe.lend_runner(cancel) as (runner, stop):
+            result = complete_tokens(decoder, runner, pipe.layout, pipe.grid, source, regen, label,
+                                     cfg.guidance_scale, cfg.sampling, seeds, num_images, k, callback, stop)
+        result.images = pipe.decode(result.tokens)
+        if canvas is not None:
+            result.canvas = Image.fromarray(canvas)
+        return result if return_result else result.images
+
+
+__all__ = ["EditResult", "EditPipeline", "inpaint_cells", "outpaint_cells", "continue_cells", "check_tokens",
+           "complete_tokens", "score_known", "draws_per_image", "to_rgb", "to_mask", "pixels_to_cells", "parse_box"]

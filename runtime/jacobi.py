@@ -41,12 +41,10 @@ from typing import Iterator
 
 import numpy as np
 
-from .config import DEFAULT_JACOBI_WINDOW
-from .decoding import DecodeRequest, DecodeState
+from .decoders import Decoder, DecoderRequest, DecoderState, Option, cell_positions
 from .errors import InvalidInputError
-from .generation import cell_positions, guidance_rows
-from .manifest import TokenLayout
-from .sampling import ImageStreams, SamplingConfig, apply_guidance, sampling_weights
+from .sampling import ImageStreams, SamplingConfig, guided_logits, sampling_weights
+from .spec import TokenLayout
 
 
 def probabilities(logits: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
@@ -106,27 +104,26 @@ def _streams(rng, images: int, draws: int):
     return ImageStreams(seeds, draws) if seeds and len(seeds) == images else rng
 
 
-class JacobiDecoder:
+class JacobiDecoder(Decoder):
     """Speculative Jacobi decoding with `window` drafts per image per call (see the module doc)."""
 
     name = "jacobi"
+    option = Option("jacobi_window", " (draft tokens per call)", default=4)
 
-    def __init__(self, window: int = DEFAULT_JACOBI_WINDOW):
+    def __init__(self, window: int = option.default):
         self.window = int(window)
         if self.window < 1:
             raise InvalidInputError(f"jacobi_window must be >= 1 (an integer), got {window!r}")
 
-    def start(self, request: DecodeRequest) -> DecodeState:
-        # -1: not decided yet (what callbacks see; images advance at different paces)
-        return DecodeState(np.full((request.labels.shape[0], request.cells), -1, np.int64), prefix_view=False)
+    def queries(self, grid: tuple[int, int]) -> int:
+        return min(grid[0] * grid[1], 2 * self.window + 2)
 
-    def steps(self, runner, layout: TokenLayout, request: DecodeRequest, state: DecodeState) -> Iterator[int]:
+    def steps(self, runner, layout: TokenLayout, request: DecoderRequest, state: DecoderState) -> Iterator[int]:
         if request.known is not None:
             raise InvalidInputError("the jacobi decoder takes no known cells; use the sequential decoder")
         n, b, w = request.cells, request.labels.shape[0], self.window
-        scale, sampling = request.guidance_scale, request.sampling
-        guided = scale > 1.0
-        rows = guidance_rows(request.labels, layout, guided)
+        guidance, sampling = request.guidance, request.sampling
+        rows = request.rows(layout)
         r = rows.shape[0]
         per_call = 2 * w + 1  # uniforms per image per call: coins, correction, drafts
         rng = _streams(request.rng, b, n * per_call)  # at most n calls: each decides >= 1 cell
@@ -154,7 +151,7 @@ class JacobiDecoder:
             ids[:b] = seq[:, length:length + s]
             if length == 0:
                 ids[:b, 0] = class_ids[:b]
-            if guided:
+            if r != b:
                 ids[b:] = ids[:b]
                 if length == 0:
                     ids[b:, 0] = class_ids[b:]
@@ -172,10 +169,8 @@ class JacobiDecoder:
             ends = np.cumsum(k)
             img = np.repeat(active, k)
             entry = np.arange(ends[-1]) - np.repeat(ends - k, k) + np.repeat(decided[active] - length, k)
-            rows_p = logits[img, entry]
-            if guided:
-                rows_p = apply_guidance(np.concatenate([rows_p, logits[img + b, entry]]), img.size, scale)
-            p_all = probabilities(rows_p, sampling)
+            rows_p = logits[img, entry] if r == b else np.concatenate([logits[img, entry], logits[img + b, entry]])
+            p_all = probabilities(guided_logits(rows_p, img.size, guidance), sampling)
             refresh = np.zeros((b, w), bool)
             for j, i in enumerate(active):
                 a, p = int(decided[i]), p_all[ends[j] - k[j]:ends[j]]

@@ -23,43 +23,38 @@ this is exactly sequential decoding, token for token.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import numpy as np
 
-from .decoding import DecodeRequest, DecodeState, decode
-from .generation import cell_positions, guidance_rows
-from .manifest import TokenLayout
-from .results import StepCallback
-from .sampling import ImageStreams, SamplingConfig, apply_guidance, image_seeds, sample
-
-if TYPE_CHECKING:  # the core imports without onnxruntime
-    from .transformer import TransformerRunner
+from .decoders import Decoder, DecoderRequest, DecoderState, Option, cell_positions
+from .errors import InvalidInputError
+from .sampling import sample_guided
+from .spec import TokenLayout
 
 
-class ParallelDecoder:
+class ParallelDecoder(Decoder):
     """Rows advance in parallel, each `window` tokens behind the row above (see the module doc)."""
 
     name = "parallel"
+    option = Option("parallel_window", " (or None for sequential decoding)")
 
     def __init__(self, window: int):
         self.window = int(window)
 
-    def start(self, request: DecodeRequest) -> DecodeState:
-        # -1: not decided yet (what callbacks see)
-        return DecodeState(np.full((request.labels.shape[0], request.cells), -1, np.int64), prefix_view=False)
+    def queries(self, grid: tuple[int, int]) -> int:
+        return grid[0]  # one per row
 
-    def steps(self, runner, layout: TokenLayout, request: DecodeRequest, state: DecodeState) -> Iterator[int]:
+    def steps(self, runner, layout: TokenLayout, request: DecoderRequest, state: DecoderState) -> Iterator[int]:
+        if request.known is not None:
+            raise InvalidInputError("the parallel decoder takes no known cells; use the sequential decoder")
         h, w = request.grid
         n, b, window = h * w, request.labels.shape[0], self.window
-        guidance_scale, sampling, rng = request.guidance_scale, request.sampling, request.rng
-        guided = guidance_scale > 1.0
-        rows = guidance_rows(request.labels, layout, guided)
+        guidance, sampling, rng = request.guidance, request.sampling, request.rng
+        rows = request.rows(layout)
         r_count = rows.shape[0]
         positions = cell_positions(layout, request.grid)
         out = state.out
-        if request.known is not None:
-            raise ValueError("the parallel decoder takes no known cells; use the sequential decoder")
 
         runner.start(r_count, 1 + n + (h - 1))  # cached: class + cells; transient: a proxy per row start
         slot_raster = np.full(1 + n, n + 1, np.int64)  # raster index held by each cache slot (class: -1)
@@ -75,11 +70,8 @@ class ParallelDecoder:
 
         while True:
             # 1. Sample the next cell of every row that had a query (image i's draws in query order).
-            step = logits[:, [col for col, _ in queries]]  # [R, A, V]
-            if guided:
-                step = apply_guidance(step, b, guidance_scale)
             a = len(queries)
-            toks = sample(np.ascontiguousarray(step.transpose(1, 0, 2)).reshape(a * b, -1), sampling, rng)
+            toks = sample_guided(logits[:, [col for col, _ in queries]], b, guidance, sampling, rng)  # [A * B]
             for k, (_, row) in enumerate(queries):
                 cell = row * w + done[row]
                 out[:, cell] = toks[k * b:(k + 1) * b]
@@ -137,12 +129,4 @@ class ParallelDecoder:
             state.calls += 1
 
 
-def generate_tokens_parallel(runner: TransformerRunner, layout: TokenLayout, grid: tuple[int, int],
-                             labels: np.ndarray, guidance_scale: float, sampling: SamplingConfig, seed,
-                             window: int, callback: StepCallback | None = None) -> tuple[np.ndarray, int]:
-    """Class ids `[B]` -> (token grids `[B, h, w]`, number of transformer calls): `ParallelDecoder`."""
-    labels = np.asarray(labels, np.int64)
-    rng = ImageStreams(image_seeds(seed, labels.shape[0]), grid[0] * grid[1])
-    result = decode(ParallelDecoder(window), runner, layout,
-                    DecodeRequest(labels, tuple(grid), guidance_scale, sampling, rng), callback)
-    return result.tokens, result.calls
+__all__ = ["ParallelDecoder"]

@@ -1,10 +1,12 @@
 """`Pipeline`: load a model directory, generate images from class labels (diffusers-style calls).
 
-The generation path: `GenerationConfig` (runtime/config.py) resolved once against the manifest,
-a decoder strategy (runtime/decoding.py: sequential in generation.py, ZipAR in parallel.py,
-speculative Jacobi in jacobi.py) run on a transformer runner lent by the pool (runtime/runners.py),
-one `GenerationResult` (runtime/results.py). Editing (runtime/editing.py, image_processing.py) and previews
-(runtime/preview.py) sit beside it; none of them imports this module.
+The generation path: `GenerationConfig` (runtime/config.py) resolved once against the manifest
+names a decoder from the registry (`config.DECODERS`, runtime/decoders.py), which runs on a
+transformer runner lent by the pool (runtime/runners.py) under the one driver (`decoders.drive`)
+and gives one `GenerationResult` (runtime/results.py). `run` and `generate` drain the same step
+stream as `stream`. Editing (`EditPipeline`, runtime/editing.py) and previews (runtime/preview.py)
+sit beside it; neither imports this module. What differs between model families (which decoders
+run, which is the default) is read from the manifest, not chosen by subclass.
 """
 from __future__ import annotations
 
@@ -18,26 +20,20 @@ from typing import Iterator, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from .anyorder import AnyOrderDecoder, complete_any_order, query_token
 from .compat import check_loadable, disabled_optimizers
-from .config import DEFAULT_MEMORY_BUDGET, GenerationConfig, check_budget, check_int
-from .decoding import DecodeRequest, result_of, run_steps
-from .editing import EditResult, check_tokens, complete_tokens, continue_cells, draws_per_image, inpaint_cells, \
-    outpaint_cells
+from .config import DECODERS, DEFAULT_MEMORY_BUDGET, GenerationConfig, check_budget, check_int, class_ids, \
+    model_decoders
+from .decoders import CancelState, DecoderRequest, check_callback, drive
+from .editing import EditPipeline, EditResult
 from .errors import InvalidInputError, ModelDirectoryError, TesseraError, first_line
-from .generation import SequentialDecoder
-from .jacobi import JacobiDecoder
-from .image_processing import to_model_input
 from .images import to_pil
 from .manifest import Manifest, load_manifest
-from .parallel import ParallelDecoder
 from .preview import PreviewRenderer, with_preview
 from .providers import resolve_providers
 from .provider_fit import warn_if_unsuited
-from .results import CancelToken, GenerationCancelled, GenerationResult, Step, StepCallback
+from .results import CancelToken, GenerationResult, Step, StepCallback
 from .runners import RunnerPool
 from .sampling import ImageStreams, SamplingConfig
-from .schedule import cosine_counts
 from .self_test import verify as verify_self_test
 from .session import active_provider, check_threads, open_session, ort_version, quiet_run_options
 from .tokenizer import DECODE_CHUNK_BYTES, ImageTokenizer
@@ -61,22 +57,6 @@ def default_model_dir() -> Path:
     from tessera.models import default_model_dir as shipped
 
     return shipped()
-
-
-class _Stop:
-    """The cancel state of one generation: its own flag (`Pipeline.interrupt`) or the caller's token."""
-
-    __slots__ = ("own", "token")
-
-    def __init__(self, token: CancelToken | None):
-        self.own, self.token = False, token
-
-    def cancel(self) -> None:
-        self.own = True
-
-    @property
-    def cancelled(self) -> bool:
-        return self.own or (self.token is not None and self.token.cancelled)
 
 
 class Pipeline:
@@ -139,18 +119,25 @@ class Pipeline:
         self.tokenizer = ImageTokenizer(manifest, opener)
         # What really runs each graph: onnxruntime may drop a requested provider (it warns then).
         self.graph_providers = {"transformer": active_provider(self.transformer.session),
-                                "tokenizer_decoder": active_provider(self.tokenizer.decoder)}
+                                "tokenizer_decoder": active_provider(self.tokenizer.decode_session)}
         self.providers = list(dict.fromkeys([self.graph_providers["transformer"], *providers]))
         if self.graph_providers["transformer"] != providers[0]:
             warn_if_unsuited(spec.graph("transformer"), self.graph_providers["transformer"], manifest.root.name)
-        self.layout = manifest.layout
-        self.grid = manifest.grid
+        self.layout, self.grid = manifest.spec.layout, manifest.spec.grid
+        # The decoders this model runs, its default first (its order, from the manifest); assign
+        # another tuple of `config.DECODERS` names to time a decoder on a graph not trained for it.
+        self.decoders = model_decoders(manifest.spec)
         self.memory_budget = memory_budget
         self._lock = threading.Lock()  # guards _running, _last_calls and the lazy encoder
-        self._running: set[_Stop] = set()
+        self._running: set[CancelState] = set()
         self._last_calls = 0
-        if self.low_memory:  # one graph in memory at a time: the decoder opens when images are decoded
-            self.tokenizer.close_decoder()
+        if self.low_memory:  # one graph in memory at a time: the tokenizer's opens when images are decoded
+            self.tokenizer.close_decode_session()
+
+    @property
+    def edit(self) -> EditPipeline:
+        """Editing on this pipeline: inpaint, outpaint, continue_image, edit_tokens (runtime/editing.py)."""
+        return EditPipeline(self)
 
     @property
     def transformer(self) -> TransformerRunner:
@@ -158,16 +145,16 @@ class Pipeline:
         return self._transformer_phase()._transformer
 
     def _transformer_phase(self) -> "Pipeline":
-        """low_memory: the decoder goes and the transformer comes back before a generation."""
+        """low_memory: the tokenizer's decode session goes and the transformer comes back before a generation."""
         if self.low_memory and self._runners is None:
             with self._lock:
-                self.tokenizer.close_decoder()
+                self.tokenizer.close_decode_session()
                 if self._runners is None:
                     self._open_transformer()
         return self
 
-    def _decoder_phase(self) -> None:
-        """low_memory: close the transformer (weights, arena, KV cache) before the decoder runs,
+    def _decode_phase(self) -> None:
+        """low_memory: close the transformer (weights, arena, KV cache) before images are decoded,
         unless a generation on another thread still uses it."""
         if self.low_memory:
             with self._lock:
@@ -226,10 +213,9 @@ class Pipeline:
         `pipe.graph_providers` names the provider that runs each graph.
         """
         manifest = load_manifest(model_dir if model_dir is not None else default_model_dir(), verify=verify)
-        pipeline_class = PIPELINES[manifest.spec.family] if cls is Pipeline else cls  # the family picks the class
         if low_memory is None:
             low_memory = os.environ.get(LOW_MEMORY_ENV, "0").strip() not in ("", "0")
-        return pipeline_class(manifest, resolve_providers(providers), threads, provider_options, session_options,
+        return cls(manifest, resolve_providers(providers), threads, provider_options, session_options,
                               memory_budget, max_concurrency, low_memory)
 
     # --- options ----------------------------------------------------------------------------
@@ -243,10 +229,8 @@ class Pipeline:
         return self.grid[0] * self.tokenizer.downsample, self.grid[1] * self.tokenizer.downsample
 
     def config(self, config: GenerationConfig | None = None, **options) -> GenerationConfig:
-        """`config` with `options` replaced, resolved against this model's defaults and validated."""
-        cfg = GenerationConfig.from_options(config, **options)
-        return cfg.resolve(self.manifest.spec.generation, self.layout.vocab_size, self.layout.rope_grid,
-                           self.grid)
+        """`config` with `options` replaced, resolved against this model's defaults and decoders, validated."""
+        return GenerationConfig.from_options(config, **options).resolve(self.manifest.spec, self.decoders)
 
     def sampling_options(self, guidance_scale: float | None = None, temperature: float | None = None,
                          top_k: int | None = None, top_p: float | None = None) -> tuple[float, SamplingConfig]:
@@ -254,57 +238,32 @@ class Pipeline:
         cfg = self.config(guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p)
         return cfg.guidance_scale, cfg.sampling
 
-    def labels(self, class_labels: int | str | Sequence[int | str], num_images_per_class: int = 1) -> np.ndarray:
+    def labels(self, class_labels: ClassLabels, num_images_per_class: int = 1) -> np.ndarray:
         """Class ids or names -> ids `[len(labels) * num_images_per_class]`, label-major."""
-        n = check_int("num_images_per_class", num_images_per_class, 1)
-        if isinstance(class_labels, np.ndarray) and class_labels.ndim == 0:
-            class_labels = class_labels.item()
-        if isinstance(class_labels, (str, int, np.integer)) and not isinstance(class_labels, (bool, np.bool_)):
-            class_labels = [class_labels]
-        if not isinstance(class_labels, (list, tuple, np.ndarray)):
-            raise InvalidInputError("class_labels must be a class id, a class name or a list of them, "
-                                    f"got {type(class_labels).__name__}")
-        for label in class_labels:
-            if isinstance(label, (bool, np.bool_)) or not isinstance(label, (str, int, np.integer)):
-                raise InvalidInputError(f"class labels must be integer ids (0..{self.manifest.num_classes - 1}) "
-                                        f"or class names, got {label!r} ({type(label).__name__})")
-        if len(class_labels) == 0:
-            raise InvalidInputError("give at least one class label")
-        ids = [self.manifest.class_id(c) for c in class_labels]
-        return np.repeat(np.asarray(ids, dtype=np.int64), n)
+        return class_ids(class_labels, num_images_per_class, self.manifest.class_id, self.manifest.num_classes)
 
     def grid_size(self, grid: int | tuple[int, int] | None) -> tuple[int, int]:
         """The token grid to generate: the trained one, or a larger one within the rotary table."""
         return self.config(grid=grid).grid
 
-    def _plan(self, class_labels, cfg: GenerationConfig):
+    def _plan(self, class_labels, config: GenerationConfig | None, options: dict):
         """Validate everything and check the memory budget before anything is allocated."""
-        cfg = self.config(cfg)
+        cfg = self.config(config, **options)
+        decoder = DECODERS[cfg.decoder].from_config(cfg)
         listed = isinstance(class_labels, (list, tuple)) or (isinstance(class_labels, np.ndarray)
                                                              and class_labels.ndim > 0)
         count = len(class_labels) if listed else 1  # the labels are checked after the budget
-        n = cfg.grid[0] * cfg.grid[1]
-        queries = {"parallel": cfg.grid[0], "jacobi": min(n, 2 * (cfg.jacobi_window or 0) + 2),
-                   "anyorder": 2 * max(cosine_counts(n, cfg.steps or 1))}.get(cfg.decoder, 1)
         check_budget("generate", count * cfg.num_images_per_class, cfg.guided, cfg.grid, self.manifest.spec.transformer,
-                     self.layout.vocab_size, self.memory_budget, queries)
+                     self.layout.vocab_size, self.memory_budget, decoder.queries(cfg.grid))
         labels = self.labels(class_labels, cfg.num_images_per_class)
-        seeds = cfg.seeds(labels.shape[0])
-        request = DecodeRequest(labels, cfg.grid, cfg.guidance_scale, cfg.sampling, ImageStreams(seeds, n))
-        if cfg.decoder == "anyorder":
-            query_token(self.layout)  # a raster model: one line saying it has no position query
-        decoder = ParallelDecoder(cfg.parallel_window) if cfg.decoder == "parallel" else \
-            JacobiDecoder(cfg.jacobi_window) if cfg.decoder == "jacobi" else \
-            AnyOrderDecoder(cfg.steps) if cfg.decoder == "anyorder" else SequentialDecoder()
-        return cfg, request, decoder
+        streams = ImageStreams(cfg.seeds(labels.shape[0]), cfg.grid[0] * cfg.grid[1])
+        return cfg, DecoderRequest(labels, cfg.grid, cfg.guidance_scale, cfg.sampling, streams), decoder
 
-    # --- the core: borrow a runner, run a decoder ---------------------------------------------
+    # --- the core: lend a runner, drive a decoder ----------------------------------------------
     @contextmanager
-    def _session(self, cancel: CancelToken | None):
+    def lend_runner(self, cancel: CancelToken | None):
         """A runner lent for one generation, and its cancel state (registered for `interrupt`)."""
-        if cancel is not None and not isinstance(cancel, CancelToken):
-            raise InvalidInputError(f"cancel must be a CancelToken, got {type(cancel).__name__}")
-        stop = _Stop(cancel)
+        stop = CancelState(cancel)
         with self._transformer_phase()._runners.borrow() as runner:
             with self._lock:
                 self._running.add(stop)
@@ -314,16 +273,29 @@ class Pipeline:
                 with self._lock:
                     self._running.discard(stop)
 
-    def _steps(self, request: DecodeRequest, decoder, cancel: CancelToken | None):
-        """Yields (step, state) after each decision; returns the GenerationResult (no images)."""
-        with self._session(cancel) as (runner, stop):
+    def _steps(self, cfg: GenerationConfig, request: DecoderRequest, decoder, cancel, callback, decode_images: bool,
+               renderer=None, frames: list | None = None) -> Iterator[Step]:
+        """The step stream every call drains (`run` to its end, `stream` step by step): with `frames`,
+        one `Step` per decision with the preview frame the callback rendered into `frames`, if any;
+        always a last `Step` with the result and its images."""
+        total = request.cells
+        with self.lend_runner(cancel) as (runner, stop):
             state = decoder.start(request)
-            for step in run_steps(decoder, runner, self.layout, request, state, stop):
-                yield step, state
-            result = result_of(decoder, request, state)
+            for step in drive(decoder, runner, self.layout, request, state, callback, stop):
+                if frames is not None and step < total:
+                    yield Step(step, total, state.view(step).copy(), frames.pop() if frames else None)
+                    frames.clear()
+            result = state.result(decoder, request)
         with self._lock:
             self._last_calls = result.calls
-        return result
+        result.config = cfg
+        if decode_images:
+            t0 = time.perf_counter()
+            result.images = self.decode(result.tokens)
+            result.timings["images"] = time.perf_counter() - t0
+            if renderer is not None:
+                renderer.show_final(result.images, total)
+        yield Step(total, total, result.tokens.reshape(len(result.labels), -1).copy(), result.images, result)
 
     def interrupt(self) -> int:
         """Cancel every generation running on this pipeline now (from any thread); each raises
@@ -333,22 +305,6 @@ class Pipeline:
         for stop in running:
             stop.cancel()
         return len(running)
-
-    def _finish(self, result: GenerationResult, cfg: GenerationConfig, decode_images: bool, renderer=None):
-        result.config = cfg
-        if decode_images:
-            t0 = time.perf_counter()
-            result.images = self.decode(result.tokens)
-            result.timings["images"] = time.perf_counter() - t0
-            if renderer is not None:
-                renderer.show_final(result.images, result.tokens[0].size)
-        return result
-
-    @staticmethod
-    def _check_callback(callback) -> None:
-        if callback is not None and not callable(callback):
-            raise InvalidInputError("callback must be callable as callback(step, total, tokens) (return False "
-                                    f"to stop), got {type(callback).__name__}")
 
     # --- the calls ------------------------------------------------------------------------------
     def run(self, class_labels: ClassLabels, config: GenerationConfig | None = None, *,
@@ -363,31 +319,22 @@ class Pipeline:
             cancel: a `CancelToken`; `cancel.cancel()` from any thread stops the generation.
             preview: `preview(step, total, images)` receives partial images (runtime/preview.py);
                 preview_every: tokens per frame, "row" or "auto" (default).
-            decode_images: False skips the image decoder (`result.images` None).
+            decode_images: False skips the image decoding (`result.images` None).
 
         Raises:
             InvalidInputError: an option out of range or of the wrong type, or over the memory budget.
             GenerationCancelled: stopped by `cancel`, `interrupt()` or the callback.
         """
-        cfg, request, decoder = self._plan(class_labels, GenerationConfig.from_options(config, **options))
-        self._check_callback(callback)
+        cfg, request, decoder = self._plan(class_labels, config, options)
+        check_callback(callback)
         renderer = None
         if preview is not None or preview_every is not None:  # live previews: runtime/preview.py
-            renderer = callback = with_preview(self.tokenizer, cfg.grid, preview, preview_every, callback,
-                                               render_last=not decode_images)
-            renderer = renderer if preview is not None else None
-        total = request.cells
-        steps = self._steps(request, decoder, cancel)
-        try:
-            while True:
-                step, state = next(steps)
-                if callback is not None and callback(step, total, state.view(step)) is False:
-                    raise GenerationCancelled(step, total, state.view(step).copy())
-        except StopIteration as stop:
-            result = stop.value
-        finally:
-            steps.close()
-        return self._finish(result, cfg, decode_images, renderer)
+            callback = with_preview(self.tokenizer, cfg.grid, preview, preview_every, callback,
+                                    render_last=not decode_images)
+            renderer = callback if preview is not None else None
+        for last in self._steps(cfg, request, decoder, cancel, callback, decode_images, renderer):
+            pass
+        return last.result
 
     def stream(self, class_labels: ClassLabels, config: GenerationConfig | None = None, *,
                cancel: CancelToken | None = None, preview_every=None, decode_images: bool = True,
@@ -401,30 +348,11 @@ class Pipeline:
         ...     if step.images: show(step.images[0])
         >>> step.result.images
         """
-        cfg, request, decoder = self._plan(class_labels, GenerationConfig.from_options(config, **options))
-        return self._stream(cfg, request, decoder, cancel, preview_every, decode_images)
-
-    def _stream(self, cfg, request, decoder, cancel, preview_every, decode_images) -> Iterator[Step]:
+        cfg, request, decoder = self._plan(class_labels, config, options)
         frames: list = []
         renderer = None if preview_every is None else PreviewRenderer(
             self.tokenizer, cfg.grid, lambda s, t, ims: frames.append(ims), preview_every, render_last=False)
-        total = request.cells
-        steps = self._steps(request, decoder, cancel)
-        try:
-            while True:
-                step, state = next(steps)
-                if step < total:
-                    view = state.view(step)
-                    if renderer is not None:
-                        renderer(step, total, view)
-                    yield Step(step, total, view.copy(), frames.pop() if frames else None)
-                    frames.clear()
-        except StopIteration as stop:
-            result = stop.value
-        finally:
-            steps.close()
-        result = self._finish(result, cfg, decode_images)
-        yield Step(total, total, result.tokens.reshape(len(result.labels), -1).copy(), result.images, result)
+        return self._steps(cfg, request, decoder, cancel, renderer, decode_images, None, frames)
 
     def generate(self, class_labels: ClassLabels, guidance_scale: float | None = None, temperature: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, seed: int | Sequence[int] = 0,
@@ -442,14 +370,14 @@ class Pipeline:
             seed: an integer >= 0 (image i uses seed + i) or a list of seeds, one per image.
             num_images_per_class: images per label.
             callback: `callback(step, total, tokens)` after each decided token; return False to stop.
-            parallel_window: None: one token per call; k >= 1: ZipAR rows, k tokens apart.
             grid: token grid (h, w) or an int; None: the trained grid.
             preview, preview_every: live partial images (runtime/preview.py).
             cancel: a `CancelToken` to stop the generation from another thread.
             return_result: return the `GenerationResult` instead of the image list.
-            decoder, jacobi_window: "sequential", "parallel" or "jacobi" (speculative Jacobi,
-                `jacobi_window` drafts per call); see `GenerationConfig`.
-            steps: transformer calls per image for the "anyorder" decoder (any-order models' default).
+            decoder: a decoder's name (`config.DECODERS`; None: the model's default), with its option:
+                parallel_window (ZipAR rows k tokens apart), jacobi_window (speculative Jacobi
+                drafts per call) or steps (transformer calls per grid, any-order models); see
+                `GenerationConfig`.
 
         The same seed gives the same images on every provider.
         """
@@ -523,7 +451,7 @@ class Pipeline:
                 f"decoding {n} grids of {h}x{w} would return about {n * per_result / 2**30:.2f} GiB of images, "
                 f"over the memory budget of {budget / 2**30:.2f} GiB; decode at most {most} grids per call, or "
                 "raise the budget with Pipeline.load(..., memory_budget=BYTES) / pipe.memory_budget = BYTES")
-        self._decoder_phase()
+        self._decode_phase()
         images: list[Image.Image] = []
         for start in range(0, n, chunk):
             part = codes[start:start + chunk]
@@ -537,119 +465,24 @@ class Pipeline:
         if self._runners is not None:
             self._runners.release()
 
-    # --- editing (runtime/editing.py; the known-cells input of the sequential decoder) ----------
+    # --- editing: `EditPipeline` (runtime/editing.py) on this pipeline ---------------------------
     def inpaint(self, image: ImageLike, mask: ImageLike, class_label: int | str | None = None,
                 **options) -> list[Image.Image] | EditResult:
-        """Regenerate the masked part of `image` (PIL or array; fit to the model's size, aspect kept,
-        padded with its border colour). mask: white / True = regenerate, the input image's size, the
-        model's canvas size or the token grid's; a token cell is regenerated if any of its pixels is.
-        class_label None: unconditional (null class, no guidance). Options (see `edit_tokens`):
-        num_images, candidates (draws reranked by the likelihood of the kept cells after the hole;
-        see runtime/editing.py), guidance_scale, temperature, top_k, top_p, seed, callback, cancel,
-        preview, preview_every, return_result (an EditResult instead of the image list)."""
-        canvas, regen = inpaint_cells(image, mask, self.image_size, self.grid)
-        return self._edit(canvas, None, regen, class_label, **options)
+        """Regenerate the masked part of `image`: see `EditPipeline.inpaint`."""
+        return self.edit.inpaint(image, mask, class_label, **options)
 
     def outpaint(self, image: ImageLike, box: tuple[int, int, int, int] | None = None,
                  class_label: int | str | None = None, *, place: bool = False,
                  **options) -> list[Image.Image] | EditResult:
-        """Keep `box` (x0, y0, x1, y1, exclusive; default the centered half) and regenerate around it.
-        place=False: the box is in the input image's pixels. place=True: the image is scaled into the
-        box on the model's canvas (extend a small image). Other options as `inpaint`."""
-        canvas, regen = outpaint_cells(image, box, place, self.image_size, self.grid)
-        return self._edit(canvas, None, regen, class_label, **options)
+        """Keep `box` and regenerate around it: see `EditPipeline.outpaint`."""
+        return self.edit.outpaint(image, box, class_label, place=place, **options)
 
     def continue_image(self, image: ImageLike, keep_rows: int, class_label: int | str | None = None,
                        **options) -> list[Image.Image] | EditResult:
-        """Keep the top `keep_rows` token rows of `image` and write the rest (a prefilled prefix).
-        Options as `inpaint` (no candidates: nothing known follows the hole)."""
-        canvas, regen = continue_cells(image, keep_rows, self.image_size, self.grid)
-        options["candidates"] = 1
-        return self._edit(canvas, None, regen, class_label, **options)
+        """Keep the top `keep_rows` token rows and write the rest: see `EditPipeline.continue_image`."""
+        return self.edit.continue_image(image, keep_rows, class_label, **options)
 
     def edit_tokens(self, tokens: np.ndarray, regenerate: np.ndarray, class_label: int | str | None = None,
                     **options) -> EditResult:
-        """The edit on a token grid: `tokens [h, w]`, `regenerate [h, w]` bool -> EditResult.
-
-        Options: num_images (>= 1), candidates (>= 1), guidance_scale, temperature, top_k, top_p,
-        seed (draw r of the num_images x K draws uses seed + r), callback, cancel, preview,
-        preview_every."""
-        source, regen = check_tokens(tokens, regenerate, self.grid, self.layout.vocab_size)
-        options["return_result"] = True
-        return self._edit(None, source, regen, class_label, **options)
-
-    _EDIT_SAMPLING = ("guidance_scale", "temperature", "top_k", "top_p", "seed")
-
-    def _edit(self, canvas, source, regen, class_label, *, num_images: int = 1, candidates: int = 4,
-              callback: StepCallback | None = None, cancel: CancelToken | None = None, preview=None,
-              preview_every=None, return_result: bool = False, **sampling):
-        unknown = sorted(set(sampling) - set(self._EDIT_SAMPLING))
-        if unknown:
-            raise InvalidInputError(f"unknown edit option(s) {', '.join(unknown)}; valid: num_images, candidates, "
-                                    f"callback, cancel, preview, preview_every, return_result, "
-                                    f"{', '.join(self._EDIT_SAMPLING)}")
-        cfg = self.config(**sampling)
-        self._check_callback(callback)
-        label = None if class_label is None else self.manifest.class_id(class_label)
-        k = self._draws_per_image(regen, candidates, num_images)
-        rows = int(num_images) * k
-        check_budget("edit", rows, cfg.guided and label is not None, self.grid, self.manifest.spec.transformer,
-                     self.layout.vocab_size, self.memory_budget)
-        seeds = cfg.seeds(rows)
-        if source is None:
-            with self._lock:  # the encoder session opens on first use
-                encoder = self.tokenizer.encoder
-            source = np.asarray(self.tokenizer.encode(to_model_input(canvas)))[0].astype(np.int64)
-            del encoder
-        if preview is not None:
-            n = self.grid[0] * self.grid[1]
-            known = (np.tile(np.asarray(source).reshape(n), (rows, 1)), np.tile(~np.asarray(regen, bool).reshape(n),
-                                                                               (rows, 1)))
-            callback = with_preview(self.tokenizer, self.grid, preview, preview_every, callback, known=known)
-        elif preview_every is not None:
-            with_preview(self.tokenizer, self.grid, None, preview_every)  # a clear error for a bad value
-        with self._session(cancel) as (runner, stop):
-            result = self._complete(runner, source, regen, label, cfg, seeds, num_images, k, callback, stop)
-        result.images = self.decode(result.tokens)
-        if canvas is not None:
-            result.canvas = Image.fromarray(canvas)
-        return result if return_result else result.images
-
-    def _draws_per_image(self, regen, candidates, num_images) -> int:
-        return draws_per_image(regen, candidates, num_images)
-
-    def _complete(self, runner, source, regen, label, cfg: GenerationConfig, seeds, num_images, k, callback, stop):
-        """The edit on tokens: sequential draws with the kept cells forced, reranked (runtime/editing.py)."""
-        return complete_tokens(runner, self.layout, self.grid, source, regen, label, cfg.guidance_scale,
-                               cfg.sampling, seeds, num_images, k, callback, stop)
-
-
-class AnyOrderPipeline(Pipeline):
-    """An any-order model (family anyorder-c2i): the any-order decoder by default (runtime/anyorder.py,
-    `steps` calls per grid) and edits that take every kept cell as context, one draw per image.
-    It was not trained in raster order, so the raster decoders are refused."""
-
-    _EDIT_SAMPLING = Pipeline._EDIT_SAMPLING + ("steps",)
-
-    def config(self, config: GenerationConfig | None = None, **options) -> GenerationConfig:
-        cfg = GenerationConfig.from_options(config, **options)
-        if not cfg.resolved and cfg.decoder is None and cfg.parallel_window is None and cfg.jacobi_window is None:
-            cfg = GenerationConfig.from_options(cfg, decoder="anyorder")
-        cfg = super().config(cfg)
-        if cfg.decoder != "anyorder":
-            raise InvalidInputError(f"this model was trained for any-order decoding, not raster order: decoder "
-                                    f"{cfg.decoder!r} would give garbage; use the anyorder decoder (steps=N)")
-        return cfg
-
-    def _draws_per_image(self, regen, candidates, num_images) -> int:
-        draws_per_image(regen, candidates, num_images)  # the same checks; every kept cell is context: one draw
-        return 1
-
-    def _complete(self, runner, source, regen, label, cfg: GenerationConfig, seeds, num_images, k, callback, stop):
-        return complete_any_order(runner, self.layout, self.grid, source, regen, label, cfg.guidance_scale,
-                                  cfg.sampling, seeds, num_images, cfg.steps, callback=callback, cancel=stop)
-
-
-# Which pipeline runs each model family the manifest names (spec.FAMILIES lists those it accepts).
-# A new family (text-conditioned ...) registers its own subclass here.
-PIPELINES: dict[str, type[Pipeline]] = {"llamagen-c2i": Pipeline, "anyorder-c2i": AnyOrderPipeline}
+        """The edit on a token grid: see `EditPipeline.edit_tokens`."""
+        return self.edit.edit_tokens(tokens, regenerate, class_label, **options)

@@ -70,6 +70,13 @@ class SamplingConfig:
         return SamplingConfig(self.temperature, min(self.top_k, vocab_size), self.top_p)
 
 
+def guidance_on(scale: float) -> bool:
+    """LlamaGen's rule: classifier-free guidance applies when its scale is above 1 (at 1 it would
+    give the conditional logits back at twice the cost). Decided once per generation
+    (`DecoderRequest.guidance`, `GenerationConfig.guided`)."""
+    return scale > 1.0
+
+
 def apply_guidance(logits: np.ndarray, batch: int, scale: float, out: np.ndarray | None = None) -> np.ndarray:
     """LlamaGen's classifier-free guidance: rows [:batch] conditional, [batch:] null class.
     `out` ([batch, ...], float32) takes the result without allocating; the value is the same."""
@@ -80,6 +87,30 @@ def apply_guidance(logits: np.ndarray, batch: int, scale: float, out: np.ndarray
     out *= np.float32(scale)
     out += uncond
     return out
+
+
+def guided_logits(logits: np.ndarray, images: int, guidance: float | None, out: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """The logits a draw is made from: with guidance (`guidance`, the scale, not None) the rows
+    `[:images]` (conditional) and `[images:]` (null class) combined by `apply_guidance`, in
+    float32; without, `logits` as they are."""
+    return logits if guidance is None else apply_guidance(logits, images, guidance, out)
+
+
+def sample_guided(logits: np.ndarray, images: int, guidance: float | None, cfg: SamplingConfig, rng,
+                  out: np.ndarray | None = None) -> np.ndarray:
+    """Guidance, then one draw per image and query: what every decoder samples with.
+
+    logits: `[R, V]` (one query per row) -> tokens `[images]`; or `[R, Q, V]` (Q queries per row)
+    -> tokens `[Q * images]`, query-major (image i's draws in query order, so its uniforms are
+    the same alone or in a batch). R = images, or 2 * images with guidance (`guided_logits`).
+    `out` (`[images, V]` float32) takes the guided logits of one query without allocating."""
+    if guidance is not None:
+        logits = apply_guidance(logits, images, guidance, out)
+    if logits.ndim == 3:
+        q = logits.shape[1]
+        logits = np.ascontiguousarray(logits.transpose(1, 0, 2)).reshape(q * images, -1)
+    return sample(logits, cfg, rng)
 
 
 def top_k_mask(logits: np.ndarray, k: int) -> np.ndarray:

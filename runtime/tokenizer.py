@@ -23,7 +23,7 @@ DECODE_CHUNK_BYTES = 256 << 20
 
 
 class ImageTokenizer:
-    """Decoder sessions open at load; the encoder (editing only) opens on first use."""
+    """The decode session opens at load; the encoder (editing only) opens on first use."""
 
     def __init__(self, manifest: Manifest, open_session: SessionFactory):
         self.manifest = manifest
@@ -33,16 +33,16 @@ class ImageTokenizer:
         self.downsample = spec.tokenizer.downsample
         self.precision = spec.graph("tokenizer_decoder").precision  # the variant the manifest records
         self._probed = False
-        self._decoder = self._open_decoder()  # checked at load: a bad graph fails there, not after a generation
+        self._decode_session = self._open_decode_session()  # checked at load: a bad graph fails there, not after a generation
         self._encoder = None
 
-    def _open_decoder(self):
-        decoder = self._open(self.manifest.graph_path("tokenizer_decoder"))
-        self._check("tokenizer_decoder", decoder)
+    def _open_decode_session(self):
+        session = self._open(self.manifest.graph_path("tokenizer_decoder"))
+        self._check("tokenizer_decoder", session)
         if not self._probed:  # once: low_memory reopens the same file
-            self._probe_decoder(decoder)
+            self._probe_decoder(session)
             self._probed = True
-        return decoder
+        return session
 
     def _swapped(self, name: str, problem: str) -> ModelDirectoryError:
         graph = self.spec.graph(name)
@@ -69,21 +69,22 @@ class ImageTokenizer:
                                 f", not {want} ({ds}x downsampling)")
 
     @property
-    def decoder(self):
-        """The decoder session; reopened here after `close_decoder`."""
-        decoder = self._decoder
-        if decoder is None:
-            decoder = self._decoder = self._open_decoder()
-        return decoder
+    def decode_session(self):
+        """The session of the `tokenizer_decoder` graph (codes -> images); reopened here after
+        `close_decode_session`."""
+        session = self._decode_session
+        if session is None:
+            session = self._decode_session = self._open_decode_session()
+        return session
 
-    @decoder.setter
-    def decoder(self, session) -> None:
-        self._decoder = session
+    @decode_session.setter
+    def decode_session(self, session) -> None:
+        self._decode_session = session
 
-    def close_decoder(self) -> None:
-        """Drop the decoder session (its weights and activation arena), e.g. while the transformer
+    def close_decode_session(self) -> None:
+        """Drop the decode session (its weights and activation arena), e.g. while the transformer
         generates on a memory-limited device (`Pipeline.load(low_memory=True)`)."""
-        self._decoder = None
+        self._decode_session = None
 
     @property
     def encoder(self):
@@ -130,15 +131,15 @@ class ImageTokenizer:
             raise InvalidInputError(f"codes must be [batch, height, width], got shape {codes.shape}")
         if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
             raise InvalidInputError(f"codes must lie in 0..{self.codebook_size - 1}; got {codes.min()}..{codes.max()}")
-        decoder = self.decoder
+        session = self.decode_session
         name = self.spec.graph("tokenizer_decoder").inputs[0]
         b = codes.shape[0]
         chunk = chunk or self.chunk_size(codes.shape[1], codes.shape[2])
         if b <= chunk:
-            return check_finite(decoder.run(None, {name: codes.astype(np.int64)})[0], "tokenizer_decoder")
+            return check_finite(session.run(None, {name: codes.astype(np.int64)})[0], "tokenizer_decoder")
         out = None
         for start in range(0, b, chunk):
-            part = decoder.run(None, {name: codes[start:start + chunk].astype(np.int64)})[0]
+            part = session.run(None, {name: codes[start:start + chunk].astype(np.int64)})[0]
             check_finite(part, "tokenizer_decoder")
             if out is None:
                 out = np.empty((b, *part.shape[1:]), part.dtype)

@@ -149,7 +149,7 @@ def test_decode_of_many_grids_runs_in_chunks_with_the_images_of_one_call(tiny_pi
     monkeypatch.setattr(pipeline_mod, "DECODE_CHUNK_BYTES", 7 * per)
     monkeypatch.setattr(tokenizer_mod, "DECODE_CHUNK_BYTES", 7 * per)
     batches = []
-    decoder = tiny_pipe.tokenizer.decoder
+    decoder = tiny_pipe.tokenizer.decode_session
 
     class Recording:
         def __getattr__(self, name):
@@ -159,7 +159,7 @@ def test_decode_of_many_grids_runs_in_chunks_with_the_images_of_one_call(tiny_pi
             batches.append(next(iter(feeds.values())).shape[0])
             return decoder.run(outputs, feeds, *rest)
 
-    monkeypatch.setattr(tiny_pipe.tokenizer, "_decoder", Recording())
+    monkeypatch.setattr(tiny_pipe.tokenizer, "_decode_session", Recording())
     got = [np.asarray(im) for im in tiny_pipe.decode(codes)]
     assert batches == [7] * 7 + [1]
     assert all(np.array_equal(a, b) for a, b in zip(got, want)) and len(got) == 50

@@ -10,7 +10,7 @@ from PIL import Image
 from tessera.runtime import InvalidInputError
 from tessera.cli.main import main
 from tessera.runtime.editing import score_known
-from tessera.runtime.generation import cell_positions
+from tessera.runtime.decoders import cell_positions
 from tessera.runtime.sampling import apply_guidance
 
 

@@ -116,7 +116,7 @@ def test_manifest_defaults_are_used(tiny_pipe):
 
 
 def test_known_cells_are_kept(tiny_pipe):
-    from tessera.runtime.generation import generate_tokens
+    from tessera.runtime.decoders import generate_tokens
 
     p = tiny_pipe
     n = p.grid[0] * p.grid[1]
@@ -136,7 +136,7 @@ def test_known_prefix_is_prefilled_exactly(tiny_models, any_pipe, guidance):
     """All cells but the last known: greedy decoding must pick PyTorch's argmax for the last one."""
     import torch
 
-    from tessera.runtime.generation import generate_tokens
+    from tessera.runtime.decoders import generate_tokens
 
     gpt, _ = tiny_models
     p = any_pipe

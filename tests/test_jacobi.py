@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from tessera.runtime import InvalidInputError
-from tessera.runtime.decoding import DecodeRequest, decode
-from tessera.runtime.generation import SequentialDecoder, cell_positions
+from tessera.runtime.decoders import DecoderRequest, cell_positions, run_decoder
 from tessera.runtime.jacobi import JacobiDecoder, probabilities, verify
 from tessera.runtime.sampling import ImageStreams, SamplingConfig, apply_guidance
 
@@ -124,13 +123,13 @@ def test_fewer_calls_and_the_cache_holds_the_decided_cells(tiny_pipe):
     """After each call the cache holds the class token and every decided cell but the newest (one
     image), and each call decides at least one cell."""
     layout, n = tiny_pipe.layout, 16
-    request = DecodeRequest(np.array([5]), (4, 4), 2.0, SamplingConfig(1.0, 3, 1.0), ImageStreams([7], n))
+    request = DecoderRequest(np.array([5]), (4, 4), 2.0, SamplingConfig(1.0, 3, 1.0), ImageStreams([7], n))
     seen = []
     with tiny_pipe._runners.borrow() as runner:
         def check(step, total, tokens):
             seen.append(step)
             assert runner.length == step and (tokens[0, :step] >= 0).all() and (tokens[0, step:] == -1).all()
-        result = decode(JacobiDecoder(4), runner, layout, request, check)
+        result = run_decoder(JacobiDecoder(4), runner, layout, request, check)
     assert seen == sorted(set(seen)) and seen[-1] == n
     assert result.calls == len(seen) < n and result.stats["drafts_accepted"] > 0
     assert result.stats["drafts_accepted"] <= result.stats["drafts_verified"]
@@ -171,7 +170,7 @@ def test_cli_bad_window_is_one_error_line(tiny_dir, capsys, tmp_path):
 
 
 def test_known_cells_are_refused():
-    request = DecodeRequest(np.array([1]), (2, 2), 1.0, SamplingConfig(), ImageStreams([0], 4),
+    request = DecoderRequest(np.array([1]), (2, 2), 1.0, SamplingConfig(), ImageStreams([0], 4),
                             known=(np.zeros((1, 4), np.int64), np.ones((1, 4), bool)))
     with pytest.raises(InvalidInputError, match="takes no known cells"):
         next(JacobiDecoder(2).steps(None, None, request, JacobiDecoder(2).start(request)))

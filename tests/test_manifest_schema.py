@@ -488,14 +488,12 @@ def test_check_session_order_of_outputs(tiny_dir):
         check_session(s, graph, [], sig, "m")
 
 
-def test_load_dispatches_on_the_manifest_family(tiny_dir, monkeypatch):
-    import tessera.runtime.pipeline as pipeline_module
-    from tessera.runtime import Pipeline
-    from tessera.runtime.spec import FAMILIES
+def test_the_manifest_says_which_decoders_a_model_runs(tiny_dir):
+    from tessera.models import default_model_dir
+    from tessera.runtime import DECODERS, Pipeline
 
-    class FamilyPipeline(Pipeline):
-        pass
-
-    monkeypatch.setitem(pipeline_module.PIPELINES, FAMILIES[0], FamilyPipeline)
-    assert type(Pipeline.load(tiny_dir, providers="cpu")) is FamilyPipeline
-    assert set(pipeline_module.PIPELINES) == set(FAMILIES)  # every family the spec accepts has a pipeline
+    raster = Pipeline.load(tiny_dir, providers="cpu")
+    any_order = Pipeline.load(default_model_dir().parent / "anyorder", providers="cpu")
+    assert raster.decoders[0] == "sequential" and "anyorder" not in raster.decoders
+    assert any_order.decoders == ("anyorder",)  # its default, and the only one it was trained for
+    assert set(raster.decoders) | set(any_order.decoders) == set(DECODERS)  # each decoder runs some family

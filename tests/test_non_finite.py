@@ -66,7 +66,7 @@ def test_nan_outputs_stop_generation_and_decoding_with_a_clear_error(portable_di
     runner.session = _NaNSession(runner.session)
     with pytest.raises(NonFiniteOutputError, match="the transformer graph produced NaN"):
         pipe.generate_tokens([1], seed=0)
-    pipe.tokenizer.decoder = _NaNSession(pipe.tokenizer.decoder)
+    pipe.tokenizer.decode_session = _NaNSession(pipe.tokenizer.decode_session)
     with pytest.raises(NonFiniteOutputError, match="the tokenizer_decoder graph produced NaN"):
         pipe.decode(np.zeros((1, 4, 4), np.int64))
 

@@ -22,7 +22,7 @@ def test_import_runtime_does_not_import_torch():
 
 # The numpy core: what a host needs to sample, schedule and read a manifest, unit-testable anywhere.
 CORE = ("errors", "versions", "sampling", "config", "schedule", "spec", "manifest", "self_test", "results",
-        "decoding", "generation", "parallel", "jacobi", "images")
+        "decoders", "parallel", "jacobi", "anyorder", "images", "image_processing", "preview", "editing")
 
 
 def test_the_core_imports_and_samples_without_onnxruntime(tiny_dir):
