@@ -249,7 +249,7 @@ def check_provider(dirs: dict[str, Path], provider: str) -> dict[str, dict]:
         weights = sorted(Path(d).glob("*.safetensors"))
         key = hashlib.sha256(b"".join(f.read_bytes() for f in weights)).hexdigest() if weights else str(d)
         ref = refs[key] = refs.get(key) or reference(d)
-        ref = replace(ref, precision=load_manifest(d, verify="none").graph("transformer")["precision"])
+        ref = replace(ref, precision=load_manifest(d, verify="none").spec.graph("transformer").precision)
         ok, why = judge(got, ref, cpu if cpu["status"] == "ok" else None, versus="the CPU")
         ran = got.get("graph_providers", {})
         elsewhere = sorted(g for g, p in ran.items() if p != want)

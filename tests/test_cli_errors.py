@@ -233,14 +233,14 @@ def test_verify_auto_catches_a_same_size_tampered_graph(tiny_dir, tmp_path, caps
 
 @pytest.mark.parametrize("threads", ["-1", "0", "99999999999"])
 def test_threads_out_of_range_is_one_line(tiny_dir, tmp_path, capsys, threads):
-    err, _ = _one_error(capsys, 1, ["generate", "1", "--model", str(tiny_dir), "--threads", threads,
+    err = _one_error(capsys, 1, ["generate", "1", "--model", str(tiny_dir), "--threads", threads,
                                     "--out", str(tmp_path / "x.png")])
     assert "threads must be an integer in 1..1024" in err and f"got {threads}" in err
     assert list(tmp_path.iterdir()) == []
 
 
 def test_bench_threads_out_of_range_is_one_line_before_measuring(tiny_dir, capsys):
-    err, took = _one_error(capsys, 1, ["bench", str(tiny_dir), "--threads", "-1"])
+    err = _one_error(capsys, 1, ["bench", str(tiny_dir), "--threads", "-1"])
     assert "threads must be an integer in 1..1024" in err
 
 
@@ -257,7 +257,7 @@ def test_outpaint_box_errors_are_one_line(tiny_dir, tmp_path, capsys, argv, mess
 
     image = tmp_path / "in.png"
     Image.new("RGB", (16, 16)).save(image)
-    err, _ = _one_error(capsys, 1, ["edit", "outpaint", str(image), *argv, "--model", str(tiny_dir),
+    err = _one_error(capsys, 1, ["edit", "outpaint", str(image), *argv, "--model", str(tiny_dir),
                                     "--out", str(tmp_path / "out.png")])
     assert message in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
@@ -266,7 +266,7 @@ def test_outpaint_box_errors_are_one_line(tiny_dir, tmp_path, capsys, argv, mess
 def test_an_existing_out_file_is_kept_unless_overwrite(tiny_dir, tmp_path, capsys):
     out = tmp_path / "mine.png"
     out.write_bytes(b"a user's file")
-    err, _ = _one_error(capsys, 1, ["generate", "1", "--model", str(tiny_dir), "--out", str(out), "-q"])
+    err = _one_error(capsys, 1, ["generate", "1", "--model", str(tiny_dir), "--out", str(out), "-q"])
     assert f"{out} already exists; pass --overwrite to replace it" in err
     assert out.read_bytes() == b"a user's file"
     assert main(["generate", "1", "--model", str(tiny_dir), "--out", str(out), "-q", "--overwrite"]) == 0
@@ -276,7 +276,7 @@ def test_an_existing_out_file_is_kept_unless_overwrite(tiny_dir, tmp_path, capsy
 def test_one_existing_file_among_several_outputs_stops_before_any_is_written(tiny_dir, tmp_path, capsys):
     taken = tmp_path / "d-002-two.png"
     taken.write_bytes(b"keep")
-    err, _ = _one_error(capsys, 1, ["generate", "1", "2", "-n", "2", "--model", str(tiny_dir),
+    err = _one_error(capsys, 1, ["generate", "1", "2", "-n", "2", "--model", str(tiny_dir),
                                     "--out", str(tmp_path / "d.png"), "-q"])
     assert f"{taken} already exists" in err and "--overwrite" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d-002-two.png"] and taken.read_bytes() == b"keep"
@@ -289,12 +289,12 @@ def test_edit_and_bench_outputs_are_kept_unless_overwrite(tiny_dir, tmp_path, ca
     Image.new("RGB", (16, 16)).save(image)
     out = tmp_path / "res.png"
     out.write_bytes(b"mine")
-    err, _ = _one_error(capsys, 1, ["edit", "continue", str(image), "--keep-rows", "2", "--model", str(tiny_dir),
+    err = _one_error(capsys, 1, ["edit", "continue", str(image), "--keep-rows", "2", "--model", str(tiny_dir),
                                     "--out", str(out), "-q"])
     assert "already exists; pass --overwrite" in err and out.read_bytes() == b"mine"
     report = tmp_path / "run.md"
     report.write_text("last week's numbers\n")
-    err, took = _one_error(capsys, 1, ["bench", str(tiny_dir), "--markdown", str(report), "-q"])
+    err = _one_error(capsys, 1, ["bench", str(tiny_dir), "--markdown", str(report), "-q"])
     assert f"{report} already exists; pass --overwrite" in err and report.read_text() == "last week's numbers\n"
 
 
@@ -325,7 +325,7 @@ def digit_names(tiny_dir, tmp_path):
 
 def test_a_class_name_that_is_another_id_is_ambiguous(digit_names, tmp_path, capsys):
     out = tmp_path / "x.png"
-    err, _ = _one_error(capsys, 1, ["generate", "5", "--model", str(digit_names), "--out", str(out)])
+    err = _one_error(capsys, 1, ["generate", "5", "--model", str(digit_names), "--out", str(out)])
     assert "class label '5' is ambiguous in this model: class id 5 ('4') or the class named '5' (id 4); " \
            "write id:5 or name:5" in err and not out.exists()
     # several outputs carry their class's name: id:5 is the class named '4', name:5 the class at id 4
