@@ -173,3 +173,43 @@ def as_documented(g: np.ndarray, cfg: SamplingConfig, u: float) -> int:
     w = np.exp(v - v.max())
     total = np.cumsum(w)
     return int(next(i for i in range(g.size) if w[i] > 0 and total[i] >= u * total[-1]))
+
+
+def documented_locality_plan(h: int, w: int, steps: int, seed: int) -> list[list[int]]:
+    """Section 7.6's "locality" order, implemented from the text alone."""
+    import math
+
+    rng = np.random.default_rng([seed, 0x5C4ED])
+    m = h * w
+    sizes, done = [], 0
+    for t in range(1, steps + 1):
+        target = m - math.floor(m * math.cos(math.pi / 2 * t / steps) + 1e-9)
+        target = min(max(target, done + 1), m - (steps - t))
+        sizes.append(target - done)
+        done = target
+    decided: list[int] = []
+    groups = []
+    for c in sizes:
+        cand = [k for k in range(m) if k not in decided]
+        dist = lambda a, b: math.sqrt((a // w - b // w) ** 2 + (a % w - b % w) ** 2)  # noqa: E731
+        near = [min((dist(k, d) for d in decided), default=0.0) for k in cand]
+        far = [math.inf] * len(cand)
+        ties = rng.random(c * len(cand)).reshape(c, len(cand)) * 1e-3
+        picks = []
+        for p in range(c):
+            score = [min(far[j], 1e6) * 1000 - near[j] + ties[p][j] for j in range(len(cand))]
+            j = max(range(len(cand)), key=lambda i: (score[i], -i))
+            picks.append(cand[j])
+            far = [min(far[i], dist(cand[i], cand[j])) for i in range(len(cand))]
+            far[j] = -math.inf
+        decided += picks
+        groups.append(picks)
+    return groups
+
+
+@pytest.mark.parametrize("h, w, steps, seed", [(7, 7, 8, 0), (7, 7, 8, 5), (4, 6, 5, 11), (3, 3, 9, 2)])
+def test_the_locality_order_as_written_is_the_runtimes(h, w, steps, seed):
+    from tessera.runtime.schedule import image_plans
+
+    got = [g[0].tolist() for g in image_plans((h, w), steps, "locality", [seed])]
+    assert got == documented_locality_plan(h, w, steps, seed)
