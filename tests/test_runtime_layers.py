@@ -82,3 +82,29 @@ def test_the_core_layer_imports_without_onnxruntime():
             importlib.import_module('tessera.runtime.' + name)
     """)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+# The runtime files one `generate` call runs code in after load (issue 22: a small path to read).
+# A change that adds one should say why here; the lazy imports of a first call are excluded.
+GENERATE_PATH = {"pipeline", "config", "decoders", "sampling", "spec", "loaded", "runners", "transformer",
+                 "tokenizer", "errors"}
+
+
+def test_a_generate_call_runs_in_the_listed_runtime_files(tiny_dir):
+    from tessera.runtime import Pipeline
+
+    pipe = Pipeline.load(tiny_dir, providers="cpu", verify="none")
+    pipe.generate([1], seed=0)  # first call: lazy imports
+    seen: set[str] = set()
+
+    def profile(frame, event, arg):
+        path = Path(frame.f_code.co_filename)
+        if event == "call" and path.parent == RUNTIME:
+            seen.add(path.stem)
+
+    sys.setprofile(profile)
+    try:
+        pipe.generate([1], seed=0)
+    finally:
+        sys.setprofile(None)
+    assert seen == GENERATE_PATH
