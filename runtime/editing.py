@@ -365,5 +365,5 @@ class EditCalls:
         return self.edit.edit_tokens(tokens, regenerate, class_label, **options)
 
 
-__all__ = ["EditResult", "EditPipeline", "EditCalls", "ImageLike", "inpaint_cells", "outpaint_cells", "continue_cells", "check_tokens",
-           "complete_tokens", "score_known", "draws_per_image", "to_rgb", "to_mask", "pixels_to_cells", "parse_box"]
+__all__ = ["EditResult", "EditPipeline", "EditCalls", "ImageLike", "inpaint_cells", "outpaint_cells", "continue_cells",
+           "check_tokens", "complete_tokens", "score_known", "draws_per_image", "to_rgb", "to_mask", "pixels_to_cells", "parse_box"]

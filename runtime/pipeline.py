@@ -1,14 +1,15 @@
 """`Pipeline`: load a model directory, generate images from class labels (diffusers-style calls).
 
 The generation path: `GenerationConfig` (runtime/config.py) resolved once against the manifest
-names a decoder from the registry (`config.DECODERS`, runtime/decoders.py), which runs on a
-transformer runner lent by the pool (runtime/runners.py) under the one driver (`decoders.drive`)
-and gives one `GenerationResult` (runtime/results.py). `run` and `generate` drain the same step
-stream as `stream`. Editing (`EditPipeline`, runtime/editing.py; its calls come from the base class
-`EditCalls`) and previews (runtime/preview.py) sit beside it; neither imports this module. The
-platform side (opening the graphs, the self-test, the runner pool, low_memory) is `LoadedModel`
-(runtime/loaded.py); tokens -> images is the tokenizer's (`ImageTokenizer.images`). What differs between model families (which decoders
-run, which is the default) is read from the manifest, not chosen by subclass.
+names a decoder from the registry (`config.DECODERS`, runtime/decoders.py) and plans its request
+(`config.plan`); the decoder runs on a transformer runner lent by the loaded model
+(`LoadedModel.lend`, runtime/loaded.py: the graphs, the self-test, the runner pool, low_memory)
+under the one driver (`decoders.drive`) and gives one `GenerationResult` (runtime/results.py),
+whose tokens the tokenizer turns into images (`ImageTokenizer.images`). `run` and `generate` drain
+the same step stream as `stream`. Editing (runtime/editing.py: `EditPipeline`, and `EditCalls`, a
+base class of `Pipeline`) and previews (runtime/preview.py) sit beside it; neither imports this
+module. What differs between model families (which decoders run, which is the default) is read
+from the manifest, not chosen by subclass.
 """
 from __future__ import annotations
 
