@@ -52,7 +52,7 @@ def anyorder_decode(pipe, labels: Sequence[int], seed: int, order: str, **option
     request = DecoderRequest(labels, cfg.grid, cfg.guidance_scale, cfg.sampling,
                              ImageStreams(cfg.seeds(len(labels)), cfg.grid[0] * cfg.grid[1]))
     pipe.transformer  # noqa: B018  (reopens the transformer where low_memory closed it)
-    with pipe._runners.borrow() as runner:
+    with pipe.model.runners.borrow() as runner:
         return run_decoder(AnyOrderDecoder(cfg.steps, order), runner, pipe.layout, request)
 
 

@@ -1,9 +1,42 @@
 """Tessera's runtime: numpy + onnxruntime + pillow, never torch.
 
-The names below load on first use (PEP 562), so `import tessera.runtime.sampling` and the other
-numpy-only modules (config, schedule, spec, manifest, the decoders and their driver) import and run
-without onnxruntime; only the modules that open sessions (backend, session, transformer, tokenizer,
-pipeline) need it.
+The names below load on first use (PEP 562), so `import tessera.runtime.sampling` and every core
+module import and run without onnxruntime. Each module sits in one layer and imports (at module
+level) only its own layer and those above it in this table (tests/test_runtime_layers.py reads the
+table and checks it against the imports):
+
+    module            layer      why it sits there
+    __init__          core       the lazy names below; imports nothing at load
+    errors            core       the TesseraError tree every layer raises
+    versions          core       version strings -> numbers (manifest and onnxruntime versions)
+    spec              core       the typed manifest (ModelSpec): every rule a host reads, and class names
+    manifest          core       a model directory on disk: read once, paths kept inside, checksums
+    self_test         core       the load's probe: the recorded inputs and what the logits must be
+    results           core       GenerationResult, Step, CancelToken: what the calls give back
+    sampling          core       guidance and the id-ordered sampler (numpy)
+    schedule          core       any-order step schedules (numpy)
+    decoders          core       the decoder interface, the sequential decoder and the one driver
+    parallel          core       a decoder strategy (ZipAR rows); the registry in config names it
+    jacobi            core       a decoder strategy (speculative Jacobi drafts)
+    anyorder          core       a decoder strategy (any-order models)
+    config            core       GenerationConfig resolved against the manifest; the decoder registry
+    images            core       contact sheets of PIL images (the CLI's grids)
+    backend           platform   where onnxruntime is imported (one lazily imported place)
+    providers         platform   execution providers: names, aliases, what is really there
+    session           platform   opening sessions with the caller's options, one-line errors
+    provider_fit      platform   warnings for a graph on a provider that does not suit it
+    compat            platform   which onnxruntime builds load which graphs
+    transformer       platform   the transformer graph's runner (KV cache, IO binding)
+    runners           platform   the runner pool: one runner per running generation
+    tokenizer         platform   the tokenizer graphs: codes <-> images, token grids -> PIL (8-bit rule)
+    loaded            platform   a model's graphs opened, probed and lent out (LoadedModel, low_memory)
+    image_processing  features   pixels and masks for editing (fit, boxes, masks -> cells)
+    preview           features   partial images while a generation runs
+    editing           features   inpaint, outpaint, continuation (EditPipeline, EditCalls)
+    pipeline          api        Pipeline: the generation API over all of the above
+
+Core is numpy only (no onnxruntime; tests/test_runtime_only.py runs it without); platform puts
+onnxruntime behind `backend` and the sessions it opens; features build on both; the API on all.
 """
 from __future__ import annotations
 
@@ -14,7 +47,8 @@ _EXPORTS = {
     "manifest": ("MANIFEST_NAME", "Manifest", "load_manifest"),
     "config": ("GenerationConfig", "DECODERS"),
     "decoders": ("Decoder", "DecoderRequest", "SequentialDecoder"),
-    "pipeline": ("Pipeline", "default_model_dir"),
+    "pipeline": ("Pipeline",),
+    "loaded": ("default_model_dir",),
     "providers": ("available_providers", "resolve_providers"),
     "results": ("CancelToken", "GenerationCancelled", "GenerationResult", "Step"),
     "sampling": ("ImageStreams", "SamplingConfig"),

@@ -18,11 +18,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .anyorder import AnyOrderDecoder
-from .decoders import Decoder, SequentialDecoder
+from .decoders import Decoder, DecoderRequest, SequentialDecoder
 from .errors import InvalidInputError
 from .jacobi import JacobiDecoder
 from .parallel import ParallelDecoder
-from .sampling import SamplingConfig, guidance_on, image_seeds
+from .sampling import ImageStreams, SamplingConfig, guidance_on, image_seeds
 from .spec import GenerationDefaults, ModelSpec, TransformerSpec
 
 # Default memory a single generation may plan to use (KV cache, logits, sampler buffers); a
@@ -233,7 +233,7 @@ class GenerationConfig:
 def class_ids(class_labels, num_images_per_class: int, class_id: Callable[[int | str], int],
               num_classes: int) -> np.ndarray:
     """Class ids or names (one or a list) -> ids `[len(labels) * num_images_per_class]`, label-major;
-    `class_id` maps one label to its id (`Manifest.class_id`: names, ranges, suggestions)."""
+    `class_id` maps one label to its id (`ClassesSpec.class_id`: names, ranges, suggestions)."""
     n = check_int("num_images_per_class", num_images_per_class, 1)
     if isinstance(class_labels, np.ndarray) and class_labels.ndim == 0:
         class_labels = class_labels.item()
@@ -279,5 +279,20 @@ def check_budget(what: str, images: int, guided: bool, grid: tuple[int, int], tr
             "Pipeline.load(..., memory_budget=BYTES) / pipe.memory_budget = BYTES (None: no check)")
 
 
+
+def plan(cfg: GenerationConfig, class_labels, spec: ModelSpec, budget: int | None) -> tuple[Decoder, DecoderRequest]:
+    """A resolved config and class labels -> (its decoder, the request it runs), everything validated
+    and the memory budget checked before anything is allocated."""
+    decoder = DECODERS[cfg.decoder].from_config(cfg)
+    listed = isinstance(class_labels, (list, tuple)) or (isinstance(class_labels, np.ndarray)
+                                                         and class_labels.ndim > 0)
+    count = len(class_labels) if listed else 1  # the labels are checked after the budget
+    check_budget("generate", count * cfg.num_images_per_class, cfg.guided, cfg.grid, spec.transformer,
+                 spec.layout.vocab_size, budget, decoder.queries(cfg.grid))
+    labels = class_ids(class_labels, cfg.num_images_per_class, spec.classes.class_id, spec.num_classes)
+    streams = ImageStreams(cfg.seeds(labels.shape[0]), cfg.grid[0] * cfg.grid[1])
+    return decoder, DecoderRequest(labels, cfg.grid, cfg.guidance_scale, cfg.sampling, streams)
+
+
 __all__ = ["GenerationConfig", "DEFAULT_MEMORY_BUDGET", "DECODERS", "model_decoders", "model_order", "class_ids",
-           "memory_estimate", "check_budget", "check_int", "check_real"]
+           "memory_estimate", "check_budget", "plan", "check_int", "check_real"]

@@ -32,12 +32,14 @@ off.
 Layout: pixels and masks are prepared in runtime/image_processing.py; `*_cells` below turn an
 edit request into (canvas, cells to regenerate); `complete_tokens` is the algorithm on tokens;
 `EditPipeline` runs an edit on a loaded `Pipeline` (its options, runners, tokenizer), beside the
-generation pipeline: `Pipeline.inpaint / outpaint / continue_image / edit_tokens` hand over to it.
+generation pipeline: `Pipeline.inpaint / outpaint / continue_image / edit_tokens` (`EditCalls`, a base
+class of `Pipeline`) hand over to it.
 This module does not import the pipeline.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Union
 
 import numpy as np
 from PIL import Image
@@ -302,14 +304,14 @@ class EditPipeline:
         cfg = pipe.config(decoder=pipe.decoders[0], **sampling)
         decoder = DECODERS[cfg.decoder].from_config(cfg)
         check_callback(callback)
-        label = None if class_label is None else pipe.manifest.class_id(class_label)
+        label = None if class_label is None else pipe.manifest.spec.classes.class_id(class_label)
         k = draws_per_image(regen, candidates, num_images)
         rows = int(num_images) * (1 if decoder.sees_every_kept_cell else k)
         check_budget("edit", rows, cfg.guided and label is not None, pipe.grid, pipe.manifest.spec.transformer,
                      pipe.layout.vocab_size, pipe.memory_budget, decoder.queries(pipe.grid))
         seeds = cfg.seeds(rows)
         if source is None:
-            with pipe._lock:  # the encoder session opens on first use
+            with pipe.model.lock:  # the encoder session opens on first use
                 pipe.tokenizer.encoder
             source = np.asarray(pipe.tokenizer.encode(to_model_input(canvas)))[0].astype(np.int64)
         if preview is not None:
@@ -319,7 +321,7 @@ class EditPipeline:
             callback = with_preview(pipe.tokenizer, pipe.grid, preview, preview_every, callback, known=known)
         elif preview_every is not None:
             with_preview(pipe.tokenizer, pipe.grid, None, preview_every)  # a clear error for a bad value
-        with pipe.lend_runner(cancel) as (runner, stop):
+        with pipe.model.lend(cancel) as (runner, stop):
             result = complete_tokens(decoder, runner, pipe.layout, pipe.grid, source, regen, label,
                                      cfg.guidance_scale, cfg.sampling, seeds, num_images, k, callback, stop)
         result.images = pipe.decode(result.tokens)
@@ -328,5 +330,40 @@ class EditPipeline:
         return result if return_result else result.images
 
 
-__all__ = ["EditResult", "EditPipeline", "inpaint_cells", "outpaint_cells", "continue_cells", "check_tokens",
-           "complete_tokens", "score_known", "draws_per_image", "to_rgb", "to_mask", "pixels_to_cells", "parse_box"]
+
+# What an edit takes as an image: PIL or an array.
+ImageLike = Union[Image.Image, np.ndarray]
+
+
+class EditCalls:
+    """The editing calls of `Pipeline` (a base class of it), each handed to `EditPipeline`."""
+
+    @property
+    def edit(self) -> EditPipeline:
+        """Editing on this pipeline: inpaint, outpaint, continue_image, edit_tokens."""
+        return EditPipeline(self)
+
+    def inpaint(self, image: ImageLike, mask: ImageLike, class_label: int | str | None = None,
+                **options) -> list[Image.Image] | EditResult:
+        """Regenerate the masked part of `image`: see `EditPipeline.inpaint`."""
+        return self.edit.inpaint(image, mask, class_label, **options)
+
+    def outpaint(self, image: ImageLike, box: tuple[int, int, int, int] | None = None,
+                 class_label: int | str | None = None, *, place: bool = False,
+                 **options) -> list[Image.Image] | EditResult:
+        """Keep `box` and regenerate around it: see `EditPipeline.outpaint`."""
+        return self.edit.outpaint(image, box, class_label, place=place, **options)
+
+    def continue_image(self, image: ImageLike, keep_rows: int, class_label: int | str | None = None,
+                       **options) -> list[Image.Image] | EditResult:
+        """Keep the top `keep_rows` token rows and write the rest: see `EditPipeline.continue_image`."""
+        return self.edit.continue_image(image, keep_rows, class_label, **options)
+
+    def edit_tokens(self, tokens: np.ndarray, regenerate: np.ndarray, class_label: int | str | None = None,
+                    **options) -> EditResult:
+        """The edit on a token grid: see `EditPipeline.edit_tokens`."""
+        return self.edit.edit_tokens(tokens, regenerate, class_label, **options)
+
+
+__all__ = ["EditResult", "EditPipeline", "EditCalls", "ImageLike", "inpaint_cells", "outpaint_cells", "continue_cells",
+           "check_tokens", "complete_tokens", "score_known", "draws_per_image", "to_rgb", "to_mask", "pixels_to_cells", "parse_box"]

@@ -1,21 +1,9 @@
-"""Tokenizer output (float NCHW in [-1, 1]) -> PIL images and contact sheets."""
+"""Contact sheets: PIL images tiled into one (the CLI's `--grid`). Token grids -> images, with the
+8-bit rule (`to_uint8`), live with the tokenizer (runtime/tokenizer.py)."""
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """`[B, C, H, W]` floats in [-1, 1] -> `[B, H, W, C]` uint8 (LlamaGen's mapping)."""
-    x = (np.asarray(images, dtype=np.float32) + 1.0) * 127.5 + 0.5
-    return np.clip(x, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
-
-
-def to_pil(images: np.ndarray) -> list[Image.Image]:
-    arr = to_uint8(images)
-    if arr.shape[-1] == 1:
-        return [Image.fromarray(a[..., 0], mode="L") for a in arr]
-    return [Image.fromarray(a, mode="RGB") for a in arr]
 
 
 def image_grid(images: list[Image.Image], columns: int | None = None, pad: int = 2,

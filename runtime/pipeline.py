@@ -1,65 +1,41 @@
 """`Pipeline`: load a model directory, generate images from class labels (diffusers-style calls).
 
 The generation path: `GenerationConfig` (runtime/config.py) resolved once against the manifest
-names a decoder from the registry (`config.DECODERS`, runtime/decoders.py), which runs on a
-transformer runner lent by the pool (runtime/runners.py) under the one driver (`decoders.drive`)
-and gives one `GenerationResult` (runtime/results.py). `run` and `generate` drain the same step
-stream as `stream`. Editing (`EditPipeline`, runtime/editing.py) and previews (runtime/preview.py)
-sit beside it; neither imports this module. What differs between model families (which decoders
-run, which is the default) is read from the manifest, not chosen by subclass.
+names a decoder from the registry (`config.DECODERS`, runtime/decoders.py) and plans its request
+(`config.plan`); the decoder runs on a transformer runner lent by the loaded model
+(`LoadedModel.lend`, runtime/loaded.py: the graphs, the self-test, the runner pool, low_memory)
+under the one driver (`decoders.drive`) and gives one `GenerationResult` (runtime/results.py),
+whose tokens the tokenizer turns into images (`ImageTokenizer.images`). `run` and `generate` drain
+the same step stream as `stream`. Editing (runtime/editing.py: `EditPipeline`, and `EditCalls`, a
+base class of `Pipeline`) and previews (runtime/preview.py) sit beside it; neither imports this
+module. What differs between model families (which decoders run, which is the default) is read
+from the manifest, not chosen by subclass.
 """
 from __future__ import annotations
 
-import os
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
 import numpy as np
 from PIL import Image
 
-from .compat import check_loadable, disabled_optimizers
-from .config import DECODERS, DEFAULT_MEMORY_BUDGET, GenerationConfig, check_budget, check_int, class_ids, \
-    model_decoders
-from .decoders import CancelState, DecoderRequest, check_callback, drive
-from .editing import EditPipeline, EditResult
-from .errors import InvalidInputError, ModelDirectoryError, TesseraError, first_line
-from .images import to_pil
+from .config import DEFAULT_MEMORY_BUDGET, GenerationConfig, class_ids, model_decoders, plan
+from .decoders import DecoderRequest, check_callback, drive
+from .editing import EditCalls, ImageLike  # noqa: F401 (ImageLike re-exported)
+from .loaded import DEFAULT_CONCURRENCY, LoadedModel, default_model_dir  # noqa: F401 (default_model_dir re-exported)
 from .manifest import Manifest, load_manifest
 from .preview import PreviewRenderer, with_preview
 from .providers import resolve_providers
-from .provider_fit import warn_if_unsuited
 from .results import CancelToken, GenerationResult, Step, StepCallback
-from .runners import RunnerPool
-from .sampling import ImageStreams, SamplingConfig
-from .self_test import verify as verify_self_test
-from .session import active_provider, check_threads, open_session, ort_version, quiet_run_options
-from .tokenizer import DECODE_CHUNK_BYTES, ImageTokenizer
+from .sampling import SamplingConfig
 from .transformer import TransformerRunner
 
-# Generations one Pipeline runs at once from different threads (each with its own KV cache).
-DEFAULT_CONCURRENCY = 4
-LOW_MEMORY_ENV = "TESSERA_LOW_MEMORY"  # Pipeline.load's low_memory when not given
-PIL_IMAGE_OVERHEAD = 4096  # bytes a returned PIL image holds beyond its pixels (object, header; ~1.6 KB measured)
-
-
-# What the public calls take: a class id or name, or a list of them; an image as PIL or an array.
+# What the public calls take: a class id or name, or a list of them.
 ClassLabels = Union[int, str, Sequence[Union[int, str]]]
-ImageLike = Union[Image.Image, np.ndarray]
 
 
-
-
-def default_model_dir() -> Path:
-    """The model shipped inside the package (`tessera.models/default`)."""
-    from tessera.models import default_model_dir as shipped
-
-    return shipped()
-
-
-class Pipeline:
+class Pipeline(EditCalls):
     """Class-conditional image generation from an exported model directory.
 
     >>> pipe = Pipeline.load()                      # the shipped default model
@@ -91,99 +67,28 @@ class Pipeline:
     def __init__(self, manifest: Manifest, providers: list[str], threads: int | None = None,
                  provider_options: dict | None = None, session_options=None,
                  memory_budget: int | None = DEFAULT_MEMORY_BUDGET, max_concurrency: int = DEFAULT_CONCURRENCY,
-                 low_memory: bool = False):
-        threads = check_threads(threads)  # before any session opens
-        self.manifest = manifest
-        self.low_memory = bool(low_memory)
-        spec = manifest.spec
-        installed = ort_version()
-        check_loadable(spec.graphs, installed, manifest.root.name)  # before any session opens
-        warn_if_unsuited(spec.graph("transformer"), providers[0], manifest.root.name)
-
-        def opener(path: Path):
-            graph = next(g for g in spec.graphs if g.file == path.name)
-            return open_session(path, providers, threads, provider_options, session_options,
-                                disabled_optimizers(graph, installed))
-
-        self._pool_size = check_int("max_concurrency", max_concurrency, 1)
-
-        def open_transformer() -> None:
-            session = opener(manifest.graph_path("transformer"))
-            self._transformer = TransformerRunner(session, manifest)  # the first runner of the pool
-            self._runners = RunnerPool(self._transformer, lambda: TransformerRunner(session, manifest),
-                                       self._pool_size)
-
-        self._open_transformer = open_transformer
-        open_transformer()
-        self._self_test(spec.graph("transformer").self_test, manifest)
-        self.tokenizer = ImageTokenizer(manifest, opener)
-        # What really runs each graph: onnxruntime may drop a requested provider (it warns then).
-        self.graph_providers = {"transformer": active_provider(self.transformer.session),
-                                "tokenizer_decoder": active_provider(self.tokenizer.decode_session)}
-        self.providers = list(dict.fromkeys([self.graph_providers["transformer"], *providers]))
-        if self.graph_providers["transformer"] != providers[0]:
-            warn_if_unsuited(spec.graph("transformer"), self.graph_providers["transformer"], manifest.root.name)
+                 low_memory: bool | None = False):
+        # The platform side (runtime/loaded.py): sessions, the self-test, the runner pool, low_memory.
+        self.model = LoadedModel(manifest, providers, threads, provider_options, session_options,
+                                 max_concurrency, low_memory)
+        self.manifest, self.tokenizer = manifest, self.model.tokenizer
+        self.graph_providers, self.providers = self.model.graph_providers, self.model.providers
         self.layout, self.grid = manifest.spec.layout, manifest.spec.grid
         # The decoders this model runs, its default first (its order, from the manifest); assign
         # another tuple of `config.DECODERS` names to time a decoder on a graph not trained for it.
         self.decoders = model_decoders(manifest.spec)
         self.memory_budget = memory_budget
-        self._lock = threading.Lock()  # guards _running, _last_calls and the lazy encoder
-        self._running: set[CancelState] = set()
         self._last_calls = 0
-        if self.low_memory:  # one graph in memory at a time: the tokenizer's opens when images are decoded
-            self.tokenizer.close_decode_session()
 
     @property
-    def edit(self) -> EditPipeline:
-        """Editing on this pipeline: inpaint, outpaint, continue_image, edit_tokens (runtime/editing.py)."""
-        return EditPipeline(self)
+    def low_memory(self) -> bool:
+        """One graph in memory at a time (`Pipeline.load(low_memory=...)`)."""
+        return self.model.low_memory
 
     @property
     def transformer(self) -> TransformerRunner:
         """The first runner of the pool (reopened here if low_memory closed it)."""
-        return self._transformer_phase()._transformer
-
-    def _transformer_phase(self) -> "Pipeline":
-        """low_memory: the tokenizer's decode session goes and the transformer comes back before a generation."""
-        if self.low_memory and self._runners is None:
-            with self._lock:
-                self.tokenizer.close_decode_session()
-                if self._runners is None:
-                    self._open_transformer()
-        return self
-
-    def _decode_phase(self) -> None:
-        """low_memory: close the transformer (weights, arena, KV cache) before images are decoded,
-        unless a generation on another thread still uses it."""
-        if self.low_memory:
-            with self._lock:
-                if not self._running:
-                    self._transformer = self._runners = None
-
-    def _self_test(self, entry, manifest: Manifest) -> None:
-        """The graph must compute what the manifest describes (runtime/self_test.py): one small call."""
-        runner = self.transformer
-
-        def run(ids, positions, mask):
-            runner.start(ids.shape[0], ids.shape[1])
-            return runner(ids, positions, mask)
-
-        runner.run_options = quiet_run_options()
-        try:
-            verify_self_test(entry, run, manifest.layout, manifest.grid, manifest.root.name)
-        except TesseraError:
-            raise
-        except Exception as e:  # onnxruntime's own error types: the graph cannot run as the manifest says
-            graph = manifest.spec.graph("transformer")
-            raise ModelDirectoryError(
-                f"{manifest.root.name}: its transformer graph ({graph.file}) fails the load's probe call under "
-                f"the manifest's description (kind {graph.kind or '?'}, kv_cache {graph.kv_cache or '?'}): "
-                f"{first_line(e)}. The graph file was replaced by another kind of graph (e.g. a portable one in a "
-                "fused model directory) or the manifest was edited; re-export the model") from None
-        finally:
-            runner.run_options = None
-            runner.release()
+        return self.model.transformer
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, providers: str | list[str] = "auto",
@@ -213,15 +118,13 @@ class Pipeline:
         `pipe.graph_providers` names the provider that runs each graph.
         """
         manifest = load_manifest(model_dir if model_dir is not None else default_model_dir(), verify=verify)
-        if low_memory is None:
-            low_memory = os.environ.get(LOW_MEMORY_ENV, "0").strip() not in ("", "0")
         return cls(manifest, resolve_providers(providers), threads, provider_options, session_options,
-                              memory_budget, max_concurrency, low_memory)
+                   memory_budget, max_concurrency, low_memory)
 
     # --- options ----------------------------------------------------------------------------
     @property
     def class_names(self) -> list[str]:
-        return self.manifest.class_names
+        return self.manifest.spec.class_names
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -240,38 +143,17 @@ class Pipeline:
 
     def labels(self, class_labels: ClassLabels, num_images_per_class: int = 1) -> np.ndarray:
         """Class ids or names -> ids `[len(labels) * num_images_per_class]`, label-major."""
-        return class_ids(class_labels, num_images_per_class, self.manifest.class_id, self.manifest.num_classes)
+        spec = self.manifest.spec
+        return class_ids(class_labels, num_images_per_class, spec.classes.class_id, spec.num_classes)
 
     def grid_size(self, grid: int | tuple[int, int] | None) -> tuple[int, int]:
         """The token grid to generate: the trained one, or a larger one within the rotary table."""
         return self.config(grid=grid).grid
 
     def _plan(self, class_labels, config: GenerationConfig | None, options: dict):
-        """Validate everything and check the memory budget before anything is allocated."""
+        """Validate everything and check the memory budget before anything is allocated (`config.plan`)."""
         cfg = self.config(config, **options)
-        decoder = DECODERS[cfg.decoder].from_config(cfg)
-        listed = isinstance(class_labels, (list, tuple)) or (isinstance(class_labels, np.ndarray)
-                                                             and class_labels.ndim > 0)
-        count = len(class_labels) if listed else 1  # the labels are checked after the budget
-        check_budget("generate", count * cfg.num_images_per_class, cfg.guided, cfg.grid, self.manifest.spec.transformer,
-                     self.layout.vocab_size, self.memory_budget, decoder.queries(cfg.grid))
-        labels = self.labels(class_labels, cfg.num_images_per_class)
-        streams = ImageStreams(cfg.seeds(labels.shape[0]), cfg.grid[0] * cfg.grid[1])
-        return cfg, DecoderRequest(labels, cfg.grid, cfg.guidance_scale, cfg.sampling, streams), decoder
-
-    # --- the core: lend a runner, drive a decoder ----------------------------------------------
-    @contextmanager
-    def lend_runner(self, cancel: CancelToken | None):
-        """A runner lent for one generation, and its cancel state (registered for `interrupt`)."""
-        stop = CancelState(cancel)
-        with self._transformer_phase()._runners.borrow() as runner:
-            with self._lock:
-                self._running.add(stop)
-            try:
-                yield runner, stop
-            finally:
-                with self._lock:
-                    self._running.discard(stop)
+        return (cfg, *plan(cfg, class_labels, self.manifest.spec, self.memory_budget))
 
     def _steps(self, cfg: GenerationConfig, request: DecoderRequest, decoder, cancel, callback, decode_images: bool,
                renderer=None, frames: list | None = None) -> Iterator[Step]:
@@ -279,14 +161,14 @@ class Pipeline:
         one `Step` per decision with the preview frame the callback rendered into `frames`, if any;
         always a last `Step` with the result and its images."""
         total = request.cells
-        with self.lend_runner(cancel) as (runner, stop):
+        with self.model.lend(cancel) as (runner, stop):
             state = decoder.start(request)
             for step in drive(decoder, runner, self.layout, request, state, callback, stop):
                 if frames is not None and step < total:
                     yield Step(step, total, state.view(step).copy(), frames.pop() if frames else None)
                     frames.clear()
             result = state.result(decoder, request)
-        with self._lock:
+        with self.model.lock:
             self._last_calls = result.calls
         result.config = cfg
         if decode_images:
@@ -300,11 +182,7 @@ class Pipeline:
     def interrupt(self) -> int:
         """Cancel every generation running on this pipeline now (from any thread); each raises
         `GenerationCancelled` within one step. Later calls are not affected. Returns how many."""
-        with self._lock:
-            running = list(self._running)
-        for stop in running:
-            stop.cancel()
-        return len(running)
+        return self.model.interrupt()
 
     # --- the calls ------------------------------------------------------------------------------
     def run(self, class_labels: ClassLabels, config: GenerationConfig | None = None, *,
@@ -325,7 +203,7 @@ class Pipeline:
             InvalidInputError: an option out of range or of the wrong type, or over the memory budget.
             GenerationCancelled: stopped by `cancel`, `interrupt()` or the callback.
         """
-        cfg, request, decoder = self._plan(class_labels, config, options)
+        cfg, decoder, request = self._plan(class_labels, config, options)
         check_callback(callback)
         renderer = None
         if preview is not None or preview_every is not None:  # live previews: runtime/preview.py
@@ -348,7 +226,7 @@ class Pipeline:
         ...     if step.images: show(step.images[0])
         >>> step.result.images
         """
-        cfg, request, decoder = self._plan(class_labels, config, options)
+        cfg, decoder, request = self._plan(class_labels, config, options)
         frames: list = []
         renderer = None if preview_every is None else PreviewRenderer(
             self.tokenizer, cfg.grid, lambda s, t, ims: frames.append(ims), preview_every, render_last=False)
@@ -413,76 +291,8 @@ class Pipeline:
     def decode(self, tokens: np.ndarray, tile: int | None = None) -> list[Image.Image]:
         """Token grids `[N, h, w]` -> images; `tile` (an integer >= 1, token cells per side) decodes
         large grids tile by tile to bound peak memory."""
-        if tile is not None:
-            tile = check_int("tile", tile, 1, note=" (token cells per side; None decodes whole grids)")
-        codes = np.asarray(tokens) if not isinstance(tokens, np.ndarray) else tokens
-        if codes.ndim == 2:
-            codes = codes[None]
-        if codes.ndim != 3 or codes.size == 0 or not np.issubdtype(codes.dtype, np.integer):
-            raise InvalidInputError(f"tokens must be a non-empty integer array [N, h, w] of codes, got "
-                                    f"{codes.dtype} {codes.shape}")
-        size = self.tokenizer.codebook_size
-        if codes.min() < 0 or codes.max() >= size:
-            raise InvalidInputError(f"token codes must lie in 0..{size - 1}, got {codes.min()}..{codes.max()}")
-        limit = self.layout.rope_grid * 4
-        n, h, w = codes.shape
-        if h > limit or w > limit:
-            raise InvalidInputError(f"a token grid of {h}x{w} is larger than this model decodes (at most {limit} "
-                                    "per side)")
-        # Memory: one decoder call's activations (a chunk of grids, or of their tiles, with the chunk's
-        # whole float images when tiled) plus every image returned.
-        ds, channels = self.tokenizer.downsample, self.manifest.spec.image.channels
-        pixels = h * w * ds * ds * channels
-        per_image = self.tokenizer.decode_bytes(min(tile, h), min(tile, w)) + 4 * pixels if tile \
-            else self.tokenizer.decode_bytes(h, w)
-        per_result = pixels + PIL_IMAGE_OVERHEAD  # a uint8 PIL image
-        budget = self.memory_budget
-        chunk = max(1, (DECODE_CHUNK_BYTES if budget is None else min(DECODE_CHUNK_BYTES, budget)) // per_image)
-        if budget is not None and min(n, chunk) * per_image + n * per_result > budget:
-            if per_image + per_result > budget:
-                smaller = max(1, (tile or min(h, w)) // 2)
-                raise InvalidInputError(
-                    f"decoding one grid of {h}x{w}{f' in tiles of {tile}' if tile else ''} would need about "
-                    f"{(per_image + per_result) / 2**30:.2f} GiB, over the memory budget of {budget / 2**30:.2f} GiB; "
-                    f"decode it in smaller tiles (tile={smaller}) or raise the budget with "
-                    "Pipeline.load(..., memory_budget=BYTES) / pipe.memory_budget = BYTES")
-            most = max(1, (budget - chunk * per_image) // per_result)
-            raise InvalidInputError(
-                f"decoding {n} grids of {h}x{w} would return about {n * per_result / 2**30:.2f} GiB of images, "
-                f"over the memory budget of {budget / 2**30:.2f} GiB; decode at most {most} grids per call, or "
-                "raise the budget with Pipeline.load(..., memory_budget=BYTES) / pipe.memory_budget = BYTES")
-        self._decode_phase()
-        images: list[Image.Image] = []
-        for start in range(0, n, chunk):
-            part = codes[start:start + chunk]
-            arr = self.tokenizer.decode_tiled(part, tile) if tile else self.tokenizer.decode(part, chunk=len(part))
-            images.extend(to_pil(arr))
-            del arr
-        return images
+        return self.tokenizer.images(tokens, tile, self.memory_budget, self.model.decode_phase)
 
     def release(self) -> None:
         """Free the idle runners' KV caches (the next generation allocates anew)."""
-        if self._runners is not None:
-            self._runners.release()
-
-    # --- editing: `EditPipeline` (runtime/editing.py) on this pipeline ---------------------------
-    def inpaint(self, image: ImageLike, mask: ImageLike, class_label: int | str | None = None,
-                **options) -> list[Image.Image] | EditResult:
-        """Regenerate the masked part of `image`: see `EditPipeline.inpaint`."""
-        return self.edit.inpaint(image, mask, class_label, **options)
-
-    def outpaint(self, image: ImageLike, box: tuple[int, int, int, int] | None = None,
-                 class_label: int | str | None = None, *, place: bool = False,
-                 **options) -> list[Image.Image] | EditResult:
-        """Keep `box` and regenerate around it: see `EditPipeline.outpaint`."""
-        return self.edit.outpaint(image, box, class_label, place=place, **options)
-
-    def continue_image(self, image: ImageLike, keep_rows: int, class_label: int | str | None = None,
-                       **options) -> list[Image.Image] | EditResult:
-        """Keep the top `keep_rows` token rows and write the rest: see `EditPipeline.continue_image`."""
-        return self.edit.continue_image(image, keep_rows, class_label, **options)
-
-    def edit_tokens(self, tokens: np.ndarray, regenerate: np.ndarray, class_label: int | str | None = None,
-                    **options) -> EditResult:
-        """The edit on a token grid: see `EditPipeline.edit_tokens`."""
-        return self.edit.edit_tokens(tokens, regenerate, class_label, **options)
+        self.model.release()

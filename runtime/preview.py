@@ -22,7 +22,7 @@ from PIL import Image
 
 from .errors import InvalidInputError
 from .results import StepCallback
-from .images import to_uint8
+from .tokenizer import to_uint8
 
 # preview(step, total, images) -> None
 PreviewCallback = Callable[[int, int, "list[Image.Image]"], None]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import PurePosixPath, PureWindowsPath
 
-from .errors import ModelDirectoryError
+from .errors import InvalidInputError, ModelDirectoryError
 from .versions import release_numbers
 
 MANIFEST_NAME = "tessera.json"
@@ -188,10 +188,82 @@ class ImageSpec:
 
 @dataclass(frozen=True)
 class ClassesSpec:
+    """The class names (`classes.names`, one per class id) and how a label given by a user resolves."""
+
     names: tuple[str, ...]
 
     def to_dict(self) -> dict:
         return {"names": list(self.names)}
+
+    def class_id(self, label: int | str) -> int:
+        """A class id or name -> id, or an error listing the valid ones. Names match ignoring case,
+        surrounding spaces, runs of spaces and `_` for a space ("Golden_Retriever" = "golden retriever");
+        an exact match wins over a looser one. A string of digits is an id, unless it is also the name of
+        another class: then it is ambiguous (an error) and "id:5" or "name:5" says which is meant."""
+        names = self.names
+        if isinstance(label, str):
+            text = label.strip()
+            prefix, _, rest = text.partition(":")
+            if label not in names and prefix.lower() in ("id", "name") and rest.strip():
+                if prefix.lower() == "name":
+                    return self._named(rest.strip(), label)
+                label = rest.strip()  # id:5
+                if not label.lstrip("-").isdigit():
+                    raise InvalidInputError(f"class label {text!r}: id: takes an integer id "
+                                            f"(0..{len(self.names) - 1})")
+            elif not text.lstrip("-").isdigit():
+                return self._named(label, label)
+            else:  # digits: an id, unless a name says otherwise
+                idx, named = int(text), self._find_name(label)
+                if named is not None and named != idx:
+                    if 0 <= idx < len(self.names):
+                        raise InvalidInputError(
+                            f"class label {text!r} is ambiguous in this model: class id {idx} ({names[idx]!r}) or "
+                            f"the class named {text!r} (id {named}); write id:{text} or name:{text}")
+                    return named  # the id reading is out of range: only the name fits
+        try:
+            idx = int(label)
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"class label {label!r} is neither an id nor a name") from None
+        if not 0 <= idx < len(self.names):
+            raise InvalidInputError(
+                f"class id {idx} is out of range: this model has classes 0..{len(self.names) - 1}"
+                + (f" ({', '.join(names[:10])}{' ...' if len(names) > 10 else ''})" if names else "")
+            )
+        return idx
+
+    def _find_name(self, label: str) -> int | None:
+        """The id whose name is `label` (exactly, else loosely: see `class_id`), or None."""
+        names = self.names
+        if label in names:
+            return names.index(label)
+        key = _name_key(label)
+        keys = [_name_key(n) for n in names]
+        return keys.index(key) if key in keys else None
+
+    def _named(self, label: str, given: str) -> int:
+        found = self._find_name(label)
+        if found is not None:
+            return found
+        names = self.names
+        key = _name_key(label)
+        near = [f"{i}={n}" for i, n in enumerate(names) if key and key in _name_key(n)][:10]
+        if near:
+            raise InvalidInputError(f"unknown class name {given!r}; did you mean: {', '.join(near)}")
+        shown = ", ".join(f"{i}={n}" for i, n in enumerate(names[:20]))
+        raise InvalidInputError(f"unknown class name {given!r}; valid classes: {shown}"
+                                + (" ..." if len(names) > 20 else ""))
+
+    def ambiguous_names(self) -> list[tuple[int, str]]:
+        """Classes whose name is the digits of another class's id (`class_id` asks which is meant)."""
+        n = len(self.names)
+        return [(i, name) for i, name in enumerate(self.names)
+                if name.strip().lstrip("-").isdigit() and int(name.strip()) != i and 0 <= int(name.strip()) < n]
+
+
+def _name_key(name: str) -> str:
+    """A class name as `class_id` compares it: lower case, `_` as a space, single spaces, no ends."""
+    return " ".join(name.replace("_", " ").lower().split())
 
 
 @dataclass(frozen=True)

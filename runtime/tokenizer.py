@@ -1,15 +1,17 @@
-"""The VQ tokenizer graphs: codes -> images (decoder) and images -> codes (encoder)."""
+"""The VQ tokenizer graphs: codes -> images (decoder) and images -> codes (encoder); token grids ->
+PIL images (`ImageTokenizer.images`: the checks, the memory budget, chunks or tiles, the 8-bit rule)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
+from PIL import Image
 
+from .config import check_int
 from .errors import InvalidInputError, ModelDirectoryError, check_finite
 from .manifest import Manifest
 from .spec import TensorSig, check_session
-from .session import quiet_run_options
 
 SessionFactory = Callable[[Path], object]
 
@@ -20,15 +22,33 @@ ACTIVATION_FACTOR = 16
 # Bytes of activations one decoder call may plan: a larger batch is decoded in chunks of this size, so
 # thousands of grids take the memory of a few hundred (a chunk holds at least one image).
 DECODE_CHUNK_BYTES = 256 << 20
+PIL_IMAGE_OVERHEAD = 4096  # bytes a returned PIL image holds beyond its pixels (object, header; ~1.6 KB measured)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """`[B, C, H, W]` floats in [-1, 1] -> `[B, H, W, C]` uint8 (LlamaGen's mapping)."""
+    x = (np.asarray(images, dtype=np.float32) + 1.0) * 127.5 + 0.5
+    return np.clip(x, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def to_pil(images: np.ndarray) -> list[Image.Image]:
+    arr = to_uint8(images)
+    if arr.shape[-1] == 1:
+        return [Image.fromarray(a[..., 0], mode="L") for a in arr]
+    return [Image.fromarray(a, mode="RGB") for a in arr]
 
 
 class ImageTokenizer:
-    """The decode session opens at load; the encoder (editing only) opens on first use."""
+    """The decode session opens at load; the encoder (editing only) opens on first use. Sessions come
+    from `open_session` (runtime/loaded.py opens them on onnxruntime), so this module imports no
+    onnxruntime: `to_uint8` and the image rules serve the previews of a process without it.
+    `probe_options()` gives the run options of the load's probe call (quiet: its failure becomes one line)."""
 
-    def __init__(self, manifest: Manifest, open_session: SessionFactory):
+    def __init__(self, manifest: Manifest, open_session: SessionFactory,
+                 probe_options: Callable[[], Any] = lambda: None):
         self.manifest = manifest
         self.spec = spec = manifest.spec
-        self._open = open_session
+        self._open, self._probe_options = open_session, probe_options
         self.codebook_size = spec.transformer.vocab_size  # the decoder's codes are the transformer's
         self.downsample = spec.tokenizer.downsample
         self.precision = spec.graph("tokenizer_decoder").precision  # the variant the manifest records
@@ -58,7 +78,7 @@ class ImageTokenizer:
         codes = np.array([[[0, size - 1], [size // 2, 1 % size]]], np.int64)
         name = self.spec.graph("tokenizer_decoder").inputs[0]
         try:
-            image = decoder.run(None, {name: codes}, quiet_run_options())[0]
+            image = decoder.run(None, {name: codes}, self._probe_options())[0]
         except Exception as e:  # onnxruntime's own error types
             text = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
             raise self._swapped("tokenizer_decoder", f"it fails on codes 0..{size - 1} of the manifest's codebook "
@@ -177,6 +197,58 @@ class ImageTokenizer:
                 out[:, :, a0 * ds:a1 * ds, b0 * ds:b1 * ds] = img[:, :, (a0 - y0) * ds:(a1 - y0) * ds,
                                                                   (b0 - x0) * ds:(b1 - x0) * ds]
         return out
+
+    def images(self, tokens: np.ndarray, tile: int | None = None, memory_budget: int | None = None,
+               before_decode: Callable[[], None] | None = None) -> list[Image.Image]:
+        """Token grids `[N, h, w]` (or one `[h, w]`) -> PIL images, after checking the codes, the grid
+        size and `memory_budget` (bytes: one decoder call's activations plus every image returned);
+        `tile` decodes large grids tile by tile. `before_decode` runs once the checks pass (low_memory
+        closes the transformer there)."""
+        if tile is not None:
+            tile = check_int("tile", tile, 1, note=" (token cells per side; None decodes whole grids)")
+        codes = np.asarray(tokens) if not isinstance(tokens, np.ndarray) else tokens
+        if codes.ndim == 2:
+            codes = codes[None]
+        if codes.ndim != 3 or codes.size == 0 or not np.issubdtype(codes.dtype, np.integer):
+            raise InvalidInputError(f"tokens must be a non-empty integer array [N, h, w] of codes, got "
+                                    f"{codes.dtype} {codes.shape}")
+        size = self.codebook_size
+        if codes.min() < 0 or codes.max() >= size:
+            raise InvalidInputError(f"token codes must lie in 0..{size - 1}, got {codes.min()}..{codes.max()}")
+        limit = self.spec.layout.rope_grid * 4
+        n, h, w = codes.shape
+        if h > limit or w > limit:
+            raise InvalidInputError(f"a token grid of {h}x{w} is larger than this model decodes (at most {limit} "
+                                    "per side)")
+        # Memory: one decoder call's activations (a chunk of grids, or of their tiles, with the chunk's
+        # whole float images when tiled) plus every image returned.
+        pixels = h * w * self.downsample ** 2 * self.spec.image.channels
+        per_image = self.decode_bytes(min(tile, h), min(tile, w)) + 4 * pixels if tile else self.decode_bytes(h, w)
+        per_result = pixels + PIL_IMAGE_OVERHEAD  # a uint8 PIL image
+        budget = memory_budget
+        chunk = max(1, (DECODE_CHUNK_BYTES if budget is None else min(DECODE_CHUNK_BYTES, budget)) // per_image)
+        if budget is not None and min(n, chunk) * per_image + n * per_result > budget:
+            if per_image + per_result > budget:
+                smaller = max(1, (tile or min(h, w)) // 2)
+                raise InvalidInputError(
+                    f"decoding one grid of {h}x{w}{f' in tiles of {tile}' if tile else ''} would need about "
+                    f"{(per_image + per_result) / 2**30:.2f} GiB, over the memory budget of {budget / 2**30:.2f} GiB; "
+                    f"decode it in smaller tiles (tile={smaller}) or raise the budget with "
+                    "Pipeline.load(..., memory_budget=BYTES) / pipe.memory_budget = BYTES")
+            most = max(1, (budget - chunk * per_image) // per_result)
+            raise InvalidInputError(
+                f"decoding {n} grids of {h}x{w} would return about {n * per_result / 2**30:.2f} GiB of images, "
+                f"over the memory budget of {budget / 2**30:.2f} GiB; decode at most {most} grids per call, or "
+                "raise the budget with Pipeline.load(..., memory_budget=BYTES) / pipe.memory_budget = BYTES")
+        if before_decode is not None:
+            before_decode()
+        images: list[Image.Image] = []
+        for start in range(0, n, chunk):
+            part = codes[start:start + chunk]
+            arr = self.decode_tiled(part, tile) if tile else self.decode(part, chunk=len(part))
+            images.extend(to_pil(arr))
+            del arr
+        return images
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """images `[B, 3, H, W]` in [-1, 1], H and W multiples of the downsampling -> codes `[B, h, w]`."""

@@ -144,7 +144,7 @@ def test_runtime_gives_the_reference_tokens(ao_any_pipe, ao_model, guidance, ste
     sampling = SamplingConfig(1.0, 16, 1.0)
     want = generate_tokens_any_order(ao_model, labels, steps, order, guidance, sampling, seed=5)
     request = DecoderRequest(labels, (4, 4), guidance, sampling, ImageStreams((5, 6, 7), 16))
-    with ao_any_pipe._runners.borrow() as runner:
+    with ao_any_pipe.model.runners.borrow() as runner:
         result = run_decoder(AnyOrderDecoder(steps, order), runner, ao_any_pipe.layout, request)
         assert runner.length == 1 + 16 - cosine_counts(16, steps)[-1]  # class + fed codes: no query
     np.testing.assert_array_equal(result.tokens, want)
@@ -180,7 +180,7 @@ def test_changing_a_query_never_changes_later_logits(ao_pipe):
     positions = layout.cell_position(np.arange(16) // 4, np.arange(16) % 4).astype(np.int64)
     outs = []
     for first_query in (layout.query_token_id, 5):
-        with ao_pipe._runners.borrow() as runner:
+        with ao_pipe.model.runners.borrow() as runner:
             runner.start(1, 20)
             AnyOrderDecoder._call(runner, layout.class_ids(np.array([[3]])), np.zeros((1, 1), np.int64),
                                   groups[0], positions, first_query, 1)

@@ -141,12 +141,11 @@ def test_outpaint_box_nan_or_infinite(tiny_pipe, box):
 def test_decode_of_many_grids_runs_in_chunks_with_the_images_of_one_call(tiny_pipe, monkeypatch):
     """Thousands of grids are decoded a bounded chunk at a time: each decoder call stays within the
     chunk, and the images are those of one call."""
-    from tessera.runtime import pipeline as pipeline_mod, tokenizer as tokenizer_mod
+    from tessera.runtime import tokenizer as tokenizer_mod
 
     codes = np.random.default_rng(0).integers(0, 64, (50, 4, 4))
     want = [np.asarray(im) for im in tiny_pipe.decode(codes)]
     per = tiny_pipe.tokenizer.decode_bytes(4, 4)
-    monkeypatch.setattr(pipeline_mod, "DECODE_CHUNK_BYTES", 7 * per)
     monkeypatch.setattr(tokenizer_mod, "DECODE_CHUNK_BYTES", 7 * per)
     batches = []
     decoder = tiny_pipe.tokenizer.decode_session

@@ -15,7 +15,7 @@ class CountingRunner:
 
     def __init__(self, pipe):
         self.calls = 0
-        for runner in pipe._runners.runners:
+        for runner in pipe.model.runners.runners:
             original = runner._run_shared if runner.shared else None
             if original is None:
                 continue

@@ -77,9 +77,9 @@ def test_too_old_onnxruntime_is_one_line_naming_found_needed_and_fix(batched_dir
     assert "--target-onnxruntime 1.31.1" in msg  # the fix: re-export for this build
     check_loadable(graphs, "1.32.0", "tiny")
     # Through Pipeline.load, before any session opens.
-    import tessera.runtime.pipeline as pipeline_module
+    import tessera.runtime.loaded as loaded_module  # where the graphs open
 
-    monkeypatch.setattr(pipeline_module, "ort_version", lambda: "1.27.0")
+    monkeypatch.setattr(loaded_module, "ort_version", lambda: "1.27.0")
     with pytest.raises(ModelDirectoryError, match="1.27.0 is installed"):
         Pipeline.load(batched_dir, providers="cpu")
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tessera.runtime import spec as spec_module
-from tessera.runtime.images import to_uint8
+from tessera.runtime.tokenizer import to_uint8
 from tessera.runtime.manifest import load_manifest
 from tessera.runtime.sampling import SamplingConfig, sample
 from tessera.runtime.schedule import cosine_counts

@@ -27,7 +27,7 @@ def exact_first_two(pipe, label: int) -> np.ndarray:
     pos0 = int(cell_positions(layout, GRID)[0])
     v = layout.vocab_size
     joint = np.zeros((v, v))
-    with pipe._runners.borrow() as runner:
+    with pipe.model.runners.borrow() as runner:
         runner.start(2, 3)
         p0 = probabilities(apply_guidance(runner(rows, np.zeros((2, 1), np.int64), np.ones((2, 1, 1), bool))[:, 0],
                                           1, SAMPLED["guidance_scale"]), cfg)[0]
@@ -125,7 +125,7 @@ def test_fewer_calls_and_the_cache_holds_the_decided_cells(tiny_pipe):
     layout, n = tiny_pipe.layout, 16
     request = DecoderRequest(np.array([5]), (4, 4), 2.0, SamplingConfig(1.0, 3, 1.0), ImageStreams([7], n))
     seen = []
-    with tiny_pipe._runners.borrow() as runner:
+    with tiny_pipe.model.runners.borrow() as runner:
         def check(step, total, tokens):
             seen.append(step)
             assert runner.length == step and (tokens[0, :step] >= 0).all() and (tokens[0, step:] == -1).all()

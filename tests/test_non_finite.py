@@ -62,7 +62,7 @@ class _NaNSession:
 
 def test_nan_outputs_stop_generation_and_decoding_with_a_clear_error(portable_dir):
     pipe = Pipeline.load(portable_dir, providers="cpu", max_concurrency=1)
-    (runner,) = pipe._runners.runners  # the portable graph's runner calls session.run
+    (runner,) = pipe.model.runners.runners  # the portable graph's runner calls session.run
     runner.session = _NaNSession(runner.session)
     with pytest.raises(NonFiniteOutputError, match="the transformer graph produced NaN"):
         pipe.generate_tokens([1], seed=0)

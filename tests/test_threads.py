@@ -32,7 +32,7 @@ def test_threads_on_one_pipeline_equal_sequential_calls(any_dir, max_concurrency
             got = list(ex.map(lambda kw: _run(pipe, kw), CALLS * 2))
         for a, b in zip(got, want * 2):
             np.testing.assert_array_equal(a, b)
-    assert len(pipe._runners.runners) <= max_concurrency
+    assert len(pipe.model.runners.runners) <= max_concurrency
 
 
 def test_images_and_edits_from_threads(tiny_pipe):

@@ -123,11 +123,11 @@ def test_low_memory_pipeline_gives_the_same_images(tiny_dir, tiny_pipe):
     assert pipe.tokenizer._decode_session is None  # checked at load, then closed
     for seed in (0, 1):
         images = pipe.generate([3, 7], seed=seed)
-        assert pipe._runners is None and pipe.tokenizer._decode_session is not None  # the decode session's turn
+        assert pipe.model.runners is None and pipe.tokenizer._decode_session is not None  # the decode session's turn
         expected = tiny_pipe.generate([3, 7], seed=seed)
         assert [np.asarray(a).tobytes() for a in images] == [np.asarray(b).tobytes() for b in expected]
     tokens = pipe.generate_tokens([5], seed=4)  # reopened on demand, the decode session closed
-    assert pipe._runners is not None and pipe.tokenizer._decode_session is None
+    assert pipe.model.runners is not None and pipe.tokenizer._decode_session is None
     assert np.array_equal(tokens, tiny_pipe.generate_tokens([5], seed=4))
     assert pipe.transformer.session is not None
 
