@@ -2,7 +2,8 @@
 // (pool of 4 uint32 words) seeding PCG64 (128-bit LCG, XSL-RR output), doubles (x >> 11) * 2^-53.
 // A seed names an image on every host, so this must match numpy exactly.
 
-const M32 = 0xffffffff;
+import { InvalidInputError } from "./errors.js";
+
 const INIT_A = 0x43b0d7e5, MULT_A = 0x931e8875, INIT_B = 0x8b51f9dd, MULT_B = 0x58f38ded;
 const MIX_MULT_L = 0xca01f9dd, MIX_MULT_R = 0x4973f715;
 const POOL = 4;
@@ -130,7 +131,7 @@ export class ImageStreams {
  */
 export function imageSeeds(seed, count) {
   if (Array.isArray(seed)) {
-    if (seed.length !== count) throw new RangeError(`seed: ${seed.length} seeds for ${count} images; give one per image or one int`);
+    if (seed.length !== count) throw new InvalidInputError(`seed: ${seed.length} seeds for ${count} images; give one per image or one int`);
     seed.forEach(checkSeed);
     return seed.slice();
   }
@@ -140,6 +141,6 @@ export function imageSeeds(seed, count) {
 
 function checkSeed(/** @type {unknown} */ s) {
   if (!Number.isSafeInteger(s) || /** @type {number} */ (s) < 0) {
-    throw new RangeError(`seed must be an int >= 0, got ${String(s)}`);
+    throw new InvalidInputError(`seed must be an int >= 0, got ${String(s)}`);
   }
 }
