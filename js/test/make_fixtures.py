@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -74,17 +76,17 @@ def plan_cases() -> list[dict]:
     return cases
 
 
-def token_cases() -> dict:
+def token_cases(model_dir: Path = ROOT / "models" / "default", pixels: bool = True) -> dict:
     from tessera.runtime.pipeline import Pipeline
 
-    pipe = Pipeline.load(ROOT / "models" / "default", providers="cpu")
+    pipe = Pipeline.load(model_dir, providers="cpu")
     classes = list(range(len(pipe.manifest.spec.class_names)))
     out: dict = {"greedy": [], "sampled": [], "pixels": []}
     for seed in range(10):
         for mode, temperature in (("greedy", 0.0), ("sampled", None)):
             tokens = pipe.generate_tokens(classes, temperature=temperature, seed=[seed] * len(classes))
             out[mode].append({"seed": seed, "tokens": tokens.tolist()})
-            if seed < 2:
+            if pixels and seed < 2:
                 for c, img in enumerate(pipe.decode(tokens[:3])):
                     px = np.asarray(img, dtype=np.uint8)
                     out["pixels"].append({"mode": mode, "seed": seed, "class": c, "shape": list(px.shape),
@@ -92,10 +94,35 @@ def token_cases() -> dict:
     return out
 
 
+def export_anyorder(out: Path) -> None:
+    """The shipped any-order model re-exported for onnxruntime 1.22 (the form onnxruntime-node 1.31 loads;
+    the shipped graphs need 1.32). Deterministic: the same bytes every run. .ci/run makes the same
+    directory for the JS tests (TESSERA_JS_ANYORDER)."""
+    from tessera.cli.main import main
+
+    code = main(["export", "--from", str(ROOT / "models" / "anyorder"), "--out", str(out), "--target-onnxruntime", "1.22", "-q"])
+    if code:
+        raise SystemExit(f"re-exporting models/anyorder failed (exit {code})")
+
+
+def anyorder_cases() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "anyorder-1.22"
+        export_anyorder(out)
+        cases = token_cases(out, pixels=False)
+        from tessera.runtime.pipeline import Pipeline
+
+        pipe = Pipeline.load(out, providers="cpu")
+        cases["steps"] = [{"classes": [3, 5], "seed": 7, "steps": s, "tokens": pipe.generate_tokens([3, 5], seed=7, steps=s).tolist()}
+                          for s in (1, 4, 49)]
+        cases["transformer_sha256"] = hashlib.sha256((out / "transformer.onnx").read_bytes()).hexdigest()
+    return cases
+
+
 def fixtures() -> dict:
     """Everything the JS tests compare against, as one JSON-ready dict."""
     return {"rng": rng_cases(), "sampler": sampler_cases(), "guidance": guidance_cases(), "plans": plan_cases(),
-            "model": "models/default", **token_cases()}
+            "model": "models/default", **token_cases(), "anyorder": anyorder_cases()}
 
 
 def dumps(data: dict) -> str:
@@ -103,6 +130,9 @@ def dumps(data: dict) -> str:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--export-anyorder"]:  # .ci/run: the any-order directory the JS tests read
+        export_anyorder(Path(sys.argv[2]))
+        sys.exit(0)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(dumps(fixtures()))
     print(f"wrote {OUT} ({OUT.stat().st_size} bytes)")
