@@ -71,7 +71,8 @@ export class Pipeline {
   /**
    * Checks and opens a model directory: manifest, checksums, onnxruntime version, graph I/O, self-test.
    * @param {string} dir
-   * @param {{executionProviders?: string[]}} [options] onnxruntime-node providers (default ["cpu"])
+   * @param {{executionProviders?: string[], threads?: number}} [options] onnxruntime-node providers
+   *   (default ["cpu"]); threads: intra-op threads per graph (default: onnxruntime's choice)
    * @returns {Promise<Pipeline>}
    */
   static async load(dir, options = {}) {
@@ -85,10 +86,14 @@ export class Pipeline {
     }
     const providers = options.executionProviders ?? ["cpu"];
     if (!Array.isArray(providers) || !providers.length) throw new InvalidInputError("executionProviders must be a non-empty list such as [\"cpu\"]");
+    const threads = options.threads;
+    if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1)) throw new InvalidInputError(`threads must be an int >= 1, got ${threads}`);
+    /** @type {ort.InferenceSession.SessionOptions} */
+    const sessionOptions = { executionProviders: providers, graphOptimizationLevel: "all", executionMode: "sequential", interOpNumThreads: 1, ...(threads ? { intraOpNumThreads: threads } : {}) };
     const open = async (/** @type {string} */ g) => {
       const file = await insidePath(dir, m.graphs[g].file);
       try {
-        return await ort.InferenceSession.create(file, { executionProviders: providers, graphOptimizationLevel: "all" });
+        return await ort.InferenceSession.create(file, sessionOptions);
       } catch (e) {
         const msg = String(/** @type {Error} */ (e).message).split("\n")[0];
         if (/provider/i.test(msg)) throw new ProviderError(`execution providers ${JSON.stringify(providers)}: ${msg}; use ["cpu"] or install onnxruntime-node with that provider`);
