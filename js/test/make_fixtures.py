@@ -94,35 +94,56 @@ def token_cases(model_dir: Path = ROOT / "models" / "default", pixels: bool = Tr
     return out
 
 
-def export_anyorder(out: Path) -> None:
-    """The shipped any-order model re-exported for onnxruntime 1.22 (the form onnxruntime-node 1.31 loads;
-    the shipped graphs need 1.32). Deterministic: the same bytes every run. .ci/run makes the same
-    directory for the JS tests (TESSERA_JS_ANYORDER)."""
+# Directories the JS tests also check (.ci/run exports them for node --test through TESSERA_JS_VARIANTS):
+# name -> (source, tessera export options). The shipped any-order model re-exported for onnxruntime 1.22 (the
+# shipped graphs need 1.32, newer than onnxruntime-node), the default model's int4 variant and its portable
+# graph (concat KV cache, batched calls). Exports are deterministic: the same bytes every run.
+VARIANTS = {
+    "anyorder-1.22": ("anyorder", ["--target-onnxruntime", "1.22"]),
+    "default-int4": ("default", ["--quant", "int4"]),
+    "default-portable": ("default", ["--graph", "portable"]),
+}
+
+
+def export_variants(out: Path) -> None:
     from tessera.cli.main import main
 
-    code = main(["export", "--from", str(ROOT / "models" / "anyorder"), "--out", str(out), "--target-onnxruntime", "1.22", "-q"])
-    if code:
-        raise SystemExit(f"re-exporting models/anyorder failed (exit {code})")
+    for name, (source, options) in VARIANTS.items():
+        code = main(["export", "--from", str(ROOT / "models" / source), "--out", str(out / name), "-q", *options])
+        if code:
+            raise SystemExit(f"exporting {name} failed (exit {code})")
 
 
-def anyorder_cases() -> dict:
+def short_hash(tokens: list) -> str:
+    """An image's tokens as the JS tests hash them: sha256 of the compact JSON, first 16 hex digits."""
+    return hashlib.sha256(json.dumps(tokens, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def variant_cases() -> dict:
+    from tessera.runtime.pipeline import Pipeline
+
+    cases = {}
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "anyorder-1.22"
-        export_anyorder(out)
-        cases = token_cases(out, pixels=False)
-        from tessera.runtime.pipeline import Pipeline
-
-        pipe = Pipeline.load(out, providers="cpu")
-        cases["steps"] = [{"classes": [3, 5], "seed": 7, "steps": s, "tokens": pipe.generate_tokens([3, 5], seed=7, steps=s).tolist()}
-                          for s in (1, 4, 49)]
-        cases["transformer_sha256"] = hashlib.sha256((out / "transformer.onnx").read_bytes()).hexdigest()
+        export_variants(Path(tmp))
+        for name in VARIANTS:
+            out = Path(tmp) / name
+            pipe = Pipeline.load(out, providers="cpu")
+            case: dict = {"transformer_sha256": hashlib.sha256((out / "transformer.onnx").read_bytes()).hexdigest()}
+            for mode, temperature in (("greedy", 0.0), ("sampled", None)):
+                case[mode] = [[short_hash(t) for t in pipe.generate_tokens(list(range(10)), temperature=temperature,
+                                                                          seed=[seed] * 10).tolist()]
+                              for seed in range(10)]
+            if name.startswith("anyorder"):
+                case["steps"] = [{"classes": [3, 5], "seed": 7, "steps": s,
+                                  "tokens": pipe.generate_tokens([3, 5], seed=7, steps=s).tolist()} for s in (1, 4, 49)]
+            cases[name] = case
     return cases
 
 
 def fixtures() -> dict:
     """Everything the JS tests compare against, as one JSON-ready dict."""
     return {"rng": rng_cases(), "sampler": sampler_cases(), "guidance": guidance_cases(), "plans": plan_cases(),
-            "model": "models/default", **token_cases(), "anyorder": anyorder_cases()}
+            "model": "models/default", **token_cases(), "variants": variant_cases()}
 
 
 def dumps(data: dict) -> str:
@@ -130,8 +151,8 @@ def dumps(data: dict) -> str:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--export-anyorder"]:  # .ci/run: the any-order directory the JS tests read
-        export_anyorder(Path(sys.argv[2]))
+    if sys.argv[1:2] == ["--export-variants"]:  # .ci/run: the directories the JS tests read
+        export_variants(Path(sys.argv[2]))
         sys.exit(0)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(dumps(fixtures()))

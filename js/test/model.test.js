@@ -125,27 +125,32 @@ test("a graph newer than this onnxruntime-node is refused naming both versions (
   assert.match(e.message, new RegExp(`needs onnxruntime >= 1\\.32, this host has onnxruntime-node ${have.replace(/\./g, "\\.")}`));
 });
 
-// The any-order decoder (section 7.6) on the shipped any-order model re-exported for onnxruntime 1.22
-// (`python js/test/make_fixtures.py --export-anyorder DIR`; .ci/run does it): tokens equal Python's.
-const ANYORDER = process.env.TESSERA_JS_ANYORDER;
-test("any-order tokens equal the Python runtime's (greedy and sampled, seeds 0-9, every class; steps 1, 4, 49)",
-  { skip: ANYORDER ? false : "set TESSERA_JS_ANYORDER to a re-exported any-order directory (see the comment above)" }, async () => {
-    const dir = /** @type {string} */ (ANYORDER);
-    const sha = createHash("sha256").update(readFileSync(path.join(dir, "transformer.onnx"))).digest("hex");
-    assert.equal(sha, fx.anyorder.transformer_sha256, "the re-exported graph differs from the fixture's: re-run make_fixtures.py");
-    const ao = await Pipeline.load(dir);
-    for (const mode of ["greedy", "sampled"]) {
-      let same = 0, total = 0;
-      for (const c of fx.anyorder[mode]) {
-        const classes = c.tokens.map((/** @type {unknown} */ _, /** @type {number} */ i) => i);
-        const got = await ao.generate(classes, { seed: classes.map(() => c.seed), ...(mode === "greedy" ? { temperature: 0 } : {}) });
-        got.forEach((g, i) => { total++; if (JSON.stringify(g) === JSON.stringify(c.tokens[i])) same++; });
+// Other graph forms and families, exported by `python js/test/make_fixtures.py --export-variants DIR` (.ci/run
+// does it, outside the checkout): the any-order model for onnxruntime 1.22 (section 7.6's decoder), the
+// default's int4 variant and its portable graph (concat cache, batched). Tokens equal Python's.
+const VARIANTS = process.env.TESSERA_JS_VARIANTS;
+const short = (/** @type {unknown} */ t) => createHash("sha256").update(JSON.stringify(t)).digest("hex").slice(0, 16);
+for (const [name, want] of Object.entries(fx.variants)) {
+  test(`${name}: tokens equal the Python runtime's (greedy and sampled, seeds 0-9, every class)`,
+    { skip: VARIANTS ? false : "set TESSERA_JS_VARIANTS to the directory make_fixtures.py --export-variants wrote" }, async () => {
+      const dir = path.join(/** @type {string} */ (VARIANTS), name);
+      const sha = createHash("sha256").update(readFileSync(path.join(dir, "transformer.onnx"))).digest("hex");
+      assert.equal(sha, want.transformer_sha256, `${name}'s graph differs from the fixture's: re-run make_fixtures.py`);
+      const p = await Pipeline.load(dir);
+      for (const mode of ["greedy", "sampled"]) {
+        let same = 0, total = 0;
+        for (let seed = 0; seed < 10; seed++) {
+          const classes = want[mode][seed].map((/** @type {unknown} */ _, /** @type {number} */ i) => i);
+          const got = await p.generate(classes, { seed: classes.map(() => seed), ...(mode === "greedy" ? { temperature: 0 } : {}) });
+          got.forEach((g, i) => { total++; if (short(g) === want[mode][seed][i]) same++; });
+        }
+        assert.equal(`${mode} ${same}/${total}`, `${mode} ${total}/${total}`);
       }
-      assert.equal(`${mode} ${same}/${total}`, `${mode} ${total}/${total}`);
-    }
-    for (const c of fx.anyorder.steps) assert.deepEqual(await ao.generate(c.classes, { seed: c.seed, steps: c.steps }), c.tokens, `steps ${c.steps}`);
-    const seen = [];
-    for await (const s of ao.stream([2], { steps: 8 })) seen.push(s.tokens[0].flat().filter((t) => t >= 0).length);
-    assert.deepEqual(seen, [1, 4, 9, 15, 22, 31, 40, 49]);
-    await assert.rejects(ao.generate([2], { steps: 0 }), /steps must be an int >= 1/);
-  });
+      if (!want.steps) return;
+      for (const c of want.steps) assert.deepEqual(await p.generate(c.classes, { seed: c.seed, steps: c.steps }), c.tokens, `steps ${c.steps}`);
+      const seen = [];
+      for await (const s of p.stream([2], { steps: 8 })) seen.push(s.tokens[0].flat().filter((t) => t >= 0).length);
+      assert.deepEqual(seen, [1, 4, 9, 15, 22, 31, 40, 49]);
+      await assert.rejects(p.generate([2], { steps: 0 }), /steps must be an int >= 1/);
+    });
+}
