@@ -86,6 +86,11 @@ export class Pipeline {
     }
     const providers = options.executionProviders ?? ["cpu"];
     if (!Array.isArray(providers) || !providers.length) throw new InvalidInputError("executionProviders must be a non-empty list such as [\"cpu\"]");
+    const known = ort.listSupportedBackends().map((b) => b.name);
+    for (const ep of providers) {
+      const name = typeof ep === "string" ? ep : /** @type {any} */ (ep)?.name;
+      if (!known.includes(name)) throw new ProviderError(`execution provider ${JSON.stringify(name)} is not one onnxruntime-node ${have} knows (${known.join(", ")}); use ["cpu"]`);
+    }
     const threads = options.threads;
     if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1)) throw new InvalidInputError(`threads must be an int >= 1, got ${threads}`);
     /** @type {ort.InferenceSession.SessionOptions} */

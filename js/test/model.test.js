@@ -7,7 +7,7 @@ import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync }
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { Pipeline, ModelDirectoryError, InvalidInputError, AbortError, onnxruntimeVersion } from "../src/index.js";
+import { Pipeline, ModelDirectoryError, InvalidInputError, ProviderError, AbortError, onnxruntimeVersion } from "../src/index.js";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 const MODEL = path.join(ROOT, "models", "default");
@@ -115,6 +115,14 @@ test("bad model directories get one clear error each", async () => {
     assert.match(e.message, /** @type {RegExp} */ (re));
     assert.ok(!e.message.includes("\n"));
   }
+});
+
+test("an unknown execution provider or thread count gets one clear error", async () => {
+  const e = await Pipeline.load(MODEL, { executionProviders: ["nosuch"] }).catch((x) => x);
+  assert.ok(e instanceof ProviderError);
+  assert.match(e.message, /execution provider "nosuch" is not one onnxruntime-node .* knows \(cpu, /);
+  await assert.rejects(Pipeline.load(MODEL, { threads: 0 }), (x) => x instanceof InvalidInputError && /threads must be an int >= 1/.test(x.message));
+  await assert.rejects(Pipeline.load(MODEL, { executionProviders: [] }), /executionProviders must be a non-empty list/);
 });
 
 test("a graph newer than this onnxruntime-node is refused naming both versions (the shipped any-order model)", async () => {
