@@ -167,6 +167,7 @@ export class Pipeline {
       return out;
     }
     const P = cache.len;
+    /** @type {Record<string, ort.Tensor>} */
     const feeds = {
       [this.inputs[0]]: new ort.Tensor("int64", BigInt64Array.from(ids.flat(), BigInt), [R, S]),
       [this.inputs[1]]: new ort.Tensor("int64", BigInt64Array.from(pos.flat(), BigInt), [R, S]),
