@@ -24,7 +24,6 @@ onnxruntime (the GPU check), with the CPU run of each directory in the newest bu
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -245,11 +244,12 @@ def check_provider(dirs: dict[str, Path], provider: str) -> dict[str, dict]:
     for label, d in dirs.items():
         cpu = run(d, "cpu")
         got = cpu if want == "CPUExecutionProvider" else run(d, provider)
-        # Variants of one model share its PyTorch reference (the weights they carry say which model).
-        weights = sorted(Path(d).glob("*.safetensors"))
-        key = hashlib.sha256(b"".join(f.read_bytes() for f in weights)).hexdigest() if weights else str(d)
+        # Variants of one model share its PyTorch reference: the weights' checksums, recorded in the
+        # manifest, say which model they carry.
+        spec = load_manifest(d, verify="none").spec
+        key = tuple(sorted(spec.files[f].sha256 for f in spec.weights.values() if f in spec.files)) or str(d)
         ref = refs[key] = refs.get(key) or reference(d)
-        ref = replace(ref, precision=load_manifest(d, verify="none").spec.graph("transformer").precision)
+        ref = replace(ref, precision=spec.graph("transformer").precision)
         ok, why = judge(got, ref, cpu if cpu["status"] == "ok" else None, versus="the CPU")
         ran = got.get("graph_providers", {})
         elsewhere = sorted(g for g, p in ran.items() if p != want)

@@ -180,8 +180,7 @@ def probe_provider(name: str, refresh: bool = False) -> str | None:
                 if float(np.asarray(y).reshape(-1)[0]) != 2.0:
                     reason = f"the probe computed {y!r} instead of [2.]"
         except Exception as e:  # any failure to start or run means: not usable here
-            text = str(e).strip()
-            reason = text.splitlines()[0][:300] if text else type(e).__name__
+            reason = first_line(e)
     if reason == "":
         reason = _reason(lines)
     _PROBED[name] = reason

@@ -296,7 +296,7 @@ def open_session(path: Path, providers: list[str], threads: int | None = None,
     except InvalidInputError:
         raise
     except Exception as e:  # onnxruntime raises several unrelated types for a bad file
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         if (session_options is not None or per_provider is not None) and _loads_plainly(path, providers):
             raise InvalidInputError(
                 f"onnxruntime could not load {path.name} with the given session/provider options ({first}); "

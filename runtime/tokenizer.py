@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from .config import check_int
-from .errors import InvalidInputError, ModelDirectoryError, check_finite
+from .errors import InvalidInputError, ModelDirectoryError, check_finite, first_line
 from .manifest import Manifest
 from .spec import TensorSig, check_session
 
@@ -80,7 +80,7 @@ class ImageTokenizer:
         try:
             image = decoder.run(None, {name: codes}, self._probe_options())[0]
         except Exception as e:  # onnxruntime's own error types
-            text = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            text = first_line(e, 160)
             raise self._swapped("tokenizer_decoder", f"it fails on codes 0..{size - 1} of the manifest's codebook "
                                 f"of {size} ({text})") from None
         want = (1, self.spec.image.channels, 2 * ds, 2 * ds)
