@@ -139,10 +139,17 @@ def decoders(args, work: Path, ctx: dict) -> tuple[list[str], bool]:
         on == full_name(args.provider)
 
 
+def run_line(args, when: str) -> str:
+    """How this report was made: gpu_check.sh's command and settings when it ran us (it sets GPU_CHECK_*)."""
+    if os.environ.get("GPU_CHECK_COMMAND"):
+        return f"`{os.environ['GPU_CHECK_COMMAND'].strip()}` with {os.environ.get('GPU_CHECK_ENV', '')}, {when}"
+    return f"`python benchmarks/gpu_check.py {' '.join(args.argv)}`, {when}"
+
+
 def write_report(args, env: dict, sections: dict, notes: list[str]) -> None:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [f"# GPU check ({'CUDA' if args.provider == 'cuda' else 'CPU dry run'}{', --quick' if args.quick else ''})",
-             "", f"`benchmarks/gpu_check.py {' '.join(args.argv)}`, {when}", "",
+             "", run_line(args, when), "",
              "Environment: " + ", ".join(f"{k} `{v}`" for k, v in env.items())]
     for key, (title, text) in SECTIONS.items():
         lines += ["", f"## {title}", "", text, "", *sections.get(key, ["(not reached)"])]

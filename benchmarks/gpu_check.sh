@@ -131,6 +131,7 @@ EOF
 LEFT=$(( BUDGET - SECONDS ))
 (( LEFT > 30 )) || die "the set-up took ${SECONDS} s of TESSERA_GPU_BUDGET_S=$BUDGET"
 echo "== benchmarks/gpu_check.py --provider $PROVIDER $* ($LEFT s left)"
+export GPU_CHECK_COMMAND="bash benchmarks/gpu_check.sh $*" GPU_CHECK_ENV="TESSERA_GPU_PROVIDER=$PROVIDER TESSERA_GPU_BUDGET_S=$BUDGET"
 set +e
 TMPDIR=$TMP timeout -k 15 "$LEFT" "$VPY" benchmarks/gpu_check.py --provider "$PROVIDER" --budget-s "$LEFT" "$@"
 rc=$?

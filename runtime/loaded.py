@@ -17,7 +17,7 @@ from typing import Iterator
 from .compat import check_loadable, disabled_optimizers
 from .config import check_int
 from .decoders import CancelState
-from .errors import ModelDirectoryError, TesseraError, first_line
+from .errors import ModelDirectoryError, ProviderError, TesseraError, first_line
 from .manifest import Manifest
 from .provider_fit import warn_if_unsuited
 from .results import CancelToken
@@ -77,6 +77,36 @@ class LoadedModel:
         if self.low_memory:  # one graph in memory at a time: the tokenizer's opens when images are decoded
             self.tokenizer.close_decode_session()
 
+    def _blame_the_provider(self, wrong: ModelDirectoryError) -> None:
+        """A self-test failed on an accelerator: when the same graph passes it on the CPU, the provider computes
+        it wrong (a kernel it lacks, a cache copied across devices), and that is a ProviderError, not a bad model
+        directory. Raises it; returns when the CPU fails too (or the graph ran on the CPU)."""
+        manifest, runner = self.manifest, self.transformer
+        provider = active_provider(runner.session)
+        if provider == "CPUExecutionProvider":
+            return
+        graph = manifest.spec.graph("transformer")
+        session = open_session(manifest.graph_path("transformer"), ["CPUExecutionProvider"], 1, None, None,
+                               disabled_optimizers(graph, ort_version()))
+        cpu = TransformerRunner(session, manifest)
+        cpu.run_options = quiet_run_options()
+
+        def run(ids, positions, mask):
+            cpu.start(ids.shape[0], ids.shape[1])
+            return cpu(ids, positions, mask)
+
+        try:
+            verify_self_test(graph.self_test, run, manifest.layout, manifest.grid, manifest.root.name)
+        except TesseraError:
+            return
+        finally:
+            cpu.release()
+        detail = str(wrong).partition("(")[2].partition(")")[0] or "wrong logits"
+        raise ProviderError(f"{manifest.root.name}: {provider} computes its {graph.kind or ''} {graph.precision or ''} "
+                            f"transformer wrong ({detail}) while CPUExecutionProvider passes the same self-test; "
+                            "run it with providers='cpu' or export a variant this provider runs (e.g. "
+                            "`tessera export --from DIR --quant fp16` for CUDA)") from None
+
     def _open_transformer(self) -> None:
         session = self._opener(self.manifest.graph_path("transformer"))
         self._transformer = TransformerRunner(session, self.manifest)  # the first runner of the pool
@@ -117,6 +147,9 @@ class LoadedModel:
         runner.run_options = quiet_run_options()
         try:
             verify_self_test(graph.self_test, run, manifest.layout, manifest.grid, manifest.root.name)
+        except ModelDirectoryError as wrong:
+            self._blame_the_provider(wrong)
+            raise
         except TesseraError:
             raise
         except Exception as e:  # onnxruntime's own error types: the graph cannot run as the manifest says

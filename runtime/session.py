@@ -167,18 +167,24 @@ def build_session_options(threads: int | None = None,
     return opts
 
 
+# Options a provider gets unless the caller sets them: the same numbers as the CPU, as the self-test and the
+# export's parity bounds assume. CUDA's default TF32 matmuls and convolutions (10-bit mantissa) put fp32 logits
+# 0.2% of their scale off and images 1.4e-3 off on an H200 (benchmarks/results/gpu.md); pass
+# provider_options={"cuda": {"use_tf32": 1}} to trade that for speed.
+EXACT_DEFAULTS: dict[str, dict[str, str]] = {"CUDAExecutionProvider": {"use_tf32": "0"}}
+
+
 def build_provider_options(providers: list[str],
                            options: Mapping[str, Mapping[str, Any]] | None) -> list[dict[str, str]] | None:
     """{provider name or alias: {key: value}} -> onnxruntime's provider_options list aligned with `providers`
-    (None when there are none). Options for a known provider that is not in `providers` (e.g. CUDA options
-    when 'auto' chose the CPU) are left out; an unknown provider name or a non-scalar value is an
-    InvalidInputError."""
-    if not options:
-        return None
+    (None when there are none), over EXACT_DEFAULTS. Options for a known provider that is not in `providers`
+    (e.g. CUDA options when 'auto' chose the CPU) are left out; an unknown provider name or a non-scalar value
+    is an InvalidInputError."""
+    options = {} if options is None else options
     if not isinstance(options, Mapping):
         raise InvalidInputError(f"provider_options must be a dict of provider -> dict, not {type(options).__name__}")
-    known = set(ort.get_all_providers()) | set(providers) | set(_providers.plugin_providers())
-    by_provider: dict[str, dict[str, str]] = {}
+    known = set(ort.get_all_providers()) | set(providers) | set(_providers.plugin_providers()) if options else set()
+    by_provider: dict[str, dict[str, str]] = {p: dict(EXACT_DEFAULTS[p]) for p in providers if p in EXACT_DEFAULTS}
     for name, values in options.items():
         full = full_name(name) if isinstance(name, str) else name
         if full not in known:
@@ -297,7 +303,7 @@ def open_session(path: Path, providers: list[str], threads: int | None = None,
         raise
     except Exception as e:  # onnxruntime raises several unrelated types for a bad file
         first = first_line(e)
-        if (session_options is not None or per_provider is not None) and _loads_plainly(path, providers):
+        if (session_options is not None or provider_options) and _loads_plainly(path, providers):
             raise InvalidInputError(
                 f"onnxruntime could not load {path.name} with the given session/provider options ({first}); "
                 "it loads without them, so check those options"

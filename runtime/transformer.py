@@ -25,8 +25,19 @@ from .manifest import Manifest
 from .spec import TensorSig, check_session
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-# Providers whose buffers live on a device ORT can allocate on; others keep the cache in host memory.
-_DEVICE_OF_PROVIDER = {"CUDAExecutionProvider": "cuda"}
+# Providers whose buffers live on a device ORT can allocate on, and the KV types their attention kernel
+# takes; others keep the cache in host memory.
+_DEVICE_OF_PROVIDER = {"CUDAExecutionProvider": ("cuda", (np.float16,))}
+
+
+def kv_device(provider: str, kv_dtype) -> str:
+    """Where a shared-buffer cache lives: on the device only when the provider's own attention kernel
+    reads it. CUDA's GroupQueryAttention takes fp16/bf16 only, so an fp32 graph's attention runs on the
+    CPU; a device cache would reach that kernel as a copy, past and present would no longer be one buffer,
+    and the kernel would read the whole capacity as past (wrong logits, no error: seen on an H200 with
+    onnxruntime-gpu 1.31.1, benchmarks/results/gpu.md). In host memory the CPU kernel updates it in place."""
+    device, kv_types = _DEVICE_OF_PROVIDER.get(provider, ("cpu", ()))
+    return device if np.dtype(kv_dtype) in [np.dtype(t) for t in kv_types] else "cpu"
 
 
 _FLOAT_TYPES = tuple(_ORT_TYPES)
@@ -74,7 +85,7 @@ class TransformerRunner:
         self.kv_dtype = _ORT_TYPES.get(inputs[self.past_names[0]].type, np.float32)
         outputs = {o.name: o for o in session.get_outputs()}
         self.logits_dtype = _ORT_TYPES.get(outputs[io.logits].type, np.float32)
-        self.device = _DEVICE_OF_PROVIDER.get(session.get_providers()[0], "cpu")
+        self.device = kv_device(session.get_providers()[0], self.kv_dtype)
         self.run_options = None  # an ort.RunOptions for every call (the load's probe: quiet_run_options())
         self.length = 0
         self.capacity = 0

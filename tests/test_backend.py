@@ -354,9 +354,28 @@ def test_provider_options_align_with_providers():
     got = session.build_provider_options(
         ["CUDAExecutionProvider", "CPUExecutionProvider"],
         {"CUDAExecutionProvider": {"device_id": 1, "cudnn_conv_use_max_workspace": True}})
-    assert got == [{"device_id": "1", "cudnn_conv_use_max_workspace": "1"}, {}]
+    assert got == [{"use_tf32": "0", "device_id": "1", "cudnn_conv_use_max_workspace": "1"}, {}]
     assert session.build_provider_options(["CPUExecutionProvider"], None) is None
     assert session.build_provider_options(["CPUExecutionProvider"], {"cuda": {"device_id": 0}}) is None
+
+
+def test_cuda_computes_fp32_as_the_cpu_unless_told_otherwise():
+    """TF32 put fp32 self-tests 0.2% off on an H200: CUDA gets use_tf32=0 by default, the caller's value wins."""
+    cuda_cpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert session.build_provider_options(cuda_cpu, None) == [{"use_tf32": "0"}, {}]
+    assert session.build_provider_options(cuda_cpu, {"cuda": {"use_tf32": 1}}) == [{"use_tf32": "1"}, {}]
+
+
+@pytest.mark.parametrize("provider, kv, device", [
+    ("CUDAExecutionProvider", np.float16, "cuda"),   # CUDA's GroupQueryAttention reads the cache where it lies
+    ("CUDAExecutionProvider", np.float32, "cpu"),    # no fp32 kernel: attention runs on the CPU, so the cache too
+    ("CPUExecutionProvider", np.float16, "cpu"),
+    ("DmlExecutionProvider", np.float16, "cpu"),
+])
+def test_the_kv_cache_lives_where_attention_runs(provider, kv, device):
+    from tessera.runtime.transformer import kv_device
+
+    assert kv_device(provider, kv) == device
 
 
 @pytest.mark.parametrize("options, word", [
@@ -421,3 +440,28 @@ def test_setup_cfg_one_flavour_per_extra():
     pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
                 if "==" in line and not line.startswith("#"))
     assert backend.parse_version(pins["onnxruntime"]) >= (1, 22)
+
+
+@pytest.mark.parametrize("cpu_passes", [True, False])
+def test_a_self_test_failing_only_on_the_accelerator_blames_the_provider(monkeypatch, cpu_passes):
+    """On an H200, fused fp32 graphs failed the self-test on CUDA (126% off) and passed on the CPU: that is the
+    provider's fault, and the error must say so instead of telling the user to re-export a good model."""
+    from tessera.runtime import Pipeline, loaded
+
+    calls = []
+
+    def verify(entry, run, layout, grid, name):
+        calls.append(name)
+        if len(calls) == 1 or not cpu_passes:  # the first run is the accelerator's
+            raise ModelDirectoryError(f"{name}: the transformer graph does not compute what its manifest describes "
+                                      "(self-test logits differ by 126.4% of their scale, allowed 0.1%): re-export")
+        return 0.0
+
+    monkeypatch.setattr(loaded, "verify_self_test", verify)
+    monkeypatch.setattr(loaded, "active_provider", lambda sess: "CUDAExecutionProvider")
+    error = ProviderError if cpu_passes else ModelDirectoryError
+    with pytest.raises(error) as caught:
+        Pipeline.load(providers="cpu")
+    assert len(calls) == 2
+    assert ("CUDAExecutionProvider computes its fused" in str(caught.value)) == cpu_passes
+    assert "126.4%" in str(caught.value)
