@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tessera.runtime.nitro import flow_schedule, maskgit_counts  # noqa: F401 (the loop's schedules)
+
 from .errors import ExportError
 
 VARIANTS = ("gan", "joint_gan")
@@ -465,49 +467,12 @@ def random_nitro(cfg: NitroConfig, seed: int = 0, scale: float = 0.05) -> NitroT
 
 
 # --- the sampling loop (reference) -------------------------------------------------------------------------
-def maskgit_counts(cells: int, iterations: int) -> list[int]:
-    """Cells decided per iteration, as the released loop computes them: after iteration s (0-based) the
-    first max(1, min(open - 1, floor(cells * cos(pi/2 * (s+1) / iterations)))) cells of the order stay
-    open; the last iteration decides all that remain. (May hold zeros when iterations is near cells.)"""
-    open_, out = cells, []
-    for s in range(iterations):
-        if s == iterations - 1:
-            out.append(open_)
-            break
-        keep = max(1, min(open_ - 1, math.floor(cells * math.cos(math.pi / 2 * (s + 1) / iterations))))
-        out.append(open_ - keep)
-        open_ = keep
-    return out
-
-
-def flow_schedule(steps: int, num_train_timesteps: int = 1000, shift: float = 1.0,
-                  truncate: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The head's Euler schedule as the release builds it from FlowMatchEulerDiscreteScheduler: returns
-    (timesteps fed to the head [steps], sigmas [steps + 1], fp32). One step goes from sigma 1 to 0; more
-    steps use steps + 1 points from 1 down to 1 / num_train_timesteps and drop the last, so they end at
-    sigma 1 / num_train_timesteps. `truncate` (joint_gan with 2+ steps): the head sees floor(t)."""
-    if steps < 1:
-        raise ExportError(f"head steps must be >= 1, got {steps}")
-    n = num_train_timesteps
-    sigma_min = float(np.float32(1.0 / n))
-    if steps == 1:
-        sig = np.array([1.0, 0.0], np.float32)
-    else:
-        lin = np.linspace(1.0 * n, sigma_min * n, steps + 1) / n
-        lin = shift * lin / (1 + (shift - 1) * lin)
-        sig = lin.astype(np.float32)
-    t = (sig[:steps] * np.float32(n)).astype(np.float32)
-    if truncate and steps > 1:
-        t = np.floor(t).astype(np.float32)
-    return t, sig
-
-
 @torch.no_grad()
 def head_sample(head: nn.Module, z: torch.Tensor, noise: torch.Tensor, steps: int, guidance: float,
                 cfg: NitroConfig, truncate: bool) -> torch.Tensor:
     """Euler flow sampling from `noise` conditioned on `z` ([uncond; cond] rows when guidance != 1,
     sharing the noise); guidance mixes the velocities: v_u + g (v_c - v_u)."""
-    t_list, sig = flow_schedule(steps, cfg.num_train_timesteps, cfg.shift, truncate)
+    t_list, sig = flow_schedule(steps, cfg.num_train_timesteps, cfg.shift, floor_timesteps=truncate)
     x = noise.float()
     guided = guidance != 1.0
     for i in range(steps):
