@@ -395,7 +395,7 @@ def write_nitro_dir(parts: NitroParts, out: str | Path, precision: str = "fp32",
     return spec
 
 
-def test_parts(preset: str = "nitro-test-gan", seed: int = 0) -> NitroParts:
+def random_parts(preset: str = "nitro-test-gan", seed: int = 0) -> NitroParts:
     """Random-weight parts of a small test model (CI): the preset's transformer and heads, a two-layer
     Llama-shaped text encoder, a word-level tokenizer and a small convolutional decoder (8 px per cell)."""
     from .nitro import NITRO_PRESETS, NITRO_TEST_PRESETS, random_nitro
