@@ -322,12 +322,10 @@ def write_nitro_dir(parts: NitroParts, out: str | Path, precision: str = "fp32",
     (default: as `precision`)."""
     if precision not in ("fp32", "int8"):
         raise ExportError(f"precision must be fp32 or int8 for a nitro-ar model, got {precision!r}")
+    from .model_dir import prepare_output
+
     out = Path(out)
-    if out.exists():
-        if not overwrite and any(out.iterdir()):
-            raise ExportError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
-        if overwrite and (out / MANIFEST_NAME).is_file():
-            shutil.rmtree(out)
+    prepare_output(out, overwrite)  # only ever replaces a Tessera model directory
     cfg = parts.model.cfg
     variant = cfg.variant
     loop = NitroLoop(variant=variant, grid=cfg.grid, latent_channels=cfg.latent_channels, dim=cfg.dim,
@@ -386,7 +384,7 @@ def write_nitro_dir(parts: NitroParts, out: str | Path, precision: str = "fp32",
                                  "text_encoder_bits": text_encoder_bits}, info=info)
         (tmp / MANIFEST_NAME).write_text(json.dumps(spec.to_manifest(), indent=1) + "\n")
         if out.exists():
-            out.rmdir()
+            shutil.rmtree(out)  # a model directory (prepare_output checked), replaced on --overwrite
         tmp.chmod(0o755)  # mkdtemp's 0700 would hide the model from other users
         tmp.rename(out)
     except BaseException:

@@ -300,3 +300,28 @@ def test_cli_generates_from_prompts(models, tmp_path, capsys):
     assert len(list(tmp_path.glob("s-00*.png"))) == 4
     assert main(["generate", "a fox", "--model", str(root), "--top-k", "5", "--out", str(tmp_path / "x.png")]) == 1
     assert "--top-k is an option of class-conditional" in capsys.readouterr().err
+
+
+def test_cli_exports_a_checkpoint_file(tmp_path, capsys):
+    """`tessera export --nitro-weights FILE`: the variant and shapes come from the weights (strictly loaded);
+    a preset that says otherwise is one error line."""
+    from safetensors.torch import save_file
+
+    model = random_nitro(NITRO_TEST_PRESETS["nitro-test-joint"], seed=4)
+    weights = tmp_path / "small.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    out = tmp_path / "m"
+    assert main(["export", "--nitro-weights", str(weights), "--nitro-preset", "nitro-test-joint", "--random-weights",
+                 "--out", str(out), "-q"]) == 0
+    pipe = NitroPipeline.load(out, providers="cpu")
+    assert pipe.spec.loop.variant == "joint_gan" and pipe.spec.loop.grid == 8
+    text, null = pipe.encode_prompts(PROMPTS[:1])
+    d = image_draws(0, pipe.spec.loop)
+    ref = sample(model, torch.from_numpy(text), torch.from_numpy(null), d.order[None], d.noise[None],
+                 d.global_noise[None]).numpy()
+    assert np.abs(pipe.run(PROMPTS[:1], seed=0, decode_images=False).latents - ref).max() <= 1e-4 * np.abs(ref).max()
+    assert main(["export", "--nitro-weights", str(weights), "--nitro-preset", "nitro-test-gan", "--random-weights",
+                 "--out", str(tmp_path / "x")]) == 1
+    assert "holds a joint_gan model, but --nitro-preset says nitro-test-gan" in capsys.readouterr().err
+    assert main(["export", "--nitro-weights", str(weights), "--out", str(tmp_path / "y")]) == 1
+    assert "--text-encoder and --dcae not given" in capsys.readouterr().err
