@@ -417,7 +417,7 @@ def run_nitro(args: argparse.Namespace, progress=None) -> Path:
     from .checkpoints import read_state_dict
     from .nitro import infer_config, load_nitro, random_nitro
     from .nitro_export import (DCAE_LATENT_SCALE, NitroParts, TinyLatentDecoder, load_dcae_decoder, load_llama,
-                               random_parts, write_nitro_dir)
+                               random_dcae, random_parts, write_nitro_dir)
     from .progress import stage
 
     t0 = time.perf_counter()
@@ -455,6 +455,8 @@ def run_nitro(args: argparse.Namespace, progress=None) -> Path:
             llama, tokenizer, pad = _random_llama(model.cfg.text_dim, args.seed), test.tokenizer, test.pad_token_id
         if args.dcae:
             decoder, downsample, scale = load_dcae_decoder(args.dcae), 32, DCAE_LATENT_SCALE
+        elif model.cfg.grid * 32 == 512:  # a published size: a random DC-AE of the published shape
+            decoder, downsample, scale = random_dcae(args.seed), 32, DCAE_LATENT_SCALE
         else:
             decoder, downsample, scale = TinyLatentDecoder(model.cfg.latent_channels, 8, seed=args.seed), 8, \
                 DCAE_LATENT_SCALE

@@ -247,6 +247,24 @@ def load_dcae_decoder(path: str | Path) -> nn.Module:
     return _DCAEDecoder(AutoencoderDC.from_pretrained(str(path), torch_dtype=torch.float32).eval())
 
 
+def random_dcae(seed: int = 0) -> nn.Module:
+    """DC-AE f32c32 (SANA 1.0's shape, diffusers' AutoencoderDC) with random weights, as a latent -> image
+    module: the published decoder's size and cost, for timing and memory measurements."""
+    try:
+        from diffusers import AutoencoderDC
+    except ImportError:
+        raise ExportError("the DC-AE decoder needs diffusers: pip install diffusers") from None
+    torch.manual_seed(seed)
+    vit = "EfficientViTBlock"
+    vae = AutoencoderDC(in_channels=3, latent_channels=32, attention_head_dim=32,
+                        encoder_block_types=("ResBlock",) * 3 + (vit,) * 3,
+                        decoder_block_types=("ResBlock",) * 3 + (vit,) * 3,
+                        encoder_layers_per_block=(2, 2, 2, 3, 3, 3), decoder_layers_per_block=(3, 3, 3, 3, 3, 3),
+                        upsample_block_type="interpolate", downsample_block_type="Conv",
+                        decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=DCAE_LATENT_SCALE)
+    return _DCAEDecoder(vae.eval())
+
+
 # --- the directory --------------------------------------------------------------------------------------
 @dataclass
 class NitroParts:
