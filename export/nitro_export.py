@@ -161,8 +161,9 @@ def export_text_encoder(llama: nn.Module, path: Path, max_tokens: int) -> None:
         prog = torch.onnx.export(_TextEncoder(llama), (ids, am), input_names=["input_ids", "attention_mask"],
                                  output_names=["last_hidden_state"], dynamic_shapes=({0: batch}, {0: batch}),
                                  opset_version=OPSET, dynamo=True, verbose=False)
-    model = prog.model_proto
-    save_graph(model, path)
+        prog.save(str(path), external_data=True)  # a 1B encoder is past protobuf's 2 GB
+    del prog
+    save_graph(onnx.load(str(path)), path)  # one file when small, else <graph>.data
 
 
 # --- tokenizer ---------------------------------------------------------------------------------------------
@@ -324,12 +325,23 @@ def _run(path: Path, feeds: dict) -> np.ndarray:
     return out
 
 
-def quantize_graph(path: Path, bits: int, block_size: int = 32) -> dict:
-    """Blockwise symmetric weight-only quantization of every constant-weight MatMul, in place."""
+def quantize_graph(path: Path, bits: int, block_size: int = 32, embeddings: bool = False) -> dict:
+    """Blockwise symmetric weight-only quantization of every constant-weight MatMul, in place; with
+    `embeddings` (the text encoder) also the embedding table's Gather (a quarter of Llama-3.2-1B)."""
     accuracy = 4 if bits == 8 else 0
-    model = nbits_weight_only(onnx.load(str(path)), bits, block_size, accuracy)
-    save_graph(model, path)
-    return {"bits": bits, "block_size": block_size, "symmetric": True, "accuracy_level": accuracy}
+    if not embeddings:
+        save_graph(nbits_weight_only(onnx.load(str(path)), bits, block_size, accuracy), path)
+        return {"bits": bits, "block_size": block_size, "symmetric": True, "accuracy_level": accuracy}
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    with quiet_logging():
+        q = MatMulNBitsQuantizer(onnx.load(str(path)), bits=bits, block_size=block_size, is_symmetric=True,
+                                 accuracy_level=accuracy, op_types_to_quantize=("MatMul", "Gather"),
+                                 quant_axes=(("MatMul", 0), ("Gather", 1)))
+        q.process()
+    save_graph(q.model.model, path)
+    return {"bits": bits, "block_size": block_size, "symmetric": True, "accuracy_level": accuracy,
+            "embeddings": True}
 
 
 def write_nitro_dir(parts: NitroParts, out: str | Path, precision: str = "fp32", text_encoder_bits: int | None = None,
@@ -373,7 +385,7 @@ def write_nitro_dir(parts: NitroParts, out: str | Path, precision: str = "fp32",
             if bits:
                 feeds = _probe_feeds(name, loop, text, dec)
                 ref = _run(paths[name], feeds)
-                options = quantize_graph(paths[name], bits)
+                options = quantize_graph(paths[name], bits, embeddings=name == "text_encoder")
                 got = _run(paths[name], feeds)
                 scale = float(np.abs(ref).max())
                 err = float(np.abs(got - ref).max())
