@@ -179,6 +179,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(m.spec.to_manifest(), indent=2))  # format 2, as the runtime read it
         return 0
     spec = m.spec  # the validated manifest (runtime/spec.py)
+    if m.text_to_image:
+        return _info_text_to_image(m)
     t, k = spec.transformer, spec.tokenizer
     h, w = spec.grid
     print(f"{spec.name}  ({m.root})")
@@ -223,6 +225,33 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  exported by  tessera-ar {informational('exported_by', 'version')}")
     print(f"  here         onnxruntime {ort_version()} ({', '.join(installed_flavours()) or 'no flavour listed'}); "
           f"providers {', '.join(available_providers())}")
+    return 0
+
+
+def _info_text_to_image(m) -> int:
+    """`tessera info` of a nitro-ar directory: the loop, the prompt's path, the graphs and their errors."""
+    from tessera.runtime.providers import available_providers
+    from tessera.runtime.session import ort_version
+
+    spec = m.spec
+    loop, text, dec = spec.loop, spec.text, spec.decoder
+    print(f"{spec.name}  ({m.root})")
+    if spec.description:
+        print(f"  {spec.description}")
+    iterations = (f"{loop.iterations} iterations" if loop.variant == "gan"
+                  else "a global token, then one joint pass")
+    print(f"  text-to-image  Nitro-AR {loop.variant}: {iterations}, {loop.head_steps} head steps, "
+          f"guidance {loop.guidance_scale:g}")
+    print(f"  image        {spec.image_size[1]}x{spec.image_size[0]} px from a {loop.grid}x{loop.grid} latent of "
+          f"{loop.latent_channels} channels (decoder {dec.downsample}x)")
+    print(f"  prompts      up to {text.max_tokens} tokens ({text.tokenizer}), text states of width {text.hidden}")
+    errors = (spec.info.get("parity") or {}).get("quantized_vs_fp32") or {}
+    for g in spec.graphs:
+        size = sum(spec.files[f].bytes for f in (g.file, g.external_data) if f in spec.files)
+        err = errors.get(g.name, {}).get("relative")
+        note = f"  error vs fp32 {err:.1%} of its range" if isinstance(err, (int, float)) else ""
+        print(f"  {g.name:18s} {g.file:24s} {g.precision:5s} {size / 1e6:8.1f} MB{note}")
+    print(f"  here         onnxruntime {ort_version()}; providers {', '.join(available_providers())}")
     return 0
 
 

@@ -300,6 +300,9 @@ def test_cli_generates_from_prompts(models, tmp_path, capsys):
     assert len(list(tmp_path.glob("s-00*.png"))) == 4
     assert main(["generate", "a fox", "--model", str(root), "--top-k", "5", "--out", str(tmp_path / "x.png")]) == 1
     assert "--top-k is an option of class-conditional" in capsys.readouterr().err
+    assert main(["info", str(root)]) == 0
+    shown = capsys.readouterr().out
+    assert "Nitro-AR gan: 20 iterations, 3 head steps, guidance 4" in shown and "transformer.onnx" in shown
 
 
 def test_cli_exports_a_checkpoint_file(tmp_path, capsys):
