@@ -352,7 +352,7 @@ def write_nitro_dir(parts: NitroParts, out: str | Path, precision: str = "fp32",
     (default: as `precision`)."""
     if precision not in ("fp32", "int8"):
         raise ExportError(f"precision must be fp32 or int8 for a nitro-ar model, got {precision!r}")
-    from .model_dir import prepare_output
+    from .model_dir import _partial_prefix, _public_permissions, prepare_output
 
     out = Path(out)
     prepare_output(out, overwrite)  # only ever replaces a Tessera model directory
@@ -369,7 +369,7 @@ def write_nitro_dir(parts: NitroParts, out: str | Path, precision: str = "fp32",
                            pad_token_id=int(parts.pad_token_id))
     dec = LatentDecoderSpec(latent_scale=float(parts.latent_scale), downsample=int(parts.downsample))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-partial-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_partial_prefix(out), dir=out.parent))  # stale ones are swept at the next export
     try:
         paths = export_model_graphs(parts.model, tmp)
         paths["text_encoder"] = tmp / "text_encoder.onnx"
@@ -415,7 +415,7 @@ def write_nitro_dir(parts: NitroParts, out: str | Path, precision: str = "fp32",
         (tmp / MANIFEST_NAME).write_text(json.dumps(spec.to_manifest(), indent=1) + "\n")
         if out.exists():
             shutil.rmtree(out)  # a model directory (prepare_output checked), replaced on --overwrite
-        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the model from other users
+        _public_permissions(tmp)  # mkdtemp's and onnx's 0600 would hide the model from other users
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
