@@ -328,3 +328,12 @@ def test_cli_exports_a_checkpoint_file(tmp_path, capsys):
     assert "holds a joint_gan model, but --nitro-preset says nitro-test-gan" in capsys.readouterr().err
     assert main(["export", "--nitro-weights", str(weights), "--out", str(tmp_path / "y")]) == 1
     assert "--text-encoder and --dcae not given" in capsys.readouterr().err
+
+
+def test_pipeline_load_opens_a_text_to_image_model(models):
+    from tessera.runtime import Pipeline
+
+    pipe = Pipeline.load(models["nitro-test-gan"][0], providers="cpu")
+    assert isinstance(pipe, NitroPipeline)
+    images = pipe.generate(prompts=["a red fox in the snow"], seed=1, steps=3)
+    assert len(images) == 1 and images[0].size == (64, 64)
