@@ -463,9 +463,12 @@ def run_nitro(args: argparse.Namespace, progress=None) -> Path:
     parts = NitroParts(model=model, text_encoder=llama, tokenizer=tokenizer, pad_token_id=int(pad), decoder=decoder,
                        downsample=downsample, latent_scale=scale, name=args.name or Path(args.out).name,
                        description=f"Nitro-AR {model.cfg.variant}" + ("" if args.nitro_weights else ", random weights"))
+    del model, llama, decoder  # `parts` holds the only references: the export releases each when done
+    if args.text_encoder is None or args.dcae is None:
+        del test
     with stage(progress, "export", args.quant):
         write_nitro_dir(parts, args.out, precision=args.quant, text_encoder_bits=args.text_encoder_bits,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, release=True)
     print(f"exported 1 model directory in {time.perf_counter() - t0:.1f}s: {args.out}")
     return Path(args.out)
 

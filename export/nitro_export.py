@@ -13,6 +13,7 @@ Needs the export extra (torch, onnx; transformers for the text encoder).
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import io
 import json
@@ -33,7 +34,7 @@ from tessera.runtime.spec import (MANIFEST_NAME, FileEntry, GraphSpec, LatentDec
 
 from .errors import ExportError
 from .nitro import NitroConfig, NitroTransformer
-from .quantize import nbits_weight_only, quiet_logging, save_graph
+from .quantize import external_data_threshold, nbits_weight_only, quiet_logging, save_graph
 
 OPSET = 18
 MIN_ORT = "1.22"
@@ -163,7 +164,9 @@ def export_text_encoder(llama: nn.Module, path: Path, max_tokens: int) -> None:
                                  opset_version=OPSET, dynamo=True, verbose=False)
         prog.save(str(path), external_data=True)  # a 1B encoder is past protobuf's 2 GB
     del prog
-    save_graph(onnx.load(str(path)), path)  # one file when small, else <graph>.data
+    data = path.with_name(path.name + ".data")
+    if not data.exists() or data.stat().st_size <= external_data_threshold():
+        save_graph(onnx.load(str(path)), path)  # one file when small
 
 
 # --- tokenizer ---------------------------------------------------------------------------------------------
@@ -346,10 +349,12 @@ def quantize_graph(path: Path, bits: int, block_size: int = 32, embeddings: bool
 
 def write_nitro_dir(parts: NitroParts, out: str | Path, precision: str = "fp32", text_encoder_bits: int | None = None,
                     iterations: int | None = None, head_steps: int | None = None,
-                    guidance_scale: float = DEFAULT_GUIDANCE, overwrite: bool = False) -> NitroSpec:
+                    guidance_scale: float = DEFAULT_GUIDANCE, overwrite: bool = False,
+                    release: bool = False) -> NitroSpec:
     """Export `parts` to a model directory. precision "fp32" or "int8" (every graph's MatMul weights, the
     decoder's convolutions stay fp32); text_encoder_bits 4 or 8 quantizes the text encoder on its own
-    (default: as `precision`)."""
+    (default: as `precision`). `release`: drop each PyTorch part from `parts` once it is exported (the
+    caller holds no other reference), so the quantization stage runs without them in memory."""
     if precision not in ("fp32", "int8"):
         raise ExportError(f"precision must be fp32 or int8 for a nitro-ar model, got {precision!r}")
     from .model_dir import _partial_prefix, _public_permissions, prepare_output
@@ -372,10 +377,17 @@ def write_nitro_dir(parts: NitroParts, out: str | Path, precision: str = "fp32",
     tmp = Path(tempfile.mkdtemp(prefix=_partial_prefix(out), dir=out.parent))  # stale ones are swept at the next export
     try:
         paths = export_model_graphs(parts.model, tmp)
+        if release:
+            parts.model = None
         paths["text_encoder"] = tmp / "text_encoder.onnx"
         export_text_encoder(parts.text_encoder, paths["text_encoder"], cfg.text_tokens)
+        if release:
+            parts.text_encoder = None  # Llama-3.2-1B is 5 GB in fp32: gone before the next stage
         paths["decoder"] = tmp / "decoder.onnx"
         export_decoder(parts.decoder, paths["decoder"], cfg.latent_channels, cfg.grid)
+        if release:
+            parts.decoder = None
+        gc.collect()
         parts.tokenizer.save(str(tmp / "tokenizer.json"))
         entries, parity = {}, {}
         for name in NITRO_VARIANT_GRAPHS[variant]:
