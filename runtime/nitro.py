@@ -401,6 +401,9 @@ class NitroPipeline:
             raise InvalidInputError(f"steps must be an int, got {steps!r}")
         if loop.variant == "gan":
             maskgit_counts(loop.cells, steps or loop.iterations)  # validates the range
+        elif steps not in (None, 2):
+            raise InvalidInputError(f"a joint_gan model runs 2 iterations (a global token, then one joint pass); "
+                                    f"got steps={steps}: leave steps unset")
         if head_steps is not None and (not isinstance(head_steps, int) or isinstance(head_steps, bool)
                                        or not 1 <= head_steps <= 1000):
             raise InvalidInputError(f"head_steps must be an int in 1..1000, got {head_steps!r}")
