@@ -11,6 +11,10 @@ image size, the transformer graph's input list) is a rule, not a copy. The runti
 the sections it uses; `export` (architecture and training fields that only re-export needs) is the
 exporter's, checked by it (export/config.py). A format-1 manifest is read through `upgrade_v1`, the
 one place that knows format 1.
+
+A text-to-image model (family `nitro-ar`, docs/model-directory.md section 10) has its own sections, read
+into a `NitroSpec` by `NitroSpec.from_manifest` with the same field readers (manifest.load_manifest picks
+the reader by the family).
 """
 from __future__ import annotations
 
