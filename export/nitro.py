@@ -502,8 +502,8 @@ def sample(model: NitroTransformer, text: torch.Tensor, null_text: torch.Tensor,
     if cfg.variant == "joint_gan":
         steps = head_steps or 6
         zg = model.global_forward(ctx)
-        gtok = head_sample(model.diffloss_global.net, zg, torch.from_numpy(np.asarray(global_noise, np.float32))[:, None],
-                           steps, guidance, cfg, truncate=True)  # [B, 1, C]
+        gnoise = torch.from_numpy(np.asarray(global_noise, np.float32))[:, None]
+        gtok = head_sample(model.diffloss_global.net, zg, gnoise, steps, guidance, cfg, truncate=True)  # [B, 1, C]
         tokens = gtok.expand(b, cells, -1)
         if callback:
             callback(0, tokens.clone())

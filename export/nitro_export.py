@@ -33,7 +33,7 @@ from tessera.runtime.spec import (MANIFEST_NAME, FileEntry, GraphSpec, LatentDec
                                   TextEncoderSpec, NITRO_GRAPHS, NITRO_VARIANT_GRAPHS)
 
 from .errors import ExportError
-from .nitro import NitroConfig, NitroTransformer
+from .nitro import NitroTransformer
 from .quantize import external_data_threshold, nbits_weight_only, quiet_logging, save_graph
 
 OPSET = 18

@@ -186,7 +186,8 @@ def sample_latents(graphs: _Graphs, loop: NitroLoop, text: np.ndarray, null_text
         check()
         zg = graphs.run("global_transformer", {"text": ctx})
         gnoise = np.stack([d.global_noise for d in draws])[:, None]
-        g = _flow(lambda x, t: graphs.run("global_head", {"x": x, "t": t, "z": zg}), gnoise, steps, loop, guidance, check)
+        g = _flow(lambda x, t: graphs.run("global_head", {"x": x, "t": t, "z": zg}), gnoise, steps, loop, guidance,
+                  check)
         tokens = np.ascontiguousarray(np.broadcast_to(g, (b, cells, ch)))
         report(0, tokens)
         check()
@@ -280,7 +281,8 @@ def latent_grid(latent: np.ndarray, grid: int) -> np.ndarray:
 def to_pixels(x: np.ndarray) -> np.ndarray:
     """Decoder output [B, C, H, W] in [-1, 1] -> uint8 [B, H, W, C] (docs/model-directory.md, section 8)."""
     x = x.astype(np.float32)
-    return np.clip(np.floor((x + 1) * np.float32(127.5) + np.float32(0.5)), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    px = np.clip(np.floor((x + 1) * np.float32(127.5) + np.float32(0.5)), 0, 255)
+    return px.astype(np.uint8).transpose(0, 2, 3, 1)
 
 
 def latent_preview(latent: np.ndarray, grid: int, scale: int = 8) -> list:
@@ -372,7 +374,8 @@ class NitroPipeline:
             x = self.graphs.run("decoder", {"latent": latent_grid(lat[None].astype(np.float32) / scale,
                                                                   self.spec.loop.grid)})
             px = to_pixels(x)[0]
-            images.append(Image.fromarray(px[..., 0], "L") if px.shape[-1] == 1 else Image.fromarray(px[..., :3], "RGB"))
+            images.append(Image.fromarray(px[..., 0], "L") if px.shape[-1] == 1
+                          else Image.fromarray(px[..., :3], "RGB"))
         return images
 
     def run(self, prompts: Sequence[str] | str, seed: int | Sequence[int] = 0, guidance_scale: float | None = None,

@@ -69,7 +69,8 @@ def test_checkpoints_load_strictly_and_their_config_is_read_from_shapes(preset):
     cfg = NITRO_TEST_PRESETS[preset]
     state = random_nitro(cfg, seed=3).state_dict()
     got = infer_config(state)
-    fields = ("variant", "dim", "n_head", "stages", "latent_channels", "text_dim", "mlp_mult", "head_width", "head_depth")
+    fields = ("variant", "dim", "n_head", "stages", "latent_channels", "text_dim", "mlp_mult", "head_width",
+              "head_depth")
     assert [getattr(got, f) for f in fields] == [getattr(cfg, f) for f in fields]
     assert cfg.variant == "gan" or got.head_mlp == cfg.head_mlp
     with pytest.raises(ExportError, match="not joint_gan" if cfg.variant == "gan" else "not gan"):
@@ -130,7 +131,8 @@ def test_onnx_loop_matches_the_pytorch_reference(models, preset):
     assert float(np.abs(result.latents - ref).max()) <= 1e-4 * scale
     # and the text encoder graph is the transformers model's final-norm states
     ids, mask = pipe._prompts.ids(PROMPTS + [""])
-    states = parts.text_encoder(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state
+    states = parts.text_encoder(input_ids=torch.from_numpy(ids),
+                                attention_mask=torch.from_numpy(mask)).last_hidden_state
     assert np.abs(states.detach().numpy() - np.concatenate([text, null])).max() < 1e-4
 
 
@@ -178,8 +180,8 @@ def load_manifest_loop(variant):
 def test_previews_and_cancel(models):
     pipe = NitroPipeline.load(models["nitro-test-gan"][0], providers="cpu")
     seen = []
-    pipe.run(PROMPTS[:1], steps=4, callback=lambda it, total, lat: seen.append((it, total, int((lat != 0).any(-1).sum()))),
-             decode_images=False)
+    pipe.run(PROMPTS[:1], steps=4, decode_images=False,
+             callback=lambda it, total, lat: seen.append((it, total, int((lat != 0).any(-1).sum()))))
     assert [s[:2] for s in seen] == [(0, 4), (1, 4), (2, 4), (3, 4)]
     assert [s[2] for s in seen] == list(np.cumsum(maskgit_counts(64, 4)))  # the partial latent fills up
     with pytest.raises(GenerationCancelled) as e:
