@@ -339,3 +339,31 @@ def test_pipeline_load_opens_a_text_to_image_model(models):
     assert isinstance(pipe, NitroPipeline)
     images = pipe.generate(prompts=["a red fox in the snow"], seed=1, steps=3)
     assert len(images) == 1 and images[0].size == (64, 64)
+
+
+def test_decoder_export_normalises_negative_transpose_axes(tmp_path):
+    """diffusers' DC-AE uses movedim(-1, 1), which traces to Transpose perm [0, -1, 1, 2] that onnxruntime
+    refuses: the exported decoder has the non-negative axes and runs."""
+    import onnx
+    import onnxruntime as ort
+
+    from tessera.export.nitro_export import export_decoder
+
+    class ChannelsLast(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 3, 1)
+
+        def forward(self, latent):
+            y = self.conv(latent).movedim(1, -1) * 2.0  # [B, H, W, C]
+            return y.movedim(-1, 1)
+
+    module = ChannelsLast().eval()
+    path = tmp_path / "decoder.onnx"
+    export_decoder(module, path, 4, 8)
+    perms = [list(a.ints) for n in onnx.load(str(path)).graph.node if n.op_type == "Transpose"
+             for a in n.attribute if a.name == "perm"]
+    assert perms and all(v >= 0 for p in perms for v in p)
+    x = np.random.default_rng(0).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"latent": x})[0]
+    assert np.abs(got - module(torch.from_numpy(x)).detach().numpy()).max() < 1e-5
