@@ -12,18 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("transformers")  # the text encoder comes from transformers (export / test extras)
-
-from tessera.cli.main import main  # noqa: E402
-from tessera.export.errors import ExportError  # noqa: E402
-from tessera.export.nitro import (NITRO_PRESETS, NITRO_TEST_PRESETS, NitroTransformer, infer_config,  # noqa: E402
+from tessera.cli.main import main
+from tessera.export.errors import ExportError
+from tessera.export.nitro import (NITRO_PRESETS, NITRO_TEST_PRESETS, NitroTransformer, infer_config,
                                   load_nitro, nitro_preset_for_file, random_nitro, sample)
-from tessera.export.nitro_export import random_parts as make_parts, write_nitro_dir  # noqa: E402
-from tessera.runtime.errors import InvalidInputError, ModelDirectoryError  # noqa: E402
-from tessera.runtime.manifest import load_manifest  # noqa: E402
-from tessera.runtime.nitro import NitroPipeline, flow_schedule, image_draws, maskgit_counts  # noqa: E402
-from tessera.runtime.results import CancelToken, GenerationCancelled  # noqa: E402
-from tessera.runtime.schedule import cosine_counts  # noqa: E402
+from tessera.export.nitro_export import random_parts as make_parts, write_nitro_dir
+from tessera.runtime.errors import InvalidInputError, ModelDirectoryError
+from tessera.runtime.manifest import load_manifest
+from tessera.runtime.nitro import NitroPipeline, flow_schedule, image_draws, maskgit_counts
+from tessera.runtime.results import CancelToken, GenerationCancelled
+from tessera.runtime.schedule import cosine_counts
 
 PRESETS = ("nitro-test-gan", "nitro-test-joint")
 PROMPTS = ["a red fox in the snow", "blue cat on green grass"]
