@@ -5,6 +5,8 @@ and of the whole pipeline with its tokenizer decoder variants.
     python benchmarks/memory.py pipeline --rounds 3 --out /tmp/pm_tables.md   # the tables of results/memory.md
     python benchmarks/memory.py pipeline --decoders-only --rounds 3   # the decoder table (for a quiet moment)
     python benchmarks/memory.py export --quick         # GPT-Tiny + VQ-Tiny: a smoke run of a section
+    python benchmarks/memory.py nitro                  # text-to-image, full size -> benchmarks/results/nitro.md
+    python benchmarks/memory.py nitro --quick          # the small test configs: a smoke run
 
 Weights: random, saved as LlamaGen saves them (`{"model": state_dict}`) under the published file names, so an
 export infers its presets from the names as a user's would. Their initialisations are the real models' scales
@@ -277,6 +279,53 @@ def pipeline_memory(args) -> list[str]:
     return lines
 
 
+# --- text-to-image (Nitro-AR, random weights of the published sizes) ------------------------------------
+NITRO_PRESETS = {"joint_gan": "Nitro-AR-512px-Joint-GAN", "gan": "Nitro-AR-512px-GAN"}
+NITRO_QUICK = {"joint_gan": "nitro-test-joint", "gan": "nitro-test-gan"}
+
+
+def nitro_image(job: dict) -> dict:
+    """Worker: one image (guidance on, the model's steps) with NitroPipeline in this process, its phases timed;
+    the protocol adds the process's peak RSS."""
+    from tessera.runtime.nitro import NitroPipeline
+
+    t0 = time.perf_counter()
+    pipe = NitroPipeline.load(job["model"], providers="cpu", threads=job["threads"], low_memory=job["low_memory"],
+                              verify="size")
+    load = time.perf_counter() - t0
+    runs = [pipe.run(["a red fox in the snow"], seed=i) for i in range(job["rounds"])]
+    best = min(runs, key=lambda r: sum(r.timings.values()))
+    return {"load_s": load, "timings": best.timings, "total_s": sum(best.timings.values()), "calls": best.calls,
+            "seconds": time.perf_counter() - t0}
+
+
+def nitro_memory(args) -> list[str]:
+    """Export each variant (int8 graphs, the text encoder at --text-bits) once, then time one image per
+    variant in a fresh process with --low-memory, and its peak RSS."""
+    presets = NITRO_QUICK if args.quick else NITRO_PRESETS
+    command = "python benchmarks/memory.py nitro" + (" --quick" if args.quick else "") + \
+        (f" --rounds {args.rounds}" if args.rounds != 1 else "")
+    lines = [run_line(command, args.threads), "",
+             "Random weights of the published sizes (text encoder: Llama-3.2-1B's shape; decoder: DC-AE f32c32's), "
+             "one 512 px image with guidance, the low-memory pipeline (one phase's graphs open at a time).", "",
+             "| variant | graphs | text s | latents s | decode s | image s | calls | peak RSS (MiB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as work:
+        for variant in args.variants.split(","):
+            export = ["--nitro-preset", presets[variant], "--random-weights", "--quant", "int8",
+                      "--text-encoder-bits", str(args.text_bits)]
+            model = cached_export(CACHE / "exports", f"nitro-{variant}", export)
+            job = {"model": str(model), "threads": args.threads, "low_memory": True, "rounds": args.rounds}
+            r = run_worker(f"{__file__}:nitro_image", job, Path(work), f"nitro-{variant}", timeout=3600)
+            t = r["timings"]
+            calls = ", ".join(f"{k} {v}" for k, v in r["calls"].items())
+            lines.append(f"| {variant} | int8, text encoder int{args.text_bits}, decoder fp32 | {t['text']:.1f} | "
+                         f"{t['latents']:.1f} | {t['images']:.1f} | {r['total_s']:.1f} | {calls} | "
+                         f"{r['peak_rss_mib']:.0f} |")
+            print(lines[-1], flush=True)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="section", required=True)
@@ -288,10 +337,19 @@ def main(argv: list[str] | None = None) -> None:
     pi.add_argument("--out", help="write the tables here too (benchmarks/results/memory.md is written by hand "
                                   "around them)")
     pi.add_argument("--decoders-only", action="store_true", help="only the decoder table (quick, for a quiet moment)")
-    for s in (ex, pi):
-        s.add_argument("--quick", action="store_true", help="GPT-Tiny + VQ-Tiny, one round: a smoke run")
+    ni = sub.add_parser("nitro", help="text-to-image (Nitro-AR): time and peak memory of one image per variant")
+    ni.add_argument("--variants", default="joint_gan,gan")
+    ni.add_argument("--rounds", type=int, default=1, help="images per variant (the fastest is reported)")
+    ni.add_argument("--threads", type=int, default=2)
+    ni.add_argument("--text-bits", type=int, default=4, choices=[4, 8])
+    ni.add_argument("--out", help="default benchmarks/results/nitro.md; with --quick, printed only")
+    for s in (ex, pi, ni):
+        s.add_argument("--quick", action="store_true", help="the smallest models, one round: a smoke run")
     args = p.parse_args(argv)
-    if args.section == "export":
+    if args.section == "nitro":
+        lines = nitro_memory(args)
+        out = args.out or (None if args.quick else HERE / "results" / "nitro.md")
+    elif args.section == "export":
         lines = export_memory(args)
         out = args.out or (None if args.quick else HERE / "results" / "export_memory.md")
     else:

@@ -37,9 +37,86 @@ exit status: 0 done, 1 an error (one `tessera: error:` line), 2 a usage error.
 """
 
 
+def _text_to_image_model(model: str | None) -> bool:
+    """Whether `--model` is a text-to-image (nitro-ar) directory, from its manifest's family (the loader
+    checks everything else)."""
+    from tessera.runtime.spec import TEXT_FAMILIES
+
+    if not model:
+        return False
+    try:
+        return json.loads((Path(model) / "tessera.json").read_text(encoding="utf-8")).get("family") in TEXT_FAMILIES
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+# Options of the class-conditional token samplers that a text-to-image model has no use for.
+_CLASS_ONLY = (("temperature", "--temperature"), ("top_k", "--top-k"), ("top_p", "--top-p"),
+               ("parallel_window", "--parallel-window"), ("decoder", "--decoder"), ("jacobi_window", "--jacobi-window"),
+               ("grid_size", "--grid-size"), ("preview_every", "--preview-every"))
+
+
+def cmd_generate_text(args: argparse.Namespace) -> int:
+    """`tessera generate "a red fox in the snow" --model DIR`: prompts instead of classes."""
+    from tessera.runtime.errors import InvalidInputError
+    from tessera.runtime.images import image_grid
+    from tessera.runtime.nitro import NitroPipeline, check_prompts, latent_preview
+    from tessera.runtime.providers import resolve_providers
+
+    for key, flag in _CLASS_ONLY:
+        if getattr(args, key, None) is not None:
+            raise InvalidInputError(f"{flag} is an option of class-conditional token models; {args.model} is a "
+                                    "text-to-image model (options: --guidance, --steps, --head-steps, --seed, -n)")
+    prompts = check_prompts(list(args.classes))
+    out = Path(args.out)
+    check_writable(out)
+    check_counts(len(prompts) * args.num, args.scale)
+    all_prompts = [p for p in prompts for _ in range(args.num)]
+    sheet = args.sheet or args.grid_alias
+    paths = [out] if sheet or len(all_prompts) == 1 else [
+        out.with_name(f"{out.stem}-{i:03d}-{safe_name(p, 'prompt')}{out.suffix}") for i, p in enumerate(all_prompts)]
+    check_new_files(paths, args.overwrite)
+    providers = resolve_providers(args.providers.split(",") if args.providers != "auto" else "auto")
+    pipe = NitroPipeline.load(args.model, providers=providers, threads=args.threads,
+                              verify=resolve_verify(args.verify, args.model),
+                              low_memory=True if args.low_memory is None else args.low_memory)
+    progress = Progress(f"generating {len(all_prompts)} image{'s' if len(all_prompts) > 1 else ''}",
+                        enabled=not args.quiet, unit="iterations")
+    preview_dir = Path(args.preview_dir) if args.preview_dir else None
+    if preview_dir is not None:
+        preview_dir.mkdir(parents=True, exist_ok=True)
+
+    def callback(it: int, total: int, latent) -> None:
+        progress(it + 1, total)
+        if preview_dir is not None:
+            frames = latent_preview(latent, pipe.spec.loop.grid, pipe.spec.decoder.downsample)
+            save_image(image_grid(frames) if len(frames) > 1 else frames[0], preview_dir / f"frame-{it + 1:03d}.png")
+
+    t0 = time.perf_counter()
+    images = pipe.generate(all_prompts, seed=args.seed, guidance_scale=args.guidance, steps=args.steps,
+                           head_steps=args.head_steps, callback=callback)
+    elapsed = time.perf_counter() - t0
+    if args.scale > 1:
+        images = [im.resize((im.width * args.scale, im.height * args.scale), 0) for im in images]
+    if sheet and len(images) > 1:
+        images = [image_grid(images, columns=args.num if len(prompts) > 1 else None)]
+    for im, path in zip(images, paths):
+        save_image(im, path, overwrite=args.overwrite)
+    if not args.quiet:
+        print(f"{len(all_prompts)} image(s) in {elapsed:.2f}s -> "
+              + (str(paths[0]) if len(paths) == 1 else f"{paths[0]} ... {paths[-1]}"), file=sys.stderr)
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from tessera.runtime.images import image_grid
 
+    if _text_to_image_model(args.model):
+        return cmd_generate_text(args)
+    if getattr(args, "head_steps", None) is not None:
+        from tessera.runtime.errors import InvalidInputError
+
+        raise InvalidInputError("--head-steps is an option of text-to-image models (family nitro-ar)")
     out = Path(args.out)
     check_writable(out)
     check_counts(len(args.classes) * max(args.num, 1) if args.num >= 1 else args.num, args.scale)
@@ -102,6 +179,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(m.spec.to_manifest(), indent=2))  # format 2, as the runtime read it
         return 0
     spec = m.spec  # the validated manifest (runtime/spec.py)
+    if m.text_to_image:
+        return _info_text_to_image(m)
     t, k = spec.transformer, spec.tokenizer
     h, w = spec.grid
     print(f"{spec.name}  ({m.root})")
@@ -146,6 +225,33 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  exported by  tessera-ar {informational('exported_by', 'version')}")
     print(f"  here         onnxruntime {ort_version()} ({', '.join(installed_flavours()) or 'no flavour listed'}); "
           f"providers {', '.join(available_providers())}")
+    return 0
+
+
+def _info_text_to_image(m) -> int:
+    """`tessera info` of a nitro-ar directory: the loop, the prompt's path, the graphs and their errors."""
+    from tessera.runtime.providers import available_providers
+    from tessera.runtime.session import ort_version
+
+    spec = m.spec
+    loop, text, dec = spec.loop, spec.text, spec.decoder
+    print(f"{spec.name}  ({m.root})")
+    if spec.description:
+        print(f"  {spec.description}")
+    iterations = (f"{loop.iterations} iterations" if loop.variant == "gan"
+                  else "a global token, then one joint pass")
+    print(f"  text-to-image  Nitro-AR {loop.variant}: {iterations}, {loop.head_steps} head steps, "
+          f"guidance {loop.guidance_scale:g}")
+    print(f"  image        {spec.image_size[1]}x{spec.image_size[0]} px from a {loop.grid}x{loop.grid} latent of "
+          f"{loop.latent_channels} channels (decoder {dec.downsample}x)")
+    print(f"  prompts      up to {text.max_tokens} tokens ({text.tokenizer}), text states of width {text.hidden}")
+    errors = (spec.info.get("parity") or {}).get("quantized_vs_fp32") or {}
+    for g in spec.graphs:
+        size = sum(spec.files[f].bytes for f in (g.file, g.external_data) if f in spec.files)
+        err = errors.get(g.name, {}).get("relative")
+        note = f"  error vs fp32 {err:.1%} of its range" if isinstance(err, (int, float)) else ""
+        print(f"  {g.name:18s} {g.file:24s} {g.precision:5s} {size / 1e6:8.1f} MB{note}")
+    print(f"  here         onnxruntime {ort_version()}; providers {', '.join(available_providers())}")
     return 0
 
 
@@ -207,11 +313,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tessera {__version__}",
                         help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    g = sub.add_parser("generate", help="generate images of the given classes", formatter_class=HelpFormatter,
-                       description="Generate images of the given classes (ids or names; `tessera info` lists them). "
+    g = sub.add_parser("generate", help="generate images of the given classes (or prompts: text-to-image models)",
+                       formatter_class=HelpFormatter,
+                       description="Generate images of the given classes (ids or names; `tessera info` lists them), "
+                                   "or of the given prompts with a text-to-image model (family nitro-ar). "
                                    "Sampling options left unset use the model's defaults from its manifest.")
-    g.add_argument("classes", nargs="+",
-                   help="class ids or names, e.g. 7 or seven (id:7 / name:7 where a name is another class's id)")
+    g.add_argument("classes", nargs="+", metavar="classes|prompts",
+                   help="class ids or names, e.g. 7 or seven (id:7 / name:7 where a name is another class's id); "
+                        "with a text-to-image --model, prompts, e.g. \"a red fox in the snow\"")
     g.add_argument("--model", metavar="DIR", help="model directory (default: the shipped model)")
     g.add_argument("-n", "--num", type=int, default=1,
                    help=f"images per class (at most {MAX_IMAGES} images per command)")
@@ -235,7 +344,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                         "models only: --steps calls per image; default: anyorder for an any-order model, parallel "
                         "with --parallel-window, jacobi with --jacobi-window, else sequential)")
     g.add_argument("--steps", type=int, metavar="N",
-                   help="any-order models: transformer calls per image, 1..cells (default: the model's, else 8)")
+                   help="any-order and text-to-image (gan) models: transformer calls per image, 1..cells (default: "
+                        "the model's, else 8)")
+    g.add_argument("--head-steps", type=int, metavar="N",
+                   help="text-to-image models: Euler steps of the flow head per decision (default: the model's)")
     g.add_argument("--jacobi-window", type=int, metavar="W",
                    help="speculative Jacobi decoding with W draft tokens per step (default with --decoder jacobi: 4)")
     g.add_argument("--grid-size", type=int, metavar="N",

@@ -20,9 +20,9 @@ MAX_PIXELS = 89_478_485    # one saved image or sheet: Pillow's decompression-bo
 class Progress:
     """A one-line progress bar on stderr (redrawn in place on a terminal, printed once otherwise)."""
 
-    def __init__(self, label: str, enabled: bool = True, stream=None):
+    def __init__(self, label: str, enabled: bool = True, stream=None, unit: str = "tokens"):
         stream = stream or sys.stderr
-        self.label, self.enabled, self.stream = label, enabled, stream
+        self.label, self.enabled, self.stream, self.unit = label, enabled, stream, unit
         self.tty = hasattr(stream, "isatty") and stream.isatty()
         self.start = time.perf_counter()
         self.last = 0.0
@@ -37,7 +37,8 @@ class Progress:
         width = 30
         done = int(width * step / total)
         rate = step / max(now - self.start, 1e-9)
-        line = f"{self.label} [{'#' * done}{'.' * (width - done)}] {step}/{total} tokens {rate:6.0f} tok/s"
+        speed = f"{rate:6.0f} tok/s" if self.unit == "tokens" else f"{now - self.start:6.1f} s"
+        line = f"{self.label} [{'#' * done}{'.' * (width - done)}] {step}/{total} {self.unit} {speed}"
         self.stream.write(("\r" + line) if self.tty else line + "\n")
         if step == total and self.tty:
             self.stream.write("\n")

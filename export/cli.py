@@ -44,6 +44,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--random-weights", action="store_true",
                      help="allow missing weight files: random weights (for speed tests and CI)")
     src.add_argument("--seed", type=int, default=0, help="seed for random weights (>= 0; default 0)")
+    t2i = p.add_argument_group(
+        "text-to-image (Nitro-AR; family nitro-ar)",
+        "--nitro-weights Nitro-AR-512px-GAN.safetensors (or -Joint-GAN) with --text-encoder LLAMA_DIR (a local "
+        "transformers Llama-3.2-1B folder with its tokenizer.json) and --dcae DCAE_DIR (a local diffusers "
+        "AutoencoderDC folder, dc-ae-f32c32-sana-1.0-diffusers); the variant comes from the weights. "
+        "--nitro-preset with --random-weights exports random weights (published sizes, or nitro-test-gan / "
+        "nitro-test-joint for tests). --quant int8 quantizes every graph's MatMul weights but the decoder's.")
+    t2i.add_argument("--nitro-weights", metavar="FILE", help="a Nitro-AR checkpoint (.safetensors)")
+    t2i.add_argument("--nitro-preset", metavar="NAME",
+                     help="Nitro-AR-512px-GAN, Nitro-AR-512px-Joint-GAN, nitro-test-gan or nitro-test-joint "
+                          "(default: the one the --nitro-weights file name says, else the weights' shapes)")
+    t2i.add_argument("--text-encoder", metavar="DIR", help="a local transformers Llama folder (with tokenizer.json)")
+    t2i.add_argument("--dcae", metavar="DIR", help="a local diffusers AutoencoderDC folder (the latent decoder)")
+    t2i.add_argument("--text-encoder-bits", type=int, choices=[4, 8], default=None,
+                     help="quantize the text encoder's weights to 4 or 8 bits (default: as --quant)")
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True, metavar="DIR",
                      help="model directory to write (created atomically; missing parent folders are created)")
@@ -243,6 +258,8 @@ def run(args: argparse.Namespace, progress=None) -> Path:
     """`progress`: an optional stage callback (export/progress.py); this prints only the summary."""
     from tessera.runtime.manifest import MANIFEST_NAME
 
+    if getattr(args, "nitro_weights", None) or getattr(args, "nitro_preset", None):
+        return run_nitro(args, progress)
     validate_arguments(args)
     quant = _quant_options(args)
     for attr, flag in (("gpt_weights", "--gpt-weights"), ("vq_weights", "--vq-weights")):
@@ -368,3 +385,106 @@ def _report(out: Path, manifest_name: str) -> None:
               f"(bound {decoder['min_psnr_db']:g} dB)")
     for fname, meta in manifest["files"].items():
         print(f"  {fname:28s} {meta['bytes'] / 1e6:8.2f} MB")
+
+
+def run_nitro(args: argparse.Namespace, progress=None) -> Path:
+    """`tessera export --nitro-weights FILE --text-encoder DIR --dcae DIR --out OUT` (export/nitro_export.py)."""
+    from .nitro import NITRO_PRESETS, NITRO_TEST_PRESETS, nitro_preset_for_file
+
+    presets = {**NITRO_PRESETS, **NITRO_TEST_PRESETS}
+    if args.gpt or args.gpt_weights or args.vq or args.vq_weights or args.from_dir:
+        raise InvalidInputError("--nitro-weights / --nitro-preset export a text-to-image model; drop --gpt, --vq, "
+                                "--gpt-weights, --vq-weights and --from")
+    if args.quant not in ("fp32", "int8"):
+        raise InvalidInputError(f"a nitro-ar model exports as --quant fp32 or int8, got {args.quant}")
+    if args.nitro_preset is not None and args.nitro_preset not in presets:
+        raise InvalidInputError(f"--nitro-preset must be one of {', '.join(presets)}, got {args.nitro_preset}")
+    named = nitro_preset_for_file(args.nitro_weights)
+    if args.nitro_weights and not Path(args.nitro_weights).is_file():
+        raise InvalidInputError(f"--nitro-weights {args.nitro_weights} is not a file")
+    missing = [f for f, v in (("--nitro-weights", args.nitro_weights), ("--text-encoder", args.text_encoder),
+                              ("--dcae", args.dcae)) if not v]
+    if missing and not args.random_weights:
+        raise InvalidInputError(f"{' and '.join(missing)} not given; pass them, or --random-weights to export "
+                                "random weights on purpose")
+    for flag, d in (("--text-encoder", args.text_encoder), ("--dcae", args.dcae)):
+        if d and not Path(d).is_dir():
+            raise InvalidInputError(f"{flag} {d} is not a directory (a local model folder)")
+    if args.text_encoder and not (Path(args.text_encoder) / "tokenizer.json").is_file():
+        raise InvalidInputError(f"--text-encoder {args.text_encoder} has no tokenizer.json")
+    _check_destination(args)
+
+    from .checkpoints import read_state_dict
+    from .nitro import infer_config, load_nitro, random_nitro
+    from .nitro_export import (DCAE_LATENT_SCALE, NitroParts, TinyLatentDecoder, load_dcae_decoder, load_llama,
+                               random_dcae, random_parts, write_nitro_dir)
+    from .progress import stage
+
+    t0 = time.perf_counter()
+    with stage(progress, "load", "" if args.nitro_weights else "random weights"):
+        if args.nitro_weights:
+            state = read_state_dict(args.nitro_weights)
+            cfg = infer_config(state)
+            preset = args.nitro_preset or named
+            if preset is not None and presets[preset].variant != cfg.variant:
+                raise InvalidInputError(f"{args.nitro_weights} holds a {cfg.variant} model, but "
+                                        f"{'--nitro-preset' if args.nitro_preset else 'its file name'} says {preset} "
+                                        f"({presets[preset].variant})")
+            if preset is not None:  # the preset fixes what shapes do not say (grid, prompt length, head heads)
+                cfg = presets[preset]
+            model = load_nitro(state, cfg)
+            del state
+        else:
+            preset = args.nitro_preset or "nitro-test-gan"
+            model = random_nitro(presets[preset], seed=args.seed)
+        if args.text_encoder is None or args.dcae is None:
+            test = random_parts(preset if preset in NITRO_TEST_PRESETS else
+                                ("nitro-test-joint" if model.cfg.variant == "joint_gan" else "nitro-test-gan"),
+                                seed=args.seed)
+        if args.text_encoder:
+            from tokenizers import Tokenizer
+
+            llama = load_llama(args.text_encoder)
+            tokenizer = Tokenizer.from_file(str(Path(args.text_encoder) / "tokenizer.json"))
+            pad = getattr(llama.config, "eos_token_id", None)
+            pad = pad[0] if isinstance(pad, list) else pad
+            if pad is None:
+                raise InvalidInputError(f"--text-encoder {args.text_encoder}: its config names no eos_token_id "
+                                        "(the padding id)")
+        else:
+            llama, tokenizer, pad = _random_llama(model.cfg.text_dim, args.seed), test.tokenizer, test.pad_token_id
+        if args.dcae:
+            decoder, downsample, scale = load_dcae_decoder(args.dcae), 32, DCAE_LATENT_SCALE
+        elif model.cfg.grid * 32 == 512:  # a published size: a random DC-AE of the published shape
+            decoder, downsample, scale = random_dcae(args.seed), 32, DCAE_LATENT_SCALE
+        else:
+            decoder, downsample, scale = TinyLatentDecoder(model.cfg.latent_channels, 8, seed=args.seed), 8, \
+                DCAE_LATENT_SCALE
+    parts = NitroParts(model=model, text_encoder=llama, tokenizer=tokenizer, pad_token_id=int(pad), decoder=decoder,
+                       downsample=downsample, latent_scale=scale, name=args.name or Path(args.out).name,
+                       description=f"Nitro-AR {model.cfg.variant}" + ("" if args.nitro_weights else ", random weights"))
+    del model, llama, decoder  # `parts` holds the only references: the export releases each when done
+    if args.text_encoder is None or args.dcae is None:
+        del test
+    with stage(progress, "export", args.quant):
+        write_nitro_dir(parts, args.out, precision=args.quant, text_encoder_bits=args.text_encoder_bits,
+                        overwrite=args.overwrite, release=True)
+    print(f"exported 1 model directory in {time.perf_counter() - t0:.1f}s: {args.out}")
+    return Path(args.out)
+
+
+def _random_llama(text_dim: int, seed: int):
+    """A random text encoder of the text width: Llama-3.2-1B's shape for the published width (2048), else
+    the small test encoder."""
+    from .nitro_export import tiny_llama
+
+    if text_dim != 2048:
+        return tiny_llama(text_dim, 64, seed=seed)
+    import torch
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                      num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+                      rope_theta=500000.0, tie_word_embeddings=True, head_dim=64)
+    return LlamaModel(cfg).eval()

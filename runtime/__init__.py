@@ -34,6 +34,7 @@ table and checks it against the imports):
     preview           features   partial images while a generation runs
     editing           features   inpaint, outpaint, continuation (EditPipeline, EditCalls)
     pipeline          api        Pipeline: the generation API over all of the above
+    nitro             api        NitroPipeline: text-to-image models (family nitro-ar), their loop
 
 Core is numpy only (no onnxruntime; tests/test_runtime_only.py runs it without); platform puts
 onnxruntime behind `backend` and the sessions it opens; features build on both; the API on all.
@@ -48,6 +49,7 @@ _EXPORTS = {
     "config": ("GenerationConfig", "DECODERS"),
     "decoders": ("Decoder", "DecoderRequest", "SequentialDecoder"),
     "pipeline": ("Pipeline",),
+    "nitro": ("NitroPipeline",),
     "loaded": ("default_model_dir",),
     "providers": ("available_providers", "resolve_providers"),
     "results": ("CancelToken", "GenerationCancelled", "GenerationResult", "Step"),

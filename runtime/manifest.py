@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import InvalidInputError, ModelDirectoryError
 from .spec import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, REEXPORT, UNTRUSTED_FIX,  # noqa: F401 (re-exported)
-                   ModelSpec, TokenLayout, is_plain_file_name, quoted)
+                   TEXT_FAMILIES, ModelSpec, NitroSpec, TokenLayout, is_plain_file_name, quoted)
 
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest of 100,000 class names is ~5 MB; more is not a manifest
 
@@ -57,7 +57,12 @@ class Manifest:
     that everything reads; the manifest file is read once, by `load_manifest`."""
 
     root: Path
-    spec: ModelSpec
+    spec: ModelSpec | NitroSpec
+
+    @property
+    def text_to_image(self) -> bool:
+        """A prompt-conditioned model (runtime/nitro.py runs it), not a class-conditional one."""
+        return isinstance(self.spec, NitroSpec)
 
     # --- shorthands for the spec's most used facts ------------------------------------------------
     @property
@@ -115,7 +120,9 @@ def load_manifest(model_dir: str | Path, verify: str = "full") -> Manifest:
         raise ModelDirectoryError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:200]}); "
                                   "re-export the model") from None
     # The schema: every section, type, range and name (runtime/spec.py); opens nothing.
-    manifest = Manifest(root, ModelSpec.from_manifest(data, root))
+    # A text-to-image model (family nitro-ar) has its own sections (runtime/spec.py, NitroSpec).
+    text = isinstance(data, dict) and data.get("family") in TEXT_FAMILIES
+    manifest = Manifest(root, (NitroSpec if text else ModelSpec).from_manifest(data, root))
     check_names(root, manifest.spec)  # symlinks: still opens nothing
     if verify != "none":
         _verify_listed(manifest, full=verify == "full")

@@ -94,7 +94,8 @@ class Pipeline(EditCalls):
     def load(cls, model_dir: str | Path | None = None, providers: str | list[str] = "auto",
              threads: int | None = None, verify: str = "full", provider_options: dict | None = None,
              session_options=None, memory_budget: int | None = DEFAULT_MEMORY_BUDGET,
-             max_concurrency: int = DEFAULT_CONCURRENCY, low_memory: bool | None = None) -> "Pipeline":
+             max_concurrency: int = DEFAULT_CONCURRENCY,
+             low_memory: bool | None = None) -> "Pipeline | NitroPipeline":  # noqa: F821
         """Open `model_dir` (default: the shipped model) on the best or the requested providers.
 
         Args:
@@ -115,9 +116,14 @@ class Pipeline(EditCalls):
                 None: the environment variable TESSERA_LOW_MEMORY (1 = on), for a deployment to set.
 
         `pipe.providers` lists the providers in use, the one that runs the transformer first;
-        `pipe.graph_providers` names the provider that runs each graph.
+        `pipe.graph_providers` names the provider that runs each graph. A text-to-image model directory
+        (family nitro-ar) opens as a `NitroPipeline` (runtime/nitro.py): `pipe.generate(prompts=[...])`.
         """
         manifest = load_manifest(model_dir if model_dir is not None else default_model_dir(), verify=verify)
+        if manifest.text_to_image:  # a nitro-ar directory: its own pipeline, `generate(prompts=[...])`
+            from .nitro import NitroPipeline
+
+            return NitroPipeline(manifest, resolve_providers(providers), threads, bool(low_memory))
         return cls(manifest, resolve_providers(providers), threads, provider_options, session_options,
                    memory_budget, max_concurrency, low_memory)
 

@@ -11,6 +11,10 @@ image size, the transformer graph's input list) is a rule, not a copy. The runti
 the sections it uses; `export` (architecture and training fields that only re-export needs) is the
 exporter's, checked by it (export/config.py). A format-1 manifest is read through `upgrade_v1`, the
 one place that knows format 1.
+
+A text-to-image model (family `nitro-ar`, docs/model-directory.md section 10) has its own sections, read
+into a `NitroSpec` by `NitroSpec.from_manifest` with the same field readers (manifest.load_manifest picks
+the reader by the family).
 """
 from __future__ import annotations
 
@@ -643,7 +647,7 @@ class _Reader:
         p = f"graphs.{name}"
         if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
             raise self.error(f"graphs[{_show(name)}]", "must be named by a short string")
-        transformer = name == "transformer"
+        transformer = name == "transformer" and t is not None  # t None: a text-to-image model's plain graphs
         known = _GRAPH_KEYS + (_TRANSFORMER_GRAPH_KEYS if transformer else ("inputs", "outputs"))
         e = self.section({name: e}, name, "graphs", known=known)
         where = f"graphs[{quoted(name)}]"
@@ -664,8 +668,9 @@ class _Reader:
             psnr_db=self.number(e, p, "psnr_db", 0, 1000, default=None, what="a PSNR in dB, 0..1000"),
             min_psnr_db=self.number(e, p, "min_psnr_db", 0, 1000, default=None, what="a PSNR in dB, 0..1000"))
         if not transformer:
-            inputs, outputs = self.names(e, p, "inputs", 1), self.names(e, p, "outputs", 1)
-            if (len(inputs), len(outputs)) != (1, 1):
+            most = 1 if t is not None else 8
+            inputs, outputs = self.names(e, p, "inputs", most), self.names(e, p, "outputs", most)
+            if t is not None and (len(inputs), len(outputs)) != (1, 1):
                 raise self.error(f"{p}.inputs", f"a tokenizer graph takes one input and gives one output, the "
                                                 f"manifest lists {list(inputs)} -> {list(outputs)}")
             return replace(graph, inputs=inputs, outputs=outputs)
@@ -920,3 +925,200 @@ def check_session(session, graph: GraphSpec, inputs: list[TensorSig], outputs: l
                     source = e.fields[axis] if axis < len(e.fields) and e.fields[axis] else "the manifest"
                     raise fail(f"{kind} {e.name!r} has size {got} on axis {axis} ({list(shape)}), but {source} "
                                f"says {want}")
+
+
+# --- the text-to-image family (Nitro-AR) ------------------------------------------------------------
+NITRO_FAMILY = "nitro-ar"  # masked AR over continuous latent tokens, text-conditioned (runtime/nitro.py)
+TEXT_FAMILIES = (NITRO_FAMILY,)
+NITRO_VARIANTS = ("gan", "joint_gan")
+HEAD_TIMESTEPS = ("exact", "floor")
+# The graphs each variant runs, with their inputs and outputs (docs/model-directory.md, section 10).
+NITRO_GRAPHS = {
+    "text_encoder": (("input_ids", "attention_mask"), ("last_hidden_state",)),
+    "transformer": (("tokens", "mask", "text"), ("hidden",)),
+    "head": (("x", "t", "z"), ("velocity",)),
+    "global_transformer": (("text",), ("hidden",)),
+    "global_head": (("x", "t", "z"), ("velocity",)),
+    "decoder": (("latent",), ("image",)),
+}
+NITRO_VARIANT_GRAPHS = {
+    "gan": ("text_encoder", "transformer", "head", "decoder"),
+    "joint_gan": ("text_encoder", "global_transformer", "global_head", "transformer", "head", "decoder"),
+}
+_NITRO_KEYS = ("variant", "grid", "latent_channels", "dim", "iterations", "head_steps", "guidance_scale",
+               "num_train_timesteps", "shift", "head_timestep")
+_TEXT_KEYS = ("tokenizer", "max_tokens", "hidden", "pad_token_id")
+_DECODER_KEYS = ("latent_scale", "downsample", "image_channels")
+_NITRO_TOP = ("format", "format_version", "name", "description", "family", "conditioning", "nitro", "text",
+              "decoder", "graphs", "export", "weights", "files")
+
+
+@dataclass(frozen=True)
+class NitroLoop:
+    """The sampling loop of a Nitro-AR model, as data (docs/model-directory.md, section 10)."""
+
+    variant: str  # "gan": MaskGIT iterations + a per-cell head; "joint_gan": global token, then one joint pass
+    grid: int  # cells per side
+    latent_channels: int  # channels of one latent cell
+    dim: int  # the transformer's hidden state width (the heads' condition)
+    iterations: int  # gan: transformer calls per image (joint_gan: always 2)
+    head_steps: int  # Euler steps of the flow head per decision
+    guidance_scale: float  # on velocities; guidance is on exactly when > 1
+    num_train_timesteps: int = 1000
+    shift: float = 1.0
+    head_timestep: str = "exact"  # "floor": the head is fed floor(t) (joint_gan), the Euler update the exact sigma
+
+    @property
+    def cells(self) -> int:
+        return self.grid * self.grid
+
+    def to_dict(self) -> dict:
+        return {"variant": self.variant, "grid": self.grid, "latent_channels": self.latent_channels, "dim": self.dim,
+                "iterations": self.iterations, "head_steps": self.head_steps, "guidance_scale": self.guidance_scale,
+                "num_train_timesteps": self.num_train_timesteps, "shift": self.shift,
+                "head_timestep": self.head_timestep}
+
+
+@dataclass(frozen=True)
+class TextEncoderSpec:
+    """How a prompt becomes the transformer's text states."""
+
+    tokenizer: str  # a tokenizers JSON file in the model directory
+    max_tokens: int  # ids padded (with pad_token_id) or truncated to this many
+    hidden: int  # width of the encoder's states
+    pad_token_id: int
+
+    def to_dict(self) -> dict:
+        return {"tokenizer": self.tokenizer, "max_tokens": self.max_tokens, "hidden": self.hidden,
+                "pad_token_id": self.pad_token_id}
+
+
+@dataclass(frozen=True)
+class LatentDecoderSpec:
+    """The latent -> image decoder: it is fed latent / latent_scale as [B, C, grid, grid]."""
+
+    latent_scale: float
+    downsample: int  # pixels per latent cell side
+    image_channels: int = 3
+
+    def to_dict(self) -> dict:
+        return {"latent_scale": self.latent_scale, "downsample": self.downsample,
+                "image_channels": self.image_channels}
+
+
+@dataclass(frozen=True)
+class NitroSpec:
+    """A text-to-image (family `nitro-ar`) model directory's manifest, validated."""
+
+    name: str
+    loop: NitroLoop
+    text: TextEncoderSpec
+    decoder: LatentDecoderSpec
+    graphs: tuple[GraphSpec, ...]
+    files: dict = field(default_factory=dict, hash=False)
+    weights: dict = field(default_factory=dict, hash=False)
+    description: str = ""
+    family: str = NITRO_FAMILY
+    conditioning: str = "text"
+    export: dict = field(default_factory=dict, hash=False)
+    info: dict = field(default_factory=dict, hash=False)  # informational sections (exported_by, parity ...)
+    format_version: int = field(default=FORMAT_VERSION, compare=False)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.loop.grid, self.loop.grid
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        side = self.loop.grid * self.decoder.downsample
+        return side, side
+
+    def graph_names(self) -> list[str]:
+        return [g.name for g in self.graphs]
+
+    def graph(self, name: str) -> GraphSpec:
+        for g in self.graphs:
+            if g.name == name:
+                return g
+        raise ModelDirectoryError(f"the model has no '{name}' graph (it has {self.graph_names()}); {FIX}")
+
+    def has_graph(self, name: str) -> bool:
+        return any(g.name == name for g in self.graphs)
+
+    def to_manifest(self) -> dict:
+        info = dict(self.info)
+        d = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": self.name, "description": self.description,
+             "family": self.family, "conditioning": {"kind": self.conditioning}}
+        if "exported_by" in info:
+            d["exported_by"] = info.pop("exported_by")
+        d.update({"nitro": self.loop.to_dict(), "text": self.text.to_dict(), "decoder": self.decoder.to_dict(),
+                  "graphs": {g.name: g.to_dict() for g in self.graphs}, "export": self.export,
+                  "weights": dict(self.weights)})
+        d.update(info)
+        d["files"] = {n: {"sha256": f.sha256, "bytes": f.bytes} for n, f in self.files.items()}
+        return d
+
+    @classmethod
+    def from_manifest(cls, data: object, root=None) -> "NitroSpec":
+        r = _Reader(f"{root}/{MANIFEST_NAME}" if root is not None else MANIFEST_NAME)
+        if not isinstance(data, dict) or data.get("family") != NITRO_FAMILY:
+            raise r.error("family", f"must be {NITRO_FAMILY!r} for a text-to-image model")
+        return _read_nitro(r, data)
+
+
+def _read_nitro(r: _Reader, data: dict) -> NitroSpec:
+    if data.get("format") != FORMAT:
+        raise r.error("format", f"must be {FORMAT!r}, got {_show(data.get('format'))}")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise r.error("format_version", f"must be {FORMAT_VERSION} for a {NITRO_FAMILY} model, got {_show(version)}")
+    cond = r.section(data, "conditioning", known=("kind",))
+    r.text(cond, "conditioning", "kind", choices=("text",))
+    files = r.files(data)
+    weights = r.weights(data, files)
+    s = r.section(data, "nitro", known=_NITRO_KEYS)
+    p = "nitro"
+    variant = r.text(s, p, "variant", choices=NITRO_VARIANTS)
+    grid = r.integer(s, p, "grid", 4, MAX_GRID)
+    if grid % 4:
+        raise r.error("nitro.grid", f"must be a multiple of 4 (the transformer halves and quarters it), got {grid}")
+    loop = NitroLoop(
+        variant=variant, grid=grid, latent_channels=r.integer(s, p, "latent_channels", 1, 4096),
+        dim=r.integer(s, p, "dim", 1, 65536), iterations=r.integer(s, p, "iterations", 1, grid * grid),
+        head_steps=r.integer(s, p, "head_steps", 1, 1000),
+        guidance_scale=r.number(s, p, "guidance_scale", 0, 1e6, what="a finite number >= 0 (<= 1 turns guidance off)"),
+        num_train_timesteps=r.integer(s, p, "num_train_timesteps", 2, 10 ** 6),
+        shift=r.number(s, p, "shift", 0, 1e6, lo_open=True),
+        head_timestep=r.text(s, p, "head_timestep", choices=HEAD_TIMESTEPS))
+    t = r.section(data, "text", known=_TEXT_KEYS)
+    text = TextEncoderSpec(tokenizer=r.listed(files, "text.tokenizer", t.get("tokenizer")),
+                           max_tokens=r.integer(t, "text", "max_tokens", 1, 65536),
+                           hidden=r.integer(t, "text", "hidden", 1, 65536),
+                           pad_token_id=r.integer(t, "text", "pad_token_id", 0, 2 ** 31 - 1))
+    d = r.section(data, "decoder", known=_DECODER_KEYS)
+    decoder = LatentDecoderSpec(latent_scale=r.number(d, "decoder", "latent_scale", 0, 1e6, lo_open=True),
+                                downsample=r.integer(d, "decoder", "downsample", 1, 1024),
+                                image_channels=r.integer(d, "decoder", "image_channels", 1, 4))
+    if grid * decoder.downsample > MAX_IMAGE_SIDE:
+        raise r.error("decoder.downsample", f"x nitro.grid ({decoder.downsample} x {grid}) must be at most "
+                                            f"{MAX_IMAGE_SIDE} pixels")
+    gs = r.section(data, "graphs")
+    needed = NITRO_VARIANT_GRAPHS[variant]
+    for name in needed:
+        if name not in gs:
+            raise r.error(f"graphs.{name}", f"is missing (a {variant} model runs {', '.join(needed)})")
+    graphs = []
+    for name, entry in gs.items():
+        if name not in needed:
+            raise r.error(f"graphs.{name}", f"is not a graph of a {variant} model (it runs {', '.join(needed)})")
+        g = r.graph(name, entry, None, None, files)
+        want_in, want_out = NITRO_GRAPHS[name]
+        if g.inputs != want_in or g.outputs != want_out:
+            raise r.error(f"graphs.{name}", f"must take {list(want_in)} and give {list(want_out)}, the manifest "
+                                            f"lists {list(g.inputs)} -> {list(g.outputs)}")
+        graphs.append(g)
+    return NitroSpec(name=r.text(data, "", "name"), description=r.text(data, "", "description"), loop=loop,
+                     text=text, decoder=decoder, graphs=tuple(graphs), files=files, weights=weights,
+                     export=r.section(data, "export"), format_version=version,
+                     info={k: v for k, v in data.items() if k not in _NITRO_TOP})
+
