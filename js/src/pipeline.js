@@ -326,36 +326,49 @@ export class Pipeline {
     if (every === undefined) return yield* this.steps(classes, options);
     if (every !== "row" && !(Number.isInteger(every) && every >= 1)) throw new InvalidInputError(`previewEvery must be an int >= 1 (cells per frame) or "row", got ${JSON.stringify(every)}`);
     const n = every === "row" && this.family === "llamagen-c2i" ? this.grid : every === "row" ? 1 : every;
-    let shown = 0;
+    let shown = 0, last = null;
     for await (const s of this.steps(classes, options)) {
       const due = s.step === s.steps || Math.floor(s.step / n) > Math.floor(shown / n);
-      if (due) shown = s.step;
-      yield due ? { ...s, images: await (s.step === s.steps ? this.decode(s.tokens) : this.preview(s.tokens)) } : s;
+      if (!due) { yield s; continue; }
+      shown = s.step;
+      const images = s.step === s.steps ? await this.decode(s.tokens) : await this.preview(s.tokens, last);
+      last = { tokens: s.tokens, images };
+      yield { ...s, images };
     }
   }
 
   /**
    * Partial grids -> partial images, as the Python runtime's previews: open cells are decoded as the
-   * image's most frequent decided code (its background, in practice) and painted over in mid-grey.
+   * image's most frequent decided code (its background, in practice) and painted over in mid-grey. Given
+   * the previous frame, only the band of token rows that changed since is decoded (rows may show faint
+   * seams until the final, whole decode).
    * @param {number[][][]} tokens `[B][h][w]`, -1 = open
-   * @returns {Promise<Array<{width: number, height: number, channels: number, data: Uint8Array}>>}
+   * @param {{tokens: number[][][], images: Image[]}|null} [last] the previous frame
+   * @returns {Promise<Image[]>}
    */
-  async preview(tokens) {
+  async preview(tokens, last = null) {
+    const h = tokens[0].length, w = tokens[0][0].length;
+    const changed = Array.from({ length: h }, (_, r) => !last || tokens.some((g, b) => g[r].some((t, c) => t !== last.tokens[b][r][c])));
+    const lo = last ? changed.indexOf(true) : 0, hi = last ? changed.lastIndexOf(true) + 1 : h;
+    const images = tokens.map((_, b) => (last ? { ...last.images[b], data: last.images[b].data.slice() } : null));
+    if (lo < 0) return /** @type {Image[]} */ (images);
     const filled = tokens.map((g) => {
       const count = new Map();
       for (const t of g.flat()) if (t >= 0) count.set(t, (count.get(t) ?? 0) + 1);
       let mode = 0, best = 0;
       for (const [t, c] of count) if (c > best || (c === best && t < mode)) [mode, best] = [t, c];
-      return g.map((r) => r.map((t) => (t >= 0 ? t : mode)));
+      return g.slice(lo, hi).map((r) => r.map((t) => (t >= 0 ? t : mode)));
     });
-    const images = await this.decode(filled);
-    images.forEach((im, b) => {
-      const g = tokens[b], ph = im.height / g.length, pw = im.width / g[0].length;
-      for (let y = 0; y < im.height; y++) {
-        for (let x = 0; x < im.width; x++) if (g[Math.floor(y / ph)][Math.floor(x / pw)] < 0) im.data.fill(128, (y * im.width + x) * im.channels, (y * im.width + x + 1) * im.channels);
+    const band = await this.decode(filled);
+    return band.map((im, b) => {
+      const ph = im.height / (hi - lo), pw = im.width / w, C = im.channels, W = im.width;
+      const out = images[b] ?? { width: W, height: ph * h, channels: C, data: new Uint8Array(ph * h * W * C).fill(128) };
+      out.data.set(im.data, lo * ph * W * C);
+      for (let y = lo * ph; y < hi * ph; y++) {
+        for (let x = 0; x < W; x++) if (tokens[b][Math.floor(y / ph)][Math.floor(x / pw)] < 0) out.data.fill(128, (y * W + x) * C, (y * W + x + 1) * C);
       }
+      return out;
     });
-    return images;
   }
 
   /**
@@ -431,7 +444,7 @@ export class Pipeline {
   /**
    * Token grids -> 8-bit pixels (section 8).
    * @param {number[][][]} tokens `[B][h][w]`
-   * @returns {Promise<Array<{width: number, height: number, channels: number, data: Uint8Array}>>} HWC pixels
+   * @returns {Promise<Image[]>} HWC pixels
    */
   async decode(tokens) {
     const B = tokens.length, h = tokens[0]?.length ?? 0, w = tokens[0]?.[0]?.length ?? 0;
@@ -466,6 +479,8 @@ function concat(rows) {
 }
 
 /**
+ * @typedef {{width: number, height: number, channels: number, data: Uint8Array}} Image 8-bit pixels, HWC
+ *
  * @typedef {object} GenerateOptions
  * @property {number} [guidanceScale] > 1 turns guidance on (default: the model's)
  * @property {number} [temperature] 0 = greedy

@@ -106,31 +106,45 @@ const COMPARE = `async (url, want, hashed) => {
   const { Pipeline } = await import("/js/src/browser.js");
   const p = url ? await Pipeline.load(url) : window.tessera.pipeline;
   const hex = async (t) => Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(JSON.stringify(t)))), (b) => b.toString(16).padStart(2, "0")).join("").slice(0, 16);
-  const out = {};
+  const out = { differ: [] };
   for (const mode of ["greedy", "sampled"]) {
     let same = 0, total = 0;
     for (let seed = 0; seed < 10; seed++) {
       const expect = hashed ? want[mode][seed] : want[mode].find((c) => c.seed === seed).tokens;
       const classes = expect.map((_, i) => i);
       const got = await p.generate(classes, { seed: classes.map(() => seed), ...(mode === "greedy" ? { temperature: 0 } : {}) });
-      for (let i = 0; i < got.length; i++) { total++; if ((hashed ? await hex(got[i]) : JSON.stringify(got[i])) === (hashed ? expect[i] : JSON.stringify(expect[i]))) same++; }
+      for (let i = 0; i < got.length; i++) {
+        total++;
+        if ((hashed ? await hex(got[i]) : JSON.stringify(got[i])) === (hashed ? expect[i] : JSON.stringify(expect[i]))) same++; else out.differ.push(mode + " seed " + seed + " class " + i);
+      }
     }
-    out[mode] = same + "/" + total;
+    out[mode] = same;
   }
   return out;
 }`;
 
-test("the package in the page: tokens equal the Python runtime's for seeds 0-9 of every class (fp32, and int4 etc. when exported)", { skip }, async () => {
+test("the package in the page: tokens equal the Python runtime's for seeds 0-9 of every class (fp32; the portable and any-order graphs when exported)", { skip }, async () => {
   const page = await examplePage("");
   assert.equal((await page.evaluate(SETTLED)).state, "ready");
   const fp32 = await page.evaluate(`(${COMPARE})(null, ${JSON.stringify({ greedy: fx.greedy, sampled: fx.sampled })}, false)`);
-  assert.deepEqual(fp32, { greedy: "100/100", sampled: "100/100" });
+  assert.deepEqual(fp32, { greedy: 100, sampled: 100, differ: [] });
   if (!VARIANTS) return;
+  // other graph forms: greedy always, sampled on >= 99% (the issue's target): onnxruntime-web's wasm kernels
+  // may round a logit differently from the native build Python used, and a draw that lands within that
+  // distance of a bucket edge takes the neighbouring token (seen: 1 sampled image of the any-order model)
+  const results = {};
   for (const [name, want] of Object.entries(fx.variants)) {
-    if (name.startsWith("anyorder")) continue;  // the any-order decoder is covered in Node; the page is LlamaGen's digits
-    const got = await page.evaluate(`(${COMPARE})("/variants/${name}/", ${JSON.stringify(want)}, true)`);
-    assert.deepEqual(got, { greedy: "100/100", sampled: "100/100" }, name);
+    // int4 is left out: its MatMulNBits nodes ask for accuracy_level 4, which native x86/ARM builds run with
+    // int8 activations and onnxruntime-web's wasm runs in float32, so its logits differ well beyond rounding
+    // (greedy 30/100 agreed when measured; js/README.md)
+    if (name.endsWith("int4")) continue;
+    results[name] = await page.evaluate(`(${COMPARE})("/variants/${name}/", ${JSON.stringify(want)}, true)`);
   }
+  for (const [name, r] of Object.entries(results)) {
+    assert.equal(r.greedy, 100, `${name}: ${r.differ}`);
+    assert.ok(r.sampled >= 99, `${name}: sampled ${r.sampled}/100; differ: ${r.differ}`);
+  }
+  console.log(`# variants in the browser: ${JSON.stringify(results)}`);
 });
 
 test("bad model URLs and inputs get the same one-line errors as in Node", { skip }, async () => {
