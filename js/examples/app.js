@@ -7,7 +7,7 @@ import { Pipeline, onnxruntimeVersion, AbortError } from "../src/browser.js";
 
 const q = new URLSearchParams(location.search);
 const $ = (/** @type {string} */ id) => /** @type {any} */ (document.getElementById(id));
-const ui = { cls: $("class"), seed: $("seed"), greedy: $("greedy"), backend: $("backend"), go: $("go"), stop: $("stop"), canvas: $("canvas") };
+const ui = { cls: $("class"), seed: $("seed"), greedy: $("greedy"), backend: $("backend"), go: $("go"), stop: $("stop"), canvas: $("canvas"), random: $("random") };
 const state = /** @type {any} */ ({ state: "loading", pipeline: null, last: null, error: null });
 /** @type {any} */ (window).tessera = state;
 const setState = (/** @type {string} */ s) => { state.state = s; document.body.dataset.state = s; };
@@ -89,5 +89,4 @@ async function main() {
   if (q.get("auto") === "1") await generate();
 }
 
-ui.random = $("random");
 main().catch(fail);

@@ -248,7 +248,7 @@ export class Pipeline {
     const byName = (/** @type {string} */ s) => {
       const i = find(s);
       if (i !== null) return i;
-      throw new InvalidInputError(`unknown class name ${JSON.stringify(label)}; valid classes: ${names.slice(0, 20).map((x, j) => `${j}=${x}`).join(", ")}${n > 20 ? " ..." : ""}`);
+      throw new InvalidInputError(`unknown class name ${JSON.stringify(label)}; valid classes: ${names.slice(0, 20).map((/** @type {string} */ x, /** @type {number} */ j) => `${j}=${x}`).join(", ")}${n > 20 ? " ..." : ""}`);
     };
     let id;
     if (typeof label === "string") {
@@ -319,18 +319,21 @@ export class Pipeline {
    * with `previewEvery` ("row" or cells per frame) also `images` (partial, then the final decode) when a frame is due.
    * @param {Array<number|string>|number|string} classes
    * @param {GenerateOptions} [options]
-   * @returns {AsyncGenerator<{step: number, steps: number, tokens: number[][][]}>}
+   * @returns {AsyncGenerator<{step: number, steps: number, tokens: number[][][], images?: Image[]}>}
    */
   async *stream(classes, options = {}) {
     const every = options.previewEvery;
     if (every === undefined) return yield* this.steps(classes, options);
     if (every !== "row" && !(Number.isInteger(every) && every >= 1)) throw new InvalidInputError(`previewEvery must be an int >= 1 (cells per frame) or "row", got ${JSON.stringify(every)}`);
     const n = every === "row" && this.family === "llamagen-c2i" ? this.grid : every === "row" ? 1 : every;
-    let shown = 0, last = null;
+    let shown = 0;
+    /** @type {{tokens: number[][][], images: Image[]}|null} */
+    let last = null;
     for await (const s of this.steps(classes, options)) {
       const due = s.step === s.steps || Math.floor(s.step / n) > Math.floor(shown / n);
       if (!due) { yield s; continue; }
       shown = s.step;
+      /** @type {Image[]} */
       const images = s.step === s.steps ? await this.decode(s.tokens) : await this.preview(s.tokens, last);
       last = { tokens: s.tokens, images };
       yield { ...s, images };
@@ -348,8 +351,9 @@ export class Pipeline {
    */
   async preview(tokens, last = null) {
     const h = tokens[0].length, w = tokens[0][0].length;
-    const changed = Array.from({ length: h }, (_, r) => !last || tokens.some((g, b) => g[r].some((t, c) => t !== last.tokens[b][r][c])));
-    const lo = last ? changed.indexOf(true) : 0, hi = last ? changed.lastIndexOf(true) + 1 : h;
+    // the rows written since the last frame (the first frame: from the top to the last row written so far)
+    const changed = Array.from({ length: h }, (_, r) => tokens.some((g, b) => g[r].some((t, c) => (last ? t !== last.tokens[b][r][c] : t >= 0))));
+    const lo = last ? changed.indexOf(true) : 0, hi = last ? changed.lastIndexOf(true) + 1 : Math.max(1, changed.lastIndexOf(true) + 1);
     const images = tokens.map((_, b) => (last ? { ...last.images[b], data: last.images[b].data.slice() } : null));
     if (lo < 0) return /** @type {Image[]} */ (images);
     const filled = tokens.map((g) => {

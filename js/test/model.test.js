@@ -62,6 +62,11 @@ test("stream yields each step's partial grid; an AbortSignal cancels", async () 
   assert.ok(row(partial, 12).every((v) => v === 128) && row(partial, 27).every((v) => v === 128));
   assert.ok(!row(partial, 0).every((v) => v === 128));
   await assert.rejects(pipe.stream([1], { previewEvery: 0 }).next(), /previewEvery must be an int >= 1/);
+  const pv = fx.previews, shown = [];  // the Python runtime's frames, pixel for pixel
+  for await (const s of pipe.stream([pv.class], { seed: pv.seed, previewEvery: "row" })) {
+    if (s.images) shown.push({ step: s.step, sha256: createHash("sha256").update(s.images[0].data).digest("hex") });
+  }
+  assert.deepEqual(shown, pv.frames);
   const ac = new AbortController();
   let seen = 0;
   await assert.rejects(async () => {
