@@ -1,19 +1,16 @@
 // Reading and checking a model directory's `tessera.json` (contract sections 1-2, format 2).
 // A model directory is untrusted input: nothing is opened before every check has passed.
 
-import { createHash } from "node:crypto";
-import { createReadStream, promises as fs } from "node:fs";
-import path from "node:path";
 import { ModelDirectoryError } from "./errors.js";
 
 export const FORMAT = "tessera-model";
 export const FORMAT_VERSION = 2;
 export const FAMILIES = ["llamagen-c2i", "anyorder-c2i"];
-const MAX_MANIFEST = 64 * 1024 * 1024;
-const FIX = "re-export the model";
+export const MAX_MANIFEST = 64 * 1024 * 1024;
+export const FIX = "re-export the model";
 
 /** @param {string} msg @returns {never} */
-function fail(msg) { throw new ModelDirectoryError(msg); }
+export function fail(msg) { throw new ModelDirectoryError(msg); }
 
 const isObj = (/** @type {unknown} */ x) => typeof x === "object" && x !== null && !Array.isArray(x);
 const isInt = (/** @type {unknown} */ x) => typeof x === "number" && Number.isInteger(x);
@@ -48,25 +45,6 @@ export function plainName(name, where) {
     fail(`tessera.json: ${where} must be a plain file name inside the model directory, got ${JSON.stringify(name)}; ${FIX}`);
   }
   return name;
-}
-
-/** @param {string} dir @param {string} name @returns {Promise<string>} the real path, checked to be inside dir */
-export async function insidePath(dir, name) {
-  const root = await fs.realpath(dir);
-  let real;
-  try { real = await fs.realpath(path.join(root, name)); } catch {
-    fail(`model directory ${dir}: ${name} is missing; copy the whole directory again or ${FIX}`);
-  }
-  if (path.dirname(real) !== root) fail(`model directory ${dir}: ${name} resolves outside the directory; ${FIX}`);
-  return real;
-}
-
-/** @param {string} file @returns {Promise<string>} hex sha256 */
-function sha256(file) {
-  return new Promise((resolve, reject) => {
-    const h = createHash("sha256");
-    createReadStream(file).on("data", (b) => h.update(b)).on("error", reject).on("end", () => resolve(h.digest("hex")));
-  });
 }
 
 /**
@@ -128,7 +106,8 @@ export function checkManifest(m) {
     if (g === "transformer") {
       oneOf(e, where, "kind", ["fused", "portable"]);
       const kv = oneOf(e, where, "kv_cache", ["shared-buffer", "concat"]);
-      const mq = oneOf(e, where, "multi_query", ["batched", "one-query-per-call"]);
+      // multi_query absent: the graph takes several queries per call ("batched")
+      const mq = "multi_query" in e ? oneOf(e, where, "multi_query", ["batched", "one-query-per-call"]) : "batched";
       if (kv === "concat" && mq !== "batched") fail(`tessera.json: ${where}.multi_query must be "batched" with kv_cache "concat"; ${FIX}`);
       const io = e.io;
       const plain = ["input_ids", "position_ids", "attention_mask", "logits"];
@@ -191,36 +170,26 @@ export function graphOutputs(m) {
 }
 
 /**
- * Reads `dir/tessera.json`, checks it, and checks every listed file's size and SHA-256.
- * @param {string} dir @returns {Promise<any>} the manifest
+ * @typedef {object} Store where a model directory's files come from (node.js: a folder; web.js: a URL)
+ * @property {string} where the directory or URL, as messages name it
+ * @property {() => Promise<string>} manifest tessera.json's text (at most 64 MiB), or a ModelDirectoryError
+ * @property {(name: string, entry: {bytes: number, sha256: string}) => Promise<boolean>} verify checks a
+ *   listed file's size and SHA-256; false when it is absent (a ModelDirectoryError for any other failure)
  */
-export async function readModelDirectory(dir) {
-  let st;
-  try { st = await fs.stat(dir); } catch { fail(`model directory ${dir} does not exist; give the path of a directory that \`tessera export\` wrote`); }
-  if (!st.isDirectory()) fail(`${dir} is not a directory; give the path of a directory that \`tessera export\` wrote`);
-  const file = path.join(dir, "tessera.json");
-  let text;
-  try {
-    const s = await fs.stat(file);
-    if (s.size > MAX_MANIFEST) fail(`${file} is larger than 64 MiB; ${FIX}`);
-    text = await fs.readFile(file, "utf8");
-  } catch (e) {
-    if (e instanceof ModelDirectoryError) throw e;
-    fail(`model directory ${dir} has no tessera.json; give the path of a directory that \`tessera export\` wrote`);
-  }
+
+/**
+ * Reads a model directory's `tessera.json`, checks it, and checks every listed file's size and SHA-256.
+ * @param {Store} store @returns {Promise<any>} the manifest
+ */
+export async function readModelDirectory(store) {
+  const text = await store.manifest();
   let m;
-  try { m = JSON.parse(text); } catch (e) { fail(`${file} is not valid JSON (${/** @type {Error} */ (e).message}); ${FIX}`); }
+  try { m = JSON.parse(text); } catch (e) { fail(`${store.where}: tessera.json is not valid JSON (${/** @type {Error} */ (e).message}); ${FIX}`); }
   checkManifest(m);
   const weights = new Set(Object.values(m.weights));
   for (const [name, f] of Object.entries(m.files)) {
-    let real;
-    try { real = await insidePath(dir, name); } catch (e) {
-      if (weights.has(name) && /is missing/.test(/** @type {Error} */ (e).message)) continue;  // an install may omit weights
-      throw e;
-    }
-    const size = (await fs.stat(real)).size;
-    if (size !== f.bytes) fail(`model directory ${dir}: ${name} has ${size} bytes, tessera.json says ${f.bytes} (truncated or changed); copy it again or ${FIX}`);
-    if ((await sha256(real)) !== f.sha256.toLowerCase()) fail(`model directory ${dir}: ${name} does not match its sha256 in tessera.json (corrupt or changed); copy it again or ${FIX}`);
+    // an install may omit the weights (the graphs hold them); every other listed file must be there
+    if (!(await store.verify(name, f)) && !weights.has(name)) fail(`model directory ${store.where}: ${name} is missing; copy the whole directory again or ${FIX}`);
   }
   return m;
 }

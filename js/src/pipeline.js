@@ -1,19 +1,26 @@
-// The Node host: a model directory (docs/model-directory.md, format 2) through onnxruntime-node.
-// Pipeline.load checks the directory, opens the graphs and runs the self-test; generate/stream
-// decide tokens exactly as the Python runtime does for the same seed; decode turns them into pixels.
+// The host-neutral pipeline: a model directory (docs/model-directory.md, format 2) through whichever
+// onnxruntime a Host brings (node.js: files + onnxruntime-node; web.js: fetch + onnxruntime-web).
+// Pipeline.open checks the directory, opens the graphs and runs the self-test; generate/stream decide
+// tokens exactly as the Python runtime does for the same seed; decode turns them into pixels.
 
-import { createRequire } from "node:module";
-import * as ort from "onnxruntime-node";
-import { AbortError, InvalidInputError, ModelDirectoryError, NonFiniteOutputError, ProviderError } from "./errors.js";
-import { graphInputs, graphOutputs, insidePath, readModelDirectory } from "./manifest.js";
+import { AbortError, InvalidInputError, ModelDirectoryError, NonFiniteOutputError, ProviderError, TesseraError } from "./errors.js";
+import { graphInputs, graphOutputs, readModelDirectory } from "./manifest.js";
 import { applyGuidance, guidanceOn, sampleRow } from "./sampling.js";
 import { ImageStreams, imageSeeds, defaultRng } from "./rng.js";
 import { groupSizes, localityPlan, PLAN_WORD } from "./schedule.js";
 
-/** @returns {string} the installed onnxruntime-node version */
-export function onnxruntimeVersion() {
-  return createRequire(import.meta.url)("onnxruntime-node/package.json").version;
-}
+/**
+ * What differs between Node and the browser: where the files come from and which onnxruntime runs them.
+ * @typedef {object} Host
+ * @property {any} ort the onnxruntime module (Tensor, InferenceSession)
+ * @property {string} runtime its package name, e.g. "onnxruntime-node"
+ * @property {string} version its version
+ * @property {import("./manifest.js").Store} store the model directory's files
+ * @property {string[]} defaultProviders execution providers used when none are given
+ * @property {(providers: any[]) => Promise<string[]>} providers the names this runtime knows here
+ * @property {(threads: number|undefined) => object} threadOptions session options (or global settings) for a thread count
+ * @property {(file: string, external: string|undefined, options: object) => Promise<any>} session opens a listed graph
+ */
 
 /** @param {string} a @param {string} b @returns {number} <0, 0, >0 as version a is older, equal, newer */
 function compareVersions(a, b) {
@@ -41,12 +48,13 @@ const cellPosition = (k, w, ropeGrid) => 1 + Math.floor(k / w) * ropeGrid + (k %
 
 export class Pipeline {
   /**
-   * @param {any} manifest @param {string} dir
-   * @param {ort.InferenceSession} transformer @param {ort.InferenceSession} decoder
+   * @param {any} manifest @param {string} dir the directory or URL @param {any} ort the onnxruntime module
+   * @param {any} transformer @param {any} decoder the graphs' InferenceSessions
    */
-  constructor(manifest, dir, transformer, decoder) {
+  constructor(manifest, dir, ort, transformer, decoder) {
     this.manifest = manifest;
     this.dir = dir;
+    this.ort = ort;
     this.transformer = transformer;
     this.decoder = decoder;
     const t = manifest.transformer;
@@ -69,43 +77,43 @@ export class Pipeline {
   }
 
   /**
-   * Checks and opens a model directory: manifest, checksums, onnxruntime version, graph I/O, self-test.
-   * @param {string} dir
-   * @param {{executionProviders?: string[], threads?: number}} [options] onnxruntime-node providers
-   *   (default ["cpu"]); threads: intra-op threads per graph (default: onnxruntime's choice)
+   * Checks and opens a model directory through a host (index.js and browser.js wrap this as `load`):
+   * manifest, checksums, onnxruntime version, graph I/O, self-test.
+   * @param {Host} host
+   * @param {{executionProviders?: any[], threads?: number}} [options] providers (default: the host's);
+   *   threads: intra-op threads per graph (default: onnxruntime's choice)
    * @returns {Promise<Pipeline>}
    */
-  static async load(dir, options = {}) {
-    const m = await readModelDirectory(dir);
-    const have = onnxruntimeVersion();
+  static async open(host, options = {}) {
+    const dir = host.store.where, have = host.version, rt = host.runtime;
+    const m = await readModelDirectory(host.store);
     for (const [g, e] of Object.entries(m.graphs)) {
       if (g === "tokenizer_encoder") continue;  // editing only: not opened here
       if (compareVersions(have, e.min_onnxruntime) < 0) {
-        throw new ModelDirectoryError(`${dir}: graphs.${g} needs onnxruntime >= ${e.min_onnxruntime}, this host has onnxruntime-node ${have}; install a newer onnxruntime-node or export the model with \`tessera export --target-onnxruntime ${have.split(".").slice(0, 2).join(".")}\``);
+        throw new ModelDirectoryError(`${dir}: graphs.${g} needs onnxruntime >= ${e.min_onnxruntime}, this host has ${rt} ${have}; install a newer ${rt} or export the model with \`tessera export --target-onnxruntime ${have.split(".").slice(0, 2).join(".")}\``);
       }
     }
-    const providers = options.executionProviders ?? ["cpu"];
+    const providers = options.executionProviders ?? host.defaultProviders;
     if (!Array.isArray(providers) || !providers.length) throw new InvalidInputError("executionProviders must be a non-empty list such as [\"cpu\"]");
-    const known = ort.listSupportedBackends().map((b) => b.name);
+    const known = await host.providers(providers);
     for (const ep of providers) {
       const name = typeof ep === "string" ? ep : /** @type {any} */ (ep)?.name;
-      if (!known.includes(name)) throw new ProviderError(`execution provider ${JSON.stringify(name)} is not one onnxruntime-node ${have} knows (${known.join(", ")}); use ["cpu"]`);
+      if (!known.includes(name)) throw new ProviderError(`execution provider ${JSON.stringify(name)} is not one ${rt} ${have} knows (${known.join(", ")}); use ${JSON.stringify(host.defaultProviders)}`);
     }
     const threads = options.threads;
     if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1)) throw new InvalidInputError(`threads must be an int >= 1, got ${threads}`);
-    /** @type {ort.InferenceSession.SessionOptions} */
-    const sessionOptions = { executionProviders: providers, graphOptimizationLevel: "all", executionMode: "sequential", interOpNumThreads: 1, ...(threads ? { intraOpNumThreads: threads } : {}) };
+    const sessionOptions = { executionProviders: providers, graphOptimizationLevel: "all", executionMode: "sequential", ...host.threadOptions(threads) };
     const open = async (/** @type {string} */ g) => {
-      const file = await insidePath(dir, m.graphs[g].file);
       try {
-        return await ort.InferenceSession.create(file, sessionOptions);
+        return await host.session(m.graphs[g].file, m.graphs[g].external_data, sessionOptions);
       } catch (e) {
-        const msg = String(/** @type {Error} */ (e).message).split("\n")[0];
-        if (/provider/i.test(msg)) throw new ProviderError(`execution providers ${JSON.stringify(providers)}: ${msg}; use ["cpu"] or install onnxruntime-node with that provider`);
-        throw new ModelDirectoryError(`${dir}: onnxruntime-node ${have} cannot open ${m.graphs[g].file} (${msg}); re-export the model`);
+        if (e instanceof TesseraError) throw e;
+        const msg = String(/** @type {Error} */ (e)?.message ?? e).split("\n")[0];
+        if (/provider|backend/i.test(msg)) throw new ProviderError(`execution providers ${JSON.stringify(providers)}: ${msg}; use ${JSON.stringify(host.defaultProviders)} or a build of ${rt} with that provider`);
+        throw new ModelDirectoryError(`${dir}: ${rt} ${have} cannot open ${m.graphs[g].file} (${msg}); re-export the model`);
       }
     };
-    const p = new Pipeline(m, dir, await open("transformer"), await open("tokenizer_decoder"));
+    const p = new this(m, dir, host.ort, await open("transformer"), await open("tokenizer_decoder"));
     p.checkIO();
     await p.selfTest();
     return p;
@@ -143,14 +151,14 @@ export class Pipeline {
 
   /** An empty cache for R rows: every past of length 0. @param {number} rows */
   emptyCache(rows) {
-    return { rows, len: 0, kv: Array.from({ length: 2 * this.nLayer }, () => new ort.Tensor(this.kvType, this.kvType === "float16" ? new Uint16Array(0) : new Float32Array(0), [rows, this.nKv, 0, this.headDim])) };
+    return { rows, len: 0, kv: Array.from({ length: 2 * this.nLayer }, () => new this.ort.Tensor(this.kvType, this.kvType === "float16" ? new Uint16Array(0) : new Float32Array(0), [rows, this.nKv, 0, this.headDim])) };
   }
 
   /**
    * One transformer call appending S tokens per row (sections 3.1-3.3). Shared-buffer graphs are fed an
    * exact past of `len` entries and their present read back (section 3.2's host without IO binding);
    * a one-query-per-call graph gets S one-token calls.
-   * @param {{rows: number, len: number, kv: ort.Tensor[]}} cache updated in place
+   * @param {{rows: number, len: number, kv: any[]}} cache updated in place
    * @param {number[][]} ids `[R][S]` @param {number[][]} pos `[R][S]` @param {boolean[][][]} mask `[R][S][len+S]`
    * @returns {Promise<Float32Array[][]>} logits `[R][S]` rows of V
    */
@@ -167,11 +175,11 @@ export class Pipeline {
       return out;
     }
     const P = cache.len;
-    /** @type {Record<string, ort.Tensor>} */
+    /** @type {Record<string, any>} */
     const feeds = {
-      [this.inputs[0]]: new ort.Tensor("int64", BigInt64Array.from(ids.flat(), BigInt), [R, S]),
-      [this.inputs[1]]: new ort.Tensor("int64", BigInt64Array.from(pos.flat(), BigInt), [R, S]),
-      [this.inputs[2]]: new ort.Tensor("bool", Uint8Array.from(mask.flat(2), (b) => (b ? 1 : 0)), [R, S, P + S]),
+      [this.inputs[0]]: new this.ort.Tensor("int64", BigInt64Array.from(ids.flat(), BigInt), [R, S]),
+      [this.inputs[1]]: new this.ort.Tensor("int64", BigInt64Array.from(pos.flat(), BigInt), [R, S]),
+      [this.inputs[2]]: new this.ort.Tensor("bool", Uint8Array.from(mask.flat(2), (b) => (b ? 1 : 0)), [R, S, P + S]),
     };
     cache.kv.forEach((t, i) => { feeds[this.inputs[3 + i]] = t; });
     const res = await this.transformer.run(feeds);
@@ -186,14 +194,14 @@ export class Pipeline {
     return Array.from({ length: R }, (_, r) => Array.from({ length: S }, (_, s) => data.subarray((r * S + s) * V, (r * S + s + 1) * V)));
   }
 
-  /** Forget cached entries past `len` (the any-order decoder's queries). @param {{rows: number, len: number, kv: ort.Tensor[]}} cache @param {number} len */
+  /** Forget cached entries past `len` (the any-order decoder's queries). @param {{rows: number, len: number, kv: any[]}} cache @param {number} len */
   truncate(cache, len) {
     const H = this.nKv, D = this.headDim, R = cache.rows, P = cache.len;
     cache.kv = cache.kv.map((t) => {
       const src = /** @type {Float32Array|Uint16Array} */ (t.data);
       const out = new /** @type {any} */ (src.constructor)(R * H * len * D);
       for (let rh = 0; rh < R * H; rh++) out.set(src.subarray(rh * P * D, rh * P * D + len * D), rh * len * D);
-      return new ort.Tensor(this.kvType, out, [R, H, len, D]);
+      return new this.ort.Tensor(this.kvType, out, [R, H, len, D]);
     });
     cache.len = len;
   }
@@ -240,7 +248,7 @@ export class Pipeline {
     const byName = (/** @type {string} */ s) => {
       const i = find(s);
       if (i !== null) return i;
-      throw new InvalidInputError(`unknown class name ${JSON.stringify(label)}; valid classes: ${names.slice(0, 20).map((x, j) => `${j}=${x}`).join(", ")}${n > 20 ? " ..." : ""}`);
+      throw new InvalidInputError(`unknown class name ${JSON.stringify(label)}; valid classes: ${names.slice(0, 20).map((/** @type {string} */ x, /** @type {number} */ j) => `${j}=${x}`).join(", ")}${n > 20 ? " ..." : ""}`);
     };
     let id;
     if (typeof label === "string") {
@@ -302,17 +310,77 @@ export class Pipeline {
    */
   async generate(classes, options = {}) {
     let last = null;
-    for await (const step of this.stream(classes, options)) last = step;
+    for await (const step of this.steps(classes, options)) last = step;
     return /** @type {any} */ (last).tokens;
   }
 
   /**
-   * Generate, yielding after each step `{step, steps, tokens}` with the cells decided so far (-1 = open).
+   * Generate, yielding after each step `{step, steps, tokens}` with the cells decided so far (-1 = open);
+   * with `previewEvery` ("row" or cells per frame) also `images` (partial, then the final decode) when a frame is due.
    * @param {Array<number|string>|number|string} classes
    * @param {GenerateOptions} [options]
-   * @returns {AsyncGenerator<{step: number, steps: number, tokens: number[][][]}>}
+   * @returns {AsyncGenerator<{step: number, steps: number, tokens: number[][][], images?: Image[]}>}
    */
   async *stream(classes, options = {}) {
+    const every = options.previewEvery;
+    if (every === undefined) return yield* this.steps(classes, options);
+    if (every !== "row" && !(Number.isInteger(every) && every >= 1)) throw new InvalidInputError(`previewEvery must be an int >= 1 (cells per frame) or "row", got ${JSON.stringify(every)}`);
+    const n = every === "row" && this.family === "llamagen-c2i" ? this.grid : every === "row" ? 1 : every;
+    let shown = 0;
+    /** @type {{tokens: number[][][], images: Image[]}|null} */
+    let last = null;
+    for await (const s of this.steps(classes, options)) {
+      const due = s.step === s.steps || Math.floor(s.step / n) > Math.floor(shown / n);
+      if (!due) { yield s; continue; }
+      shown = s.step;
+      /** @type {Image[]} */
+      const images = s.step === s.steps ? await this.decode(s.tokens) : await this.preview(s.tokens, last);
+      last = { tokens: s.tokens, images };
+      yield { ...s, images };
+    }
+  }
+
+  /**
+   * Partial grids -> partial images, as the Python runtime's previews: open cells are decoded as the
+   * image's most frequent decided code (its background, in practice) and painted over in mid-grey. Given
+   * the previous frame, only the band of token rows that changed since is decoded (rows may show faint
+   * seams until the final, whole decode).
+   * @param {number[][][]} tokens `[B][h][w]`, -1 = open
+   * @param {{tokens: number[][][], images: Image[]}|null} [last] the previous frame
+   * @returns {Promise<Image[]>}
+   */
+  async preview(tokens, last = null) {
+    const h = tokens[0].length, w = tokens[0][0].length;
+    // the rows written since the last frame (the first frame: from the top to the last row written so far)
+    const changed = Array.from({ length: h }, (_, r) => tokens.some((g, b) => g[r].some((t, c) => (last ? t !== last.tokens[b][r][c] : t >= 0))));
+    const lo = last ? changed.indexOf(true) : 0, hi = last ? changed.lastIndexOf(true) + 1 : Math.max(1, changed.lastIndexOf(true) + 1);
+    const images = tokens.map((_, b) => (last ? { ...last.images[b], data: last.images[b].data.slice() } : null));
+    if (lo < 0) return /** @type {Image[]} */ (images);
+    const filled = tokens.map((g) => {
+      const count = new Map();
+      for (const t of g.flat()) if (t >= 0) count.set(t, (count.get(t) ?? 0) + 1);
+      let mode = 0, best = 0;
+      for (const [t, c] of count) if (c > best || (c === best && t < mode)) [mode, best] = [t, c];
+      return g.slice(lo, hi).map((r) => r.map((t) => (t >= 0 ? t : mode)));
+    });
+    const band = await this.decode(filled);
+    return band.map((im, b) => {
+      const ph = im.height / (hi - lo), pw = im.width / w, C = im.channels, W = im.width;
+      const out = images[b] ?? { width: W, height: ph * h, channels: C, data: new Uint8Array(ph * h * W * C).fill(128) };
+      out.data.set(im.data, lo * ph * W * C);
+      for (let y = lo * ph; y < hi * ph; y++) {
+        for (let x = 0; x < W; x++) if (tokens[b][Math.floor(y / ph)][Math.floor(x / pw)] < 0) out.data.fill(128, (y * W + x) * C, (y * W + x + 1) * C);
+      }
+      return out;
+    });
+  }
+
+  /**
+   * The decisions, one step at a time (stream without previews).
+   * @param {Array<number|string>|number|string} classes @param {GenerateOptions} options
+   * @returns {AsyncGenerator<{step: number, steps: number, tokens: number[][][]}>}
+   */
+  async *steps(classes, options) {
     const labels = (Array.isArray(classes) ? classes : [classes]).map((c) => this.classId(c));
     if (!labels.length) throw new InvalidInputError("classes is empty; give at least one class id or name");
     const o = this.options(options);
@@ -380,7 +448,7 @@ export class Pipeline {
   /**
    * Token grids -> 8-bit pixels (section 8).
    * @param {number[][][]} tokens `[B][h][w]`
-   * @returns {Promise<Array<{width: number, height: number, channels: number, data: Uint8Array}>>} HWC pixels
+   * @returns {Promise<Image[]>} HWC pixels
    */
   async decode(tokens) {
     const B = tokens.length, h = tokens[0]?.length ?? 0, w = tokens[0]?.[0]?.length ?? 0;
@@ -389,7 +457,7 @@ export class Pipeline {
     const flatTok = tokens.flat(2);
     if (!flatTok.every((t) => Number.isInteger(t) && t >= 0 && t < this.vocab)) throw new InvalidInputError(`decode: every token must be an int in 0..${this.vocab - 1}`);
     const dec = this.manifest.graphs.tokenizer_decoder;
-    const res = await this.decoder.run({ [dec.inputs[0]]: new ort.Tensor("int64", BigInt64Array.from(flatTok, BigInt), [B, h, w]) });
+    const res = await this.decoder.run({ [dec.inputs[0]]: new this.ort.Tensor("int64", BigInt64Array.from(flatTok, BigInt), [B, h, w]) });
     const out = res[dec.outputs[0]];
     const x = out.type === "float16" ? halfToFloat(/** @type {Uint16Array} */ (out.data)) : /** @type {Float32Array} */ (out.data);
     const [, C, H, W] = /** @type {number[]} */ (out.dims);
@@ -415,6 +483,8 @@ function concat(rows) {
 }
 
 /**
+ * @typedef {{width: number, height: number, channels: number, data: Uint8Array}} Image 8-bit pixels, HWC
+ *
  * @typedef {object} GenerateOptions
  * @property {number} [guidanceScale] > 1 turns guidance on (default: the model's)
  * @property {number} [temperature] 0 = greedy
@@ -423,5 +493,6 @@ function concat(rows) {
  * @property {number|number[]} [seed] image i gets seed + i, or seeds[i] (default 0)
  * @property {number} [steps] any-order models: decoding steps (default 8)
  * @property {AbortSignal} [signal] cancels between steps
+ * @property {"row"|number} [previewEvery] stream: partial images every token row or every N cells
  */
 

@@ -91,6 +91,11 @@ def token_cases(model_dir: Path = ROOT / "models" / "default", pixels: bool = Tr
                     px = np.asarray(img, dtype=np.uint8)
                     out["pixels"].append({"mode": mode, "seed": seed, "class": c, "shape": list(px.shape),
                                           "sha256": hashlib.sha256(px.tobytes()).hexdigest()})
+    # live previews, one frame per token row (runtime/preview.py): the partial images the JS stream draws
+    frames: list = []
+    pipe.generate([3], seed=4, preview_every="row", preview=lambda step, total, images: frames.append(
+        {"step": step, "sha256": hashlib.sha256(np.asarray(images[0].convert("RGB")).tobytes()).hexdigest()}))
+    out["previews"] = {"class": 3, "seed": 4, "frames": frames}
     return out
 
 

@@ -52,6 +52,21 @@ test("stream yields each step's partial grid; an AbortSignal cancels", async () 
   assert.equal(steps.length, 49);
   assert.equal(steps[0].tokens[0].flat().filter((t) => t >= 0).length, 1);
   assert.deepEqual(steps[48].tokens, await pipe.generate([1], { temperature: 0 }));
+  const frames = [];
+  for await (const s of pipe.stream([1, 5], { seed: 2, previewEvery: "row" })) if (s.images) frames.push(s);
+  assert.deepEqual(frames.map((s) => s.step), [7, 14, 21, 28, 35, 42, 49]);
+  const final = await pipe.decode(frames[6].tokens);
+  assert.deepEqual(frames[6].images, final);
+  const row = (/** @type {Uint8Array} */ d, /** @type {number} */ y) => d.subarray(y * 28 * 3, (y + 1) * 28 * 3);
+  const partial = frames[2].images[1].data;  // 3 token rows written: pixel rows 0-11 drawn, 12-27 mid-grey
+  assert.ok(row(partial, 12).every((v) => v === 128) && row(partial, 27).every((v) => v === 128));
+  assert.ok(!row(partial, 0).every((v) => v === 128));
+  await assert.rejects(pipe.stream([1], { previewEvery: 0 }).next(), /previewEvery must be an int >= 1/);
+  const pv = fx.previews, shown = [];  // the Python runtime's frames, pixel for pixel
+  for await (const s of pipe.stream([pv.class], { seed: pv.seed, previewEvery: "row" })) {
+    if (s.images) shown.push({ step: s.step, sha256: createHash("sha256").update(s.images[0].data).digest("hex") });
+  }
+  assert.deepEqual(shown, pv.frames);
   const ac = new AbortController();
   let seen = 0;
   await assert.rejects(async () => {
