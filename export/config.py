@@ -37,15 +37,20 @@ class GPTConfig:
     norm_eps: float = 1e-5
     class_dropout: float = 0.1  # training only: share of labels replaced by the null class
     dropout: float = 0.0  # training only: residual/attention dropout
-    order: str = "raster"  # "raster" (LlamaGen) or "any": position queries name the cell to predict
+    order: str = "raster"  # "raster" (LlamaGen), "any" (position queries) or "arpg" (export/arpg.py)
+    # ARPG only: the class's rotary row is the identity (the class at the rotary origin, anchoring the grid)
+    # instead of LlamaGen's zeros; published ARPG checkpoints use zeros (False).
+    anchor_class: bool = False
 
     def __post_init__(self) -> None:
-        if self.order not in ("raster", "any"):
-            raise ValueError(f"order must be 'raster' or 'any', got {self.order!r}")
+        if self.order not in ("raster", "any", "arpg"):
+            raise ValueError(f"order must be 'raster', 'any' or 'arpg', got {self.order!r}")
         if self.dim % self.n_head:
             raise ValueError(f"dim {self.dim} is not divisible by n_head {self.n_head}")
         if self.head_dim % 4:
             raise ValueError(f"head_dim {self.head_dim} must be a multiple of 4 for 2D rotary")
+        if self.anchor_class and self.order != "arpg":
+            raise ValueError("anchor_class is an ARPG option (any-order models always anchor the class)")
         if self.rope_grid == 0:
             self.rope_grid = 2 * self.grid
         if self.rope_grid < self.grid:
@@ -76,6 +81,8 @@ class GPTConfig:
         d = asdict(self)
         if self.order == "raster":  # raster configs stay as they were before any-order models existed
             del d["order"]
+        if not self.anchor_class:  # only ARPG models may set it
+            del d["anchor_class"]
         return d
 
     @classmethod
