@@ -28,7 +28,9 @@ cache and in the call, as upstream's generate loop does; training passes explici
 from __future__ import annotations
 
 import math
+from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -241,16 +243,172 @@ def group_masks(counts: list[int], device=None) -> tuple[torch.Tensor, torch.Ten
 
 
 class ARPGForExport(nn.Module):
-    """Flat signature for ONNX export: past/present as separate named tensors."""
+    """Flat signature for ONNX export: past/present as separate named tensors, one mask
+    `[B, S + Q, past + S]` (the S context rows, then the Q query rows)."""
 
     def __init__(self, model: ARPG):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, position_ids, query_positions, *past_flat):
+    def forward(self, input_ids, position_ids, query_positions, attention_mask, *past_flat):
         past = [(past_flat[2 * i], past_flat[2 * i + 1]) for i in range(len(past_flat) // 2)]
-        logits, presents = self.model(input_ids, position_ids, query_positions, past)
+        s = input_ids.shape[1]
+        logits, presents = self.model(input_ids, position_ids, query_positions, past,
+                                      attention_mask[:, :s], attention_mask[:, s:])
         return (logits, *[t for kv in presents for t in kv])
 
 
+def arpg_io():
+    """The ARPG graph's names (the manifest's `graphs.transformer.io`)."""
+    from tessera.runtime.spec import GraphIO
+
+    return GraphIO(query_positions="query_positions")
+
+
+@torch.no_grad()
+def trace_arpg(model: ARPG, path, opset: int) -> dict:
+    """The ARPG graph in standard ONNX ops (any onnxruntime): S context tokens appended to the caches
+    (present = concat(past, new)), Q queries never cached. Returns the manifest's graph facts."""
+    import warnings
+
+    from tessera.runtime.compat import OLDEST_TESTED
+
+    cfg = model.cfg
+    model.eval()
+    b, s, q, p = 2, 3, 2, 2
+    layers = cfg.n_layer // 2 + 1
+    io = arpg_io()
+    ids = torch.randint(0, cfg.vocab_size, (b, s))
+    pos = torch.arange(1, s + 1).expand(b, -1).contiguous()
+    qpos = torch.arange(s + 1, s + 1 + q).expand(b, -1).contiguous()
+    mask = torch.ones(b, s + q, p + s, dtype=torch.bool)
+    past = [torch.zeros(b, cfg.n_head, p, cfg.head_dim) for _ in range(2 * layers)]
+    inputs, outputs = io.inputs(layers), io.outputs(layers)
+    dyn = {io.input_ids: {0: "batch", 1: "sequence"}, io.position_ids: {0: "batch", 1: "sequence"},
+           io.query_positions: {0: "batch", 1: "queries"},
+           io.attention_mask: {0: "batch", 1: "rows", 2: "total_sequence"},
+           io.logits: {0: "batch", 1: "queries"}}
+    dyn.update({n: {0: "batch", 2: "past_sequence"} for n in io.past_names(layers)})
+    dyn.update({n: {0: "batch", 2: "total_sequence"} for n in io.present_names(layers)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ARPGForExport(model), (ids, pos, qpos, mask, *past), str(path), input_names=inputs,
+                          output_names=outputs, dynamic_axes=dyn, opset_version=opset, do_constant_folding=True,
+                          dynamo=False)
+    return {"kind": "portable", "kv_cache": "concat", "multi_query": "batched", "min_onnxruntime": OLDEST_TESTED}
+
+
 __all__ = ["ARPG", "ARPGForExport", "group_masks"]
+
+
+@torch.inference_mode()
+def generate_arpg(model: ARPG, labels, steps: int, guidance_scale: float = 1.0, guidance_schedule: str = "linear",
+                  schedule: str = "arccos", sampling=None, seed=0, orders: np.ndarray | None = None,
+                  known: tuple[np.ndarray, np.ndarray] | None = None,
+                  on_step: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> np.ndarray:
+    """ARPG's generate loop in fp32, written plainly: class ids -> token grids `[B, grid, grid]`.
+
+    Step 0 feeds the class (and the null class for guidance); step t feeds the codes sampled at step
+    t-1 at their own cells, plus one query per cell of this step, never cached. Cells per step follow
+    `schedule` (`arpg_counts`); guidance `uncond + (cond - uncond) * s` with `s` from `guidance_at`
+    (linear in the share decided after the step). `orders [B, open cells]`: the cells of each image in
+    decoding order (default: drawn from each image's seed, `random_orders`). `known`: `(tokens [B, n],
+    kept [n] bool)`, kept cells fed as context in the first call (editing). Draws: the runtime's sampler
+    and per-image streams. `on_step(step, cells [B, c], guided logits [B, c, V])` sees every step.
+    """
+    from tessera.runtime.sampling import ImageStreams, SamplingConfig, apply_guidance, image_seeds, sample
+    from tessera.runtime.schedule import arpg_counts, guidance_at, random_orders
+
+    model.eval()
+    cfg, dev = model.cfg, next(model.parameters()).device
+    sampling = (sampling or SamplingConfig()).validate(cfg.vocab_size)
+    labels = np.asarray(labels, dtype=np.int64)
+    b, n = labels.shape[0], cfg.grid * cfg.grid
+    guided = guidance_scale > 1.0
+    rows = np.concatenate([labels, np.full_like(labels, cfg.num_classes)]) if guided else labels
+    rep = rows.shape[0] // b
+    seeds = image_seeds(seed, b)
+    rng = ImageStreams(seeds, n)
+    kept = np.zeros(n, bool) if known is None else np.asarray(known[1], bool)
+    out = np.full((b, n), -1, dtype=np.int64)
+    if known is not None:
+        out[:, kept] = np.asarray(known[0])[:, kept]
+    open_cells = np.flatnonzero(~kept)
+    orders = random_orders(seeds, open_cells) if orders is None else np.asarray(orders, dtype=np.int64)
+    if orders.shape != (b, len(open_cells)) or any(set(o) != set(open_cells) for o in orders.tolist()):
+        raise ValueError(f"orders must be [{b}, {len(open_cells)}], each a permutation of the open cells")
+    counts = arpg_counts(len(open_cells), steps, schedule)
+    pos_of = model.cell_position(torch.arange(n)).numpy()
+    kc = np.flatnonzero(kept)
+    ids = np.concatenate([model.class_token(torch.from_numpy(rows)).numpy()[:, None],
+                          np.tile(out[:, kc], (rep, 1))], axis=1)
+    pos = np.concatenate([np.zeros((rows.shape[0], 1), np.int64), np.tile(pos_of[kc], (rows.shape[0], 1))], axis=1)
+    past, start = None, 0
+    for t, c in enumerate(counts):
+        cells = orders[:, start:start + c]
+        start += c
+        qpos = np.tile(pos_of[cells], (rep, 1))
+        logits, past = model(torch.from_numpy(ids).to(dev), torch.from_numpy(pos).to(dev),
+                             torch.from_numpy(qpos).to(dev), past)
+        step = logits.float().cpu().numpy()
+        if guided:
+            scale = guidance_at(guidance_scale, len(kc) + start, n, guidance_schedule)
+            step = apply_guidance(step, b, scale)
+        if on_step is not None:
+            on_step(t, cells, step)
+        toks = sample(np.ascontiguousarray(step.transpose(1, 0, 2)).reshape(c * b, -1), sampling, rng).reshape(c, b).T
+        np.put_along_axis(out, cells, toks, axis=1)
+        ids, pos = np.tile(toks, (rep, 1)), qpos
+    return out.reshape(b, cfg.grid, cfg.grid)
+
+
+@torch.no_grad()
+def arpg_reference(model: ARPG, batch: int = 2, decode_steps: int = 4, seed: int = 0):
+    """PyTorch's logits for the export's parity probe, along ARPG's generate loop: the class call with
+    the first cells' queries, `decode_steps` calls feeding the last cells' codes plus the next queries
+    (each row in its own random order), a call whose mask hides part of the cache, and an editing
+    call (class + kept cells + queries) on an empty cache."""
+    from .parity import ProbeCall, TransformerReference
+
+    cfg = model.cfg
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    n = cfg.grid * cfg.grid
+    calls: list = []
+
+    def call(phase, ids, pos, qpos, mask, past, extends):
+        s = ids.shape[1]
+        logits, presents = model(ids, pos, qpos, past, mask[:, :s], mask[:, s:])
+        calls.append(ProbeCall(phase, ids.numpy(), pos.numpy(), mask.numpy(), "empty" if past is None else "chain",
+                               extends, logits.numpy(), qpos.numpy()))
+        return presents
+
+    labels = torch.randint(0, cfg.num_classes, (batch,), generator=g)
+    labels[-1] = cfg.num_classes  # a null-class row, as guidance feeds
+    orders = torch.stack([torch.randperm(n, generator=g) for _ in range(batch)])
+    per = max(1, min(3, n // (decode_steps + 3)))
+    ids, pos, past, length, at = model.class_token(labels)[:, None], torch.zeros(batch, 1, dtype=torch.long), None, 0, 0
+    for t in range(decode_steps + 1):
+        cells = orders[:, at:at + per]
+        qpos = model.cell_position(cells)
+        s = ids.shape[1]
+        past = call("prefill" if t == 0 else "decode", ids, pos, qpos,
+                    torch.ones(batch, s + per, length + s, dtype=torch.bool), past, True)
+        length, at = length + s, at + per
+        ids, pos = torch.randint(0, cfg.vocab_size, (batch, per), generator=g), qpos
+    cells = orders[:, at:at + per]
+    s = ids.shape[1]
+    mask = torch.ones(batch, s + per, length + s, dtype=torch.bool)
+    mask[0, 0, 1] = False  # hide a cached token from one context row and from one query
+    mask[-1, s, 2] = False
+    call("multi_query", ids, pos, model.cell_position(cells), mask, past, False)
+    kept = orders[:, : n // 2]
+    ids = torch.cat([model.class_token(labels)[:, None], torch.randint(0, cfg.vocab_size, kept.shape, generator=g)], 1)
+    pos = torch.cat([torch.zeros(batch, 1, dtype=torch.long), model.cell_position(kept)], 1)
+    qcells = orders[:, n // 2: n // 2 + per]
+    call("prefix_prefill", ids, pos, model.cell_position(qcells),
+         torch.ones(batch, ids.shape[1] + per, ids.shape[1], dtype=torch.bool), None, False)
+    return TransformerReference(calls, batch, decode_steps, cfg.n_layer // 2 + 1, cfg.n_head, cfg.head_dim)
+
+
+__all__ += ["generate_arpg", "arpg_reference", "trace_arpg", "arpg_io"]

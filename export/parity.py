@@ -51,8 +51,10 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _run_onnx(sess, n_layer: int, ids, pos, mask, past_np):
+def _run_onnx(sess, n_layer: int, ids, pos, mask, past_np, qpos=None):
     feeds = {"input_ids": ids, "position_ids": pos, "attention_mask": mask}
+    if qpos is not None:  # ARPG: the queries' cells
+        feeds["query_positions"] = qpos
     for i in range(n_layer):
         feeds[f"past_key_values.{i}.key"], feeds[f"past_key_values.{i}.value"] = past_np[2 * i], past_np[2 * i + 1]
     out = sess.run(None, feeds)
@@ -72,6 +74,7 @@ class ProbeCall:
     past: str
     extends: bool
     logits: np.ndarray
+    qpos: np.ndarray | None = None  # ARPG graphs: the queries' cells (mask rows S.. are theirs)
 
 
 @dataclass
@@ -82,7 +85,7 @@ class TransformerReference:
     calls: list[ProbeCall]
     batch: int
     decode_steps: int
-    n_layer: int
+    n_layer: int  # KV pairs of the graph (ARPG: the self half + the shared K/V)
     n_kv_head: int
     head_dim: int
 
@@ -90,7 +93,12 @@ class TransformerReference:
 @torch.no_grad()
 def transformer_reference(model: GPT, batch: int = 2, decode_steps: int = 4, seed: int = 0) -> TransformerReference:
     """PyTorch's logits for the probe: prefill, decode steps, a multi-query call at non-contiguous
-    cells over the decoded cache, and a known-prefix prefill that crosses a row."""
+    cells over the decoded cache, and a known-prefix prefill that crosses a row. ARPG models:
+    `arpg.arpg_reference`."""
+    from .arpg import ARPG, arpg_reference
+
+    if isinstance(model, ARPG):
+        return arpg_reference(model, batch, decode_steps, seed)
     cfg = model.cfg
     model.eval()
     g = torch.Generator().manual_seed(seed)
@@ -135,6 +143,8 @@ def transformer_reference(model: GPT, batch: int = 2, decode_steps: int = 4, see
 def _run_call(sess, n_layer: int, c: ProbeCall, past_np, one_query_per_call: bool):
     """The ONNX side of one probe call. one_query_per_call: the queries run one by one over the
     growing past, as the runtime does for the fused graph's 1.22 form (runtime/compat.py)."""
+    if c.qpos is not None:
+        return _run_onnx(sess, n_layer, c.ids, c.pos, c.mask, past_np, c.qpos)
     if one_query_per_call and c.ids.shape[1] > 1:
         rows, past_len = [], past_np[0].shape[2]
         for j in range(c.ids.shape[1]):
@@ -171,14 +181,14 @@ def transformer_parity(model: GPT | TransformerReference, path: Path, batch: int
     empty = [np.zeros((ref.batch, ref.n_kv_head, 0, ref.head_dim), _kv_dtype(sess)) for _ in range(2 * ref.n_layer)]
     chain = empty
     worst: dict[str, float] = {}
-    agree: dict[str, list[bool]] = {"prefill": [], "decode": [], "multi_query": [], "prefix_prefill": []}
+    agree: dict[str, list[bool]] = {k: [] for k in ("prefill", "decode", "multi_query", "prefix_prefill")}
     for c in ref.calls:
         o, present = _run_call(sess, ref.n_layer, c, empty if c.past == "empty" else chain,
                                multi_query == "one-query-per-call")
         if c.extends:
             chain = present
         worst[c.phase] = max(worst.get(c.phase, 0.0), float(np.abs(o - c.logits).max()))
-        agree[c.phase] += _agreement(o, c.logits)
+        agree.setdefault(c.phase, []).extend(_agreement(o, c.logits))
     scale = float(np.abs(ref.calls[0].logits).max())
     top = max(worst.values())
     every = [a for v in agree.values() for a in v]

@@ -135,5 +135,13 @@ def image_plans(grid: tuple[int, int], steps: int, order: str, seeds, decided: n
 
 PLAN_STREAM = 0x5C4ED  # second word of an image's plan seed: (seed, PLAN_STREAM)
 
+
+def random_orders(seeds, cells: np.ndarray) -> np.ndarray:
+    """ARPG's random cell order, one per image: `[B, len(cells)]`, a permutation of `cells` drawn from
+    the image's own plan stream `(seed, PLAN_STREAM)`, so an image is the same alone or in a batch."""
+    cells = np.asarray(cells, dtype=np.int64)
+    return np.stack([np.random.default_rng([int(s), PLAN_STREAM]).permutation(cells) for s in seeds]) \
+        if len(seeds) else np.empty((0, len(cells)), np.int64)
+
 __all__ = ["ORDERS", "ARPG_SCHEDULES", "GUIDANCE_SCHEDULES", "cosine_counts", "arpg_counts", "guidance_at", "plan",
-           "image_plans"]
+           "image_plans", "random_orders"]
