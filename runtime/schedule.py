@@ -48,11 +48,10 @@ def arpg_counts(n: int, steps: int, schedule: str = "arccos") -> list[int]:
         raise TesseraError(f"steps must be between 1 and the number of cells to decide ({n}), got {steps}")
     done, counts = 0, []
     for step in range(steps):
-        frac = 1.0 * (step + 1) / steps
-        if schedule == "arccos":
-            ratio = float(np.arccos(frac)) / (math.pi * 0.5)
+        if schedule == "arccos":  # upstream's expressions, evaluated in its order (the roundings matter)
+            ratio = float(np.arccos(1.0 * (step + 1) / steps)) / (math.pi * 0.5)
         else:
-            ratio = float(np.cos(math.pi / 2.0 * frac))
+            ratio = float(np.cos(math.pi / 2.0 * (step + 1) / steps))
         masked = max(1, min(n - done - 1, int(n * ratio)))
         count = n - done if step == steps - 1 else n - done - masked
         if count < 1:  # cannot happen for steps <= n (checked in tests); never send an empty call
