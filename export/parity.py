@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from .arpg import ARPG
 from .transformer import GPT
 from .vq import VQModel
 
@@ -94,9 +95,7 @@ class TransformerReference:
 def transformer_reference(model: GPT, batch: int = 2, decode_steps: int = 4, seed: int = 0) -> TransformerReference:
     """PyTorch's logits for the probe: prefill, decode steps, a multi-query call at non-contiguous
     cells over the decoded cache, and a known-prefix prefill that crosses a row. ARPG models:
-    `arpg.arpg_reference`."""
-    from .arpg import ARPG, arpg_reference
-
+    `arpg_reference`."""
     if isinstance(model, ARPG):
         return arpg_reference(model, batch, decode_steps, seed)
     cfg = model.cfg
@@ -138,6 +137,53 @@ def transformer_reference(model: GPT, batch: int = 2, decode_steps: int = 4, see
     pos = torch.cat([torch.zeros(1, dtype=torch.long), model.cell_position(cells)]).expand(batch, -1).contiguous()
     call("prefix_prefill", ids, pos, torch.ones(batch, n_known + 1, n_known + 1, dtype=torch.bool).tril(), None, False)
     return TransformerReference(calls, batch, decode_steps, cfg.n_layer, cfg.n_head, cfg.head_dim)
+
+
+@torch.no_grad()
+def arpg_reference(model: ARPG, batch: int = 2, decode_steps: int = 4, seed: int = 0) -> TransformerReference:
+    """PyTorch's logits for the export's parity probe, along ARPG's generate loop: the class call with
+    the first cells' queries, `decode_steps` calls feeding the last cells' codes plus the next queries
+    (each row in its own random order), a call whose mask hides part of the cache, and an editing
+    call (class + kept cells + queries) on an empty cache."""
+    cfg = model.cfg
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    n = cfg.grid * cfg.grid
+    calls: list = []
+
+    def call(phase, ids, pos, qpos, mask, past, extends):
+        s = ids.shape[1]
+        logits, presents = model(ids, pos, qpos, past, mask[:, :s], mask[:, s:])
+        calls.append(ProbeCall(phase, ids.numpy(), pos.numpy(), mask.numpy(), "empty" if past is None else "chain",
+                               extends, logits.numpy(), qpos.numpy()))
+        return presents
+
+    labels = torch.randint(0, cfg.num_classes, (batch,), generator=g)
+    labels[-1] = cfg.num_classes  # a null-class row, as guidance feeds
+    orders = torch.stack([torch.randperm(n, generator=g) for _ in range(batch)])
+    per = max(1, min(3, n // (decode_steps + 3)))
+    ids, pos, past, length, at = model.class_token(labels)[:, None], torch.zeros(batch, 1, dtype=torch.long), None, 0, 0
+    for t in range(decode_steps + 1):
+        cells = orders[:, at:at + per]
+        qpos = model.cell_position(cells)
+        s = ids.shape[1]
+        past = call("prefill" if t == 0 else "decode", ids, pos, qpos,
+                    torch.ones(batch, s + per, length + s, dtype=torch.bool), past, True)
+        length, at = length + s, at + per
+        ids, pos = torch.randint(0, cfg.vocab_size, (batch, per), generator=g), qpos
+    cells = orders[:, at:at + per]
+    s = ids.shape[1]
+    mask = torch.ones(batch, s + per, length + s, dtype=torch.bool)
+    mask[0, 0, 1] = False  # hide a cached token from one context row and from one query
+    mask[-1, s, 2] = False
+    call("multi_query", ids, pos, model.cell_position(cells), mask, past, False)
+    kept = orders[:, : n // 2]
+    ids = torch.cat([model.class_token(labels)[:, None], torch.randint(0, cfg.vocab_size, kept.shape, generator=g)], 1)
+    pos = torch.cat([torch.zeros(batch, 1, dtype=torch.long), model.cell_position(kept)], 1)
+    qcells = orders[:, n // 2: n // 2 + per]
+    call("prefix_prefill", ids, pos, model.cell_position(qcells),
+         torch.ones(batch, ids.shape[1] + per, ids.shape[1], dtype=torch.bool), None, False)
+    return TransformerReference(calls, batch, decode_steps, cfg.n_layer // 2 + 1, cfg.n_head, cfg.head_dim)
 
 
 def _run_call(sess, n_layer: int, c: ProbeCall, past_np, one_query_per_call: bool):
