@@ -36,18 +36,40 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import GPTConfig
-from .transformer import FeedForward, RMSNorm, apply_rope, rope_2d_tables
+from .transformer import FeedForward, RMSNorm, rope_2d_tables
 
 KV = tuple[torch.Tensor, torch.Tensor]
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Plain softmax attention `[B, H, Sq, D]` x `[B, H, Sk, D]` (standard ONNX ops when traced);
-    `mask` bool `[B, Sq, Sk]`, True where a query may attend, or None (everything)."""
+    `bias` `[B, 1, Sq, Sk]`: 0 where a query may attend, -inf elsewhere (`_bias`), or None (everything)."""
     scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
-    if mask is not None:
-        scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+    if bias is not None:
+        scores = scores + bias
     return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+def _bias(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A bool mask `[B, Sq, Sk]` (True = may attend) as an additive bias, made once per call."""
+    if mask is None:
+        return None
+    zero = torch.zeros((), dtype=torch.float32)
+    return torch.where(mask, zero, torch.full((), float("-inf"))).unsqueeze(1)
+
+
+def rope_pairs(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """LlamaGen's tables `[P, D/2]` widened to `[P, D]` for `rotate`: cos per element, sin signed
+    (-sin on the first of each pair, +sin on the second)."""
+    return cos.repeat_interleave(2, dim=-1), torch.stack([-sin, sin], dim=-1).flatten(-2)
+
+
+def rotate(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> torch.Tensor:
+    """LlamaGen's rotation of adjacent pairs, `(x0 c - x1 s, x1 c + x0 s)`, as `x * cos2 + swap(x) * sin2`
+    (the same products and sums): `x [B, S, H, D]`, tables `[B, S, D]`. Fewer graph nodes than the
+    pairwise form, which matters for calls of a few tokens."""
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return x * cos2.unsqueeze(2) + swapped * sin2.unsqueeze(2)
 
 
 def _heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -67,8 +89,8 @@ class SelfAttention(nn.Module):
 
     def forward(self, x, cos, sin, mask, past: KV | None):
         b, s, d = x.shape
-        q = apply_rope(_heads(self.to_q(x), self.n_head), cos, sin).transpose(1, 2)
-        k = apply_rope(_heads(self.to_k(x), self.n_head), cos, sin).transpose(1, 2)
+        q = rotate(_heads(self.to_q(x), self.n_head), cos, sin).transpose(1, 2)
+        k = rotate(_heads(self.to_k(x), self.n_head), cos, sin).transpose(1, 2)
         v = _heads(self.to_v(x), self.n_head).transpose(1, 2)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
@@ -88,7 +110,7 @@ class CrossAttention(nn.Module):
 
     def forward(self, x, cos, sin, k, v, mask):
         b, s, d = x.shape
-        q = apply_rope(_heads(self.to_q(x), self.n_head), cos, sin).transpose(1, 2)
+        q = rotate(_heads(self.to_q(x), self.n_head), cos, sin).transpose(1, 2)
         y = _attend(q, k, v, mask).transpose(1, 2).reshape(b, s, d)
         return self.drop(self.proj(y))
 
@@ -142,12 +164,14 @@ class ARPG(nn.Module):
             raise ValueError(f"ARPG splits its layers into two halves: n_layer must be even, got {cfg.n_layer}")
         self.cfg = cfg
         self.embeddings = nn.Embedding(cfg.vocab_size + 1 + cfg.num_classes + 2, cfg.dim)
+        if cfg.query_pos_embed:  # ours, off for ARPG's checkpoints (GPTConfig.query_pos_embed); starts at zero
+            self.query_pos = nn.Parameter(torch.zeros(1 + cfg.rope_grid ** 2, cfg.dim))
         self.embed_drop = nn.Dropout(cfg.dropout)
         self.layers = TwoPass(cfg)
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        cos, sin = rope_2d_tables(cfg)
-        self.register_buffer("rope_cos", cos, persistent=False)
+        cos, sin = rope_pairs(*rope_2d_tables(cfg))
+        self.register_buffer("rope_cos", cos, persistent=False)  # [positions, head_dim] (rope_pairs)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
 
@@ -181,22 +205,25 @@ class ARPG(nn.Module):
         """Feed `input_ids [B, S]` at `position_ids`, ask for the cells at `query_positions [B, Q]`:
         logits `[B, Q, V]` and the presents (`n_layer // 2` self pairs, then the shared pair)."""
         x = self.embed_drop(F.embedding(input_ids, self.embeddings.weight))
+        self_bias, cross_bias = _bias(self_mask), _bias(cross_mask)
         cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]
         presents: list[KV] = []
         for i, block in enumerate(self.layers.self_dec):
-            x, kv = block(x, cos, sin, self_mask, None if past is None else past[i])
+            x, kv = block(x, cos, sin, self_bias, None if past is None else past[i])
             presents.append(kv)
         xn = self.layers.norm(x)
-        k = apply_rope(_heads(self.layers.to_k(xn), self.cfg.n_head), cos, sin).transpose(1, 2)
+        k = rotate(_heads(self.layers.to_k(xn), self.cfg.n_head), cos, sin).transpose(1, 2)
         v = _heads(self.layers.to_v(xn), self.cfg.n_head).transpose(1, 2)
         if past is not None:
             k, v = torch.cat([past[-1][0], k], dim=2), torch.cat([past[-1][1], v], dim=2)
         presents.append((k, v))
         b, nq = query_positions.shape
         q = self.embeddings.weight[self.mask_token].expand(b, nq, -1)
+        if self.cfg.query_pos_embed:
+            q = q + F.embedding(query_positions, self.query_pos)
         qcos, qsin = self.rope_cos[query_positions], self.rope_sin[query_positions]
         for block in self.layers.cross_dec:
-            q = block(q, qcos, qsin, k, v, cross_mask)
+            q = block(q, qcos, qsin, k, v, cross_bias)
         return self.head(self.norm(q)).float(), presents
 
     def training_logits(self, codes: torch.Tensor, labels: torch.Tensor, order: torch.Tensor,

@@ -41,6 +41,11 @@ class GPTConfig:
     # ARPG only: the class's rotary row is the identity (the class at the rotary origin, anchoring the grid)
     # instead of LlamaGen's zeros; published ARPG checkpoints use zeros (False).
     anchor_class: bool = False
+    # ARPG only: a learned embedding per rotary position added to the mask-token queries. Upstream's
+    # queries differ only by their rotation, so a call whose queries read one key (the first call: the
+    # class alone) gives every cell the same distribution; this makes them position-aware. False for
+    # published ARPG checkpoints.
+    query_pos_embed: bool = False
 
     def __post_init__(self) -> None:
         if self.order not in ("raster", "any", "arpg"):
@@ -49,8 +54,8 @@ class GPTConfig:
             raise ValueError(f"dim {self.dim} is not divisible by n_head {self.n_head}")
         if self.head_dim % 4:
             raise ValueError(f"head_dim {self.head_dim} must be a multiple of 4 for 2D rotary")
-        if self.anchor_class and self.order != "arpg":
-            raise ValueError("anchor_class is an ARPG option (any-order models always anchor the class)")
+        if (self.anchor_class or self.query_pos_embed) and self.order != "arpg":
+            raise ValueError("anchor_class and query_pos_embed are ARPG options")
         if self.rope_grid == 0:
             self.rope_grid = 2 * self.grid
         if self.rope_grid < self.grid:
@@ -81,8 +86,9 @@ class GPTConfig:
         d = asdict(self)
         if self.order == "raster":  # raster configs stay as they were before any-order models existed
             del d["order"]
-        if not self.anchor_class:  # only ARPG models may set it
-            del d["anchor_class"]
+        for flag in ("anchor_class", "query_pos_embed"):  # ARPG options, written only when set
+            if not d[flag]:
+                del d[flag]
         return d
 
     @classmethod
@@ -266,7 +272,8 @@ def manifest_sections(gpt: GPTConfig, vq: VQConfig, gpt_parameters: int | None =
                                   vocab_size=gpt.vocab_size, num_classes=gpt.num_classes, grid=gpt.grid,
                                   rope_grid=gpt.rope_grid, parameters=gpt_parameters)
     export = {"transformer": {k: getattr(gpt, k) for k in _EXPORT_TRANSFORMER}
-              | ({"anchor_class": gpt.anchor_class} if gpt.order == "arpg" else {}),
+              | ({"anchor_class": gpt.anchor_class, "query_pos_embed": gpt.query_pos_embed}
+                 if gpt.order == "arpg" else {}),
               "tokenizer": {k: list(v) if isinstance(v, tuple) else v
                             for k, v in ((k, getattr(vq, k)) for k in _EXPORT_TOKENIZER)}}
     return (transformer, TokenizerSpec(downsample=vq.downsample, parameters=vq_parameters,
@@ -280,7 +287,7 @@ def configs_from_spec(spec: ModelSpec, where: str = "tessera.json") -> tuple[GPT
     def section(key: str, table: dict) -> dict:
         s = spec.export.get(key)
         if key == "transformer" and spec.family == ARPG_FAMILY and isinstance(s, dict):
-            table = {**table, "anchor_class": (bool, 0, 1)}
+            table = {**table, "anchor_class": (bool, 0, 1), "query_pos_embed": (bool, 0, 1)}
         if not isinstance(s, dict):
             raise ModelDirectoryError(f"{where}: export.{key} must be an object, got {s!r}; {FIX}")
         out = {}

@@ -292,3 +292,24 @@ def test_quantized_variants_pass_their_parity(tmp_path, tiny_models, precision):
     pipe = Pipeline.load(out, providers="cpu")
     assert pipe.manifest.spec.graph("transformer").precision == precision
     assert pipe.run([1, 2], decode_images=False).calls == 4
+
+
+def test_position_aware_queries_are_an_option_off_for_upstream(tmp_path):
+    """Upstream's first call gives every cell the same logits (its queries read the class alone);
+    `query_pos_embed` (our digit model) makes them depend on the cell; the graph keeps parity."""
+    from tessera.export.arpg import ARPG, trace_arpg
+    from tessera.export.config import gpt_preset
+    from tessera.export.parity import transformer_parity
+
+    torch.manual_seed(0)
+    cells = torch.tensor([[1, 6, 11]])
+    for flag in (False, True):
+        model = ARPG(gpt_preset("ARPG-Tiny", query_pos_embed=flag)).eval()
+        assert ("query_pos" in model.state_dict()) == flag
+        if flag:
+            torch.nn.init.normal_(model.query_pos)
+        with torch.no_grad():
+            logits, _ = model(model.class_token(torch.tensor([[2]])), torch.zeros(1, 1, dtype=torch.long), cells)
+        assert torch.allclose(logits[0, 0], logits[0, 1]) != flag
+    trace_arpg(model, tmp_path / "t.onnx", 18)
+    assert transformer_parity(model, tmp_path / "t.onnx")["max_abs_logit_error"] < 1e-4

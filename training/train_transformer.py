@@ -84,7 +84,8 @@ def train_transformer(out_dir: str, vq: str | VQModel = "runs/vq", steps: int = 
                       progress: bool = True, preset: str = "GPT-Digits", weight_decay: float = 0.05,
                       warmup: int = 50, ckpt_every: int = 100, eval_every: int = 50, aug_copies: int = 2,
                       threads: int = 1, data: dict | None = None, config_overrides: dict | None = None,
-                      order: str = "raster", init: str | None = None, anchor_class: bool = False) -> dict:
+                      order: str = "raster", init: str | None = None, anchor_class: bool = False,
+                      query_pos_embed: bool = False) -> dict:
     """Train (or resume) the transformer into `out_dir`; returns the metrics dict (also metrics.json).
 
     `vq`: tokenizer directory or a VQModel. `subset`: first `subset` train images only (tests).
@@ -92,7 +93,8 @@ def train_transformer(out_dir: str, vq: str | VQModel = "runs/vq", steps: int = 
     `order`: "raster" (LlamaGen), "any" (position queries) or "arpg" (training/arpg.py); `init`: directory
     whose gpt.safetensors the model starts from (rows it lacks, the query, keep their fresh initialisation;
     an ARPG model is warm-started from a GPT of twice its half depth, `arpg_state_from_gpt`).
-    `anchor_class`: ARPG only, the class at the rotary origin (GPTConfig.anchor_class).
+    `anchor_class`, `query_pos_embed`: ARPG options (GPTConfig); an ARPG `init` may lack `query_pos`
+    (it starts at zero: the fine-tune starts from the model as it was).
     """
     from safetensors.torch import save_file
     from tqdm import tqdm
@@ -118,7 +120,8 @@ def train_transformer(out_dir: str, vq: str | VQModel = "runs/vq", steps: int = 
     test_codes, test_labels = encode_all(tok, data["test_x"]), data["test_y"]
     t_enc = time.time() - t_enc
 
-    extra = {"anchor_class": True} if anchor_class else {}
+    extra = {**({"anchor_class": True} if anchor_class else {}),
+             **({"query_pos_embed": True} if query_pos_embed else {})}
     cfg = gpt_preset(preset, **{**(config_overrides or {}), "order": order, **extra})
     if cfg.vocab_size != tok.cfg.codebook_size or cfg.block_size != tok.cfg.grid ** 2:
         raise ValueError(f"transformer preset {preset} (vocab {cfg.vocab_size}, grid {cfg.grid}) does not match "
@@ -127,7 +130,13 @@ def train_transformer(out_dir: str, vq: str | VQModel = "runs/vq", steps: int = 
     if init is not None and order == "arpg":
         from safetensors.torch import load_file
 
-        model.load_state_dict(arpg_state_from_gpt(load_file(os.path.join(init, "gpt.safetensors")), model))
+        state = load_file(os.path.join(init, "gpt.safetensors"))
+        if "embeddings.weight" in state:  # an ARPG model: continue from it
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if unexpected or set(missing) - {"query_pos"}:
+                raise ValueError(f"--init {init}: weights do not fit (missing {missing}, unexpected {unexpected})")
+        else:
+            model.load_state_dict(arpg_state_from_gpt(state, model))
     elif init is not None:
         from safetensors.torch import load_file
 
@@ -142,7 +151,7 @@ def train_transformer(out_dir: str, vq: str | VQModel = "runs/vq", steps: int = 
                    weight_decay=weight_decay, warmup=warmup, schedule="linear warmup + cosine to 0.1*lr",
                    aug_copies=aug_copies, class_dropout=cfg.class_dropout, dropout=cfg.dropout, threads=threads,
                    eval_every=eval_every, train_sequences=len(train_codes), order=order, init=init,
-                   anchor_class=anchor_class)
+                   anchor_class=anchor_class, query_pos_embed=query_pos_embed)
 
     ckpt_path = os.path.join(out_dir, "checkpoint.pt")
     start, elapsed, history, evals = 0, 0.0, [], []
@@ -231,6 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--order", choices=("raster", "any", "arpg"), default="raster")
     p.add_argument("--anchor-class", action="store_true", help="ARPG: the class at the rotary origin")
+    p.add_argument("--query-pos-embed", action="store_true", help="ARPG: position-aware queries (learned, from 0)")
     p.add_argument("--init", default=None, help="start from this directory's gpt.safetensors (fine-tune)")
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -239,7 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
                           resume=not a.no_resume, subset=a.subset, progress=not a.no_progress, preset=a.preset,
                           weight_decay=a.weight_decay, warmup=a.warmup, ckpt_every=a.ckpt_every,
                           eval_every=a.eval_every, aug_copies=a.aug_copies, threads=a.threads,
-                          order=a.order, init=a.init, anchor_class=a.anchor_class)
+                          order=a.order, init=a.init, anchor_class=a.anchor_class,
+                          query_pos_embed=a.query_pos_embed)
     print(json.dumps({k: v for k, v in m.items() if k not in ("loss_curve",)}, indent=2))
     return m
 
