@@ -85,7 +85,7 @@ def train_transformer(out_dir: str, vq: str | VQModel = "runs/vq", steps: int = 
                       warmup: int = 50, ckpt_every: int = 100, eval_every: int = 50, aug_copies: int = 2,
                       threads: int = 1, data: dict | None = None, config_overrides: dict | None = None,
                       order: str = "raster", init: str | None = None, anchor_class: bool = False,
-                      query_pos_embed: bool = False) -> dict:
+                      query_pos_embed: bool = False, arpg_schedule: str = "arccos") -> dict:
     """Train (or resume) the transformer into `out_dir`; returns the metrics dict (also metrics.json).
 
     `vq`: tokenizer directory or a VQModel. `subset`: first `subset` train images only (tests).
@@ -94,7 +94,8 @@ def train_transformer(out_dir: str, vq: str | VQModel = "runs/vq", steps: int = 
     whose gpt.safetensors the model starts from (rows it lacks, the query, keep their fresh initialisation;
     an ARPG model is warm-started from a GPT of twice its half depth, `arpg_state_from_gpt`).
     `anchor_class`, `query_pos_embed`: ARPG options (GPTConfig); an ARPG `init` may lack `query_pos`
-    (it starts at zero: the fine-tune starts from the model as it was).
+    (it starts at zero: the fine-tune starts from the model as it was). `arpg_schedule`: the group sizes
+    ARPG training cuts its orders into ("arccos" or "cosine", as the decoder's `schedule`).
     """
     from safetensors.torch import save_file
     from tqdm import tqdm
@@ -151,7 +152,7 @@ def train_transformer(out_dir: str, vq: str | VQModel = "runs/vq", steps: int = 
                    weight_decay=weight_decay, warmup=warmup, schedule="linear warmup + cosine to 0.1*lr",
                    aug_copies=aug_copies, class_dropout=cfg.class_dropout, dropout=cfg.dropout, threads=threads,
                    eval_every=eval_every, train_sequences=len(train_codes), order=order, init=init,
-                   anchor_class=anchor_class, query_pos_embed=query_pos_embed)
+                   anchor_class=anchor_class, query_pos_embed=query_pos_embed, arpg_schedule=arpg_schedule)
 
     ckpt_path = os.path.join(out_dir, "checkpoint.pt")
     start, elapsed, history, evals = 0, 0.0, [], []
@@ -184,7 +185,7 @@ def train_transformer(out_dir: str, vq: str | VQModel = "runs/vq", steps: int = 
         if order == "any":
             loss = any_order_loss(model, c, y, gen)
         elif order == "arpg":
-            loss = arpg_loss(model, c, y, gen)
+            loss = arpg_loss(model, c, y, gen, schedule=arpg_schedule)
         else:
             logits = model.training_logits(c, y)
             loss = F.cross_entropy(logits.reshape(-1, cfg.vocab_size), c.reshape(-1))
@@ -241,6 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--order", choices=("raster", "any", "arpg"), default="raster")
     p.add_argument("--anchor-class", action="store_true", help="ARPG: the class at the rotary origin")
     p.add_argument("--query-pos-embed", action="store_true", help="ARPG: position-aware queries (learned, from 0)")
+    p.add_argument("--arpg-schedule", choices=("arccos", "cosine"), default="arccos",
+                   help="ARPG: the schedule whose group sizes training uses (the decoder's --schedule)")
     p.add_argument("--init", default=None, help="start from this directory's gpt.safetensors (fine-tune)")
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -250,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
                           weight_decay=a.weight_decay, warmup=a.warmup, ckpt_every=a.ckpt_every,
                           eval_every=a.eval_every, aug_copies=a.aug_copies, threads=a.threads,
                           order=a.order, init=a.init, anchor_class=a.anchor_class,
-                          query_pos_embed=a.query_pos_embed)
+                          query_pos_embed=a.query_pos_embed, arpg_schedule=a.arpg_schedule)
     print(json.dumps({k: v for k, v in m.items() if k not in ("loss_curve",)}, indent=2))
     return m
 
