@@ -6,7 +6,7 @@ per image and quality, each section against sequential decoding in the same run.
     python benchmarks/decoders.py jacobi               # -> benchmarks/results/jacobi.md
     python benchmarks/decoders.py anyorder             # -> benchmarks/results/anyorder.md, anyorder_steps.png
     python benchmarks/decoders.py arpg                 # -> benchmarks/results/arpg.md
-    python benchmarks/decoders.py arpg --large         # + ARPG-L vs GPT-L shapes (slow: minutes per image)
+    python benchmarks/decoders.py arpg-large           # -> benchmarks/results/arpg_large.md (slow: ARPG-L vs GPT-L)
     python benchmarks/decoders.py --quick              # a few images of every table, no GPT-B: a smoke run
 
 Quality on the digit models: conditional accuracy and Fréchet distance from the held-out classifier of
@@ -26,7 +26,7 @@ graphs); inpainting held-out digits with a random half of their cells kept; the 
 (fp32, int4), sequential decoding timed on the same graph.
 arpg: the shipped raster default (sequential) against models/arpg (ARPG form: each cell fed once) and
 models/anyorder at 8 steps: time per image at batch 1 and 10, quality over seeds, inpainting with a random
-half kept; with --large, ARPG-L shape (random weights) at 16/32/64 steps against LlamaGen GPT-L shape
+half kept. arpg-large: ARPG-L shape (random weights) at 16/32/64 steps against LlamaGen GPT-L shape
 sequential, one image with guidance, fp32 and int4, with KV-cache bytes.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ RESULTS = HERE / "results"
 EXPORTS = HERE / ".cache" / "exports"
 ANYORDER_DIR = ROOT / "models" / "anyorder"
 ARPG_DIR = ROOT / "models" / "arpg"
-SECTIONS = ("parallel", "jacobi", "anyorder", "arpg")
+SECTIONS = ("parallel", "jacobi", "anyorder", "arpg", "arpg-large")
 GPT_B_SAMPLING = {"guidance_scale": 4.0, "top_k": 2000}
 JACOBI_SEEDS = (0, 1000, 2000)
 JACOBI_REPEATS, JACOBI_BATCH_REPEATS = 5, 3  # latency: best of 5 per image; throughput: best of 3
@@ -388,19 +388,18 @@ def kv_bytes(pipe, images: int = 1, guided: bool = True) -> int:
 
 def arpg_large(args, threads: int) -> list[str]:
     """ARPG-L shape vs GPT-L shape, random weights, one image with guidance (batch 2), fp32 and int4."""
-    lines = ["", "## ARPG-L shape vs LlamaGen GPT-L shape (random weights, 16x16 tokens, one image with guidance "
-                 "= batch 2, top-k 2000)", "",
+    lines = ["# ARPG-L shape vs LlamaGen GPT-L shape (random weights, 16x16 tokens, one image with guidance "
+             "= batch 2, top-k 2000)", "", run_line(args.command("arpg-large"), threads), "",
              f"Seconds per image, best of {args.gpt_b_repeats or 1} run(s), settings interleaved; ARPG-L (24 "
              "layers x 1024: 12 self-attention + 12 cross-attention) against GPT-L (24 x 1024) sequential "
              "(256 calls). KV bytes: fp32 cache of one image with guidance after the last call.", ""]
     rows = []
     for precision in ("fp32", "int4"):
-        gpt = load(cached_export(EXPORTS, f"gpt-l-{precision}", ["--gpt", "GPT-L", "--vq", "vq_ds16_c2i",
-                                                                "--random-weights", "--quant", precision]),
+        tiny_vq = list(GPT_B_RANDOM[2:])  # the GPT-B benchmarks' small tokenizer: the transformer is timed
+        gpt = load(cached_export(EXPORTS, f"gpt-l-{precision}", ["--gpt", "GPT-L", *tiny_vq, "--quant", precision]),
                    threads, verify="none")
-        arpg = load(cached_export(EXPORTS, f"arpg-l-{precision}", ["--gpt", "ARPG-L", "--vq", "vq_ds16_c2i",
-                                                                  "--random-weights", "--quant", precision]),
-                    threads, verify="none")
+        arpg = load(cached_export(EXPORTS, f"arpg-l-{precision}", ["--gpt", "ARPG-L", *tiny_vq, "--quant",
+                                                                  precision]), threads, verify="none")
         settings = [Setting("GPT-L sequential", gpt)] + [Setting(f"ARPG-L, {st} steps", arpg, {"steps": st})
                                                          for st in (64, 32, 16)]
         timed = time_settings(settings, args.gpt_b_repeats or 1, lambda r: ([r], r), **GPT_B_SAMPLING)
@@ -506,12 +505,11 @@ def arpg_section(args, quality: Quality, out_dir: Path | None) -> list[str]:
               *[f"| time per image >= {want}x lower at batch {b} | {speed[b]:.2f}x | {'yes' if speed[b] >= want else 'no'} |"
                 for b, want in ((1, 2.5), (10, 2.0)) if b in speed], ""]
     lines.append(f"Load average at end: {load_average()[0]:.1f} ({time.perf_counter() - t_start:.0f} s).")
-    if args.large:
-        lines += arpg_large(args, threads)
     return lines
 
 
-FILES = {"parallel": "parallel_decoding.md", "jacobi": "jacobi.md", "anyorder": "anyorder.md", "arpg": "arpg.md"}
+FILES = {"parallel": "parallel_decoding.md", "jacobi": "jacobi.md", "anyorder": "anyorder.md", "arpg": "arpg.md",
+         "arpg-large": "arpg_large.md"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -534,7 +532,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timing-repeats", type=int, help="anyorder timing: repeats at 10 images per call, scaled by "
                                                        "10 / batch, at least 3 (default 10)")
     ap.add_argument("--arpg-model", type=Path, help="arpg: the ARPG model directory (default models/arpg)")
-    ap.add_argument("--large", action="store_true", help="arpg: also ARPG-L vs GPT-L shapes (slow)")
     ap.add_argument("--raster-inpaint", type=int, help="anyorder inpainting: held-out digits for the raster "
                                                        "baseline (default 100)")
     args = ap.parse_args(argv)
@@ -542,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     sections = [s for s in SECTIONS if s in args.sections] or list(SECTIONS)
+    if args.quick:  # a smoke run: no large shapes (--skip-gpt-b below)
+        sections = [s for s in sections if s != "arpg-large"]
     if args.quick:
         args.skip_gpt_b = True
     rest = [a for a in (sys.argv[1:] if argv is None else argv) if a not in SECTIONS]
@@ -557,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
             lines = jacobi_section(args, quality)
         elif section == "arpg":
             lines = arpg_section(args, quality, out_dir)
+        elif section == "arpg-large":
+            lines = arpg_large(args, args.threads or 2)
         else:
             lines = anyorder_section(args, quality, out_dir)
         text = "\n".join(lines) + "\n"
