@@ -5,6 +5,8 @@ per image and quality, each section against sequential decoding in the same run.
     python benchmarks/decoders.py parallel             # -> benchmarks/results/parallel_decoding.md
     python benchmarks/decoders.py jacobi               # -> benchmarks/results/jacobi.md
     python benchmarks/decoders.py anyorder             # -> benchmarks/results/anyorder.md, anyorder_steps.png
+    python benchmarks/decoders.py arpg                 # -> benchmarks/results/arpg.md
+    python benchmarks/decoders.py arpg-large           # -> benchmarks/results/arpg_large.md (slow: ARPG-L vs GPT-L)
     python benchmarks/decoders.py --quick              # a few images of every table, no GPT-B: a smoke run
 
 Quality on the digit models: conditional accuracy and Fréchet distance from the held-out classifier of
@@ -22,6 +24,10 @@ any-order: the shipped raster default (sequential, 49 calls) against models/anyo
 and both schedule orders; time per image at several batch sizes (and the any-order model's 1.22 and portable
 graphs); inpainting held-out digits with a random half of their cells kept; the GPT-B shape in any-order mode
 (fp32, int4), sequential decoding timed on the same graph.
+arpg: the shipped raster default (sequential) against models/arpg (ARPG form: each cell fed once) and
+models/anyorder at 8 steps: time per image at batch 1 and 10, quality over seeds, inpainting with a random
+half kept. arpg-large: ARPG-L shape (random weights) at 16/32/64 steps against LlamaGen GPT-L shape
+sequential, one image with guidance, fp32 and int4, with KV-cache bytes.
 """
 from __future__ import annotations
 
@@ -46,7 +52,8 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 EXPORTS = HERE / ".cache" / "exports"
 ANYORDER_DIR = ROOT / "models" / "anyorder"
-SECTIONS = ("parallel", "jacobi", "anyorder")
+ARPG_DIR = ROOT / "models" / "arpg"
+SECTIONS = ("parallel", "jacobi", "anyorder", "arpg", "arpg-large")
 GPT_B_SAMPLING = {"guidance_scale": 4.0, "top_k": 2000}
 JACOBI_SEEDS = (0, 1000, 2000)
 JACOBI_REPEATS, JACOBI_BATCH_REPEATS = 5, 3  # latency: best of 5 per image; throughput: best of 3
@@ -370,7 +377,139 @@ def anyorder_section(args, quality: Quality, out_dir: Path | None) -> list[str]:
     return lines
 
 
-FILES = {"parallel": "parallel_decoding.md", "jacobi": "jacobi.md", "anyorder": "anyorder.md"}
+# --- ARPG ------------------------------------------------------------------------------------------
+def kv_bytes(pipe, images: int = 1, guided: bool = True) -> int:
+    """fp32 KV-cache bytes a full grid holds: per cached token, K and V of every KV layer of the graph."""
+    spec = pipe.manifest.spec
+    t = spec.transformer
+    cached = pipe.grid[0] * pipe.grid[1] + 1  # the class and every cell (an upper bound for ARPG's last step)
+    return images * (2 if guided else 1) * spec.kv_layers * 2 * t.n_kv_head * t.head_dim * cached * 4
+
+
+def arpg_large(args, threads: int) -> list[str]:
+    """ARPG-L shape vs GPT-L shape, random weights, one image with guidance (batch 2), fp32 and int4."""
+    lines = ["# ARPG-L shape vs LlamaGen GPT-L shape (random weights, 16x16 tokens, one image with guidance "
+             "= batch 2, top-k 2000)", "", run_line(args.command("arpg-large"), threads), "",
+             f"Seconds per image, best of {args.gpt_b_repeats or 1} run(s), settings interleaved; ARPG-L (24 "
+             "layers x 1024: 12 self-attention + 12 cross-attention) against GPT-L (24 x 1024) sequential "
+             "(256 calls). KV bytes: fp32 cache of one image with guidance after the last call.", ""]
+    rows = []
+    for precision in ("fp32", "int4"):
+        tiny_vq = list(GPT_B_RANDOM[2:])  # the GPT-B benchmarks' small tokenizer: the transformer is timed
+        gpt = load(cached_export(EXPORTS, f"gpt-l-{precision}", ["--gpt", "GPT-L", *tiny_vq, "--quant", precision]),
+                   threads, verify="none")
+        arpg = load(cached_export(EXPORTS, f"arpg-l-{precision}", ["--gpt", "ARPG-L", *tiny_vq, "--quant",
+                                                                  precision]), threads, verify="none")
+        settings = [Setting("GPT-L sequential", gpt)] + [Setting(f"ARPG-L, {st} steps", arpg, {"steps": st})
+                                                         for st in (64, 32, 16)]
+        timed = time_settings(settings, args.gpt_b_repeats or 1, lambda r: ([r], r), **GPT_B_SAMPLING)
+        part = [{"name": f"{precision}: {k}", "calls": t.calls, "seconds": t.best,
+                 "kv": kv_bytes(gpt if k.startswith("GPT") else arpg)} for k, t in timed.items()]
+        for row in part:
+            print(row, flush=True)
+        rows += part
+        lines += markdown_table(["decoding", "calls / image", "s / image", "speed-up", "KV MB", "KV vs GPT-L"],
+                                [[r["name"], cols[0], cols[2], cols[3], f"{r['kv'] / 2**20:.1f}",
+                                  f"{r['kv'] / part[0]['kv']:.2f}x"] for r, cols in zip(part, speed_rows(part))])
+        lines.append("")
+    return lines
+
+
+def arpg_section(args, quality: Quality, out_dir: Path | None) -> list[str]:
+    threads = args.threads or 1
+    per_class = args.per_class or (2 if args.quick else 50)
+    seeds = args.seeds or ([0, 1000] if args.quick else [0, 1000, 2000])
+    repeats = args.timing_repeats or (1 if args.quick else 10)
+    arpg_dir = args.arpg_model or ARPG_DIR
+    seq, arpg, ao = load(None, threads), load(arpg_dir, threads), load(ANYORDER_DIR, threads)
+    steps = arpg.manifest.spec.generation.steps or 8
+    head, t_start = run_line(args.command("arpg"), threads), time.perf_counter()
+    lines = ["# ARPG (each cell fed once) vs sequential and any-order decoding, digit models", "", head, ""]
+    settings = [Setting("sequential (raster default)", seq), Setting(f"ARPG, {steps} steps", arpg),
+                Setting("any-order, 8 steps", ao, {"steps": 8}), Setting("ARPG, 4 steps", arpg, {"steps": 4})]
+    lines += ["## Time per image (default guidance of each model: two rows per image)", "",
+              "Medians over the repeats; each repeat runs every setting once, in turn; speed-up against "
+              "sequential decoding at the same batch (tokens only, no image decode).", ""]
+    speed = {}
+    for batch in (args.batches or [1, 10]):
+        timed = time_settings(settings, max(3, repeats * 10 // batch), lambda r: ([r % 10] * batch, 100 * r))
+        rows = [{"name": f"batch {batch}: {k}", "calls": t.calls, "seconds": t.median / batch,
+                 "rows": t.result.stats.get("token_rows", 0) / batch} for k, t in timed.items()]
+        for row in rows:
+            print(row, flush=True)
+        speed[batch] = rows[0]["seconds"] / rows[1]["seconds"]
+        lines += markdown_table(["decoding", "calls / image", "token rows / image", "s / image", "speed-up"],
+                                [[r["name"], cols[0], f"{r['rows']:.0f}", cols[2], cols[3]]
+                                 for r, cols in zip(rows, speed_rows(rows))]) + [""]
+    lines.append("Token rows: the token positions a call evaluates, summed (ARPG: context and queries each pass "
+                 "half the layers).")
+
+    q_rows = []
+    for name, setting in (("sequential", settings[0]), ("ARPG", settings[1]), ("any-order", settings[2])):
+        for seed in seeds:
+            q_rows.append({**quality(setting, per_class, seed), "name": name})
+            print(q_rows[-1], flush=True)
+    for st in (args.sweep or ([] if args.quick else [4, 6, 12, 16])):
+        q_rows.append({**quality(Setting("ARPG", arpg, {"steps": st}), per_class, seeds[0]),
+                       "name": f"ARPG, {st} steps"})
+        print(q_rows[-1], flush=True)
+
+    def stats(name):
+        sel = [r for r in q_rows if r["name"] == name]
+        return mean_std([r["accuracy"] for r in sel]), mean_std([r["frechet"] for r in sel])
+    (sa, sa_sd), (sf, sf_sd) = stats("sequential")
+    (aa, aa_sd), (af, af_sd) = stats("ARPG")
+    (oa, oa_sd), (of, of_sd) = stats("any-order")
+    lines += ["", f"## Quality ({per_class} images per class, default sampling, held-out classifier of "
+                  "benchmarks/eval_default.py)", ""]
+    lines += markdown_table(["decoding", "seed", "calls / batch", "accuracy", "Fréchet dist."], [
+        [r["name"], str(r["seed"]), f"{r['calls_per_batch']:.0f}", f"{r['accuracy']:.1%}", f"{r['frechet']:.1f}"]
+        for r in q_rows])
+    lines += ["", f"Over seeds {seeds} (mean ± std, the sampling noise floor):", "",
+              "| setting | accuracy | Fréchet dist. |", "|---|---|---|",
+              f"| sequential raster default, 49 calls | {sa:.1%} ± {sa_sd:.1%} | {sf:.1f} ± {sf_sd:.1f} |",
+              f"| ARPG, {steps} steps | {aa:.1%} ± {aa_sd:.1%} | {af:.1f} ± {af_sd:.1f} |",
+              f"| any-order, 8 steps | {oa:.1%} ± {oa_sd:.1%} | {of:.1f} ± {of_sd:.1f} |", ""]
+
+    test_x, test_y = quality.data["test_x"].numpy(), quality.data["test_y"].numpy()
+    count = 20 if args.quick else len(test_x)
+    codes = np.concatenate([arpg.tokenizer.encode(test_x[i:i + 100]) for i in range(0, count, 100)])
+    images, exact = [], 0
+    t0 = time.perf_counter()
+    for i in range(count):
+        regen = np.zeros(49, bool)
+        regen[np.random.default_rng(10_000 + i).permutation(49)[:25]] = True  # 24 kept, 25 regenerated
+        regen = regen.reshape(7, 7)
+        res = arpg.edit_tokens(codes[i], regen, class_label=int(test_y[i]), seed=i)
+        exact += int((res.tokens[0][~regen] == codes[i][~regen]).all())
+        images.append(arpg.tokenizer.decode(res.tokens))
+    inpaint_s = (time.perf_counter() - t0) / count
+    import torch
+
+    inpaint_acc = quality.clf.accuracy(torch.from_numpy(np.clip(np.concatenate(images), -1, 1)),
+                                       torch.from_numpy(test_y[:count]))
+    read_back = int(round(inpaint_acc * count))  # the classifier's share, in float32: count it instead
+    inpaint_acc = read_back / count
+    lines += [f"## Inpainting held-out digits (a random half kept: 24 kept, 25 regenerated, class-conditioned)", "",
+              f"{count} digits: requested class read back **{inpaint_acc:.1%}** ({read_back}/{count}), kept cells bit-exact "
+              f"{exact}/{count}, {inpaint_s:.3f} s per image (ARPG, {steps} steps, every kept cell as context).", ""]
+
+    calls = settings[1].run([0], 0).calls
+    lines += ["## Targets (issue 21)", "", "| target | measured | met |", "|---|---|---|",
+              f"| <= 8 calls per image | {calls} | {'yes' if calls <= 8 else 'no'} |",
+              f"| accuracy within 1 point of sequential | {100 * (aa - sa):+.1f} points | "
+              f"{'yes' if aa >= sa - 0.01 else 'no'} |",
+              f"| Fréchet <= 1.1x sequential | {af / sf:.2f}x | {'yes' if af <= 1.1 * sf else 'no'} |",
+              f"| inpainting, random half kept, read back >= 90% | {inpaint_acc:.1%} | "
+              f"{'yes' if inpaint_acc >= 0.9 else 'no'} |",
+              *[f"| time per image >= {want}x lower at batch {b} | {speed[b]:.2f}x | {'yes' if speed[b] >= want else 'no'} |"
+                for b, want in ((1, 2.5), (10, 2.0)) if b in speed], ""]
+    lines.append(f"Load average at end: {load_average()[0]:.1f} ({time.perf_counter() - t_start:.0f} s).")
+    return lines
+
+
+FILES = {"parallel": "parallel_decoding.md", "jacobi": "jacobi.md", "anyorder": "anyorder.md", "arpg": "arpg.md",
+         "arpg-large": "arpg_large.md"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -392,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=int, nargs="+", help="anyorder timing: images per call (default 1 10 50)")
     ap.add_argument("--timing-repeats", type=int, help="anyorder timing: repeats at 10 images per call, scaled by "
                                                        "10 / batch, at least 3 (default 10)")
+    ap.add_argument("--arpg-model", type=Path, help="arpg: the ARPG model directory (default models/arpg)")
     ap.add_argument("--raster-inpaint", type=int, help="anyorder inpainting: held-out digits for the raster "
                                                        "baseline (default 100)")
     args = ap.parse_args(argv)
@@ -399,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     sections = [s for s in SECTIONS if s in args.sections] or list(SECTIONS)
+    if args.quick:  # a smoke run: no large shapes (--skip-gpt-b below)
+        sections = [s for s in sections if s != "arpg-large"]
     if args.quick:
         args.skip_gpt_b = True
     rest = [a for a in (sys.argv[1:] if argv is None else argv) if a not in SECTIONS]
@@ -412,6 +554,10 @@ def main(argv: list[str] | None = None) -> int:
             lines = parallel_section(args, quality)
         elif section == "jacobi":
             lines = jacobi_section(args, quality)
+        elif section == "arpg":
+            lines = arpg_section(args, quality, out_dir)
+        elif section == "arpg-large":
+            lines = arpg_large(args, args.threads or 2)
         else:
             lines = anyorder_section(args, quality, out_dir)
         text = "\n".join(lines) + "\n"

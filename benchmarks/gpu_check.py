@@ -10,7 +10,8 @@ Stages (the report is rewritten after each, so a run stopped by its time limit k
 2. Decode speed of `tessera bench` (fp32, fp16, int4 fused) against the PyTorch KV-cached loop
    (tessera.export.reference) on the same device, fp32 and, on CUDA, fp16.
 3. Sequential, parallel, Jacobi and any-order decoding timed on one any-order portable graph.
-Stages 2 and 3 run LlamaGen GPT-B with random weights (16x16 tokens); --quick runs GPT-Tiny throughout.
+4. ARPG (an ARPG graph of the same shape, `arpg-c2i`) at several step counts against sequential decoding.
+Stages 2-4 run LlamaGen GPT-B with random weights (16x16 tokens); --quick runs GPT-Tiny throughout.
 Exit status: 0 every check passed on --provider, 1 one failed or ran elsewhere, 2 --provider cannot run here.
 """
 from __future__ import annotations
@@ -53,7 +54,11 @@ SECTIONS = {  # stage -> title, what its table shows
     "decoders": ("Decoders against sequential decoding", f"One image, guidance {GUIDANCE}, top-k {TOP_K}, no pixels; "
                  "all on one any-order portable graph (onnxruntime-gpu 1.31 loads fused graphs only in their 1.22 "
                  "form, which runs a call's queries one at a time). Ratios: sequential / this row."),
+    "arpg": ("ARPG against sequential decoding", f"One image, guidance {GUIDANCE}, top-k {TOP_K}, no pixels, fp32: "
+             "an ARPG graph (half self-attention, shared K/V, half cross-attention; each cell fed once) against "
+             "the LlamaGen graph of the same dimensions decoding sequentially. Ratios: sequential / this row."),
 }
+ARPG_STEPS = {"GPT-B": (64, 32, 16), "GPT-Tiny": (8, 4)}
 
 
 def start(provider: str) -> dict:
@@ -146,6 +151,32 @@ def run_line(args, when: str) -> str:
     return f"`python benchmarks/gpu_check.py {' '.join(args.argv)}`, {when}"
 
 
+def arpg(args, work: Path, ctx: dict) -> tuple[list[str], bool]:
+    """ARPG's seconds and calls per image against sequential decoding of the same shape: median of --rounds."""
+    from tessera.runtime import Pipeline
+
+    model = "GPT-Tiny" if args.quick else "GPT-B"
+    export_args = MODELS[model][0]
+    seq = Pipeline.load(cached_export(work, f"{model.lower()}-fp32", export_args, log=ctx["log"]),
+                        providers=args.provider, verify="size")
+    arpg_pipe = Pipeline.load(cached_export(work, f"{model.lower()}-arpg-fp32", [*export_args, "--gpt-set",
+                                                                                 "order=arpg"], log=ctx["log"]),
+                              providers=args.provider, verify="size")
+    runs = {"sequential": lambda r: seq.run([1], guidance_scale=GUIDANCE, top_k=TOP_K, seed=r,
+                                           decode_images=False).calls}
+    for steps in ARPG_STEPS[model]:
+        runs[f"ARPG, {steps} steps"] = lambda r, s=steps: arpg_pipe.run(
+            [1], guidance_scale=GUIDANCE, top_k=TOP_K, seed=r, steps=s, decode_images=False).calls
+    timed = {k: (float(np.median(t[1:])), calls) for k, (t, calls) in interleaved(runs, args.rounds + 1).items()}
+    (seq_s, seq_calls) = timed["sequential"]
+    on = {arpg_pipe.graph_providers["transformer"], seq.graph_providers["transformer"]}
+    rows = [[k, ", ".join(sorted(on)), str(c), f"{s:.4f}", f"{seq_s / s:.2f}x", f"{seq_calls / c:.2f}x"]
+            for k, (s, c) in timed.items()]
+    head = ["decoding", "transformer on", "calls / image", "s / image", "speed-up", "calls ratio"]
+    return markdown_table(head, rows) + ["", f"median of {args.rounds} round(s) after a warm-up round."], \
+        on == {full_name(args.provider)}
+
+
 def write_report(args, env: dict, sections: dict, notes: list[str]) -> None:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [f"# GPU check ({'CUDA' if args.provider == 'cuda' else 'CPU dry run'}{', --quick' if args.quick else ''})",
@@ -182,7 +213,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     seconds_left = lambda: (args.budget_s or float("inf")) - (time.perf_counter() - t_start)  # noqa: E731
     sections, notes, failed, ctx = {}, [], [], {"log": log}
-    for name, run in (("correctness", correctness), ("speed", speed), ("decoders", decoders)):
+    for name, run in (("correctness", correctness), ("speed", speed), ("decoders", decoders), ("arpg", arpg)):
         t0 = time.perf_counter()
         if seconds_left() < STAGE_MIN_S and not args.quick:
             notes.append(f"{name}: skipped, {seconds_left():.0f} s of the budget left")

@@ -9,7 +9,7 @@ from pathlib import Path
 from tessera.runtime.errors import InvalidInputError
 from tessera.runtime.image_processing import load_image
 
-from .options import HelpFormatter, add_model_arguments, add_sampling_arguments, pipeline_from_args
+from .options import HelpFormatter, add_arpg_arguments, add_model_arguments, add_sampling_arguments, pipeline_from_args
 from .output import (Progress, add_overwrite_argument, check_counts, check_new_files, check_pixels, check_writable,
                      save_image)
 
@@ -106,7 +106,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
                    top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                    callback=Progress(args.mode, enabled=not args.quiet),
                    preview=writer, preview_every=args.preview_every if writer else None,
-                   **({"steps": args.steps} if args.steps is not None else {}))
+                   **{k: v for k, v in (("steps", args.steps), ("schedule", args.schedule),
+                                        ("guidance_schedule", args.guidance_schedule)) if v is not None})
     t0 = time.perf_counter()
     if args.mode == "inpaint":
         images = pipe.inpaint(image, mask, label, candidates=args.candidates, **options)
@@ -146,6 +147,7 @@ def _common(p: argparse.ArgumentParser, candidates: bool, defaults) -> None:
     p.add_argument("--steps", type=int, metavar="N",
                    help="any-order models: transformer calls for the regenerated cells (every kept cell is context, "
                         "no candidates needed; default: the model's, else 8)")
+    add_arpg_arguments(p)
     add_sampling_arguments(p, defaults, guidance_note=", and without --class")
     p.add_argument("-o", "--out", default="edited.png",
                    help="output image file (several results: OUT-000.png ... unless --sheet; an existing "

@@ -19,7 +19,7 @@ from tessera.runtime.errors import ExtraNotInstalledError, TesseraError
 
 from .bench import add_bench_parser
 from .edit import add_edit_parser, add_preview_arguments, join_negative_values, preview_callback
-from .options import (HelpFormatter, add_model_arguments, add_sampling_arguments, add_verify_argument, model_defaults,
+from .options import (HelpFormatter, add_arpg_arguments, add_model_arguments, add_sampling_arguments, add_verify_argument, model_defaults,
                       model_from_argv, pipeline_from_args, resolve_verify)
 from .output import (MAX_IMAGES, MAX_SCALE, Progress, StageProgress, add_overwrite_argument, check_counts,
                      check_new_files, check_pixels, check_writable, safe_name, save_image)
@@ -139,7 +139,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     images = pipe.generate(args.classes, guidance_scale=args.guidance, temperature=args.temperature,
                            top_k=args.top_k, top_p=args.top_p, seed=args.seed, num_images_per_class=args.num,
                            callback=progress, parallel_window=args.parallel_window, grid=args.grid_size,
-                           decoder=args.decoder, jacobi_window=args.jacobi_window, steps=args.steps)
+                           decoder=args.decoder, jacobi_window=args.jacobi_window, steps=args.steps,
+                           schedule=args.schedule, guidance_schedule=args.guidance_schedule)
     elapsed = time.perf_counter() - t0
     check_pixels(images[0].width * args.scale, images[0].height * args.scale, len(images) if sheet else 1)
     if args.scale > 1:
@@ -338,16 +339,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     g.add_argument("--parallel-window", type=int, metavar="W",
                    help="decode image rows in parallel, each W tokens behind the row above (fewer steps; "
                         "default: off, one token per step)")
-    g.add_argument("--decoder", choices=["sequential", "parallel", "jacobi", "anyorder"],
+    g.add_argument("--decoder", choices=["sequential", "parallel", "jacobi", "anyorder", "arpg"],
                    help="decoding strategy: one token per step, ZipAR rows (--parallel-window), speculative "
                         "Jacobi (drafts verified in one step, the model's distribution kept), or anyorder (any-order "
-                        "models only: --steps calls per image; default: anyorder for an any-order model, parallel "
-                        "with --parallel-window, jacobi with --jacobi-window, else sequential)")
+                        "models only: --steps calls per image), or arpg (ARPG models only); default: arpg for an "
+                        "ARPG model, anyorder for an any-order model, parallel with --parallel-window, jacobi with "
+                        "--jacobi-window, else sequential)")
     g.add_argument("--steps", type=int, metavar="N",
-                   help="any-order and text-to-image (gan) models: transformer calls per image, 1..cells (default: "
-                        "the model's, else 8)")
+                   help="any-order, ARPG and text-to-image (gan) models: transformer calls per image, 1..cells "
+                        "(default: the model's, else 8)")
     g.add_argument("--head-steps", type=int, metavar="N",
                    help="text-to-image models: Euler steps of the flow head per decision (default: the model's)")
+    add_arpg_arguments(g)
     g.add_argument("--jacobi-window", type=int, metavar="W",
                    help="speculative Jacobi decoding with W draft tokens per step (default with --decoder jacobi: 4)")
     g.add_argument("--grid-size", type=int, metavar="N",

@@ -133,3 +133,13 @@ def pipeline_from_args(args: argparse.Namespace, low_memory_default: bool | None
     return Pipeline.load(args.model, providers=providers, threads=args.threads, verify=verify,
                          provider_options=provider_options, session_options=session_options,
                          low_memory=low_memory_default if getattr(args, "low_memory", None) is None else args.low_memory)
+
+
+def add_arpg_arguments(p) -> None:
+    """ARPG models' schedules (the arpg decoder; runtime/arpg.py)."""
+    p.add_argument("--schedule", choices=("arccos", "cosine"),
+                   help="ARPG models: cells decided per step (default: the model's, else arccos)")
+    p.add_argument("--guidance-schedule", choices=("linear", "constant"),
+                   help="ARPG models: guidance grows linearly from 1 to --guidance with the share of the image "
+                        "decided, or stays constant (default: the model's, else linear)")
+

@@ -10,6 +10,7 @@ from tessera.runtime.errors import ModelDirectoryError
 from tessera.runtime.manifest import load_manifest
 from tessera.runtime.spec import ModelSpec
 
+from .arpg import ARPG
 from .checkpoints import load_strict, read_state_dict
 from .config import GPTConfig, VQConfig, configs_from_spec, gpt_preset, vq_preset
 from .transformer import GPT
@@ -47,13 +48,14 @@ def vq_config(spec: str, overrides: dict | None = None) -> VQConfig:
     return vq_preset(spec, **(overrides or {}))
 
 
-def build_gpt(cfg: GPTConfig, weights: str | Path | None, seed: int = 0) -> GPT:
-    """The transformer with `weights`, or seeded random weights when None."""
+def build_gpt(cfg: GPTConfig, weights: str | Path | None, seed: int = 0) -> GPT | ARPG:
+    """The transformer (an ARPG one for `order: arpg`) with `weights`, or seeded random weights when None."""
     if weights is None:  # seed only for random weights: loading must not reset the caller's RNG
         torch.manual_seed(seed)
-    model = GPT(cfg)
+    model = ARPG(cfg) if cfg.order == "arpg" else GPT(cfg)
     if weights is not None:
-        load_strict(model, read_state_dict(weights), what=f"transformer ({cfg.dim}d x {cfg.n_layer} layers)")
+        what = f"{'ARPG ' if cfg.order == 'arpg' else ''}transformer ({cfg.dim}d x {cfg.n_layer} layers)"
+        load_strict(model, read_state_dict(weights), what=what)
     return model.eval()
 
 
@@ -75,7 +77,7 @@ def load_run(path: str | Path, kind: str):
     return build_vq(vq_config(str(path / "config.json")), path / "vq.safetensors")
 
 
-def load_model_dir(model_dir: str | Path) -> tuple[GPT, VQModel, ModelSpec]:
+def load_model_dir(model_dir: str | Path) -> tuple[GPT | ARPG, VQModel, ModelSpec]:
     """Rebuild the PyTorch models of a model directory exported with its weights (format 2, or 1
     through the runtime's upgrade), and return its spec. The directory is untrusted input:
     `load_manifest` checks that every name it lists is a plain file name inside it and verifies sizes

@@ -1,6 +1,7 @@
 """Load weights from `.safetensors` or LlamaGen `.pt` files, strictly and without running pickled code."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import torch
@@ -44,15 +45,26 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+# Classes a checkpoint may pickle besides tensors and plain containers: ARPG's training files store
+# their `argparse.Namespace` of arguments next to the weights. Exactly these, never arbitrary pickles.
+SAFE_CLASSES = (argparse.Namespace,)
+
+
+def safe_load(path: Path, mmap: bool):
+    """`torch.load(weights_only=True)` that also accepts `SAFE_CLASSES`."""
+    with torch.serialization.safe_globals(list(SAFE_CLASSES)):
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+
+
 def _torch_load(path: Path):
     """Memory-mapped where the file allows it (torch's zip format): tensors stay in the page cache
     until used, and `load_strict` hands them to the model without a second copy (export peak memory)."""
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        return safe_load(path, mmap=True)
     except RuntimeError as e:
         if "mmap" not in str(e):  # a legacy (pre-zip) file cannot be mapped: read it whole
             raise
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        return safe_load(path, mmap=False)
 
 
 def convertible(source: torch.dtype, target: torch.dtype) -> bool:

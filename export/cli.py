@@ -127,6 +127,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="sample among the K likeliest tokens, >= 0 (0 = all; default: as above, else 0)")
     gen.add_argument("--default-top-p", type=float, metavar="P",
                      help="nucleus sampling mass in (0, 1] (1 = off; default: as above, else 1.0)")
+    gen.add_argument("--default-steps", type=int, metavar="N",
+                     help="transformer calls per image of the few-step decoders (any-order, ARPG; default: the "
+                          "preset's, ARPG presets 64, else the decoder's own)")
+    gen.add_argument("--default-schedule", choices=("arccos", "cosine"),
+                     help="ARPG: cells decided per step (default: the preset's, arccos)")
+    gen.add_argument("--default-guidance-schedule", choices=("linear", "constant"),
+                     help="ARPG: guidance per step, linear from 1 to G with the share decided, or constant G "
+                          "(default: the preset's, linear)")
 
 
 def _overrides(items: list[str] | None, cls, flag: str) -> dict:
@@ -208,7 +216,8 @@ def validate_arguments(args: argparse.Namespace) -> None:
             ("--default-guidance", args.default_guidance, lambda v: math.isfinite(v) and v >= 0, ">= 0"),
             ("--default-temperature", args.default_temperature, lambda v: math.isfinite(v) and v >= 0, ">= 0"),
             ("--default-top-k", args.default_top_k, lambda v: v >= 0, ">= 0"),
-            ("--default-top-p", args.default_top_p, lambda v: 0 < v <= 1, "in (0, 1]")):
+            ("--default-top-p", args.default_top_p, lambda v: 0 < v <= 1, "in (0, 1]"),
+            ("--default-steps", args.default_steps, lambda v: v >= 1, ">= 1")):
         if v is not None and not ok(v):
             raise InvalidInputError(f"{flag} must be {what}, got {v}")
     for f in args.extra:
@@ -303,7 +312,8 @@ def run(args: argparse.Namespace, progress=None) -> Path:
         name = args.name or Path(args.out).name
         description = ""
     for key, val in (("guidance_scale", args.default_guidance), ("temperature", args.default_temperature),
-                     ("top_k", args.default_top_k), ("top_p", args.default_top_p)):
+                     ("top_k", args.default_top_k), ("top_p", args.default_top_p), ("steps", args.default_steps),
+                     ("schedule", args.default_schedule), ("guidance_schedule", args.default_guidance_schedule)):
         if val is not None:
             defaults[key] = val
     spec = ExportSpec(name=name, description=description, class_names=names, generation_defaults=defaults,

@@ -9,7 +9,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from tessera.runtime.errors import ModelDirectoryError
-from tessera.runtime.spec import (ANY_ORDER_FAMILY, FIX, ImageSpec, ModelSpec, TokenizerSpec, TransformerSpec,
+from tessera.runtime.spec import (ANY_ORDER_FAMILY, ARPG_FAMILY, FIX, ImageSpec, ModelSpec, TokenizerSpec, TransformerSpec,
                                   activation_per_pixel)
 
 
@@ -37,15 +37,25 @@ class GPTConfig:
     norm_eps: float = 1e-5
     class_dropout: float = 0.1  # training only: share of labels replaced by the null class
     dropout: float = 0.0  # training only: residual/attention dropout
-    order: str = "raster"  # "raster" (LlamaGen) or "any": position queries name the cell to predict
+    order: str = "raster"  # "raster" (LlamaGen), "any" (position queries) or "arpg" (export/arpg.py)
+    # ARPG only: the class's rotary row is the identity (the class at the rotary origin, anchoring the grid)
+    # instead of LlamaGen's zeros; published ARPG checkpoints use zeros (False).
+    anchor_class: bool = False
+    # ARPG only: a learned embedding per rotary position added to the mask-token queries. Upstream's
+    # queries differ only by their rotation, so a call whose queries read one key (the first call: the
+    # class alone) gives every cell the same distribution; this makes them position-aware. False for
+    # published ARPG checkpoints.
+    query_pos_embed: bool = False
 
     def __post_init__(self) -> None:
-        if self.order not in ("raster", "any"):
-            raise ValueError(f"order must be 'raster' or 'any', got {self.order!r}")
+        if self.order not in ("raster", "any", "arpg"):
+            raise ValueError(f"order must be 'raster', 'any' or 'arpg', got {self.order!r}")
         if self.dim % self.n_head:
             raise ValueError(f"dim {self.dim} is not divisible by n_head {self.n_head}")
         if self.head_dim % 4:
             raise ValueError(f"head_dim {self.head_dim} must be a multiple of 4 for 2D rotary")
+        if (self.anchor_class or self.query_pos_embed) and self.order != "arpg":
+            raise ValueError("anchor_class and query_pos_embed are ARPG options")
         if self.rope_grid == 0:
             self.rope_grid = 2 * self.grid
         if self.rope_grid < self.grid:
@@ -76,6 +86,9 @@ class GPTConfig:
         d = asdict(self)
         if self.order == "raster":  # raster configs stay as they were before any-order models existed
             del d["order"]
+        for flag in ("anchor_class", "query_pos_embed"):  # ARPG options, written only when set
+            if not d[flag]:
+                del d[flag]
         return d
 
     @classmethod
@@ -162,6 +175,21 @@ _C2I = {"c2i_B_256": ("B", 256, "111M", 5.46), "c2i_B_384": ("B", 384, "111M", 6
         "c2i_XL_384": ("XL", 384, "775M", 2.62), "c2i_XXL_384": ("XXL", 384, "1.4B", 2.34),
         "c2i_3B_384": ("3B", 384, "3.1B", 2.18)}
 
+# ARPG's published ImageNet 256 checkpoints (hp-l33/ARPG model zoo, on LlamaGen's VQ-16 codes):
+# preset -> (dims, file name, parameters, model-zoo FID at 64 steps, its guidance scale).
+ARPG_SIZES: dict[str, tuple[dict, str, str, float, float]] = {
+    "ARPG-L": (dict(dim=1024, n_layer=24, n_head=16), "arpg_300m", "320M", 2.44, 4.5),
+    "ARPG-XL": (dict(dim=1280, n_layer=36, n_head=20), "arpg_700m", "719M", 2.10, 6.0),
+    "ARPG-XXL": (dict(dim=1536, n_layer=48, n_head=24), "arpg_1b", "1.3B", 1.94, 7.5),
+}
+
+
+def arpg_sampling(guidance_scale: float) -> dict:
+    """ARPG's model-zoo sampling: 64 steps, arccos schedule, linear guidance schedule, no top-k/top-p."""
+    return dict(guidance_scale=guidance_scale, temperature=1.0, top_k=0, top_p=1.0, steps=64, schedule="arccos",
+                guidance_schedule="linear")
+
+
 GPT_PRESETS: dict[str, dict] = {
     # LlamaGen's sizes at 256 px (grid 16); the c2i_* presets below carry the image size too.
     "GPT-B": dict(LLAMAGEN_SIZES["B"]),
@@ -173,6 +201,10 @@ GPT_PRESETS: dict[str, dict] = {
                        multiple_of=64, class_dropout=0.1, dropout=0.1),
     # Tiny random-weight model for tests (seconds to export).
     "GPT-Tiny": dict(dim=64, n_layer=2, n_head=4, vocab_size=64, num_classes=10, grid=4, multiple_of=32),
+    # ARPG's sizes at 256 px: the rotary table is the trained 16x16 grid (upstream's), no room beyond it.
+    **{name: dict(dims, grid=16, rope_grid=16, order="arpg") for name, (dims, *_) in ARPG_SIZES.items()},
+    "ARPG-Tiny": dict(dim=64, n_layer=4, n_head=4, vocab_size=64, num_classes=10, grid=4, rope_grid=4,
+                      multiple_of=32, order="arpg"),
 }
 
 VQ_PRESETS: dict[str, dict] = {
@@ -193,6 +225,9 @@ GPT_PRESET_INFO: dict[str, PresetInfo] = {
     **{name: PresetInfo(checkpoint=name, image_size=side, tokenizer="vq_ds16_c2i", imagenet=True,
                         generation_defaults=LLAMAGEN_SAMPLING, fsdp=size in ("XXL", "3B"), params=params, fid=fid)
        for name, (size, side, params, fid) in _C2I.items()},
+    **{name: PresetInfo(checkpoint=ckpt, image_size=256, tokenizer="vq_ds16_c2i", imagenet=True,
+                        generation_defaults=arpg_sampling(cfg), params=params, fid=fid)
+       for name, (_, ckpt, params, fid, cfg) in ARPG_SIZES.items()},
 }
 
 # Tokenizers that work at any image size (a convolutional network): with these presets the image
@@ -236,7 +271,9 @@ def manifest_sections(gpt: GPTConfig, vq: VQConfig, gpt_parameters: int | None =
     transformer = TransformerSpec(dim=gpt.dim, n_layer=gpt.n_layer, n_head=gpt.n_head, n_kv_head=gpt.n_head,
                                   vocab_size=gpt.vocab_size, num_classes=gpt.num_classes, grid=gpt.grid,
                                   rope_grid=gpt.rope_grid, parameters=gpt_parameters)
-    export = {"transformer": {k: getattr(gpt, k) for k in _EXPORT_TRANSFORMER},
+    export = {"transformer": {k: getattr(gpt, k) for k in _EXPORT_TRANSFORMER}
+              | ({"anchor_class": gpt.anchor_class, "query_pos_embed": gpt.query_pos_embed}
+                 if gpt.order == "arpg" else {}),
               "tokenizer": {k: list(v) if isinstance(v, tuple) else v
                             for k, v in ((k, getattr(vq, k)) for k in _EXPORT_TOKENIZER)}}
     return (transformer, TokenizerSpec(downsample=vq.downsample, parameters=vq_parameters,
@@ -249,12 +286,16 @@ def configs_from_spec(spec: ModelSpec, where: str = "tessera.json") -> tuple[GPT
     which is checked here (the runtime does not read it): every field present, of its type and range."""
     def section(key: str, table: dict) -> dict:
         s = spec.export.get(key)
+        if key == "transformer" and spec.family == ARPG_FAMILY and isinstance(s, dict):
+            table = {**table, "anchor_class": (bool, 0, 1), "query_pos_embed": (bool, 0, 1)}
         if not isinstance(s, dict):
             raise ModelDirectoryError(f"{where}: export.{key} must be an object, got {s!r}; {FIX}")
         out = {}
         for name, (kind, lo, hi) in table.items():
             v = s.get(name)
-            if kind is list:
+            if kind is bool:
+                ok, want = isinstance(v, bool), "true or false"
+            elif kind is list:
                 ok = isinstance(v, list) and 1 <= len(v) <= 11 and all(
                     isinstance(c, int) and not isinstance(c, bool) and lo <= c <= hi for c in v)
                 want = f"a list of 1..11 ints in {lo}..{hi}"
@@ -282,7 +323,7 @@ def configs_from_spec(spec: ModelSpec, where: str = "tessera.json") -> tuple[GPT
     try:
         gpt = GPTConfig(dim=t.dim, n_layer=t.n_layer, n_head=t.n_head, vocab_size=t.vocab_size,
                         num_classes=t.num_classes, grid=t.grid, rope_grid=t.rope_grid,
-                        order="any" if spec.family == ANY_ORDER_FAMILY else "raster", **train)
+                        order={ANY_ORDER_FAMILY: "any", ARPG_FAMILY: "arpg"}.get(spec.family, "raster"), **train)
         vq = VQConfig(codebook_size=t.vocab_size, in_channels=spec.image.channels,
                       image_size=t.grid * k.downsample, **arch)
     except ValueError as e:
@@ -292,5 +333,5 @@ def configs_from_spec(spec: ModelSpec, where: str = "tessera.json") -> tuple[GPT
 
 
 __all__ = ["GPTConfig", "VQConfig", "GPT_PRESETS", "VQ_PRESETS", "GPT_PRESET_INFO", "VQ_PRESET_INFO",
-           "LLAMAGEN_SAMPLING", "LLAMAGEN_SIZES", "PresetInfo", "gpt_preset", "vq_preset", "find_multiple",
+           "LLAMAGEN_SAMPLING", "LLAMAGEN_SIZES", "ARPG_SIZES", "arpg_sampling", "PresetInfo", "gpt_preset", "vq_preset", "find_multiple",
            "manifest_sections", "configs_from_spec"]

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from tessera.runtime.compat import OLDEST_TESTED, fused_form
 from tessera.runtime.errors import InvalidInputError, ModelDirectoryError
 from tessera.runtime.manifest import FORMAT, MANIFEST_NAME, is_plain_file_name, sha256_file
-from tessera.runtime.spec import (ANY_ORDER_FAMILY, ClassesSpec, FileEntry, GraphIO, GraphSpec, ModelSpec,
+from tessera.runtime.spec import (ANY_ORDER_FAMILY, ARPG_FAMILY, ClassesSpec, FileEntry, GraphIO, GraphSpec, ModelSpec,
                                   SelfTestSpec, generation_defaults)
 
 from . import parity
@@ -406,14 +406,14 @@ def _manifest(gpt: GPT, vq: VQModel, spec: ExportSpec, parity_report: dict, file
     for name, entry in graphs.items():
         entry = dict(entry)
         if name == "transformer":  # the graph's names, written once as patterns
-            entry["io"] = GraphIO()
+            entry["io"] = GraphIO(query_positions="query_positions") if g.order == "arpg" else GraphIO()
         else:
             entry["inputs"], entry["outputs"] = tokenizer_io[name]
         entries.append(GraphSpec(name=name, **entry))
     try:
         model = ModelSpec(
             name=spec.name, description=spec.description, conditioning="class",
-            family=ANY_ORDER_FAMILY if g.order == "any" else "llamagen-c2i",
+            family={"any": ANY_ORDER_FAMILY, "arpg": ARPG_FAMILY}.get(g.order, "llamagen-c2i"),
             transformer=transformer, tokenizer=tokenizer, image=image,
             classes=ClassesSpec(names=tuple(spec.class_names)), graphs=tuple(entries),
             files={name: FileEntry(meta["sha256"], meta["bytes"]) for name, meta in files.items()},
@@ -552,7 +552,7 @@ def write_model_dir(gpt: GPT, vq: VQModel, out: str | Path, spec: ExportSpec, pr
                 # The fused graph streams its weights into its data file as it is built (final as written).
                 facts["transformer"] = export_transformer(gpt, graphs["transformer"], spec.opset, spec.graph,
                                                           spec.target_onnxruntime, threshold)
-                if spec.graph != "fused":
+                if facts["transformer"]["kind"] != "fused":
                     finalize_graph(graphs["transformer"], threshold)
                 done_with(gpt, "transformer")
         if fp32_source is None:

@@ -45,6 +45,10 @@ def export_transformer(model: GPT, path: Path, opset: int = DEFAULT_OPSET, kind:
     else in one file; the portable graph still needs `quantize.finalize_graph`."""
     if kind not in GRAPH_KINDS:
         raise ValueError(f"unknown graph kind {kind!r}; choose one of {sorted(GRAPH_KINDS)}")
+    if model.cfg.order == "arpg":  # one form: traced, standard ops (export/arpg.py)
+        from .arpg import trace_arpg
+
+        return trace_arpg(model, path, opset)
     if kind == "portable":
         trace_transformer(model, path, opset)
         return {**GRAPH_KINDS[kind], "min_onnxruntime": OLDEST_TESTED, "multi_query": "batched"}

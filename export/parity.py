@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from .arpg import ARPG
 from .transformer import GPT
 from .vq import VQModel
 
@@ -51,8 +52,10 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _run_onnx(sess, n_layer: int, ids, pos, mask, past_np):
+def _run_onnx(sess, n_layer: int, ids, pos, mask, past_np, qpos=None):
     feeds = {"input_ids": ids, "position_ids": pos, "attention_mask": mask}
+    if qpos is not None:  # ARPG: the queries' cells
+        feeds["query_positions"] = qpos
     for i in range(n_layer):
         feeds[f"past_key_values.{i}.key"], feeds[f"past_key_values.{i}.value"] = past_np[2 * i], past_np[2 * i + 1]
     out = sess.run(None, feeds)
@@ -72,6 +75,7 @@ class ProbeCall:
     past: str
     extends: bool
     logits: np.ndarray
+    qpos: np.ndarray | None = None  # ARPG graphs: the queries' cells (mask rows S.. are theirs)
 
 
 @dataclass
@@ -82,7 +86,7 @@ class TransformerReference:
     calls: list[ProbeCall]
     batch: int
     decode_steps: int
-    n_layer: int
+    n_layer: int  # KV pairs of the graph (ARPG: the self half + the shared K/V)
     n_kv_head: int
     head_dim: int
 
@@ -90,7 +94,10 @@ class TransformerReference:
 @torch.no_grad()
 def transformer_reference(model: GPT, batch: int = 2, decode_steps: int = 4, seed: int = 0) -> TransformerReference:
     """PyTorch's logits for the probe: prefill, decode steps, a multi-query call at non-contiguous
-    cells over the decoded cache, and a known-prefix prefill that crosses a row."""
+    cells over the decoded cache, and a known-prefix prefill that crosses a row. ARPG models:
+    `arpg_reference`."""
+    if isinstance(model, ARPG):
+        return arpg_reference(model, batch, decode_steps, seed)
     cfg = model.cfg
     model.eval()
     g = torch.Generator().manual_seed(seed)
@@ -132,9 +139,58 @@ def transformer_reference(model: GPT, batch: int = 2, decode_steps: int = 4, see
     return TransformerReference(calls, batch, decode_steps, cfg.n_layer, cfg.n_head, cfg.head_dim)
 
 
+@torch.no_grad()
+def arpg_reference(model: ARPG, batch: int = 2, decode_steps: int = 4, seed: int = 0) -> TransformerReference:
+    """PyTorch's logits for the export's parity probe, along ARPG's generate loop: the class call with
+    the first cells' queries, `decode_steps` calls feeding the last cells' codes plus the next queries
+    (each row in its own random order), a call whose mask hides part of the cache, and an editing
+    call (class + kept cells + queries) on an empty cache."""
+    cfg = model.cfg
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    n = cfg.grid * cfg.grid
+    calls: list = []
+
+    def call(phase, ids, pos, qpos, mask, past, extends):
+        s = ids.shape[1]
+        logits, presents = model(ids, pos, qpos, past, mask[:, :s], mask[:, s:])
+        calls.append(ProbeCall(phase, ids.numpy(), pos.numpy(), mask.numpy(), "empty" if past is None else "chain",
+                               extends, logits.numpy(), qpos.numpy()))
+        return presents
+
+    labels = torch.randint(0, cfg.num_classes, (batch,), generator=g)
+    labels[-1] = cfg.num_classes  # a null-class row, as guidance feeds
+    orders = torch.stack([torch.randperm(n, generator=g) for _ in range(batch)])
+    per = max(1, min(3, n // (decode_steps + 3)))
+    ids, pos, past, length, at = model.class_token(labels)[:, None], torch.zeros(batch, 1, dtype=torch.long), None, 0, 0
+    for t in range(decode_steps + 1):
+        cells = orders[:, at:at + per]
+        qpos = model.cell_position(cells)
+        s = ids.shape[1]
+        past = call("prefill" if t == 0 else "decode", ids, pos, qpos,
+                    torch.ones(batch, s + per, length + s, dtype=torch.bool), past, True)
+        length, at = length + s, at + per
+        ids, pos = torch.randint(0, cfg.vocab_size, (batch, per), generator=g), qpos
+    cells = orders[:, at:at + per]
+    s = ids.shape[1]
+    mask = torch.ones(batch, s + per, length + s, dtype=torch.bool)
+    mask[0, 0, 1] = False  # hide a cached token from one context row and from one query
+    mask[-1, s, 2] = False
+    call("multi_query", ids, pos, model.cell_position(cells), mask, past, False)
+    kept = orders[:, : n // 2]
+    ids = torch.cat([model.class_token(labels)[:, None], torch.randint(0, cfg.vocab_size, kept.shape, generator=g)], 1)
+    pos = torch.cat([torch.zeros(batch, 1, dtype=torch.long), model.cell_position(kept)], 1)
+    qcells = orders[:, n // 2: n // 2 + per]
+    call("prefix_prefill", ids, pos, model.cell_position(qcells),
+         torch.ones(batch, ids.shape[1] + per, ids.shape[1], dtype=torch.bool), None, False)
+    return TransformerReference(calls, batch, decode_steps, cfg.n_layer // 2 + 1, cfg.n_head, cfg.head_dim)
+
+
 def _run_call(sess, n_layer: int, c: ProbeCall, past_np, one_query_per_call: bool):
     """The ONNX side of one probe call. one_query_per_call: the queries run one by one over the
     growing past, as the runtime does for the fused graph's 1.22 form (runtime/compat.py)."""
+    if c.qpos is not None:
+        return _run_onnx(sess, n_layer, c.ids, c.pos, c.mask, past_np, c.qpos)
     if one_query_per_call and c.ids.shape[1] > 1:
         rows, past_len = [], past_np[0].shape[2]
         for j in range(c.ids.shape[1]):
@@ -171,15 +227,17 @@ def transformer_parity(model: GPT | TransformerReference, path: Path, batch: int
     empty = [np.zeros((ref.batch, ref.n_kv_head, 0, ref.head_dim), _kv_dtype(sess)) for _ in range(2 * ref.n_layer)]
     chain = empty
     worst: dict[str, float] = {}
-    agree: dict[str, list[bool]] = {"prefill": [], "decode": [], "multi_query": [], "prefix_prefill": []}
+    agree: dict[str, list[bool]] = {k: [] for k in ("prefill", "decode", "multi_query", "prefix_prefill")}
     for c in ref.calls:
         o, present = _run_call(sess, ref.n_layer, c, empty if c.past == "empty" else chain,
                                multi_query == "one-query-per-call")
         if c.extends:
             chain = present
         worst[c.phase] = max(worst.get(c.phase, 0.0), float(np.abs(o - c.logits).max()))
-        agree[c.phase] += _agreement(o, c.logits)
+        agree.setdefault(c.phase, []).extend(_agreement(o, c.logits))
     scale = float(np.abs(ref.calls[0].logits).max())
+    if ref.calls[0].qpos is not None:  # ARPG: its first call's queries read the class alone; all calls set the scale
+        scale = max(float(np.abs(c.logits).max()) for c in ref.calls)
     top = max(worst.values())
     every = [a for v in agree.values() for a in v]
     return {"max_abs_logit_error": top, "by_phase": worst, "logit_scale": scale,

@@ -23,6 +23,7 @@ from .errors import InvalidInputError
 IMAGENET_CLASSES = Path(__file__).with_name("data") / "imagenet_classes.txt"
 
 _GPT_NAME = re.compile(r"(?<![A-Za-z0-9])c2i_(B|L|XL|XXL|3B)_(256|384)(?![0-9])", re.IGNORECASE)
+_ARPG_NAME = re.compile(r"(?<![A-Za-z0-9])arpg_(300m|700m|1b)(?![A-Za-z0-9])", re.IGNORECASE)
 _VQ_NAME = re.compile(r"(?<![A-Za-z0-9])vq_ds(8|16)_c2i(?![A-Za-z0-9])", re.IGNORECASE)
 _GPT_DIMS = ("dim", "n_layer", "n_head")  # what a file name fixes besides the grid
 _VQ_DIMS = ("codebook_size", "codebook_dim", "ch", "ch_mult", "z_channels")
@@ -41,7 +42,11 @@ def _file_name(path: str | None) -> str:
 
 
 def gpt_preset_for_file(path: str | None) -> str | None:
-    """`c2i_XL_384.pt` (any folder, any suffix) -> "c2i_XL_384"; None for names LlamaGen did not publish."""
+    """`c2i_XL_384.pt` (any folder, any suffix) -> "c2i_XL_384", `arpg_300m.pt` -> "ARPG-L"; None for
+    names LlamaGen and ARPG did not publish."""
+    a = _ARPG_NAME.search(_file_name(path))
+    if a:
+        return {"300m": "ARPG-L", "700m": "ARPG-XL", "1b": "ARPG-XXL"}[a.group(1).lower()]
     m = _GPT_NAME.search(_file_name(path))
     if not m:
         return None
@@ -92,12 +97,13 @@ def resolve(gpt: str | None, gpt_weights: str | None, gpt_overrides: dict,
     file (export/cli.py's `_config`, which reports its own errors).
     """
     gname, vname = gpt_preset_for_file(gpt_weights), vq_preset_for_file(vq_weights)
-    published = ", ".join(n for n in GPT_PRESET_INFO if n.startswith("c2i"))
+    published = ", ".join([n for n in GPT_PRESET_INFO if n.startswith("c2i")]
+                          + [f"{i.checkpoint} ({n})" for n, i in GPT_PRESET_INFO.items() if n.startswith("ARPG")])
     if gpt is None:
         if gname is None:
             raise InvalidInputError(
-                "--gpt not given, and " + (f"the file name {_file_name(gpt_weights)!r} is not one of LlamaGen's "
-                                           f"checkpoints ({published})"
+                "--gpt not given, and " + (f"the file name {_file_name(gpt_weights)!r} is not one of LlamaGen's or "
+                                           f"ARPG's checkpoints ({published})"
                                            if gpt_weights else "no --gpt-weights file names a preset")
                 + "; give --gpt PRESET|CONFIG.json")
         gpt = gname
@@ -124,8 +130,9 @@ def resolve(gpt: str | None, gpt_weights: str | None, gpt_overrides: dict,
         bad = [k for k in fields if getattr(gcfg, k) != getattr(want, k)]
         if bad:
             side = GPT_PRESET_INFO[gname].image_size
+            who = "ARPG's" if want.order == "arpg" else "LlamaGen's"
             raise InvalidInputError(
-                f"--gpt-weights {_file_name(gpt_weights)} is LlamaGen's {gname} ({side} px: {_describe_gpt(want)}), "
+                f"--gpt-weights {_file_name(gpt_weights)} is {who} {gname} ({side} px: {_describe_gpt(want)}), "
                 f"but --gpt {gpt} has {', '.join(f'{k} {getattr(gcfg, k)}' for k in bad)} "
                 f"(the file needs {', '.join(f'{k} {getattr(want, k)}' for k in bad)}); use --gpt {gname} or leave "
                 "--gpt out (if the file name is wrong, rename the file)")
@@ -187,9 +194,9 @@ def checkpoint_shapes(path: str | Path) -> dict[str, tuple[int, ...]] | None:
                     return None
                 header = json.loads(f.read(n))
             return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
-        import torch
+        from .checkpoints import safe_load
 
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        obj = safe_load(path, mmap=True)
     except Exception:
         return None
     if isinstance(obj, dict):
@@ -207,8 +214,10 @@ def _strip(shapes: dict) -> dict:
 
 
 def gpt_dims(shapes: dict) -> dict | None:
-    """LlamaGen transformer dimensions read off its state dict's shapes (n_head is not in them)."""
+    """LlamaGen (or ARPG) transformer dimensions read off its state dict's shapes (n_head is not in them)."""
     s = _strip(shapes)
+    if "embeddings.weight" in s:
+        return arpg_dims(s)
     try:
         vocab, dim = s["tok_embeddings.weight"]
         rows = s["cls_embedding.embedding_table.weight"][0]
@@ -217,6 +226,18 @@ def gpt_dims(shapes: dict) -> dict | None:
         return None
     layers = len({k.split(".")[1] for k in s if k.startswith("layers.") and k.endswith(".attention.wqkv.weight")})
     return dict(dim=dim, n_layer=layers, vocab_size=vocab, num_classes=rows - 1, ffn_dim=ffn)
+
+
+def arpg_dims(s: dict) -> dict | None:
+    """ARPG's dimensions: its one table holds codes, the mask token, classes, the null class, a drop token."""
+    try:
+        rows, dim = s["embeddings.weight"]
+        vocab = s["head.weight"][0]
+        ffn = s["layers.self_dec.0.ffn.w1.weight"][0]
+    except (KeyError, ValueError, IndexError):
+        return None
+    half = len({k.split(".")[2] for k in s if k.startswith("layers.self_dec.") and k.endswith(".attn.to_q.weight")})
+    return dict(dim=dim, n_layer=2 * half, vocab_size=vocab, num_classes=rows - vocab - 3, ffn_dim=ffn)
 
 
 def vq_dims(shapes: dict) -> dict | None:

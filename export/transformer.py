@@ -79,7 +79,8 @@ def rope_2d_tables(cfg: GPTConfig) -> tuple[torch.Tensor, torch.Tensor]:
     grid = torch.cat([f[:, None, :].expand(-1, g, -1), f[None, :, :].expand(g, -1, -1)], dim=-1)
     grid = grid.reshape(g * g, half)
     zero = torch.zeros(1, half)
-    first_cos = torch.ones(1, half) if cfg.order == "any" else zero  # any-order: class at the origin
+    anchored = cfg.order == "any" or cfg.anchor_class
+    first_cos = torch.ones(1, half) if anchored else zero  # any-order: class at the origin
     return torch.cat([first_cos, torch.cos(grid)]), torch.cat([zero, torch.sin(grid)])
 
 

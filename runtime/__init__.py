@@ -19,6 +19,7 @@ table and checks it against the imports):
     parallel          core       a decoder strategy (ZipAR rows); the registry in config names it
     jacobi            core       a decoder strategy (speculative Jacobi drafts)
     anyorder          core       a decoder strategy (any-order models)
+    arpg              core       a decoder strategy (ARPG models: mask-token queries, never cached)
     config            core       GenerationConfig resolved against the manifest; the decoder registry
     images            core       contact sheets of PIL images (the CLI's grids)
     backend           platform   where onnxruntime is imported (one lazily imported place)

@@ -18,12 +18,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .anyorder import AnyOrderDecoder
+from .arpg import ArpgDecoder
 from .decoders import Decoder, DecoderRequest, SequentialDecoder
 from .errors import InvalidInputError
 from .jacobi import JacobiDecoder
 from .parallel import ParallelDecoder
 from .sampling import ImageStreams, SamplingConfig, guidance_on, image_seeds
-from .spec import GenerationDefaults, ModelSpec, TransformerSpec
+from .spec import ARPG_FAMILY, ARPG_SCHEDULES, GUIDANCE_SCHEDULES, GenerationDefaults, ModelSpec, TransformerSpec
 
 # Default memory a single generation may plan to use (KV cache, logits, sampler buffers); a
 # request above it is refused before anything is allocated. Override per pipeline with
@@ -32,18 +33,25 @@ DEFAULT_MEMORY_BUDGET = 4 << 30
 # The decoders the `decoder` option names (runtime/decoders.py). A model runs those of its order
 # (raster, or any order with a position query), the first one by default.
 DECODERS: dict[str, type[Decoder]] = {d.name: d for d in (SequentialDecoder, ParallelDecoder, JacobiDecoder,
-                                                           AnyOrderDecoder)}
+                                                           AnyOrderDecoder, ArpgDecoder)}
 # What a decoder for the other order is told, by the model's order.
 _WRONG_ORDER = {
     "raster": "this model was trained in raster order and has no position query: the {name} decoder needs an "
               "any-order model (manifest family anyorder-c2i)",
     "any": "this model was trained for any-order decoding, not raster order: decoder {name!r} would give garbage; "
            "use the anyorder decoder (steps=N)",
+    "arpg": "this model is an ARPG model (manifest family arpg-c2i): decoder {name!r} cannot run it; use the arpg "
+            "decoder (steps=N)",
 }
+# What a model of another family is told when it asks for the ARPG decoder.
+_NOT_ARPG = "decoder 'arpg' needs an ARPG model (manifest family arpg-c2i); this model runs {allowed}"
 
 
 def model_order(spec: ModelSpec) -> str:
-    """"any" for a model with a position query (any-order training), else "raster"."""
+    """"arpg" for an ARPG model, "any" for a model with a position query (any-order training), else
+    "raster"."""
+    if spec.family == ARPG_FAMILY:
+        return "arpg"
     return "raster" if spec.layout.query_token_id is None else "any"
 
 
@@ -100,8 +108,13 @@ class GenerationConfig:
             given, else the model's default (the first decoder of the model's order).
         jacobi_window: draft tokens per image per call for speculative Jacobi decoding
             (runtime/jacobi.py), an integer >= 1; None: 4.
-        steps: transformer calls per grid for the any-order decoder (runtime/anyorder.py), an
-            integer in 1..cells; None: the model's default (generation_defaults.steps), else 8.
+        steps: transformer calls per grid for the any-order and ARPG decoders (runtime/anyorder.py,
+            runtime/arpg.py), an integer in 1..cells; None: the model's default
+            (generation_defaults.steps), else 8.
+        schedule: ARPG: cells decided per step, "arccos" or "cosine"; None: the model's default, else
+            arccos.
+        guidance_schedule: ARPG: "linear" (guidance grows from 1 to guidance_scale with the share of
+            the grid decided) or "constant"; None: the model's default, else linear.
     """
 
     guidance_scale: float | None = None
@@ -115,10 +128,12 @@ class GenerationConfig:
     decoder: str | None = None
     jacobi_window: int | None = None
     steps: int | None = None
+    schedule: str | None = None
+    guidance_schedule: str | None = None
     resolved: bool = field(default=False, repr=False, compare=False)
 
     FIELDS = ("guidance_scale", "temperature", "top_k", "top_p", "seed", "num_images_per_class",
-              "parallel_window", "grid", "decoder", "jacobi_window", "steps")
+              "parallel_window", "grid", "decoder", "jacobi_window", "steps", "schedule", "guidance_schedule")
 
     @classmethod
     def from_options(cls, config: "GenerationConfig | None" = None, **options) -> "GenerationConfig":
@@ -164,6 +179,18 @@ class GenerationConfig:
                                     f"got {seed!r}")
         grid = self._grid(spec.layout.rope_grid, spec.grid)
         name, options = self._decoder(tuple(decoders or model_decoders(spec)), model_order(spec), d, grid)
+        for field_name, choices in (("schedule", ARPG_SCHEDULES), ("guidance_schedule", GUIDANCE_SCHEDULES)):
+            value = getattr(self, field_name)
+            if name != ArpgDecoder.name:
+                if value is not None:
+                    raise InvalidInputError(f"{field_name} is an option of the arpg decoder (ARPG models), "
+                                            f"not of {name!r}")
+                continue
+            if value is None:
+                value = getattr(d, field_name) or choices[0]
+            if value not in choices:
+                raise InvalidInputError(f"{field_name} must be one of {', '.join(choices)}, got {value!r}")
+            options[field_name] = value
         return GenerationConfig(g, t, k, p, seed, n, grid=grid, decoder=name, resolved=True, **options)
 
     def _decoder(self, allowed: tuple[str, ...], order: str, defaults: GenerationDefaults,
@@ -176,12 +203,14 @@ class GenerationConfig:
         if not isinstance(name, str) or name not in DECODERS:
             raise InvalidInputError(f"decoder must be one of {', '.join(DECODERS)}, got {name!r}")
         if name not in allowed:
+            if name == ArpgDecoder.name:
+                raise InvalidInputError(_NOT_ARPG.format(allowed=", ".join(allowed)))
             raise InvalidInputError(_WRONG_ORDER[order].format(name=name))
         own = DECODERS[name].option
         for other in DECODERS.values():
             opt = other.option
             if opt is not None and opt is not own and getattr(self, opt.name) is not None:
-                models = " (any-order models)" if other.order == "any" else ""
+                models = {"any": " (any-order models)", "arpg": " (ARPG models)"}.get(other.order, "")
                 raise InvalidInputError(f"{opt.name} is an option of the {other.name} decoder{models}, "
                                         f"not of {name!r}")
         if own is None:

@@ -296,7 +296,8 @@ class EditPipeline:
               preview_every=None, return_result: bool = False, **sampling):
         pipe = self.pipe
         option = DECODERS[pipe.decoders[0]].option
-        valid = _SAMPLING + (() if option is None else (option.name,))
+        valid = _SAMPLING + (() if option is None else (option.name,)) \
+            + (("schedule", "guidance_schedule") if pipe.decoders[0] == "arpg" else ())
         unknown = sorted(set(sampling) - set(valid))
         if unknown:
             raise InvalidInputError(f"unknown edit option(s) {', '.join(unknown)}; valid: num_images, candidates, "

@@ -244,7 +244,8 @@ class Pipeline(EditCalls):
                  parallel_window: int | None = None, grid: int | tuple[int, int] | None = None,
                  preview=None, preview_every: int | str | None = None, *, cancel: CancelToken | None = None,
                  return_result: bool = False, decoder: str | None = None,
-                 jacobi_window: int | None = None, steps: int | None = None) -> list[Image.Image] | GenerationResult:
+                 jacobi_window: int | None = None, steps: int | None = None,
+                 schedule: str | None = None, guidance_schedule: str | None = None) -> list[Image.Image] | GenerationResult:
         """Class labels -> one PIL image per label (x num_images_per_class), label-major.
 
         Args:
@@ -260,8 +261,8 @@ class Pipeline(EditCalls):
             return_result: return the `GenerationResult` instead of the image list.
             decoder: a decoder's name (`config.DECODERS`; None: the model's default), with its option:
                 parallel_window (ZipAR rows k tokens apart), jacobi_window (speculative Jacobi
-                drafts per call) or steps (transformer calls per grid, any-order models); see
-                `GenerationConfig`.
+                drafts per call) or steps (transformer calls per grid, any-order and ARPG models; ARPG
+                also schedule and guidance_schedule); see `GenerationConfig`.
 
         The same seed gives the same images on every provider.
         """
@@ -269,7 +270,7 @@ class Pipeline(EditCalls):
                           preview_every=preview_every, guidance_scale=guidance_scale, temperature=temperature,
                           top_k=top_k, top_p=top_p, seed=seed, num_images_per_class=num_images_per_class,
                           parallel_window=parallel_window, grid=grid, decoder=decoder, jacobi_window=jacobi_window,
-                          steps=steps)
+                          steps=steps, schedule=schedule, guidance_schedule=guidance_schedule)
         return result if return_result else result.images
 
     __call__ = generate
@@ -280,13 +281,15 @@ class Pipeline(EditCalls):
                         callback: StepCallback | None = None,
                         parallel_window: int | None = None, grid: int | tuple[int, int] | None = None, *,
                         cancel: CancelToken | None = None, decoder: str | None = None,
-                        jacobi_window: int | None = None, steps: int | None = None) -> np.ndarray:
+                        jacobi_window: int | None = None, steps: int | None = None,
+                        schedule: str | None = None, guidance_schedule: str | None = None) -> np.ndarray:
         """Class labels (ids or names) -> token grids `[N, h, w]` (the images not decoded); the
         options as `generate`. `run(..., decode_images=False)` gives the whole result."""
         return self.run(class_labels, callback=callback, cancel=cancel, decode_images=False,
                         guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p,
                         seed=seed, num_images_per_class=num_images_per_class, parallel_window=parallel_window,
-                        grid=grid, decoder=decoder, jacobi_window=jacobi_window, steps=steps).tokens
+                        grid=grid, decoder=decoder, jacobi_window=jacobi_window, steps=steps, schedule=schedule,
+                        guidance_schedule=guidance_schedule).tokens
 
     @property
     def last_calls(self) -> int:

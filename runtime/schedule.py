@@ -33,6 +33,45 @@ def cosine_counts(n: int, steps: int) -> list[int]:
     return counts
 
 
+ARPG_SCHEDULES = ("arccos", "cosine")
+GUIDANCE_SCHEDULES = ("linear", "constant")
+
+
+def arpg_counts(n: int, steps: int, schedule: str = "arccos") -> list[int]:
+    """Cells decided per step by ARPG's generate loop, with its arithmetic: the mask ratio in float64,
+    truncated with `int()` (in float32, `cos(pi/3)` lands under 0.5 and changes the counts), at least
+    one cell left open until the last step, which takes the rest. `steps > n` would leave steps with
+    nothing to decide (upstream crashes there), so it is refused."""
+    if schedule not in ARPG_SCHEDULES:
+        raise TesseraError(f"schedule must be one of {', '.join(ARPG_SCHEDULES)}, got {schedule!r}")
+    if not 1 <= steps <= n:
+        raise TesseraError(f"steps must be between 1 and the number of cells to decide ({n}), got {steps}")
+    done, counts = 0, []
+    for step in range(steps):
+        if schedule == "arccos":  # upstream's expressions, evaluated in its order (the roundings matter)
+            ratio = float(np.arccos(1.0 * (step + 1) / steps)) / (math.pi * 0.5)
+        else:
+            ratio = float(np.cos(math.pi / 2.0 * (step + 1) / steps))
+        masked = max(1, min(n - done - 1, int(n * ratio)))
+        count = n - done if step == steps - 1 else n - done - masked
+        if count < 1:  # cannot happen for steps <= n (checked in tests); never send an empty call
+            raise TesseraError(f"the {schedule} schedule leaves step {step + 1} of {steps} empty for {n} cells; "
+                               "use fewer steps")
+        counts.append(count)
+        done += count
+    return counts
+
+
+def guidance_at(scale: float, decided: int, n: int, schedule: str = "linear") -> float:
+    """ARPG's guidance schedule: `linear` grows from 1 to `scale` with the share of cells decided after
+    the step (`decided / n`, as upstream), `constant` is `scale` on every step."""
+    if schedule == "linear":
+        return 1.0 + (scale - 1.0) * decided / n
+    if schedule == "constant":
+        return scale
+    raise TesseraError(f"guidance schedule must be one of {', '.join(GUIDANCE_SCHEDULES)}, got {schedule!r}")
+
+
 def _locality_step(open_cells: np.ndarray, decided: np.ndarray, count: int, rows: np.ndarray,
                    cols: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Pick `count` open cells greedily: each one the closest to the decided cells among those
@@ -95,4 +134,13 @@ def image_plans(grid: tuple[int, int], steps: int, order: str, seeds, decided: n
 
 PLAN_STREAM = 0x5C4ED  # second word of an image's plan seed: (seed, PLAN_STREAM)
 
-__all__ = ["ORDERS", "cosine_counts", "plan", "image_plans"]
+
+def random_orders(seeds, cells: np.ndarray) -> np.ndarray:
+    """ARPG's random cell order, one per image: `[B, len(cells)]`, a permutation of `cells` drawn from
+    the image's own plan stream `(seed, PLAN_STREAM)`, so an image is the same alone or in a batch."""
+    cells = np.asarray(cells, dtype=np.int64)
+    return np.stack([np.random.default_rng([int(s), PLAN_STREAM]).permutation(cells) for s in seeds]) \
+        if len(seeds) else np.empty((0, len(cells)), np.int64)
+
+__all__ = ["ORDERS", "ARPG_SCHEDULES", "GUIDANCE_SCHEDULES", "cosine_counts", "arpg_counts", "guidance_at", "plan",
+           "image_plans", "random_orders"]

@@ -31,8 +31,11 @@ from .versions import release_numbers
 MANIFEST_NAME = "tessera.json"
 FORMAT = "tessera-model"
 FORMAT_VERSION = 2
-FAMILIES = ("llamagen-c2i", "anyorder-c2i")  # what this runtime knows how to run
+FAMILIES = ("llamagen-c2i", "anyorder-c2i", "arpg-c2i")  # what this runtime knows how to run
 ANY_ORDER_FAMILY = "anyorder-c2i"  # LlamaGen c2i + a position query: cells in any order (runtime/anyorder.py)
+ARPG_FAMILY = "arpg-c2i"  # ARPG: self half + shared K/V + cross half of mask-token queries (runtime/arpg.py)
+ARPG_SCHEDULES = ("arccos", "cosine")  # cells per step (runtime/schedule.arpg_counts)
+GUIDANCE_SCHEDULES = ("linear", "constant")  # guidance per step (runtime/schedule.guidance_at)
 CONDITIONING_KINDS = ("class",)
 GRAPH_KINDS = ("fused", "portable")
 KV_CACHE_MODES = ("shared-buffer", "concat")
@@ -80,6 +83,7 @@ class TokenLayout:
     null_class_id: int  # = num_classes
     rope_grid: int  # cell (row, col) has position id 1 + row * rope_grid + col; the class has 0
     query_token_id: int | None = None  # any-order models: the position query (after the null class)
+    mask_token_id: int | None = None  # ARPG models: the query embedding (= vocab_size; classes follow it)
 
     def class_ids(self, labels):
         return labels + self.class_token_offset
@@ -89,8 +93,10 @@ class TokenLayout:
 
     @property
     def embedding_rows(self) -> int:
-        """Input ids the graph's embedding table has: codes, classes, the null class (and the query)."""
-        return self.class_token_offset + self.null_class_id + 1 + (self.query_token_id is not None)
+        """Input ids the graph's embedding table has: codes, classes, the null class (and the query;
+        ARPG: the mask token before the classes, an unused drop token after the null class)."""
+        return self.class_token_offset + self.null_class_id + 1 + (self.query_token_id is not None) \
+            + (self.mask_token_id is not None)
 
     @property
     def positions(self) -> int:
@@ -110,6 +116,7 @@ class GraphIO:
     past_value_names: str = "past_key_values.{layer}.value"
     present_key_names: str = "present.{layer}.key"
     present_value_names: str = "present.{layer}.value"
+    query_positions: str | None = None  # ARPG graphs: the cells the mask-token queries ask for
 
     def layer(self, i: int) -> tuple[str, str, str, str]:
         """Layer i's (past key, past value, present key, present value) names."""
@@ -124,13 +131,17 @@ class GraphIO:
         return [n for i in range(n_layer) for n in self.layer(i)[2:]]
 
     def inputs(self, n_layer: int) -> list[str]:
-        return [self.input_ids, self.position_ids, self.attention_mask, *self.past_names(n_layer)]
+        queries = [self.query_positions] if self.query_positions is not None else []
+        return [self.input_ids, self.position_ids, *queries, self.attention_mask, *self.past_names(n_layer)]
 
     def outputs(self, n_layer: int) -> list[str]:
         return [self.logits, *self.present_names(n_layer)]
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in _IO_KEYS}
+        d = {k: getattr(self, k) for k in _IO_KEYS}
+        if self.query_positions is not None:
+            d["query_positions"] = self.query_positions
+        return d
 
 
 _IO_KEYS = ("input_ids", "position_ids", "attention_mask", "logits", "past_key_names", "past_value_names",
@@ -333,10 +344,17 @@ class GenerationDefaults:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    # Few-step decoders (any-order, ARPG): calls per grid; ARPG: its cells-per-step and guidance
+    # schedules. None: not recorded (the decoder's own default).
+    steps: int | None = None
+    schedule: str | None = None
+    guidance_schedule: str | None = None
 
     def to_dict(self) -> dict:
-        return {"guidance_scale": self.guidance_scale, "temperature": self.temperature, "top_k": self.top_k,
-                "top_p": self.top_p}
+        d = {"guidance_scale": self.guidance_scale, "temperature": self.temperature, "top_k": self.top_k,
+             "top_p": self.top_p, "steps": self.steps, "schedule": self.schedule,
+             "guidance_schedule": self.guidance_schedule}
+        return {k: v for k, v in d.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -393,6 +411,12 @@ class ModelSpec:
         return self.transformer.num_classes
 
     @property
+    def kv_layers(self) -> int:
+        """KV pairs the transformer graph takes and gives: one per layer, or for ARPG one per
+        self-attention layer (the first half) plus the shared K/V."""
+        return kv_layers(self.transformer, self.family)
+
+    @property
     def io(self) -> GraphIO:
         """The transformer graph's input/output names."""
         return self.graph("transformer").io
@@ -445,8 +469,15 @@ class ModelSpec:
 def token_layout(t: TransformerSpec, family: str) -> TokenLayout:
     """The layout the transformer fields and the family give (docs/model-directory.md, section 5):
     class tokens follow the codes, the null class follows the classes, then the query (any order)."""
+    if family == ARPG_FAMILY:  # codes, the mask token, classes, the null class, a drop token
+        return TokenLayout(t.vocab_size, t.vocab_size + 1, t.num_classes, t.rope_grid, mask_token_id=t.vocab_size)
     query = t.vocab_size + t.num_classes + 1 if family == ANY_ORDER_FAMILY else None
     return TokenLayout(t.vocab_size, t.vocab_size, t.num_classes, t.rope_grid, query)
+
+
+def kv_layers(t: TransformerSpec, family: str) -> int:
+    """See `ModelSpec.kv_layers`."""
+    return t.n_layer // 2 + 1 if family == ARPG_FAMILY else t.n_layer
 
 
 def probe_inputs(layout: TokenLayout, grid: tuple[int, int]) -> tuple[list[list[int]], list[list[int]]]:
@@ -458,6 +489,9 @@ def probe_inputs(layout: TokenLayout, grid: tuple[int, int]) -> tuple[list[list[
     tokens = [(k * 7919 + 3) % layout.vocab_size for k in range(len(cells))]
     ids = [[layout.class_ids(label), *tokens] for label in (0, layout.null_class_id)]
     positions = [0, *(layout.cell_position(c // w, c % w) for c in cells)]
+    if layout.mask_token_id is not None:  # ARPG: one query (the mask token), at the middle cell
+        ids = [[*row, layout.mask_token_id] for row in ids]
+        positions.append(layout.cell_position((n // 2) // w, (n // 2) % w))
     return ids, [positions, list(positions)]
 
 
@@ -589,7 +623,10 @@ class _Reader:
         files = self.files(data)  # names first: a hostile name is refused before anything else
         weights = self.weights(data, files)
         t = self.transformer(self.section(data, "transformer", known=_TRANSFORMER_KEYS))
-        graphs = self.graphs(self.section(data, "graphs"), t, token_layout(t, family), files)
+        if family == ARPG_FAMILY and t.n_layer % 2:
+            raise self.error("transformer.n_layer", f"must be even for family {ARPG_FAMILY} (a self-attention "
+                                                    f"half and a cross-attention half), got {t.n_layer}")
+        graphs = self.graphs(self.section(data, "graphs"), t, token_layout(t, family), files, family)
         k = self.section(data, "tokenizer", known=("downsample", "parameters", "activation_per_pixel"))
         tokenizer = TokenizerSpec(downsample=self.integer(k, "tokenizer", "downsample", 1, 1024),
                                   parameters=self.integer(k, "tokenizer", "parameters", 0, 10 ** 13, default=None),
@@ -629,11 +666,12 @@ class _Reader:
             rope_grid=self.integer(s, p, "rope_grid", grid, MAX_ROPE_GRID),
             parameters=self.integer(s, p, "parameters", 0, 10 ** 13, default=None))
 
-    def graphs(self, s: dict, t: TransformerSpec, layout: TokenLayout, files: dict) -> tuple[GraphSpec, ...]:
+    def graphs(self, s: dict, t: TransformerSpec, layout: TokenLayout, files: dict,
+               family: str = FAMILIES[0]) -> tuple[GraphSpec, ...]:
         for required in ("transformer", "tokenizer_decoder"):
             if required not in s:
                 raise self.error(f"graphs.{required}", "is missing")
-        return tuple(self.graph(name, entry, t, layout, files) for name, entry in s.items())
+        return tuple(self.graph(name, entry, t, layout, files, family) for name, entry in s.items())
 
     def listed(self, files: dict, path: str, name) -> str:
         """A name a section lists: a plain file name that `files` lists (so it is verified)."""
@@ -643,7 +681,8 @@ class _Reader:
             raise self.untrusted(path, f"{name!r} is not listed in 'files', so it cannot be verified")
         return name
 
-    def graph(self, name, e, t: TransformerSpec, layout: TokenLayout, files: dict) -> GraphSpec:
+    def graph(self, name, e, t: TransformerSpec, layout: TokenLayout, files: dict,
+              family: str = FAMILIES[0]) -> GraphSpec:
         p = f"graphs.{name}"
         if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
             raise self.error(f"graphs[{_show(name)}]", "must be named by a short string")
@@ -679,16 +718,23 @@ class _Reader:
         if kv_cache == "concat" and multi_query != "batched":
             raise self.error(f"{p}.multi_query", "must be 'batched' for a concat KV cache (only a shared-buffer "
                                                  f"graph can need one query per call), got {_show(multi_query)}")
-        io = self.io(self.section(e, "io", p), p, t.n_layer)
+        layers = kv_layers(t, family)
+        io = self.io(self.section(e, "io", p), p, layers, family == ARPG_FAMILY)
+        kind = self.text(e, p, "kind", choices=GRAPH_KINDS)
+        if family == ARPG_FAMILY and kv_cache != "concat":
+            raise self.error(f"{p}.kv_cache", f"must be 'concat' for family {ARPG_FAMILY} (its graph is traced), "
+                                              f"got {_show(kv_cache)}")
         probe = self.self_test(self.section(e, "self_test", p, default=None, known=_SELF_TEST_KEYS), layout)
-        return replace(graph, kind=self.text(e, p, "kind", choices=GRAPH_KINDS), kv_cache=kv_cache,
+        return replace(graph, kind=kind, kv_cache=kv_cache,
                        multi_query=multi_query, io=io, self_test=probe,
-                       inputs=tuple(io.inputs(t.n_layer)), outputs=tuple(io.outputs(t.n_layer)))
+                       inputs=tuple(io.inputs(layers)), outputs=tuple(io.outputs(layers)))
 
-    def io(self, s: dict, path: str, n_layer: int) -> GraphIO:
+    def io(self, s: dict, path: str, n_layer: int, queries: bool = False) -> GraphIO:
         p = f"{path}.io"
         values = {}
-        for key in _IO_KEYS:
+        if not queries and "query_positions" in s:
+            raise self.error(f"{p}.query_positions", f"is an input of {ARPG_FAMILY} graphs only")
+        for key in _IO_KEYS + (("query_positions",) if queries else ()):
             v = s.get(key)
             pattern = key.endswith("_names")
             if not isinstance(v, str) or not 0 < len(v) <= MAX_NAME or (
@@ -756,6 +802,9 @@ class _Reader:
     def generation(self, s: dict) -> GenerationDefaults:
         p = "generation_defaults"
         return GenerationDefaults(
+            steps=self.integer(s, p, "steps", 1, MAX_GRID ** 2, default=None),
+            schedule=self.text(s, p, "schedule", default=None, choices=ARPG_SCHEDULES),
+            guidance_schedule=self.text(s, p, "guidance_schedule", default=None, choices=GUIDANCE_SCHEDULES),
             guidance_scale=self.number(s, p, "guidance_scale", 0, 1e6,
                                        what="a finite number >= 0 (<= 1 turns guidance off)"),
             temperature=self.number(s, p, "temperature", 0, 1e6, what="a finite number >= 0 (0 = greedy)"),
@@ -769,7 +818,7 @@ _GRAPH_KEYS = ("file", "external_data", "min_onnxruntime", "precision", "method"
                "min_psnr_db")
 _TRANSFORMER_GRAPH_KEYS = ("kind", "kv_cache", "multi_query", "io", "self_test")
 _SELF_TEST_KEYS = ("input_ids", "position_ids", "indices", "values", "tolerance")
-_GENERATION = ("guidance_scale", "temperature", "top_k", "top_p")
+_GENERATION = ("guidance_scale", "temperature", "top_k", "top_p", "steps", "schedule", "guidance_schedule")
 
 
 def generation_defaults(d: dict, where: str = MANIFEST_NAME) -> GenerationDefaults:

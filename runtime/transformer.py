@@ -51,16 +51,19 @@ def check_transformer_graph(session, spec, model: str) -> None:
     kv_dims = (None, t.n_kv_head, None, t.head_dim)
     kv_fields = (None, "transformer.n_kv_head", None, "transformer.dim / transformer.n_head")
     ints = ("tensor(int64)",)
-    inputs = [TensorSig(io.input_ids, ints, (None, None)), TensorSig(io.position_ids, ints, (None, None)),
-              TensorSig(io.attention_mask, ("tensor(bool)",), (None, None, None))]
-    inputs += [TensorSig(n, _FLOAT_TYPES, kv_dims, kv_fields) for n in io.past_names(t.n_layer)]
+    layers = spec.kv_layers
+    inputs = [TensorSig(io.input_ids, ints, (None, None)), TensorSig(io.position_ids, ints, (None, None))]
+    if io.query_positions is not None:
+        inputs.append(TensorSig(io.query_positions, ints, (None, None)))
+    inputs.append(TensorSig(io.attention_mask, ("tensor(bool)",), (None, None, None)))
+    inputs += [TensorSig(n, _FLOAT_TYPES, kv_dims, kv_fields) for n in io.past_names(layers)]
     outputs = [TensorSig(io.logits, _FLOAT_TYPES, (None, None, t.vocab_size), (None, None, "transformer.vocab_size"))]
-    outputs += [TensorSig(n, _FLOAT_TYPES, kv_dims, kv_fields) for n in io.present_names(t.n_layer)]
+    outputs += [TensorSig(n, _FLOAT_TYPES, kv_dims, kv_fields) for n in io.present_names(layers)]
     graph = spec.graph("transformer")
     check_session(session, graph, inputs, outputs, model)
     if graph.kv_cache == "shared-buffer":  # past and present share one buffer: one element type
         types = {a.type for a in [*session.get_inputs(), *session.get_outputs()]
-                 if a.name in set(io.past_names(t.n_layer)) | set(io.present_names(t.n_layer))}
+                 if a.name in set(io.past_names(layers)) | set(io.present_names(layers))}
         if len(types) > 1:
             raise ModelDirectoryError(f"{model}: its transformer graph ({graph.file}) does not match the manifest: "
                                       f"its past and present KV tensors differ in type ({sorted(types)}) but "
@@ -68,7 +71,12 @@ def check_transformer_graph(session, spec, model: str) -> None:
 
 
 class TransformerRunner:
-    """One call = S query tokens at explicit positions over the cached past, under the caller's mask."""
+    """One call = S query tokens at explicit positions over the cached past, under the caller's mask.
+
+    ARPG graphs (`io.query_positions`): a call feeds S context tokens (cached) and Q mask-token queries
+    at `query_positions` (never cached); `mask` is `[batch, S + Q, length + S]` and the logits are the
+    queries' `[batch, Q, V]`. Called without `query_positions` (the self-test probe), the trailing
+    mask-token entries of `input_ids` are the queries: they see everything, the context its mask rows."""
 
     def __init__(self, session: ort.InferenceSession, manifest: Manifest):
         self.session = session
@@ -79,7 +87,8 @@ class TransformerRunner:
         # The fused graph's broadest operator form takes one query per call correctly (compat.py).
         self.one_query_per_call = graph.multi_query == "one-query-per-call"
         io = self.names = spec.io  # the graph's input/output names (manifest: graphs.transformer.io)
-        self.past_names, self.present_names = io.past_names(t.n_layer), io.present_names(t.n_layer)
+        self.past_names, self.present_names = io.past_names(spec.kv_layers), io.present_names(spec.kv_layers)
+        self.mask_token = spec.layout.mask_token_id  # ARPG: queries are this id's embedding
         check_transformer_graph(session, spec, manifest.root.name)
         inputs = {i.name: i for i in session.get_inputs()}
         self.kv_dtype = _ORT_TYPES.get(inputs[self.past_names[0]].type, np.float32)
@@ -142,9 +151,14 @@ class TransformerRunner:
         self.length = length
 
     # --- one call ------------------------------------------------------------------------------
-    def __call__(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def __call__(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray,
+                 query_positions: np.ndarray | None = None) -> np.ndarray:
         """Append `input_ids [B, S]` at `position_ids` and return logits `[B, S, V]` (a view reused
-        by the next call of the same S: copy it to keep it)."""
+        by the next call of the same S: copy it to keep it). ARPG graphs: see the class doc."""
+        if self.names.query_positions is not None:
+            return self._run_queries(input_ids, position_ids, attention_mask, query_positions)
+        if query_positions is not None:
+            raise InvalidInputError("query_positions are an input of ARPG graphs only")
         s = input_ids.shape[1]
         if self.capacity == 0:
             raise InvalidInputError("no KV cache: call start(batch, capacity) before running the transformer")
@@ -162,6 +176,35 @@ class TransformerRunner:
             feeds.update(zip(self.past_names, self.past))
             out = self.session.run(None, feeds, self.run_options)
             logits, self.past = out[0], out[1:]
+        self.length += s
+        return check_finite(logits, "transformer")
+
+    def _run_queries(self, input_ids, position_ids, attention_mask, query_positions) -> np.ndarray:
+        if query_positions is None:  # the probe: trailing mask tokens are the queries
+            b, total = input_ids.shape
+            q = int(np.cumprod((input_ids[0] == self.mask_token)[::-1]).sum())  # trailing mask tokens
+            if q == 0:
+                raise InvalidInputError("an ARPG call needs at least one query (query_positions, or trailing "
+                                        f"mask tokens {self.mask_token} in input_ids)")
+            s = total - q
+            query_positions = position_ids[:, s:]
+            input_ids, position_ids = input_ids[:, :s], position_ids[:, :s]
+            mask = np.ones((b, total, self.length + s), bool)
+            mask[:, :s] = attention_mask[:, :s, :self.length + s]
+            attention_mask = mask
+        s, q = input_ids.shape[1], query_positions.shape[1]
+        if self.capacity == 0:
+            raise InvalidInputError("no KV cache: call start(batch, capacity) before running the transformer")
+        if self.length + s > self.capacity:
+            raise InvalidInputError(f"KV cache full: {self.length} + {s} tokens > capacity {self.capacity}")
+        self.token_rows += input_ids.shape[0] * (s + q)
+        names = self.names
+        feeds = {names.input_ids: np.ascontiguousarray(input_ids), names.position_ids: np.ascontiguousarray(position_ids),
+                 names.query_positions: np.ascontiguousarray(query_positions),
+                 names.attention_mask: np.ascontiguousarray(attention_mask)}
+        feeds.update(zip(self.past_names, self.past))
+        out = self.session.run(None, feeds, self.run_options)
+        logits, self.past = out[0], out[1:]
         self.length += s
         return check_finite(logits, "transformer")
 

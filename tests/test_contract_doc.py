@@ -58,7 +58,7 @@ def section(title: str) -> str:
     return DOC.split(title)[1].split("\n## ")[0].split("\n### ")[0]
 
 
-@pytest.mark.parametrize("model", MODELS, ids=lambda p: p.name)
+@pytest.mark.parametrize("model", MODELS + [ROOT / "models" / "arpg"], ids=lambda p: p.name)
 def test_every_field_of_a_shipped_manifest_is_documented(model):
     data = json.loads((model / "tessera.json").read_text())
     missing = sorted(k for k in manifest_keys(data) if not any(documented(f) for f in doc_form(k)))
@@ -213,3 +213,14 @@ def test_the_locality_order_as_written_is_the_runtimes(h, w, steps, seed):
 
     got = [g[0].tolist() for g in image_plans((h, w), steps, "locality", [seed])]
     assert got == documented_locality_plan(h, w, steps, seed)
+
+
+def test_the_documented_arpg_layout_is_the_runtimes():
+    """Section 5's ARPG table and 2's KV layers, on the shipped ARPG digit model."""
+    spec = load_manifest(ROOT / "models" / "arpg", verify="none").spec
+    t, layout = spec.transformer, spec.layout
+    assert layout.mask_token_id == t.vocab_size and layout.class_ids(3) == t.vocab_size + 1 + 3
+    assert layout.class_ids(layout.null_class_id) == t.vocab_size + 1 + t.num_classes
+    assert layout.embedding_rows == t.vocab_size + t.num_classes + 3 and spec.kv_layers == t.n_layer // 2 + 1
+    assert spec.io.inputs(spec.kv_layers)[:4] == ["input_ids", "position_ids", "query_positions", "attention_mask"]
+    assert "`4, 4, 4, 5, 5, 5, 7, 15`" in DOC and "`1, 3, 5, 6, 7, 9, 9, 9`" in DOC

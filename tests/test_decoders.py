@@ -54,7 +54,7 @@ def _run(name: str, layout=RASTER, guidance=2.0, temperature=1.0, known=None, ca
 
 def test_every_registered_decoder_declares_its_name_order_option_and_memory_rule():
     for name, decoder in DECODERS.items():
-        assert decoder.name == name and decoder.order in ("raster", "any")
+        assert decoder.name == name and decoder.order in ("raster", "any", "arpg")
         assert decoder.option is None or decoder.option.name in GenerationConfig.FIELDS
         instance = decoder() if decoder.option is None else decoder(2)
         assert instance.queries((16, 16)) >= 1

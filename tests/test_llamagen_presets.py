@@ -178,7 +178,7 @@ def test_file_names_pick_both_presets(files, tmp_path):
      r"--gpt c2i_3B_384 has head_dim 100 \(dim 3200 / 32 heads\), but --graph fused .*--graph portable"),
     # nothing says the preset
     (["--gpt-weights", "{d}/gpt.pt", "--vq-weights", "{d}/vq_ds16_c2i.pt"],
-     r"--gpt not given, and the file name 'gpt.pt' is not one of LlamaGen's checkpoints \(c2i_B_256.*give --gpt"),
+     r"--gpt not given, and the file name 'gpt.pt' is not one of LlamaGen's or ARPG's checkpoints \(c2i_B_256.*give --gpt"),
     (["--gpt", "GPT-Tiny", "--gpt-weights", "{d}/gpt.pt", "--vq-weights", "{d}/vq.pt"],
      r"--vq not given, and the file name 'vq.pt' is not one of LlamaGen's tokenizers"),
 ])

@@ -259,8 +259,11 @@ def test_exporter_refuses_to_write_a_manifest_the_runtime_would_refuse(tiny_mode
     assert ok.generation == GenerationDefaults()  # no defaults given: every option off
     with pytest.raises(ExportError, match=re.escape("generation_defaults.top_p must be a number in (0, 1]")):
         _manifest(gpt, vq, ExportSpec(name="x", class_names=DIGITS, generation_defaults={"top_p": 0}), {}, files)
-    with pytest.raises(ExportError, match=re.escape("generation_defaults.steps is not a field of format 2")):
-        _manifest(gpt, vq, ExportSpec(name="x", class_names=DIGITS, generation_defaults={"steps": 4}), {}, files)
+    with pytest.raises(ExportError, match=re.escape("generation_defaults.stepz is not a field of format 2")):
+        _manifest(gpt, vq, ExportSpec(name="x", class_names=DIGITS, generation_defaults={"stepz": 4}), {}, files)
+    with pytest.raises(ExportError, match=re.escape("generation_defaults.schedule must be one of 'arccos'")):
+        _manifest(gpt, vq, ExportSpec(name="x", class_names=DIGITS, generation_defaults={"schedule": "linear"}),
+                  {}, files)
 
 
 # --- the exporter's own section ---------------------------------------------------------------------
@@ -496,4 +499,5 @@ def test_the_manifest_says_which_decoders_a_model_runs(tiny_dir):
     any_order = Pipeline.load(default_model_dir().parent / "anyorder", providers="cpu")
     assert raster.decoders[0] == "sequential" and "anyorder" not in raster.decoders
     assert any_order.decoders == ("anyorder",)  # its default, and the only one it was trained for
-    assert set(raster.decoders) | set(any_order.decoders) == set(DECODERS)  # each decoder runs some family
+    # each decoder runs some family (the arpg decoder: ARPG models, tests/test_arpg.py)
+    assert set(raster.decoders) | set(any_order.decoders) | {"arpg"} == set(DECODERS)

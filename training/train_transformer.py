@@ -27,11 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tessera.export.arpg import ARPG
 from tessera.export.config import gpt_preset
 from tessera.export.transformer import GPT
 from tessera.export.vq import VQModel
 
 from .anyorder import any_order_loss
+from .arpg import arpg_loss, arpg_state_from_gpt
 from .data import SPLIT_DESCRIPTION, mnist_split
 from .train_tokenizer import (augment, load_vq, lr_at, rng_state, save_checkpoint, seed_everything,
                               set_rng_state, write_json)
@@ -46,7 +48,7 @@ def encode_all(vq: VQModel, images: torch.Tensor, batch_size: int = 250) -> torc
 
 
 @torch.no_grad()
-def token_loss(model: GPT, codes: torch.Tensor, labels: torch.Tensor, batch_size: int = 300) -> float:
+def token_loss(model: GPT | ARPG, codes: torch.Tensor, labels: torch.Tensor, batch_size: int = 300) -> float:
     """Mean teacher-forced cross-entropy (nats/token) in eval mode (no class dropout). Any-order
     models: the query loss at 8 steps over orders fixed by a seed (the same at every check)."""
     was = model.training
@@ -57,6 +59,8 @@ def token_loss(model: GPT, codes: torch.Tensor, labels: torch.Tensor, batch_size
         c, y = codes[i:i + batch_size], labels[i:i + batch_size]
         if model.cfg.order == "any":
             tot += float(any_order_loss(model, c, y, gen, steps=8)) * c.numel()
+        elif model.cfg.order == "arpg":
+            tot += float(arpg_loss(model, c, y, gen, steps=8)) * c.numel()
         else:
             logits = model.training_logits(c, y)
             tot += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), c.reshape(-1), reduction="sum"))
@@ -70,14 +74,9 @@ def load_vq_or_model_dir(path: str) -> VQModel:
     tessera.json tokenizer section + vq.safetensors)."""
     if not os.path.exists(os.path.join(path, "tessera.json")):
         return load_vq(path)
-    from safetensors.torch import load_file
+    from tessera.export.build import load_model_dir
 
-    from tessera.export.config import VQConfig
-
-    with open(os.path.join(path, "tessera.json")) as f:
-        vq = VQModel(VQConfig.from_dict(json.load(f)["tokenizer"]))
-    vq.load_state_dict(load_file(os.path.join(path, "vq.safetensors")))
-    return vq.eval()
+    return load_model_dir(path)[1]  # the manifest's canonical fields + its `export` section, checked
 
 
 def train_transformer(out_dir: str, vq: str | VQModel = "runs/vq", steps: int = 500, batch_size: int = 128,
@@ -85,13 +84,18 @@ def train_transformer(out_dir: str, vq: str | VQModel = "runs/vq", steps: int = 
                       progress: bool = True, preset: str = "GPT-Digits", weight_decay: float = 0.05,
                       warmup: int = 50, ckpt_every: int = 100, eval_every: int = 50, aug_copies: int = 2,
                       threads: int = 1, data: dict | None = None, config_overrides: dict | None = None,
-                      order: str = "raster", init: str | None = None) -> dict:
+                      order: str = "raster", init: str | None = None, anchor_class: bool = False,
+                      query_pos_embed: bool = False, arpg_schedule: str = "arccos") -> dict:
     """Train (or resume) the transformer into `out_dir`; returns the metrics dict (also metrics.json).
 
     `vq`: tokenizer directory or a VQModel. `subset`: first `subset` train images only (tests).
     `config_overrides`: GPTConfig fields to override on the preset (vocab/grid must match the tokenizer).
-    `order`: "raster" (LlamaGen) or "any" (position queries); `init`: directory whose gpt.safetensors
-    the model starts from (rows it lacks, the query, keep their fresh initialisation).
+    `order`: "raster" (LlamaGen), "any" (position queries) or "arpg" (training/arpg.py); `init`: directory
+    whose gpt.safetensors the model starts from (rows it lacks, the query, keep their fresh initialisation;
+    an ARPG model is warm-started from a GPT of twice its half depth, `arpg_state_from_gpt`).
+    `anchor_class`, `query_pos_embed`: ARPG options (GPTConfig); an ARPG `init` may lack `query_pos`
+    (it starts at zero: the fine-tune starts from the model as it was). `arpg_schedule`: the group sizes
+    ARPG training cuts its orders into ("arccos" or "cosine", as the decoder's `schedule`).
     """
     from safetensors.torch import save_file
     from tqdm import tqdm
@@ -117,12 +121,24 @@ def train_transformer(out_dir: str, vq: str | VQModel = "runs/vq", steps: int = 
     test_codes, test_labels = encode_all(tok, data["test_x"]), data["test_y"]
     t_enc = time.time() - t_enc
 
-    cfg = gpt_preset(preset, **{**(config_overrides or {}), "order": order})
+    extra = {**({"anchor_class": True} if anchor_class else {}),
+             **({"query_pos_embed": True} if query_pos_embed else {})}
+    cfg = gpt_preset(preset, **{**(config_overrides or {}), "order": order, **extra})
     if cfg.vocab_size != tok.cfg.codebook_size or cfg.block_size != tok.cfg.grid ** 2:
         raise ValueError(f"transformer preset {preset} (vocab {cfg.vocab_size}, grid {cfg.grid}) does not match "
                          f"the tokenizer (codebook {tok.cfg.codebook_size}, grid {tok.cfg.grid})")
-    model = GPT(cfg)
-    if init is not None:
+    model = ARPG(cfg) if order == "arpg" else GPT(cfg)
+    if init is not None and order == "arpg":
+        from safetensors.torch import load_file
+
+        state = load_file(os.path.join(init, "gpt.safetensors"))
+        if "embeddings.weight" in state:  # an ARPG model: continue from it
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if unexpected or set(missing) - {"query_pos"}:
+                raise ValueError(f"--init {init}: weights do not fit (missing {missing}, unexpected {unexpected})")
+        else:
+            model.load_state_dict(arpg_state_from_gpt(state, model))
+    elif init is not None:
         from safetensors.torch import load_file
 
         missing, unexpected = model.load_state_dict(load_file(os.path.join(init, "gpt.safetensors")), strict=False)
@@ -135,7 +151,8 @@ def train_transformer(out_dir: str, vq: str | VQModel = "runs/vq", steps: int = 
     hparams = dict(preset=preset, steps=steps, batch_size=batch_size, lr=lr, seed=seed, subset=subset,
                    weight_decay=weight_decay, warmup=warmup, schedule="linear warmup + cosine to 0.1*lr",
                    aug_copies=aug_copies, class_dropout=cfg.class_dropout, dropout=cfg.dropout, threads=threads,
-                   eval_every=eval_every, train_sequences=len(train_codes), order=order, init=init)
+                   eval_every=eval_every, train_sequences=len(train_codes), order=order, init=init,
+                   anchor_class=anchor_class, query_pos_embed=query_pos_embed, arpg_schedule=arpg_schedule)
 
     ckpt_path = os.path.join(out_dir, "checkpoint.pt")
     start, elapsed, history, evals = 0, 0.0, [], []
@@ -167,6 +184,8 @@ def train_transformer(out_dir: str, vq: str | VQModel = "runs/vq", steps: int = 
         c, y = train_codes[idx], train_labels[idx]
         if order == "any":
             loss = any_order_loss(model, c, y, gen)
+        elif order == "arpg":
+            loss = arpg_loss(model, c, y, gen, schedule=arpg_schedule)
         else:
             logits = model.training_logits(c, y)
             loss = F.cross_entropy(logits.reshape(-1, cfg.vocab_size), c.reshape(-1))
@@ -220,7 +239,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--aug-copies", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--order", choices=("raster", "any"), default="raster")
+    p.add_argument("--order", choices=("raster", "any", "arpg"), default="raster")
+    p.add_argument("--anchor-class", action="store_true", help="ARPG: the class at the rotary origin")
+    p.add_argument("--query-pos-embed", action="store_true", help="ARPG: position-aware queries (learned, from 0)")
+    p.add_argument("--arpg-schedule", choices=("arccos", "cosine"), default="arccos",
+                   help="ARPG: the schedule whose group sizes training uses (the decoder's --schedule)")
     p.add_argument("--init", default=None, help="start from this directory's gpt.safetensors (fine-tune)")
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -229,7 +252,8 @@ def main(argv: list[str] | None = None) -> dict:
                           resume=not a.no_resume, subset=a.subset, progress=not a.no_progress, preset=a.preset,
                           weight_decay=a.weight_decay, warmup=a.warmup, ckpt_every=a.ckpt_every,
                           eval_every=a.eval_every, aug_copies=a.aug_copies, threads=a.threads,
-                          order=a.order, init=a.init)
+                          order=a.order, init=a.init, anchor_class=a.anchor_class,
+                          query_pos_embed=a.query_pos_embed, arpg_schedule=a.arpg_schedule)
     print(json.dumps({k: v for k, v in m.items() if k not in ("loss_curve",)}, indent=2))
     return m
 
