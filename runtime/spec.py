@@ -32,7 +32,9 @@ ANY_ORDER_FAMILY = "anyorder-c2i"  # LlamaGen c2i + a position query: cells in a
 CONDITIONING_KINDS = ("class",)
 GRAPH_KINDS = ("fused", "portable")
 KV_CACHE_MODES = ("shared-buffer", "concat")
-MULTI_QUERY_MODES = ("batched", "one-query-per-call")  # how the transformer takes several queries (compat.py)
+# `graphs.transformer.multi_query`, written until the fused graph rotated by position itself: a graph
+# that said "one-query-per-call" rotates several tokens of one call by index, so it is refused.
+LEGACY_MULTI_QUERY = ("batched", "one-query-per-call")
 LAYER = "{layer}"  # the layer index in a KV name pattern
 REEXPORT = "tessera export --from DIR --out NEW"
 FIX = f"re-export the model ({REEXPORT}, or from its checkpoints) or get it from a trusted source"
@@ -296,7 +298,6 @@ class GraphSpec:
     options: dict | None = field(default=None, hash=False)  # quantization options (informational)
     kind: str | None = None  # transformer: "fused" or "portable"
     kv_cache: str | None = None  # transformer: "shared-buffer" or "concat"
-    multi_query: str | None = None  # transformer: "batched" or "one-query-per-call"
     io: GraphIO | None = None  # transformer: its names, as patterns
     self_test: SelfTestSpec | None = None  # transformer: None only while the exporter writes it
     inputs: tuple[str, ...] = ()  # tokenizer graphs: listed; the transformer: from `io`
@@ -308,7 +309,7 @@ class GraphSpec:
 
     def to_dict(self) -> dict:
         d = {"file": self.file, "external_data": self.external_data, "min_onnxruntime": self.min_onnxruntime,
-             "kind": self.kind, "kv_cache": self.kv_cache, "multi_query": self.multi_query,
+             "kind": self.kind, "kv_cache": self.kv_cache,
              "precision": self.precision, "method": self.method, "options": self.options, "opset": self.opset,
              "psnr_db": self.psnr_db, "min_psnr_db": self.min_psnr_db}
         d = {k: v for k, v in d.items() if v is not None}
@@ -670,14 +671,17 @@ class _Reader:
                                                 f"manifest lists {list(inputs)} -> {list(outputs)}")
             return replace(graph, inputs=inputs, outputs=outputs)
         kv_cache = self.text(e, p, "kv_cache", choices=KV_CACHE_MODES)
-        multi_query = self.text(e, p, "multi_query", choices=MULTI_QUERY_MODES)
-        if kv_cache == "concat" and multi_query != "batched":
-            raise self.error(f"{p}.multi_query", "must be 'batched' for a concat KV cache (only a shared-buffer "
-                                                 f"graph can need one query per call), got {_show(multi_query)}")
+        if "multi_query" in e:  # written until the fused graph rotated by position itself
+            legacy = self.text(e, p, "multi_query", choices=LEGACY_MULTI_QUERY)
+            if legacy != "batched":
+                raise ModelDirectoryError(
+                    f"{self.where}: its transformer graph was exported by an older tessera and rotates several "
+                    f"tokens of one call by their index, not their position ({p}.multi_query is {_show(legacy)}); "
+                    f"re-export it: {REEXPORT} (or from its checkpoints)")
         io = self.io(self.section(e, "io", p), p, t.n_layer)
         probe = self.self_test(self.section(e, "self_test", p, default=None, known=_SELF_TEST_KEYS), layout)
         return replace(graph, kind=self.text(e, p, "kind", choices=GRAPH_KINDS), kv_cache=kv_cache,
-                       multi_query=multi_query, io=io, self_test=probe,
+                       io=io, self_test=probe,
                        inputs=tuple(io.inputs(t.n_layer)), outputs=tuple(io.outputs(t.n_layer)))
 
     def io(self, s: dict, path: str, n_layer: int) -> GraphIO:
@@ -839,7 +843,7 @@ def upgrade_v1(data: dict, r: _Reader) -> dict:
         if name in _V1_TOKENIZER_IO:
             e = {"inputs": _V1_TOKENIZER_IO[name][0], "outputs": _V1_TOKENIZER_IO[name][1], **e}
         if name == "transformer":
-            e = {"kind": "portable", "kv_cache": "concat", "multi_query": "batched", "io": GraphIO().to_dict(), **e}
+            e = {"kind": "portable", "kv_cache": "concat", "io": GraphIO().to_dict(), **e}
             io = r.io(r.section(e, "io", "graphs.transformer"), "graphs.transformer", n_layer)
             for key, want in (("inputs", io.inputs(n_layer)), ("outputs", io.outputs(n_layer))):
                 listed = e.pop(key, want)
