@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .errors import InvalidInputError, ModelDirectoryError
-from .spec import GraphSpec
+from .spec import REEXPORT, GraphSpec
 from .versions import release_numbers
 
 OLDEST_TESTED = "1.22"
@@ -72,9 +72,15 @@ def rows_batch_over_past(graph: GraphSpec) -> bool:
 
 def check_loadable(graphs: Iterable[GraphSpec], installed: str, model_name: str) -> None:
     """One line naming the version found, the version needed and the fix, before any session opens
-    (each `min_onnxruntime` is a version: the manifest reader checked it)."""
+    (each `min_onnxruntime` is a version: the manifest reader checked it); the same for a graph of an
+    older tessera that rotates by index."""
     have = parse_version(installed)
     for graph in graphs:
+        if graph.rotates_by_index:
+            raise ModelDirectoryError(
+                f"{model_name}: its transformer graph was exported by an older tessera and rotates the tokens "
+                "of a multi-token call by their index, not their position (graphs.transformer.multi_query is "
+                f"'one-query-per-call'); re-export it: {REEXPORT} (or from its checkpoints)")
         need = graph.min_onnxruntime
         if have < parse_version(need):
             fix = (f"re-export it for this build: tessera export --from DIR --target-onnxruntime {installed}"

@@ -299,6 +299,9 @@ class GraphSpec:
     kind: str | None = None  # transformer: "fused" or "portable"
     kv_cache: str | None = None  # transformer: "shared-buffer" or "concat"
     io: GraphIO | None = None  # transformer: its names, as patterns
+    # transformer: a fused graph of an older tessera (`multi_query: one-query-per-call`) whose multi-token
+    # calls rotate by index; read so that it can be re-exported, never run (not written back)
+    rotates_by_index: bool = False
     self_test: SelfTestSpec | None = None  # transformer: None only while the exporter writes it
     inputs: tuple[str, ...] = ()  # tokenizer graphs: listed; the transformer: from `io`
     outputs: tuple[str, ...] = ()
@@ -671,17 +674,13 @@ class _Reader:
                                                 f"manifest lists {list(inputs)} -> {list(outputs)}")
             return replace(graph, inputs=inputs, outputs=outputs)
         kv_cache = self.text(e, p, "kv_cache", choices=KV_CACHE_MODES)
-        if "multi_query" in e:  # written until the fused graph rotated by position itself
-            legacy = self.text(e, p, "multi_query", choices=LEGACY_MULTI_QUERY)
-            if legacy != "batched":
-                raise ModelDirectoryError(
-                    f"{self.where}: its transformer graph was exported by an older tessera and rotates several "
-                    f"tokens of one call by their index, not their position ({p}.multi_query is {_show(legacy)}); "
-                    f"re-export it: {REEXPORT} (or from its checkpoints)")
+        # written until the fused graph rotated by position itself; the runtime refuses to run such a
+        # graph (compat.check_loadable), the exporter still re-exports its directory
+        by_index = "multi_query" in e and self.text(e, p, "multi_query", choices=LEGACY_MULTI_QUERY) != "batched"
         io = self.io(self.section(e, "io", p), p, t.n_layer)
         probe = self.self_test(self.section(e, "self_test", p, default=None, known=_SELF_TEST_KEYS), layout)
         return replace(graph, kind=self.text(e, p, "kind", choices=GRAPH_KINDS), kv_cache=kv_cache,
-                       io=io, self_test=probe,
+                       io=io, self_test=probe, rotates_by_index=by_index,
                        inputs=tuple(io.inputs(t.n_layer)), outputs=tuple(io.outputs(t.n_layer)))
 
     def io(self, s: dict, path: str, n_layer: int) -> GraphIO:
