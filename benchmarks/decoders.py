@@ -5,6 +5,7 @@ per image and quality, each section against sequential decoding in the same run.
     python benchmarks/decoders.py parallel             # -> benchmarks/results/parallel_decoding.md
     python benchmarks/decoders.py jacobi               # -> benchmarks/results/jacobi.md
     python benchmarks/decoders.py anyorder             # -> benchmarks/results/anyorder.md, anyorder_steps.png
+    python benchmarks/decoders.py batching             # -> benchmarks/results/explicit_positions.md (2nd part)
     python benchmarks/decoders.py --quick              # a few images of every table, no GPT-B: a smoke run
 
 Quality on the digit models: conditional accuracy and Fréchet distance from the held-out classifier of
@@ -22,6 +23,10 @@ any-order: the shipped raster default (sequential, 49 calls) against models/anyo
 and both schedule orders; time per image at several batch sizes (and the any-order model's 1.22 and portable
 graphs); inpainting held-out digits with a random half of their cells kept; the GPT-B shape in any-order mode
 (fp32, int4), sequential decoding timed on the same graph.
+batching: what taking a call's tokens together buys on the fused graph's 1.22 form (the shipped models): session
+runs and seconds per image of parallel, Jacobi and any-order decoding as the runtime runs them now (one run per
+call, or per row of a call over a past) against the same graph driven one token per call (the runtime before the
+graph rotated by position; all rows together), interleaved, the same tokens.
 """
 from __future__ import annotations
 
@@ -46,7 +51,7 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 EXPORTS = HERE / ".cache" / "exports"
 ANYORDER_DIR = ROOT / "models" / "anyorder"
-SECTIONS = ("parallel", "jacobi", "anyorder")
+SECTIONS = ("parallel", "jacobi", "anyorder", "batching")
 GPT_B_SAMPLING = {"guidance_scale": 4.0, "top_k": 2000}
 JACOBI_SEEDS = (0, 1000, 2000)
 JACOBI_REPEATS, JACOBI_BATCH_REPEATS = 5, 3  # latency: best of 5 per image; throughput: best of 3
@@ -370,7 +375,83 @@ def anyorder_section(args, quality: Quality, out_dir: Path | None) -> list[str]:
     return lines
 
 
-FILES = {"parallel": "parallel_decoding.md", "jacobi": "jacobi.md", "anyorder": "anyorder.md"}
+class _SessionRuns:
+    """Counts a session's runs (IO binding: every transformer call the runtime makes)."""
+
+    def __init__(self, session):
+        self.count, run = 0, session.run_with_iobinding
+
+        def counted(*a, **k):
+            self.count += 1
+            return run(*a, **k)
+
+        session.run_with_iobinding = counted
+
+
+def one_token_per_call(pipe) -> None:
+    """Drive `pipe`'s runners one token per call, all rows together: what the runtime did on the fused 1.22 form
+    before its graph rotated by position (each multi-token call split into one-token calls, exact because the
+    queries are causal in call order)."""
+    from tessera.runtime.transformer import TransformerRunner
+
+    class OneTokenPerCall(TransformerRunner):
+        def __call__(self, input_ids, position_ids, attention_mask):
+            b, s = input_ids.shape
+            if s == 1:
+                return super().__call__(input_ids, position_ids, attention_mask)
+            out = np.empty((b, s, self.vocab_size), self.logits_dtype)
+            for j in range(s):
+                out[:, j] = super().__call__(np.ascontiguousarray(input_ids[:, j:j + 1]),
+                                             np.ascontiguousarray(position_ids[:, j:j + 1]),
+                                             np.ascontiguousarray(attention_mask[:, j:j + 1, :self.length + 1]))[:, 0]
+            return out
+
+    for runner in pipe.model.runners.runners:
+        runner.__class__ = OneTokenPerCall
+
+
+def batching_section(args) -> list[str]:
+    """Session runs and seconds per image, now against one token per call, on the shipped 1.22-form models."""
+    from tessera.models import default_model_dir
+
+    threads = args.threads or 2
+    repeats = args.timing_repeats or (2 if args.quick else 7)
+    head = run_line(args.command("batching"), threads, shared=True)
+    settings = {"parallel, window 2": (default_model_dir(), {"parallel_window": 2}),
+                "parallel, window 1": (default_model_dir(), {"parallel_window": 1}),
+                "jacobi, window 4": (default_model_dir(), {"decoder": "jacobi", "jacobi_window": 4}),
+                "any-order, 8 steps": (ANYORDER_DIR, {"steps": 8})}
+    rows = []
+    for batch in (1, 10):
+        pipes, runs = [], {}
+        for name, (model, options) in settings.items():
+            for form in ("now", "one token per call"):
+                pipe = load(model, threads)
+                if form != "now":
+                    one_token_per_call(pipe)
+                runs[(name, form)] = [_SessionRuns(r.session) for r in pipe.model.runners.runners]
+                pipes.append(Setting(f"{name} | {form}", pipe, options))
+        before = {k: sum(c.count for c in v) for k, v in runs.items()}
+        timed = time_settings(pipes, repeats, lambda r: ([r % 10] * batch, 100 * r))
+        for name in settings:
+            now, old = timed[f"{name} | now"], timed[f"{name} | one token per call"]
+            if not np.array_equal(now.result.tokens, old.result.tokens):
+                raise AssertionError(f"{name}: one token per call drew other tokens")
+            n_runs = {form: (sum(c.count for c in runs[(name, form)]) - before[(name, form)]) / repeats / batch
+                      for form in ("now", "one token per call")}
+            rows.append([f"batch {batch}: {name}", f"{n_runs['one token per call']:.1f}", f"{n_runs['now']:.1f}",
+                         f"{old.median / batch:.4f}", f"{now.median / batch:.4f}", f"{old.median / now.median:.2f}x"])
+            print(rows[-1], flush=True)
+    return ["# Explicit positions: what batching a call's tokens buys on the 1.22 form", "", head, "",
+            *markdown_table(["setting (batch: images, 2 rows each with guidance)", "session runs / image, one token "
+                             "per call (before)", "now", "s / image, before", "now", "speed-up"], rows), "",
+            "Before: every multi-token call as one-token calls, all rows together. Now: one call, or on the 1.22 "
+            "form one call per row when the call is over a past (contract section 3.3). Same graph, same tokens "
+            "(checked); settings interleaved, median of the repeats.", ""]
+
+
+FILES = {"parallel": "parallel_decoding.md", "jacobi": "jacobi.md", "anyorder": "anyorder.md",
+         "batching": "explicit_positions.md"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -412,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
             lines = parallel_section(args, quality)
         elif section == "jacobi":
             lines = jacobi_section(args, quality)
+        elif section == "batching":
+            lines = batching_section(args)
         else:
             lines = anyorder_section(args, quality, out_dir)
         text = "\n".join(lines) + "\n"

@@ -13,8 +13,9 @@ form. The forms differ in what one call may hold:
 
 * ``1.22``: GroupQueryAttention with 11 inputs (the mask as `attention_bias`). It loads on every
   build from 1.22 on. Several tokens over a past are refused at batch > 1 ("batch_size must be 1
-  when sequence_length > 1 and past context is given"), so the runtime runs such a call one row at
-  a time, each row's tokens together (the same logits; decode steps and first calls are one call).
+  when sequence_length > 1 and past context is given"), so the runtime splits such a call, one row
+  per run (each row's tokens together) or one token per run (all rows together), whichever makes
+  fewer runs; the logits are the whole call's. Decode steps and first calls are one run.
 * ``1.32``: adds `query_seqlens`, which lifts that limit: every call is one call.
 
 Versions here are those the support-matrix test (tests/test_ort_matrix.py) installs and runs.
@@ -65,7 +66,7 @@ def fused_form(target_onnxruntime: str) -> FusedForm:
 
 
 def rows_batch_over_past(graph: GraphSpec) -> bool:
-    """Whether one call may hold several tokens over a past for several rows (else one row per call):
+    """Whether one call may hold several tokens over a past for several rows (else it is split):
     the traced graph and the fused 1.32 form may; the fused 1.22 form may not."""
     return graph.kind != "fused" or fused_form(graph.min_onnxruntime).gqa_query_seqlens
 

@@ -144,7 +144,12 @@ class TransformerRunner:
         self.token_rows += input_ids.shape[0] * s
         if self.shared:
             if s > 1 and self.length and self.batch > 1 and not self.rows_together:
-                logits = self._run_row_by_row(input_ids, position_ids, attention_mask)
+                # onnxruntime refuses this call whole on the 1.22 form: split it the way that makes fewer runs
+                # (each run streams every weight once; both splits give the whole call's logits)
+                if self.batch < s:
+                    logits = self._run_row_by_row(input_ids, position_ids, attention_mask)
+                else:
+                    logits = self._run_token_by_token(input_ids, position_ids, attention_mask)
             else:
                 logits = self._run_shared(input_ids, position_ids, attention_mask)
         else:
@@ -159,8 +164,9 @@ class TransformerRunner:
 
     def _run_row_by_row(self, input_ids, position_ids, attention_mask) -> np.ndarray:
         """Several tokens over a past, one row per call, each row's tokens in one call (the fused 1.22
-        form refuses them at batch > 1): each row's call binds that row's slice of the cache and of the
-        logits, so the result is the batched call's and nothing is copied."""
+        form refuses them whole at batch > 1): each row's call binds that row's slice of the cache and
+        of the logits, so the result is the whole call's and nothing is copied. The cheaper split when a
+        call has more tokens than rows."""
         s = input_ids.shape[1]
         if s not in self._logits:
             host = np.empty((self.batch, s, self.vocab_size), self.logits_dtype)
@@ -176,6 +182,24 @@ class TransformerRunner:
                            host[row].ctypes.data)
             self.session.run_with_iobinding(io, self.run_options)
         return host
+
+    def _run_token_by_token(self, input_ids, position_ids, attention_mask) -> np.ndarray:
+        """Several tokens over a past, one token per call, all rows together: token j sees the past and
+        tokens < j, which is what the whole call gives it (queries are causal in call order); the mask
+        can only hide more. The cheaper split when a call has no more tokens than rows."""
+        b, s = input_ids.shape
+        key = ("by token", s)
+        if key not in self._logits:
+            self._logits[key] = (np.empty((b, s, self.vocab_size), self.logits_dtype), None)
+        out, past = self._logits[key][0], self.length
+        for j in range(s):
+            column = np.s_[:, j:j + 1]
+            out[:, j] = self._run_shared(np.ascontiguousarray(input_ids[column]),
+                                         np.ascontiguousarray(position_ids[column]),
+                                         np.ascontiguousarray(attention_mask[:, j:j + 1, :past + j + 1]))[:, 0]
+            self.length += 1
+        self.length = past  # __call__ counts the call's tokens
+        return out
 
     def _row_bindings(self) -> list:
         """One IO binding per row whose past and present are that row's slice of the shared cache

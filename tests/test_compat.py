@@ -52,7 +52,8 @@ def _count_runs(pipe) -> list:
 
 def test_both_forms_draw_the_same_tokens_and_batch_the_tokens_of_a_call(tiny_dir, batched_dir):
     """Parallel decoding makes multi-token calls over a past: both forms must draw the same images. The
-    1.22 form takes them one row per call (its attention refuses several rows), never one token per call."""
+    1.22 form splits them (its attention refuses several rows and tokens over a past at once) into at most
+    min(rows, tokens) runs."""
     old, new = Pipeline.load(tiny_dir, providers="cpu"), Pipeline.load(batched_dir, providers="cpu")
     old_calls, new_calls = _count_runs(old), _count_runs(new)
     for window in (1, 2, 3):
@@ -67,31 +68,33 @@ def test_both_forms_draw_the_same_tokens_and_batch_the_tokens_of_a_call(tiny_dir
     assert len(calls) < per_row, (len(calls), per_row)
 
 
-def test_a_multi_token_call_equals_one_call_per_token_at_any_positions(tiny_dir, batched_dir):
+@pytest.mark.parametrize("rows, s", [(3, 5), (4, 2)], ids=["more-tokens-than-rows", "more-rows-than-tokens"])
+def test_a_multi_token_call_equals_one_call_per_token_at_any_positions(tiny_dir, batched_dir, rows, s):
     """Queries at scattered, non-consecutive positions over a past, several rows, each under its own mask:
-    one call of S tokens gives the logits of S one-token calls (and so does the other form)."""
-    rng = np.random.default_rng(5)
+    one call of S tokens gives the logits of S one-token calls, on both forms (the 1.22 form splits the call
+    by rows or by tokens, whichever makes fewer runs)."""
     results = []
     for d in (tiny_dir, batched_dir):
+        rng = np.random.default_rng(5)
         runner = Pipeline.load(d, providers="cpu").transformer
-        layout_rows, past, s = 3, 4, 5
-        ids = rng.integers(0, runner.vocab_size, (layout_rows, past + s))
-        pos = np.stack([rng.permutation(np.arange(1, 40))[:past + s] for _ in range(layout_rows)])
-        mask = np.ones((layout_rows, past + s, past + s), bool) & np.tril(np.ones((past + s, past + s), bool))
-        mask[1, past + 2, 1] = False
+        past = 4
+        ids = rng.integers(0, runner.vocab_size, (rows, past + s))
+        pos = np.stack([rng.permutation(np.arange(1, 40))[:past + s] for _ in range(rows)])
+        mask = np.ones((rows, past + s, past + s), bool) & np.tril(np.ones((past + s, past + s), bool))
+        mask[1, past + 1, 1] = False
         got = []
         for split in ([past, s], [past] + [1] * s):
-            runner.start(layout_rows, past + s)
+            runner.start(rows, past + s)
             out, at = [], 0
             for n in split:
                 sl = np.s_[:, at:at + n]
                 out.append(runner(np.ascontiguousarray(ids[sl]), np.ascontiguousarray(pos[sl]),
                                   np.ascontiguousarray(mask[:, at:at + n, :at + n])).copy())
                 at += n
+            assert runner.length == past + s
             got.append(np.concatenate(out, 1))
         np.testing.assert_allclose(got[0], got[1], atol=1e-4)
         results.append(got[0])
-        rng = np.random.default_rng(5)
     np.testing.assert_allclose(results[0], results[1], atol=1e-4)
 
 
