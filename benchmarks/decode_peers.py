@@ -22,7 +22,7 @@ rate this machine streams weights; bound(batch) = weight bytes read per token / 
 Artifacts are cached under --cache (tessera.bench.cache keys). Results: benchmarks/results/decode_peers.md.
 
 --forms: the decode step of the fused graph as exported now (q and k rotated at `position_ids` by a RotaryEmbedding
-node before GroupQueryAttention) against the form it replaced (GroupQueryAttention rotating them itself, which turns
+nodes after splitting q|k|v, before GroupQueryAttention) against the form it replaced (GroupQueryAttention rotating them itself, which turns
 the tokens of a multi-token call by index), rebuilt from the same export by moving the rotation back into attention
 (`index_rotary_graph`). GPT-B tessera-fp32 and tessera-int4, both forms in one worker process, the transformer alone
 through the runtime's TransformerRunner (IO binding, shared KV buffer): one image's decode steps per run, runs in
@@ -409,39 +409,34 @@ def build_report(state: dict) -> str:
 
 # --- --forms: the explicit-position graph against the index-rotating one -------------------------
 def index_rotary_graph(src: Path, dst: Path) -> Path:
-    """`src/transformer.onnx` in the form before explicit positions, written to `dst/transformer.onnx`: each
-    RotaryEmbedding that feeds GroupQueryAttention removed and attention rotating q and k itself (do_rotary=1,
-    interleaved, the model's untiled cos/sin table gathered by position_ids). The same weights and kernels."""
+    """`src/transformer.onnx` in the form before explicit positions, written to `dst/transformer.onnx`: the split
+    of q|k|v and the RotaryEmbedding nodes before GroupQueryAttention removed, attention taking the packed row and
+    rotating q and k itself (do_rotary=1, interleaved, the same cos/sin table gathered by position_ids). The same
+    weights and kernels otherwise."""
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     model = onnx.load(str(src / "transformer.onnx"))
     graph = model.graph
     rotary = {n.output[0]: n for n in graph.node if n.op_type == "RotaryEmbedding"}
-    inits = {t.name: t for t in graph.initializer}
-    halves = {}
+    splits = {o: n for n in graph.node if n.op_type == "Split" for o in n.output}
+    gone = set()
     for node in graph.node:
         if node.op_type != "GroupQueryAttention" or node.input[0] not in rotary:
             continue
-        rot = rotary[node.input[0]]
-        n_head = next(a.i for a in node.attribute if a.name == "num_heads")
-        for name in rot.input[2:4]:  # the packed table repeats the head's for each q and k head: keep one
-            if name not in halves:
-                table = numpy_helper.to_array(inits[name])
-                halves[name] = table[:, : table.shape[1] // (2 * n_head)].copy()
+        rot, split = rotary[node.input[0]], splits[node.input[2]]
+        gone.update({rot.output[0], node.input[1], split.output[0]})
         inputs = list(node.input) + [""] * max(0, 11 - len(node.input))
-        inputs[0], inputs[7], inputs[8], inputs[9] = rot.input[0], rot.input[2], rot.input[3], rot.input[1]
+        inputs[:3] = [split.input[0], "", ""]
+        inputs[7], inputs[8], inputs[9] = rot.input[2], rot.input[3], rot.input[1]
         del node.input[:]
         node.input.extend(inputs)
         kept = [a for a in node.attribute if a.name not in ("do_rotary", "rotary_interleaved")]
         del node.attribute[:]
         node.attribute.extend(kept + [helper.make_attribute("do_rotary", 1),
                                       helper.make_attribute("rotary_interleaved", 1)])
-    for node in list(graph.node):
-        if node.op_type == "RotaryEmbedding":
-            graph.node.remove(node)
-    for name, half in halves.items():
-        inits[name].CopyFrom(numpy_helper.from_array(half, name))
+    for node in [n for n in graph.node if n.output[0] in gone]:
+        graph.node.remove(node)
     dst.mkdir(parents=True, exist_ok=True)
     for f in dst.glob("transformer.onnx*"):
         f.unlink()
@@ -506,7 +501,7 @@ def forms_report(command: str, env: dict, results: dict, threads: int, rounds: i
              "GPT-B shape (12 layers, dim 768, 16x16 tokens), random weights; the transformer alone through the "
              "runtime's TransformerRunner (IO binding, shared KV buffer), one image's 256 decode steps per run, "
              f"{rounds} ABBA blocks per batch (A: the form before, GroupQueryAttention rotating by itself; B: now, a "
-             "RotaryEmbedding node at position_ids first), both in one process. Cell: median over runs of each "
+             "Split and two RotaryEmbedding nodes at position_ids first), both in one process. Cell: median over runs of each "
              "run's median step; block ratio: (B1 + B2) / (A1 + A2) per ABBA block.", "",
              "| precision | batch rows | before ms | now ms | now / before (medians) | block ratios: median (min-max) |",
              "|---|---|---|---|---|---|"]

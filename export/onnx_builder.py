@@ -4,18 +4,18 @@ Why build instead of trace: the decode loop is memory-bound, and a traced graph 
 of each step outside the weight MatMuls (rotary in ~20 small ops per layer, KV concatenation
 that copies the whole cache every token). This graph uses onnxruntime's fused kernels:
 
-    Gather -> [SkipSimplifiedLayerNorm -> MatMul(qkv) -> RotaryEmbedding(q and k at position_ids)
-               -> GroupQueryAttention(packed qkv, no rotary of its own, past/present may share one
-                  buffer, the runtime's mask as attention_bias)
+    Gather -> [SkipSimplifiedLayerNorm -> MatMul(qkv) -> Split -> RotaryEmbedding(q), RotaryEmbedding(k)
+               at position_ids -> GroupQueryAttention(q, k, v; no rotary of its own, past/present may
+                  share one buffer, the runtime's mask as attention_bias)
                -> MatMul(wo) -> SkipSimplifiedLayerNorm -> MatMul(w1), MatMul(w3) -> SiLU*up -> MatMul(w2)] x L
            -> SkipSimplifiedLayerNorm -> MatMul(output)
 
-Eleven kernels per layer. Why rotate outside GroupQueryAttention: its own rotary turns the tokens
-of a multi-token call by their index from the past length, not by `position_ids`, on every build
-before 1.32 (our cells are not contiguous, and a query may sit anywhere). One RotaryEmbedding
-node rotates q and k together, in place in the packed q|k|v row: it sees the row as one head of
-3 x dim values whose first 2 x dim rotate (partial rotary), with the model's 2D cos/sin table tiled
-once per q and k head, so v passes through untouched and nothing is split or concatenated.
+Why rotate outside GroupQueryAttention: its own rotary turns the tokens of a multi-token call by
+their index from the past length, not by `position_ids`, on every build before 1.32 (our cells are
+not contiguous, and a query may sit anywhere). So q|k|v are split and two RotaryEmbedding nodes
+rotate q and k at `position_ids` with the model's own cos/sin table (one row per position); v passes
+untouched. (One node over the packed row, as a single head of 3 x dim with partial rotary, would
+spare the split, but CUDA's RotaryEmbedding takes at most 1024 values per head.)
 
 Same inputs and outputs as the traced graph. `past_key_values.*` may be exactly the past
 (present = past + new, Optimum-style) or a preallocated buffer bound as both past and present
@@ -147,11 +147,10 @@ def _build(model: GPT, opset: int, target_onnxruntime: str, g: _Graph) -> onnx.M
                             g.const("neg_inf", np.array(-np.inf, np.float32))], 1, "mask_bias")
     bias = g.node("Unsqueeze", [bias, g.const("axes1", np.array([1], np.int64))], 1, "attention_bias")
 
-    # The model's own table (LlamaGen's 2D rows, its class row as the model has it), one copy per q and
-    # k head: row p of the packed cache rotates every q and k pair of a token at position p.
-    cos, sin = (np.tile(t.numpy(), (1, 2 * n_head)) for t in rope_2d_tables(cfg))
-    cos, sin = g.const("rope_cos", cos), g.const("rope_sin", sin)
-    qk_dim = 2 * n_head * cfg.head_dim
+    # The model's own table (LlamaGen's 2D rows, its class row as the model has it), one row per position.
+    cos, sin = rope_2d_tables(cfg)
+    cos, sin = g.const("rope_cos", cos.numpy()), g.const("rope_sin", sin.numpy())
+    split = g.const("qkv_split", np.array([cfg.dim] * 3, np.int64))
     rows = [sd["tok_embeddings.weight"], sd["cls_embedding.embedding_table.weight"]]
     table = torch.cat(rows + ([sd["query_embedding"]] if cfg.order == "any" else [])).numpy()
     h = g.node("Gather", [g.const("embed_table", table), "input_ids"], 1, "embed")
@@ -168,10 +167,11 @@ def _build(model: GPT, opset: int, target_onnxruntime: str, g: _Graph) -> onnx.M
                                 [f"{p}attn_in", "", "", f"{p}resid_a"], f"{p}attn_norm", domain="com.microsoft",
                                 epsilon=eps)
         qkv = g.node("MatMul", [x, g.const(f"{p}wqkv", _t(sd[p + "attention.wqkv.weight"]))], 1, f"{p}qkv")
-        qkv = g.node("RotaryEmbedding", [qkv, "position_ids", cos, sin], 1, f"{p}rotary", domain="com.microsoft",
-                     interleaved=1, num_heads=1, rotary_embedding_dim=qk_dim)
+        q, k, v = g.node("Split", [qkv, split], 3, f"{p}qkv_split", axis=-1)
+        q, k = (g.node("RotaryEmbedding", [x, "position_ids", cos, sin], 1, f"{p}rotary_{name}",
+                       domain="com.microsoft", interleaved=1) for x, name in ((q, "q"), (k, "k")))
         attn, _, _ = g.node("GroupQueryAttention",
-                            [qkv, "", "", inputs[3 + 2 * i], inputs[4 + 2 * i], seqlens_k, total_i32, "", "",
+                            [q, k, v, inputs[3 + 2 * i], inputs[4 + 2 * i], seqlens_k, total_i32, "", "",
                              "", bias, *(["", "", "", "", "", *query_lens] if query_lens else [])],
                             [f"{p}attn", outputs[1 + 2 * i], outputs[2 + 2 * i]], f"{p}gqa", domain="com.microsoft",
                             num_heads=n_head, kv_num_heads=n_head, do_rotary=0)

@@ -32,9 +32,9 @@ def test_default_export_uses_the_form_every_tested_build_loads(tiny_dir):
     gqa = _nodes(tiny_dir, "GroupQueryAttention")
     assert len(_gqa_inputs(tiny_dir)) == 11  # no query_seqlens: onnxruntime 1.22 .. 1.31 reject it
     # q and k are rotated at position_ids before attention, which rotates nothing itself
-    rotary = _nodes(tiny_dir, "RotaryEmbedding")
-    assert len(rotary) == len(gqa) and all(r.input[1] == "position_ids" for r in rotary)
-    assert [g.input[0] for g in gqa] == [r.output[0] for r in rotary]
+    rotary = {r.output[0]: r for r in _nodes(tiny_dir, "RotaryEmbedding")}
+    assert len(rotary) == 2 * len(gqa) and all(r.input[1] == "position_ids" for r in rotary.values())
+    assert all(g.input[0] in rotary and g.input[1] in rotary and g.input[2] not in rotary for g in gqa)
     assert all(a.i == 0 for g in gqa for a in g.attribute if a.name == "do_rotary")
 
 
