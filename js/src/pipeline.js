@@ -151,13 +151,26 @@ export class Pipeline {
   /**
    * One transformer call appending S tokens per row (sections 3.1-3.3). Shared-buffer graphs are fed an
    * exact past of `len` entries and their present read back (section 3.2's host without IO binding);
-   * on the fused graph's 1.22 form, S > 1 tokens over a past at several rows run one row per call.
+   * on the fused graph's 1.22 form, S > 1 tokens over a past at several rows run one row per call, or one
+   * token per call when S <= R (the Python runtime's choice: fewer runs, the same arithmetic).
    * @param {{rows: number, len: number, kv: ort.Tensor[]}} cache updated in place
    * @param {number[][]} ids `[R][S]` @param {number[][]} pos `[R][S]` @param {boolean[][][]} mask `[R][S][len+S]`
    * @returns {Promise<Float32Array[][]>} logits `[R][S]` rows of V
    */
   async call(cache, ids, pos, mask) {
     const R = cache.rows, S = ids[0].length;
+    if (this.rowByRow && S > 1 && cache.len > 0 && R > 1 && S <= R) {
+      // One token per call, all rows together (the whole call's logits: queries are causal in call order),
+      // as the Python runtime splits when a call has no more tokens than rows.
+      /** @type {Float32Array[][]} */
+      const out = Array.from({ length: R }, () => []);
+      for (let j = 0; j < S; j++) {
+        const P = cache.len;
+        const lg = await this.call(cache, ids.map((r) => [r[j]]), pos.map((r) => [r[j]]), mask.map((r) => [r[j].slice(0, P + 1)]));
+        lg.forEach((r, i) => out[i].push(r[0]));
+      }
+      return out;
+    }
     if (this.rowByRow && S > 1 && cache.len > 0 && R > 1) {
       const P = cache.len, H = this.nKv, D = this.headDim;
       /** @type {Float32Array[][]} */
