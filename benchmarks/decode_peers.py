@@ -473,23 +473,29 @@ def worker_forms(job: dict) -> dict:
                   np.ones((rows, 1, j + 1), bool)) for j in range(n + 1)]
         times = np.empty(n)
 
-        def one_run(runner) -> float:
+        def one_run(runner) -> tuple[float, float]:
+            """(median wall ms of a step, CPU ms of this process per step): on a loaded machine the CPU time
+            of a one-thread run is the steadier measure of the work a step does."""
             runner.start(rows, n + 1)
             runner(*feeds[0])
+            cpu = time.process_time()
             for j in range(1, n + 1):
                 t = time.perf_counter()
                 runner(*feeds[j])
                 times[j - 1] = time.perf_counter() - t
-            return float(np.median(times)) * 1e3
+            return float(np.median(times)) * 1e3, (time.process_time() - cpu) / n * 1e3
 
         first, second = list(runners)
         for form in runners:  # warm-up: buffers, kernels, caches
             one_run(runners[form])
         got = {form: [] for form in runners}
+        cpu = {form: [] for form in runners}
         for _ in range(job["rounds"]):
             for form in (first, second, second, first):
-                got[form].append(one_run(runners[form]))
-        out[str(rows)] = got
+                wall, used = one_run(runners[form])
+                got[form].append(wall)
+                cpu[form].append(used)
+        out[str(rows)] = {**got, "cpu": cpu}
     return {"runs": out}
 
 
@@ -503,15 +509,22 @@ def forms_report(command: str, env: dict, results: dict, threads: int, rounds: i
              f"{rounds} ABBA blocks per batch (A: the form before, GroupQueryAttention rotating by itself; B: now, a "
              "Split and two RotaryEmbedding nodes at position_ids first), both in one process. Cell: median over runs of each "
              "run's median step; block ratio: (B1 + B2) / (A1 + A2) per ABBA block.", "",
-             "| precision | batch rows | before ms | now ms | now / before (medians) | block ratios: median (min-max) |",
-             "|---|---|---|---|---|---|"]
+             "| precision | batch rows | measure | before ms | now ms | now / before (medians) | block ratios: median "
+             "(min-max) |", "|---|---|---|---|---|---|---|"]
+
+    def row(precision, rows, measure, a, b) -> str:
+        blocks = [(b[2 * i] + b[2 * i + 1]) / (a[2 * i] + a[2 * i + 1]) for i in range(len(a) // 2)]
+        return (f"| {precision} | {rows} | {measure} | {np.median(a):.2f} | {np.median(b):.2f} | "
+                f"{np.median(b) / np.median(a):.3f} | {np.median(blocks):.3f} ({min(blocks):.3f}-{max(blocks):.3f}) |")
+
     for precision, r in results.items():
         for rows, got in r["runs"].items():
-            a, b = got["before"], got["now"]
-            blocks = [(b[2 * i] + b[2 * i + 1]) / (a[2 * i] + a[2 * i + 1]) for i in range(len(a) // 2)]
-            lines.append(f"| {precision} | {rows} | {np.median(a):.2f} | {np.median(b):.2f} | "
-                         f"{np.median(b) / np.median(a):.3f} | {np.median(blocks):.3f} ({min(blocks):.3f}-"
-                         f"{max(blocks):.3f}) |")
+            lines.append(row(precision, rows, "wall, median step", got["before"], got["now"]))
+            if "cpu" in got:
+                lines.append(row(precision, rows, "CPU time per step", got["cpu"]["before"], got["cpu"]["now"]))
+    lines += ["", "CPU time: this process's (every onnxruntime thread) per decode step, over the run; with one thread it "
+              "is the work a step does, the measure least moved by other processes. With two threads it also counts "
+              "their spinning."]
     return "\n".join(lines) + "\n"
 
 
