@@ -5,6 +5,7 @@
     python benchmarks/decode_peers.py                      # LlamaGen GPT-B 256px, every peer (~10 min)
     python benchmarks/decode_peers.py --quick              # 2-layer GPT-B: test the harness (~3 min)
     python benchmarks/decode_peers.py --peers tessera-fp32,genai-fp32 --rounds 2
+    python benchmarks/decode_peers.py --forms --rounds 6    # the fused graph's position forms, ABBA (~10 min)
 
 Peers: tessera-fp32 / tessera-int4 (our Pipeline on `tessera export --gpt GPT-B --vq VQ-Tiny ... --random-weights`,
 `--quant int4`), tessera-int4-acc4 (explicit `--int4-accuracy-level 4`; on request), torch (PyTorch eager:
@@ -19,6 +20,13 @@ median / p90 (intervals between sampled tokens), prefill (call -> first token), 
 The bandwidth bound comes from the same run: an onnxruntime fp32 MatMul with ~400 MB of constant weights gives the
 rate this machine streams weights; bound(batch) = weight bytes read per token / that rate at M = batch.
 Artifacts are cached under --cache (tessera.bench.cache keys). Results: benchmarks/results/decode_peers.md.
+
+--forms: the decode step of the fused graph as exported now (q and k rotated at `position_ids` by a RotaryEmbedding
+nodes after splitting q|k|v, before GroupQueryAttention) against the form it replaced (GroupQueryAttention rotating them itself, which turns
+the tokens of a multi-token call by index), rebuilt from the same export by moving the rotation back into attention
+(`index_rotary_graph`). GPT-B tessera-fp32 and tessera-int4, both forms in one worker process, the transformer alone
+through the runtime's TransformerRunner (IO binding, shared KV buffer): one image's decode steps per run, runs in
+ABBA order, median step time of each run. Results: benchmarks/results/explicit_positions_decode.md.
 """
 from __future__ import annotations
 
@@ -399,6 +407,155 @@ def build_report(state: dict) -> str:
     return "\n".join(L + [f"- {n}" for n in state["notes"]]) + "\n"
 
 
+# --- --forms: the explicit-position graph against the index-rotating one -------------------------
+def index_rotary_graph(src: Path, dst: Path) -> Path:
+    """`src/transformer.onnx` in the form before explicit positions, written to `dst/transformer.onnx`: the split
+    of q|k|v and the RotaryEmbedding nodes before GroupQueryAttention removed, attention taking the packed row and
+    rotating q and k itself (do_rotary=1, interleaved, the same cos/sin table gathered by position_ids). The same
+    weights and kernels otherwise."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(src / "transformer.onnx"))
+    graph = model.graph
+    rotary = {n.output[0]: n for n in graph.node if n.op_type == "RotaryEmbedding"}
+    splits = {o: n for n in graph.node if n.op_type == "Split" for o in n.output}
+    gone = set()
+    for node in graph.node:
+        if node.op_type != "GroupQueryAttention" or node.input[0] not in rotary:
+            continue
+        rot, split = rotary[node.input[0]], splits[node.input[2]]
+        gone.update({rot.output[0], node.input[1], split.output[0]})
+        inputs = list(node.input) + [""] * max(0, 11 - len(node.input))
+        inputs[:3] = [split.input[0], "", ""]
+        inputs[7], inputs[8], inputs[9] = rot.input[2], rot.input[3], rot.input[1]
+        del node.input[:]
+        node.input.extend(inputs)
+        kept = [a for a in node.attribute if a.name not in ("do_rotary", "rotary_interleaved")]
+        del node.attribute[:]
+        node.attribute.extend(kept + [helper.make_attribute("do_rotary", 1),
+                                      helper.make_attribute("rotary_interleaved", 1)])
+    for node in [n for n in graph.node if n.output[0] in gone]:
+        graph.node.remove(node)
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in dst.glob("transformer.onnx*"):
+        f.unlink()
+    onnx.save_model(model, str(dst / "transformer.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="transformer.onnx.data", size_threshold=1024)
+    return dst / "transformer.onnx"
+
+
+def worker_forms(job: dict) -> dict:
+    """Both forms of one export in this process, runs in ABBA order: {batch: {form: [median step ms per run]}}."""
+    import onnxruntime as ort
+
+    from tessera.runtime.decoders import cell_positions
+    from tessera.runtime.manifest import load_manifest
+    from tessera.runtime.session import build_session_options
+    from tessera.runtime.transformer import TransformerRunner
+
+    manifest = load_manifest(job["model_dir"], verify="none")
+    runners = {}
+    for form, path in job["graphs"].items():
+        session = ort.InferenceSession(path, build_session_options(job["threads"]), providers=["CPUExecutionProvider"])
+        runners[form] = TransformerRunner(session, manifest)
+    layout, grid = manifest.layout, manifest.grid
+    n = grid[0] * grid[1]
+    positions = cell_positions(layout, grid)
+    rng = np.random.default_rng(0)
+    out: dict = {}
+    for rows in job["batches"]:
+        ids = rng.integers(0, layout.vocab_size, (rows, n + 1)).astype(np.int64)
+        ids[:, 0] = layout.class_token_offset
+        pos = np.concatenate([[0], positions])
+        # every feed made before the timed loop: the loop allocates nothing
+        feeds = [(np.ascontiguousarray(ids[:, j:j + 1]), np.full((rows, 1), pos[j], np.int64),
+                  np.ones((rows, 1, j + 1), bool)) for j in range(n + 1)]
+        times = np.empty(n)
+
+        def one_run(runner) -> tuple[float, float]:
+            """(median wall ms of a step, CPU ms of this process per step): on a loaded machine the CPU time
+            of a one-thread run is the steadier measure of the work a step does."""
+            runner.start(rows, n + 1)
+            runner(*feeds[0])
+            cpu = time.process_time()
+            for j in range(1, n + 1):
+                t = time.perf_counter()
+                runner(*feeds[j])
+                times[j - 1] = time.perf_counter() - t
+            return float(np.median(times)) * 1e3, (time.process_time() - cpu) / n * 1e3
+
+        first, second = list(runners)
+        for form in runners:  # warm-up: buffers, kernels, caches
+            one_run(runners[form])
+        got = {form: [] for form in runners}
+        cpu = {form: [] for form in runners}
+        for _ in range(job["rounds"]):
+            for form in (first, second, second, first):
+                wall, used = one_run(runners[form])
+                got[form].append(wall)
+                cpu[form].append(used)
+        out[str(rows)] = {**got, "cpu": cpu}
+    return {"runs": out}
+
+
+def forms_report(command: str, env: dict, results: dict, threads: int, rounds: int) -> str:
+    lines = ["# Explicit positions: decode step of the fused graph, now against the form it replaced", "",
+             f"`{command}` — {env['when']}, {env['cpu']}, {threads} onnxruntime threads, load average "
+             f"{env['load_before'][0]:.1f} before, {env['load_after'][0]:.1f} after (a 2-core machine shared with "
+             "other sessions).", "",
+             "GPT-B shape (12 layers, dim 768, 16x16 tokens), random weights; the transformer alone through the "
+             "runtime's TransformerRunner (IO binding, shared KV buffer), one image's 256 decode steps per run, "
+             f"{rounds} ABBA blocks per batch (A: the form before, GroupQueryAttention rotating by itself; B: now, a "
+             "Split and two RotaryEmbedding nodes at position_ids first), both in one process. Cell: median over runs of each "
+             "run's median step; block ratio: (B1 + B2) / (A1 + A2) per ABBA block.", "",
+             "| precision | batch rows | measure | before ms | now ms | now / before (medians) | block ratios: median "
+             "(min-max) |", "|---|---|---|---|---|---|---|"]
+
+    def row(precision, rows, measure, a, b) -> str:
+        blocks = [(b[2 * i] + b[2 * i + 1]) / (a[2 * i] + a[2 * i + 1]) for i in range(len(a) // 2)]
+        return (f"| {precision} | {rows} | {measure} | {np.median(a):.2f} | {np.median(b):.2f} | "
+                f"{np.median(b) / np.median(a):.3f} | {np.median(blocks):.3f} ({min(blocks):.3f}-{max(blocks):.3f}) |")
+
+    for precision, r in results.items():
+        for rows, got in r["runs"].items():
+            lines.append(row(precision, rows, "wall, median step", got["before"], got["now"]))
+            if "cpu" in got:
+                lines.append(row(precision, rows, "CPU time per step", got["cpu"]["before"], got["cpu"]["now"]))
+    lines += ["", "CPU time: this process's (every onnxruntime thread) per decode step, over the run; with one thread it "
+              "is the work a step does, the measure least moved by other processes. With two threads it also counts "
+              "their spinning."]
+    return "\n".join(lines) + "\n"
+
+
+def forms_main(a, argv) -> int:
+    from datetime import datetime, timezone
+
+    from tessera.bench.env import cpu_model
+
+    cache = a.cache.resolve()
+    shp = shapes(a.quick, False)[0]
+    batches = [int(b) for b in a.batches.split(",")]
+    env = {"when": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "cpu": cpu_model(), "load_before": load_average()}
+    results = {}
+    for peer in ("tessera-fp32", "tessera-int4"):
+        src = artifact(cache / f"L{shp.n_layer}-d{shp.dim}-v{shp.vocab}", shp, peer, a.threads)
+        before = index_rotary_graph(src, cache / "index-rotary" / src.name)
+        job = {"model_dir": str(src), "graphs": {"before": str(before), "now": str(src / "transformer.onnx")},
+               "threads": a.threads, "batches": batches, "rounds": a.rounds}
+        print(f"[forms] {peer}: {a.rounds} ABBA blocks per batch ...", flush=True)
+        results[peer.split("-")[1]] = run_worker(f"{__file__}:worker_forms", job, cache / "logs", f"forms-{peer}")
+    env["load_after"] = load_average()
+    command = "python benchmarks/decode_peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = forms_report(command, env, results, a.threads, a.rounds)
+    out = a.out or (cache / "explicit_positions_decode_quick.md" if a.quick
+                    else HERE / "results" / "explicit_positions_decode.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    print(report + f"\nwrote {out}")
+    return 0
+
+
 # --- main -----------------------------------------------------------------------------------------
 QUANT = {"tessera-fp32": [], "tessera-int4": ["--quant", "int4"],
          "tessera-int4-acc4": ["--quant", "int4", "--int4-accuracy-level", "4"]}
@@ -469,7 +626,13 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=8, help="warm-up tokens per batch size")
     p.add_argument("--top-k", type=int, default=2000, help="top-k sampling for every peer (LlamaGen's demo: 2000)")
     p.add_argument("--no-default-model", action="store_true", help="skip the shipped default model's shape")
+    p.add_argument("--forms", action="store_true", help="the fused graph's explicit-position form against the "
+                                                        "index-rotating one it replaced (tessera fp32 and int4, ABBA "
+                                                        "blocks: --rounds, default 6)")
     a = p.parse_args(argv)
+    if a.forms:
+        a.rounds = a.rounds if "--rounds" in (argv if argv is not None else sys.argv[1:]) else 6
+        return forms_main(a, argv)
     peers = DEFAULT_PEERS if a.peers == "default" else ALL_PEERS if a.peers == "all" else \
         [x.strip() for x in a.peers.split(",") if x.strip()]
     if set(peers) - set(ALL_PEERS):

@@ -5,6 +5,7 @@ per image and quality, each section against sequential decoding in the same run.
     python benchmarks/decoders.py parallel             # -> benchmarks/results/parallel_decoding.md
     python benchmarks/decoders.py jacobi               # -> benchmarks/results/jacobi.md
     python benchmarks/decoders.py anyorder             # -> benchmarks/results/anyorder.md, anyorder_steps.png
+    python benchmarks/decoders.py batching             # -> benchmarks/results/explicit_positions.md (2nd part)
     python benchmarks/decoders.py arpg                 # -> benchmarks/results/arpg.md
     python benchmarks/decoders.py arpg-large           # -> benchmarks/results/arpg_large.md (slow: ARPG-L vs GPT-L)
     python benchmarks/decoders.py --quick              # a few images of every table, no GPT-B: a smoke run
@@ -21,9 +22,13 @@ jacobi: the default re-exported in the fused graph's 1.32 form (same weights; a 
 per window: quality, calls per image (its own pace) and per batch (its slowest image), acceptance (accepted
 drafts / verified); latency at batch 1 on both forms (with the tokens they agree on); one batch's throughput.
 any-order: the shipped raster default (sequential, 49 calls) against models/anyorder at several step counts
-and both schedule orders; time per image at several batch sizes (and the any-order model's 1.22 and portable
+and both schedule orders; time per image at several batch sizes (and the any-order model's 1.32 and portable
 graphs); inpainting held-out digits with a random half of their cells kept; the GPT-B shape in any-order mode
 (fp32, int4), sequential decoding timed on the same graph.
+batching: what taking a call's tokens together buys on the fused graph's 1.22 form (the shipped models): session
+runs and seconds per image of parallel, Jacobi and any-order decoding as the runtime runs them now (one run per
+call, or per row of a call over a past) against the same graph driven one token per call (the runtime before the
+graph rotated by position; all rows together), interleaved, the same tokens.
 arpg: the shipped raster default (sequential) against models/arpg (ARPG form: each cell fed once) and
 models/anyorder at 8 steps: time per image at batch 1 and 10, quality over seeds, inpainting with a random
 half kept. arpg-large: ARPG-L shape (random weights) at 16/32/64 steps against LlamaGen GPT-L shape
@@ -53,7 +58,7 @@ RESULTS = HERE / "results"
 EXPORTS = HERE / ".cache" / "exports"
 ANYORDER_DIR = ROOT / "models" / "anyorder"
 ARPG_DIR = ROOT / "models" / "arpg"
-SECTIONS = ("parallel", "jacobi", "anyorder", "arpg", "arpg-large")
+SECTIONS = ("parallel", "jacobi", "anyorder", "batching", "arpg", "arpg-large")
 GPT_B_SAMPLING = {"guidance_scale": 4.0, "top_k": 2000}
 JACOBI_SEEDS = (0, 1000, 2000)
 JACOBI_REPEATS, JACOBI_BATCH_REPEATS = 5, 3  # latency: best of 5 per image; throughput: best of 3
@@ -193,8 +198,8 @@ def jacobi_section(args, quality: Quality) -> list[str]:
                 for r in rows])]
     out += ["", "## Latency: one image per call (batch 1 with guidance = 2 rows), 10 images, one per class", "",
             "Median over the images of each image's best of five runs (settings interleaved). On the 1.22 form "
-            "(the shipped default) the runner runs a call's queries one at a time (runtime/compat.py); the 1.32 "
-            "form runs them in one session run. 'same tokens': images whose tokens equal the 1.22 form's for the "
+            "(the shipped default) the runner splits a call over a past by rows or by queries, whichever makes "
+            "fewer session runs (runtime/compat.py); the 1.32 form runs it in one session run. 'same tokens': images whose tokens equal the 1.22 form's for the "
             "same setting.", ""]
     base = {r["form"]: r for r in latency if r["name"] == "sequential"}
     out += markdown_table(["form", "decoding", "calls / image", "s / image", "vs sequential", "same tokens"], [
@@ -314,17 +319,18 @@ def anyorder_section(args, quality: Quality, out_dir: Path | None) -> list[str]:
     seq, ao = load(None, threads), load(ANYORDER_DIR, threads)
     sheet = (out_dir or Path(tempfile.mkdtemp())) / "anyorder_steps.png"
     sample_sheet(ao, sheet, [2, 4, 8, 16, 49])
-    extra = {label: load(cached_export(EXPORTS, f"digits-anyorder-{graph}-1.22", [
-        "--from", str(ANYORDER_DIR), "--graph", graph, "--target-onnxruntime", "1.22"], [ANYORDER_DIR]), threads)
-        for label, graph in (("1.22 form: one query per call", "fused"), ("portable graph", "portable"))}
+    extra = {label: load(cached_export(EXPORTS, f"digits-anyorder-{graph}-{target}", [
+        "--from", str(ANYORDER_DIR), "--graph", graph, "--target-onnxruntime", target], [ANYORDER_DIR]), threads)
+        for label, graph, target in (("1.32 form: one session run per call", "fused", "1.32"),
+                                     ("portable graph", "portable", "1.22"))}
 
     lines = ["# Any-order decoding vs sequential raster decoding", "", run_line(args.command("anyorder"), threads), ""]
     lines += ["## Digit models: time per image (default guidance 3.0: two rows per image)", "",
               "Medians over the repeats; each repeat runs every setting once, in turn; speed-up against "
               "sequential decoding at the same batch. The any-order model ships the fused graph in its "
-              "onnxruntime 1.32 form (several queries per call run batched); the 1.22 form runs multi-token "
-              "calls one query at a time (runtime/compat.py) and the portable graph is the standard-ops one, "
-              "both shown for comparison. An any-order call carries the previous step's codes and this step's "
+              "onnxruntime 1.22 form (a call over a past split by rows or by queries, whichever makes fewer "
+              "session runs, runtime/compat.py); the 1.32 form runs every call in one session run and the "
+              "portable graph is the standard-ops one, both shown for comparison. An any-order call carries the previous step's codes and this step's "
               "queries: 8 steps feed about 2 x 49 token positions per image against sequential's 49, so the "
               "gain shrinks as batches grow and compute, not the per-call cost, dominates.", ""]
     for batch in batches:
@@ -508,8 +514,85 @@ def arpg_section(args, quality: Quality, out_dir: Path | None) -> list[str]:
     return lines
 
 
-FILES = {"parallel": "parallel_decoding.md", "jacobi": "jacobi.md", "anyorder": "anyorder.md", "arpg": "arpg.md",
-         "arpg-large": "arpg_large.md"}
+class _SessionRuns:
+    """Counts a session's runs (IO binding: every transformer call the runtime makes)."""
+
+    def __init__(self, session):
+        self.count, run = 0, session.run_with_iobinding
+
+        def counted(*a, **k):
+            self.count += 1
+            return run(*a, **k)
+
+        session.run_with_iobinding = counted
+
+
+def one_token_per_call(pipe) -> None:
+    """Drive `pipe`'s runners one token per call, all rows together: what the runtime did on the fused 1.22 form
+    before its graph rotated by position (each multi-token call split into one-token calls, exact because the
+    queries are causal in call order)."""
+    from tessera.runtime.transformer import TransformerRunner
+
+    class OneTokenPerCall(TransformerRunner):
+        def __call__(self, input_ids, position_ids, attention_mask):
+            b, s = input_ids.shape
+            if s == 1:
+                return super().__call__(input_ids, position_ids, attention_mask)
+            out = np.empty((b, s, self.vocab_size), self.logits_dtype)
+            for j in range(s):
+                out[:, j] = super().__call__(np.ascontiguousarray(input_ids[:, j:j + 1]),
+                                             np.ascontiguousarray(position_ids[:, j:j + 1]),
+                                             np.ascontiguousarray(attention_mask[:, j:j + 1, :self.length + 1]))[:, 0]
+            return out
+
+    for runner in pipe.model.runners.runners:
+        runner.__class__ = OneTokenPerCall
+
+
+def batching_section(args) -> list[str]:
+    """Session runs and seconds per image, now against one token per call, on the shipped 1.22-form models."""
+    from tessera.models import default_model_dir
+
+    threads = args.threads or 2
+    repeats = args.timing_repeats or (2 if args.quick else 7)
+    head = run_line(args.command("batching"), threads, shared=True)
+    settings = {"parallel, window 2": (default_model_dir(), {"parallel_window": 2}),
+                "parallel, window 1": (default_model_dir(), {"parallel_window": 1}),
+                "jacobi, window 4": (default_model_dir(), {"decoder": "jacobi", "jacobi_window": 4}),
+                "any-order, 8 steps": (ANYORDER_DIR, {"steps": 8})}
+    rows = []
+    for batch in (1, 10):
+        pipes, runs = [], {}
+        for name, (model, options) in settings.items():
+            for form in ("now", "one token per call"):
+                pipe = load(model, threads)
+                if form != "now":
+                    one_token_per_call(pipe)
+                runs[(name, form)] = [_SessionRuns(r.session) for r in pipe.model.runners.runners]
+                pipes.append(Setting(f"{name} | {form}", pipe, options))
+        before = {k: sum(c.count for c in v) for k, v in runs.items()}
+        timed = time_settings(pipes, repeats, lambda r: ([r % 10] * batch, 100 * r))
+        for name in settings:
+            now, old = timed[f"{name} | now"], timed[f"{name} | one token per call"]
+            if not np.array_equal(now.result.tokens, old.result.tokens):
+                raise AssertionError(f"{name}: one token per call drew other tokens")
+            n_runs = {form: (sum(c.count for c in runs[(name, form)]) - before[(name, form)]) / repeats / batch
+                      for form in ("now", "one token per call")}
+            rows.append([f"batch {batch}: {name}", f"{n_runs['one token per call']:.1f}", f"{n_runs['now']:.1f}",
+                         f"{old.median / batch:.4f}", f"{now.median / batch:.4f}", f"{old.median / now.median:.2f}x"])
+            print(rows[-1], flush=True)
+    return ["# Explicit positions: what batching a call's tokens buys on the 1.22 form", "", head, "",
+            *markdown_table(["setting (batch: images, 2 rows each with guidance)", "session runs / image, one token "
+                             "per call (before)", "now", "s / image, before", "now", "speed-up"], rows), "",
+            "Before: every multi-token call as one-token calls, all rows together. Now: one call; on the 1.22 form a "
+            "call over a past at several rows is split by rows or by tokens, whichever makes fewer runs (contract "
+            "section 3.3), so where a call has no more tokens than rows (batch 10) it runs as before. Same graph, "
+            "same tokens (checked); settings interleaved, median of the repeats. Times on a loaded shared machine "
+            "(load average in the line above): read them against the session-run counts.", ""]
+
+
+FILES = {"parallel": "parallel_decoding.md", "jacobi": "jacobi.md", "anyorder": "anyorder.md",
+         "batching": "explicit_positions.md", "arpg": "arpg.md", "arpg-large": "arpg_large.md"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -554,6 +637,8 @@ def main(argv: list[str] | None = None) -> int:
             lines = parallel_section(args, quality)
         elif section == "jacobi":
             lines = jacobi_section(args, quality)
+        elif section == "batching":
+            lines = batching_section(args)
         elif section == "arpg":
             lines = arpg_section(args, quality, out_dir)
         elif section == "arpg-large":

@@ -322,7 +322,7 @@ def trace_arpg(model: ARPG, path, opset: int) -> dict:
         torch.onnx.export(ARPGForExport(model), (ids, pos, qpos, mask, *past), str(path), input_names=inputs,
                           output_names=outputs, dynamic_axes=dyn, opset_version=opset, do_constant_folding=True,
                           dynamo=False)
-    return {"kind": "portable", "kv_cache": "concat", "multi_query": "batched", "min_onnxruntime": OLDEST_TESTED}
+    return {"kind": "portable", "kv_cache": "concat", "min_onnxruntime": OLDEST_TESTED}
 
 
 __all__ = ["ARPG", "ARPGForExport", "group_masks"]

@@ -40,7 +40,7 @@ from .vq import VQModel
 GRAPH_FILES = {"transformer": "transformer.onnx", "tokenizer_decoder": "tokenizer_decoder.onnx",
                "tokenizer_encoder": "tokenizer_encoder.onnx"}
 WEIGHT_FILES = {"transformer": "gpt.safetensors", "tokenizer": "vq.safetensors"}
-_GRAPH_FACTS = ("kind", "kv_cache", "multi_query")  # what export_transformer says of the graph it wrote
+_GRAPH_FACTS = ("kind", "kv_cache")  # what export_transformer says of the graph it wrote
 
 
 from .errors import ExportError  # noqa: E402  (defined in errors.py, under TesseraError; re-exported here)
@@ -397,8 +397,8 @@ def _manifest(gpt: GPT, vq: VQModel, spec: ExportSpec, parity_report: dict, file
     The transformer's self-test is added once its graph can run (`record_self_test`)."""
     g, v = gpt.cfg, vq.cfg
     graphs = graphs or {n: {"file": f, "min_onnxruntime": OLDEST_TESTED, "precision": "fp32", "method": "none",
-                            "opset": spec.opset, **({"kind": "fused", "kv_cache": "shared-buffer",
-                                                     "multi_query": "batched"} if n == "transformer" else {})}
+                            "opset": spec.opset, **({"kind": "fused", "kv_cache": "shared-buffer"}
+                                                  if n == "transformer" else {})}
                         for n, f in GRAPH_FILES.items()}
     tokenizer_io = {"tokenizer_decoder": (("codes",), ("image",)), "tokenizer_encoder": (("image",), ("codes",))}
     transformer, tokenizer, image, export = manifest_sections(g, v, gpt.num_params(), vq.num_params())
@@ -435,7 +435,8 @@ def _parity(refs: parity.References, tmp: Path, precision: str, transformer_fact
     report = {
         "precision": precision,
         "transformer": parity.transformer_parity(refs.transformer(precision), tmp / GRAPH_FILES["transformer"],
-                                                 multi_query=transformer_facts.get("multi_query", "batched")),
+                                                 row_by_row=transformer_facts.get("kind") == "fused" and not fused_form(
+                                                     transformer_facts["min_onnxruntime"]).gqa_query_seqlens),
         "tokenizer": parity.tokenizer_parity(refs.tokenizer(), tmp / GRAPH_FILES["tokenizer_encoder"],
                                              tmp / GRAPH_FILES["tokenizer_decoder"]),
     }

@@ -4,14 +4,18 @@ Why build instead of trace: the decode loop is memory-bound, and a traced graph 
 of each step outside the weight MatMuls (rotary in ~20 small ops per layer, KV concatenation
 that copies the whole cache every token). This graph uses onnxruntime's fused kernels:
 
-    Gather -> [SkipSimplifiedLayerNorm -> MatMul(qkv)
-               -> GroupQueryAttention(packed qkv, 2D rotary inside from position_ids, past/present
-                  may share one buffer, the runtime's mask as attention_bias)
+    Gather -> [SkipSimplifiedLayerNorm -> MatMul(qkv) -> Split -> RotaryEmbedding(q), RotaryEmbedding(k)
+               at position_ids -> GroupQueryAttention(q, k, v; no rotary of its own, past/present may
+                  share one buffer, the runtime's mask as attention_bias)
                -> MatMul(wo) -> SkipSimplifiedLayerNorm -> MatMul(w1), MatMul(w3) -> SiLU*up -> MatMul(w2)] x L
            -> SkipSimplifiedLayerNorm -> MatMul(output)
 
-Ten kernels per layer, as onnxruntime-genai's own graphs have; profiling showed separate
-Split/RotaryEmbedding nodes costing ~3% of a GPT-B decode step.
+Why rotate outside GroupQueryAttention: its own rotary turns the tokens of a multi-token call by
+their index from the past length, not by `position_ids`, on every build before 1.32 (our cells are
+not contiguous, and a query may sit anywhere). So q|k|v are split and two RotaryEmbedding nodes
+rotate q and k at `position_ids` with the model's own cos/sin table (one row per position); v passes
+untouched. (One node over the packed row, as a single head of 3 x dim with partial rotary, would
+spare the split, but CUDA's RotaryEmbedding takes at most 1024 values per head.)
 
 Same inputs and outputs as the traced graph. `past_key_values.*` may be exactly the past
 (present = past + new, Optimum-style) or a preallocated buffer bound as both past and present
@@ -132,8 +136,8 @@ def _build(model: GPT, opset: int, target_onnxruntime: str, g: _Graph) -> onnx.M
     seqlens_k = g.node("Expand", [g.node("Cast", [last], 1, "last_i32", to=TensorProto.INT32), batch_1d], 1,
                        "seqlens_k")
     total_i32 = g.node("Cast", [total], 1, "total_i32", to=TensorProto.INT32)
-    # Multi-token calls at our (non-contiguous) positions need `query_seqlens` (onnxruntime 1.32+);
-    # the runtime runs such calls one query at a time on the older form (runtime/compat.py).
+    # Several tokens over a past at batch > 1 need `query_seqlens` (onnxruntime 1.32+); on the older
+    # form the runtime runs such a call one row at a time (runtime/compat.py).
     query_lens = []
     if form.gqa_query_seqlens:
         seq = g.node("Gather", [shape, g.const("idx_1", np.array(1, np.int64))], 1, "seq", axis=0)
@@ -143,8 +147,10 @@ def _build(model: GPT, opset: int, target_onnxruntime: str, g: _Graph) -> onnx.M
                             g.const("neg_inf", np.array(-np.inf, np.float32))], 1, "mask_bias")
     bias = g.node("Unsqueeze", [bias, g.const("axes1", np.array([1], np.int64))], 1, "attention_bias")
 
+    # The model's own table (LlamaGen's 2D rows, its class row as the model has it), one row per position.
     cos, sin = rope_2d_tables(cfg)
     cos, sin = g.const("rope_cos", cos.numpy()), g.const("rope_sin", sin.numpy())
+    split = g.const("qkv_split", np.array([cfg.dim] * 3, np.int64))
     rows = [sd["tok_embeddings.weight"], sd["cls_embedding.embedding_table.weight"]]
     table = torch.cat(rows + ([sd["query_embedding"]] if cfg.order == "any" else [])).numpy()
     h = g.node("Gather", [g.const("embed_table", table), "input_ids"], 1, "embed")
@@ -161,12 +167,14 @@ def _build(model: GPT, opset: int, target_onnxruntime: str, g: _Graph) -> onnx.M
                                 [f"{p}attn_in", "", "", f"{p}resid_a"], f"{p}attn_norm", domain="com.microsoft",
                                 epsilon=eps)
         qkv = g.node("MatMul", [x, g.const(f"{p}wqkv", _t(sd[p + "attention.wqkv.weight"]))], 1, f"{p}qkv")
-        # Packed q|k|v; GQA rotates q and k itself with the 2D tables, gathered by position_ids.
+        q, k, v = g.node("Split", [qkv, split], 3, f"{p}qkv_split", axis=-1)
+        q, k = (g.node("RotaryEmbedding", [x, "position_ids", cos, sin], 1, f"{p}rotary_{name}",
+                       domain="com.microsoft", interleaved=1) for x, name in ((q, "q"), (k, "k")))
         attn, _, _ = g.node("GroupQueryAttention",
-                            [qkv, "", "", inputs[3 + 2 * i], inputs[4 + 2 * i], seqlens_k, total_i32, cos, sin,
-                             "position_ids", bias, *(["", "", "", "", "", *query_lens] if query_lens else [])],
+                            [q, k, v, inputs[3 + 2 * i], inputs[4 + 2 * i], seqlens_k, total_i32, "", "",
+                             "", bias, *(["", "", "", "", "", *query_lens] if query_lens else [])],
                             [f"{p}attn", outputs[1 + 2 * i], outputs[2 + 2 * i]], f"{p}gqa", domain="com.microsoft",
-                            num_heads=n_head, kv_num_heads=n_head, do_rotary=1, rotary_interleaved=1)
+                            num_heads=n_head, kv_num_heads=n_head, do_rotary=0)
         o = g.node("MatMul", [attn, g.const(f"{p}wo", _t(sd[p + "attention.wo.weight"]))], 1, f"{p}wo")
         w_ffn_norm = g.const(f"{p}ffn_norm", sd[p + "ffn_norm.weight"].numpy())
         x, _, _, h = g.node("SkipSimplifiedLayerNormalization", [o, h, w_ffn_norm],

@@ -51,7 +51,7 @@ def export_transformer(model: GPT, path: Path, opset: int = DEFAULT_OPSET, kind:
         return trace_arpg(model, path, opset)
     if kind == "portable":
         trace_transformer(model, path, opset)
-        return {**GRAPH_KINDS[kind], "min_onnxruntime": OLDEST_TESTED, "multi_query": "batched"}
+        return {**GRAPH_KINDS[kind], "min_onnxruntime": OLDEST_TESTED}
     else:
         import onnx
 
@@ -63,8 +63,7 @@ def export_transformer(model: GPT, path: Path, opset: int = DEFAULT_OPSET, kind:
         nbytes = write_fused_transformer(model, path, opset, target_onnxruntime)
         if nbytes <= min(threshold(external_data_threshold), PROTOBUF_LIMIT):
             save_graph(onnx.load(str(path)), path, external_data_threshold)
-        return {**GRAPH_KINDS[kind], "min_onnxruntime": form.min_onnxruntime,
-                "multi_query": form.multi_query}
+        return {**GRAPH_KINDS[kind], "min_onnxruntime": form.min_onnxruntime}
 
 
 @torch.no_grad()

@@ -5,7 +5,8 @@ interpreter: `python -m tessera.export.ort_probe OUT.npz DIR [DIR ...]`. It impo
 only (never torch), so it runs in an environment that holds nothing but an old onnxruntime.
 `ort_matrix.check_provider` calls `probe` in-process on another execution provider (the GPU check).
 For each directory it records the load error, or the logits of a fixed call scenario (prefill,
-decode steps, a multi-query call over a past, through the runtime's own KV-cache runner),
+decode steps, multi-token calls over a past at non-contiguous and out-of-order positions, through the
+runtime's own KV-cache runner), the same calls made one token per call,
 generated token grids (sampled with guidance, greedy, parallel) and their decoded images.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ def scenario(vocab_size: int, class_token_offset: int, null_class_id: int, grid:
              rope_grid: int) -> list[dict]:
     """The calls of the logits check, in order: the class token and a known prefix that crosses a
     row, single-token decode steps, then three queries at non-contiguous cells over that past
-    with one past entry hidden."""
+    with one past entry hidden, then three queries per row at cells out of raster order (each row its own)."""
     rng = np.random.default_rng(0)
     h, w = grid
     r = SCENARIO_ROWS
@@ -48,6 +49,14 @@ def scenario(vocab_size: int, class_token_offset: int, null_class_id: int, grid:
     mask[0, 0, 2] = False
     calls.append({"ids": rng.integers(0, vocab_size, (r, s)).astype(np.int64),
                   "pos": np.broadcast_to(cell_pos(cells), (r, s)).astype(np.int64).copy(), "mask": mask})
+    # queries out of raster order, as the any-order decoder sends them: each row its own cells, last first
+    past += s
+    cells = np.stack([np.minimum(np.array([h * w - 1, 2, w + 1]), h * w - 1),
+                      np.minimum(np.array([w - 1, h * w - 2, 1]), h * w - 1)])[:r]
+    mask = np.ones((r, s, past + s), bool)
+    mask[:, :, past:] = np.tril(np.ones((s, s), bool))
+    calls.append({"ids": rng.integers(0, vocab_size, (r, s)).astype(np.int64), "pos": cell_pos(cells).astype(np.int64),
+                  "mask": mask})
     return calls
 
 
@@ -65,6 +74,16 @@ def probe(model_dir: Path, providers: str = "cpu") -> dict:
     runner.start(SCENARIO_ROWS, sum(c["ids"].shape[1] for c in calls))
     for k, c in enumerate(calls):
         out[f"logits_{k}"] = np.array(runner(c["ids"], c["pos"], c["mask"]), np.float32)
+    # The same calls, one token per call: a multi-token call must give exactly these (queries are causal
+    # in call order, the mask can only hide more).
+    runner.start(SCENARIO_ROWS, sum(c["ids"].shape[1] for c in calls))
+    for k, c in enumerate(calls):
+        past, parts = runner.length, []
+        for j in range(c["ids"].shape[1]):
+            one = np.s_[:, j:j + 1]
+            parts.append(np.array(runner(np.ascontiguousarray(c["ids"][one]), np.ascontiguousarray(c["pos"][one]),
+                                         np.ascontiguousarray(c["mask"][:, j:j + 1, :past + j + 1])), np.float32))
+        out[f"logits_one_by_one_{k}"] = np.concatenate(parts, axis=1)
     runner.release()
     out["tokens_sampled"] = pipe.generate_tokens(list(LABELS), **SAMPLED)
     out["tokens_greedy"] = pipe.generate_tokens(list(LABELS), guidance_scale=1.0, temperature=0.0)

@@ -186,18 +186,17 @@ def arpg_reference(model: ARPG, batch: int = 2, decode_steps: int = 4, seed: int
     return TransformerReference(calls, batch, decode_steps, cfg.n_layer // 2 + 1, cfg.n_head, cfg.head_dim)
 
 
-def _run_call(sess, n_layer: int, c: ProbeCall, past_np, one_query_per_call: bool):
-    """The ONNX side of one probe call. one_query_per_call: the queries run one by one over the
-    growing past, as the runtime does for the fused graph's 1.22 form (runtime/compat.py)."""
+def _run_call(sess, n_layer: int, c: ProbeCall, past_np, row_by_row: bool):
+    """The ONNX side of one probe call. row_by_row: several tokens over a past run one row per call,
+    as the runtime does for the fused graph's 1.22 form (runtime/compat.py). ARPG calls (with query
+    positions) run whole: their traced graph has no such limit."""
     if c.qpos is not None:
         return _run_onnx(sess, n_layer, c.ids, c.pos, c.mask, past_np, c.qpos)
-    if one_query_per_call and c.ids.shape[1] > 1:
-        rows, past_len = [], past_np[0].shape[2]
-        for j in range(c.ids.shape[1]):
-            o, past_np = _run_onnx(sess, n_layer, c.ids[:, j:j + 1], c.pos[:, j:j + 1],
-                                   np.ascontiguousarray(c.mask[:, j:j + 1, :past_len + j + 1]), past_np)
-            rows.append(o)
-        return np.concatenate(rows, axis=1), past_np
+    if row_by_row and c.ids.shape[1] > 1 and past_np[0].shape[2] and c.ids.shape[0] > 1:
+        rows = [_run_onnx(sess, n_layer, c.ids[b:b + 1], c.pos[b:b + 1], c.mask[b:b + 1],
+                          [p[b:b + 1] for p in past_np]) for b in range(c.ids.shape[0])]
+        return (np.concatenate([o for o, _ in rows]),
+                [np.concatenate([present[k] for _, present in rows]) for k in range(len(past_np))])
     return _run_onnx(sess, n_layer, c.ids, c.pos, c.mask, past_np)
 
 
@@ -212,15 +211,15 @@ def _agreement(o: np.ndarray, t: np.ndarray) -> list[bool]:
 
 
 def transformer_parity(model: GPT | TransformerReference, path: Path, batch: int = 2, decode_steps: int = 4,
-                       seed: int = 0, multi_query: str = "batched") -> dict:
+                       seed: int = 0, row_by_row: bool = False) -> dict:
     """Max |logit| error per phase, feeding each side its own cache (errors would compound).
 
     Args:
         model: the PyTorch model, or its `transformer_reference` (batch, decode_steps and seed are
             then the reference's own).
         path: the transformer graph.
-        multi_query: the graph's form (runtime/compat.py); "one-query-per-call" runs the
-            multi-token calls as the runtime does for that form.
+        row_by_row: the graph takes several tokens over a past one row per call (the fused 1.22
+            form, runtime/compat.py), as the runtime runs it.
     """
     ref = model if isinstance(model, TransformerReference) else transformer_reference(model, batch, decode_steps, seed)
     sess = _session(path)
@@ -229,8 +228,7 @@ def transformer_parity(model: GPT | TransformerReference, path: Path, batch: int
     worst: dict[str, float] = {}
     agree: dict[str, list[bool]] = {k: [] for k in ("prefill", "decode", "multi_query", "prefix_prefill")}
     for c in ref.calls:
-        o, present = _run_call(sess, ref.n_layer, c, empty if c.past == "empty" else chain,
-                               multi_query == "one-query-per-call")
+        o, present = _run_call(sess, ref.n_layer, c, empty if c.past == "empty" else chain, row_by_row)
         if c.extends:
             chain = present
         worst[c.phase] = max(worst.get(c.phase, 0.0), float(np.abs(o - c.logits).max()))

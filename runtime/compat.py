@@ -4,21 +4,19 @@ onnxruntime's contrib operators grow inputs from release to release, and a graph
 newer form does not load on an older build ("This is an invalid model. In Node, ...
 GroupQueryAttention"). Accelerator flavours of onnxruntime can lag the CPU package by several
 releases, so the exporter writes the form of the *target* build and records in the manifest the
-oldest onnxruntime that loads each graph (`graphs.<name>.min_onnxruntime`) and how the fused graph
-takes several queries (`graphs.transformer.multi_query`); the runtime compares the first with the
-installed version before opening anything.
+oldest onnxruntime that loads each graph (`graphs.<name>.min_onnxruntime`); the runtime compares it
+with the installed version before opening anything.
 
-The fused transformer has two forms:
+The fused transformer rotates q and k itself (RotaryEmbedding at `position_ids`) before
+GroupQueryAttention, so every call, of one token or many, at any positions, is exact on every
+form. The forms differ in what one call may hold:
 
-* ``1.22``: GroupQueryAttention with 11 inputs (rotary by `position_ids`, the mask as
-  `attention_bias`). It loads on every build from 1.22 on, but only a one-token call is right:
-  a first call of several tokens rotates them by their index, not by `position_ids` (our cells
-  are not contiguous), and several tokens over a past are refused at batch > 1. The runtime runs
-  such calls one query at a time (the same logits: queries are causal in call order). Decode
-  steps are unchanged; known-prefix prefill, editing's scoring and parallel decoding make more
-  calls.
-* ``1.32``: adds `query_seqlens`, which makes multi-token calls honour `position_ids` and run
-  batched over a past.
+* ``1.22``: GroupQueryAttention with 11 inputs (the mask as `attention_bias`). It loads on every
+  build from 1.22 on. Several tokens over a past are refused at batch > 1 ("batch_size must be 1
+  when sequence_length > 1 and past context is given"), so the runtime splits such a call, one row
+  per run (each row's tokens together) or one token per run (all rows together), whichever makes
+  fewer runs; the logits are the whole call's. Decode steps and first calls are one run.
+* ``1.32``: adds `query_seqlens`, which lifts that limit: every call is one call.
 
 Versions here are those the support-matrix test (tests/test_ort_matrix.py) installs and runs.
 """
@@ -28,7 +26,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .errors import InvalidInputError, ModelDirectoryError
-from .spec import GraphSpec
+from .spec import REEXPORT, GraphSpec
 from .versions import release_numbers
 
 OLDEST_TESTED = "1.22"
@@ -39,13 +37,12 @@ class FusedForm:
     """One operator form of the fused transformer graph."""
 
     min_onnxruntime: str  # the oldest onnxruntime that loads it
-    gqa_query_seqlens: bool  # GroupQueryAttention takes `query_seqlens` (input 16)
-    multi_query: str  # "batched", or "one-query-per-call" where a multi-token call would be wrong
+    gqa_query_seqlens: bool  # GroupQueryAttention takes `query_seqlens` (input 16): rows batch over a past
 
 
 FUSED_FORMS = (  # oldest first
-    FusedForm("1.22", gqa_query_seqlens=False, multi_query="one-query-per-call"),
-    FusedForm("1.32", gqa_query_seqlens=True, multi_query="batched"),
+    FusedForm("1.22", gqa_query_seqlens=False),
+    FusedForm("1.32", gqa_query_seqlens=True),
 )
 
 
@@ -68,11 +65,23 @@ def fused_form(target_onnxruntime: str) -> FusedForm:
     return fitting[-1]
 
 
+def rows_batch_over_past(graph: GraphSpec) -> bool:
+    """Whether one call may hold several tokens over a past for several rows (else it is split):
+    the traced graph and the fused 1.32 form may; the fused 1.22 form may not."""
+    return graph.kind != "fused" or fused_form(graph.min_onnxruntime).gqa_query_seqlens
+
+
 def check_loadable(graphs: Iterable[GraphSpec], installed: str, model_name: str) -> None:
     """One line naming the version found, the version needed and the fix, before any session opens
-    (each `min_onnxruntime` is a version: the manifest reader checked it)."""
+    (each `min_onnxruntime` is a version: the manifest reader checked it); the same for a graph of an
+    older tessera that rotates by index."""
     have = parse_version(installed)
     for graph in graphs:
+        if graph.rotates_by_index:
+            raise ModelDirectoryError(
+                f"{model_name}: its transformer graph was exported by an older tessera and rotates the tokens "
+                "of a multi-token call by their index, not their position (graphs.transformer.multi_query is "
+                f"'one-query-per-call'); re-export it: {REEXPORT} (or from its checkpoints)")
         need = graph.min_onnxruntime
         if have < parse_version(need):
             fix = (f"re-export it for this build: tessera export --from DIR --target-onnxruntime {installed}"

@@ -39,7 +39,9 @@ GUIDANCE_SCHEDULES = ("linear", "constant")  # guidance per step (runtime/schedu
 CONDITIONING_KINDS = ("class",)
 GRAPH_KINDS = ("fused", "portable")
 KV_CACHE_MODES = ("shared-buffer", "concat")
-MULTI_QUERY_MODES = ("batched", "one-query-per-call")  # how the transformer takes several queries (compat.py)
+# `graphs.transformer.multi_query`, written until the fused graph rotated by position itself: a graph
+# that said "one-query-per-call" rotates several tokens of one call by index, so it is refused.
+LEGACY_MULTI_QUERY = ("batched", "one-query-per-call")
 LAYER = "{layer}"  # the layer index in a KV name pattern
 REEXPORT = "tessera export --from DIR --out NEW"
 FIX = f"re-export the model ({REEXPORT}, or from its checkpoints) or get it from a trusted source"
@@ -311,8 +313,10 @@ class GraphSpec:
     options: dict | None = field(default=None, hash=False)  # quantization options (informational)
     kind: str | None = None  # transformer: "fused" or "portable"
     kv_cache: str | None = None  # transformer: "shared-buffer" or "concat"
-    multi_query: str | None = None  # transformer: "batched" or "one-query-per-call"
     io: GraphIO | None = None  # transformer: its names, as patterns
+    # transformer: a fused graph of an older tessera (`multi_query: one-query-per-call`) whose multi-token
+    # calls rotate by index; read so that it can be re-exported, never run (not written back)
+    rotates_by_index: bool = False
     self_test: SelfTestSpec | None = None  # transformer: None only while the exporter writes it
     inputs: tuple[str, ...] = ()  # tokenizer graphs: listed; the transformer: from `io`
     outputs: tuple[str, ...] = ()
@@ -323,7 +327,7 @@ class GraphSpec:
 
     def to_dict(self) -> dict:
         d = {"file": self.file, "external_data": self.external_data, "min_onnxruntime": self.min_onnxruntime,
-             "kind": self.kind, "kv_cache": self.kv_cache, "multi_query": self.multi_query,
+             "kind": self.kind, "kv_cache": self.kv_cache,
              "precision": self.precision, "method": self.method, "options": self.options, "opset": self.opset,
              "psnr_db": self.psnr_db, "min_psnr_db": self.min_psnr_db}
         d = {k: v for k, v in d.items() if v is not None}
@@ -714,10 +718,9 @@ class _Reader:
                                                 f"manifest lists {list(inputs)} -> {list(outputs)}")
             return replace(graph, inputs=inputs, outputs=outputs)
         kv_cache = self.text(e, p, "kv_cache", choices=KV_CACHE_MODES)
-        multi_query = self.text(e, p, "multi_query", choices=MULTI_QUERY_MODES)
-        if kv_cache == "concat" and multi_query != "batched":
-            raise self.error(f"{p}.multi_query", "must be 'batched' for a concat KV cache (only a shared-buffer "
-                                                 f"graph can need one query per call), got {_show(multi_query)}")
+        # written until the fused graph rotated by position itself; the runtime refuses to run such a
+        # graph (compat.check_loadable), the exporter still re-exports its directory
+        by_index = "multi_query" in e and self.text(e, p, "multi_query", choices=LEGACY_MULTI_QUERY) != "batched"
         layers = kv_layers(t, family)
         io = self.io(self.section(e, "io", p), p, layers, family == ARPG_FAMILY)
         kind = self.text(e, p, "kind", choices=GRAPH_KINDS)
@@ -725,8 +728,7 @@ class _Reader:
             raise self.error(f"{p}.kv_cache", f"must be 'concat' for family {ARPG_FAMILY} (its graph is traced), "
                                               f"got {_show(kv_cache)}")
         probe = self.self_test(self.section(e, "self_test", p, default=None, known=_SELF_TEST_KEYS), layout)
-        return replace(graph, kind=kind, kv_cache=kv_cache,
-                       multi_query=multi_query, io=io, self_test=probe,
+        return replace(graph, kind=kind, kv_cache=kv_cache, io=io, self_test=probe, rotates_by_index=by_index,
                        inputs=tuple(io.inputs(layers)), outputs=tuple(io.outputs(layers)))
 
     def io(self, s: dict, path: str, n_layer: int, queries: bool = False) -> GraphIO:
@@ -893,7 +895,7 @@ def upgrade_v1(data: dict, r: _Reader) -> dict:
         if name in _V1_TOKENIZER_IO:
             e = {"inputs": _V1_TOKENIZER_IO[name][0], "outputs": _V1_TOKENIZER_IO[name][1], **e}
         if name == "transformer":
-            e = {"kind": "portable", "kv_cache": "concat", "multi_query": "batched", "io": GraphIO().to_dict(), **e}
+            e = {"kind": "portable", "kv_cache": "concat", "io": GraphIO().to_dict(), **e}
             io = r.io(r.section(e, "io", "graphs.transformer"), "graphs.transformer", n_layer)
             for key, want in (("inputs", io.inputs(n_layer)), ("outputs", io.outputs(n_layer))):
                 listed = e.pop(key, want)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import ort
+from .compat import rows_batch_over_past
 from .errors import InvalidInputError, ModelDirectoryError, check_finite
 from .manifest import Manifest
 from .spec import TensorSig, check_session
@@ -84,8 +85,8 @@ class TransformerRunner:
         self.spec = t = spec.transformer  # the model's dimensions, read where they are used
         graph = spec.graph("transformer")
         self.shared = graph.kv_cache == "shared-buffer"
-        # The fused graph's broadest operator form takes one query per call correctly (compat.py).
-        self.one_query_per_call = graph.multi_query == "one-query-per-call"
+        # The fused graph's broadest form takes several tokens over a past one row per call (compat.py).
+        self.rows_together = rows_batch_over_past(graph)
         io = self.names = spec.io  # the graph's input/output names (manifest: graphs.transformer.io)
         self.past_names, self.present_names = io.past_names(spec.kv_layers), io.present_names(spec.kv_layers)
         self.mask_token = spec.layout.mask_token_id  # ARPG: queries are this id's embedding
@@ -133,6 +134,7 @@ class TransformerRunner:
             self.io.bind_ortvalue_input(past, value)
             self.io.bind_ortvalue_output(present, value)
         self._logits = {}  # seq length -> (host array, OrtValue) reused across steps
+        self._rows = []  # per row: an IO binding of that row's slice of the cache (bound on first use)
 
     def release(self) -> None:
         """Free the KV cache and the buffers bound to the session (the next `start` allocates anew)."""
@@ -140,7 +142,7 @@ class TransformerRunner:
         self.length = self.capacity = 0
 
     def _free_buffers(self) -> None:
-        self.kv, self._host_kv, self._logits, self.io = [], [], {}, None
+        self.kv, self._host_kv, self._logits, self.io, self._rows = [], [], {}, None, []
 
     def truncate(self, length: int) -> None:
         """Forget cached tokens past `length` (speculative decoding rolls back this way)."""
@@ -165,10 +167,16 @@ class TransformerRunner:
         if self.length + s > self.capacity:
             raise InvalidInputError(f"KV cache full: {self.length} + {s} tokens > capacity {self.capacity}")
         self.token_rows += input_ids.shape[0] * s
-        if s > 1 and self.one_query_per_call:
-            return check_finite(self._run_one_query_per_call(input_ids, position_ids, attention_mask), "transformer")
         if self.shared:
-            logits = self._run_shared(input_ids, position_ids, attention_mask)
+            if s > 1 and self.length and self.batch > 1 and not self.rows_together:
+                # onnxruntime refuses this call whole on the 1.22 form: split it the way that makes fewer runs
+                # (each run streams every weight once; both splits give the whole call's logits)
+                if self.batch < s:
+                    logits = self._run_row_by_row(input_ids, position_ids, attention_mask)
+                else:
+                    logits = self._run_token_by_token(input_ids, position_ids, attention_mask)
+            else:
+                logits = self._run_shared(input_ids, position_ids, attention_mask)
         else:
             names = self.names
             feeds = {names.input_ids: input_ids, names.position_ids: position_ids,
@@ -208,24 +216,59 @@ class TransformerRunner:
         self.length += s
         return check_finite(logits, "transformer")
 
-    def _run_one_query_per_call(self, input_ids, position_ids, attention_mask) -> np.ndarray:
-        """S queries as S single-query calls: query j sees the past and queries < j, exactly what
-        the batched call's causal-in-call-order attention gives it; the mask can only hide more.
-        Prefill of a known prefix, editing's scoring and parallel decoding take this path on the
-        fused graph's 1.22 form; one-token decode steps never do."""
+    def _run_row_by_row(self, input_ids, position_ids, attention_mask) -> np.ndarray:
+        """Several tokens over a past, one row per call, each row's tokens in one call (the fused 1.22
+        form refuses them whole at batch > 1): each row's call binds that row's slice of the cache and
+        of the logits, so the result is the whole call's and nothing is copied. The cheaper split when a
+        call has more tokens than rows."""
+        s = input_ids.shape[1]
+        if s not in self._logits:
+            host = np.empty((self.batch, s, self.vocab_size), self.logits_dtype)
+            self._logits[s] = (host, ort.OrtValue.ortvalue_from_numpy(host))
+        host = self._logits[s][0]
+        names = self.names
+        for b, io in enumerate(self._row_bindings()):
+            row = np.s_[b:b + 1]  # a leading-axis slice of a C-contiguous array: contiguous, no copy
+            io.bind_cpu_input(names.input_ids, input_ids[row])
+            io.bind_cpu_input(names.position_ids, position_ids[row])
+            io.bind_cpu_input(names.attention_mask, attention_mask[row])
+            io.bind_output(names.logits, "cpu", 0, self.logits_dtype, [1, s, self.vocab_size],
+                           host[row].ctypes.data)
+            self.session.run_with_iobinding(io, self.run_options)
+        return host
+
+    def _run_token_by_token(self, input_ids, position_ids, attention_mask) -> np.ndarray:
+        """Several tokens over a past, one token per call, all rows together: token j sees the past and
+        tokens < j, which is what the whole call gives it (queries are causal in call order); the mask
+        can only hide more. The cheaper split when a call has no more tokens than rows."""
         b, s = input_ids.shape
-        key = ("split", s)
+        key = ("by token", s)
         if key not in self._logits:
             self._logits[key] = (np.empty((b, s, self.vocab_size), self.logits_dtype), None)
-        out = self._logits[key][0]
-        past = self.length
+        out, past = self._logits[key][0], self.length
         for j in range(s):
             column = np.s_[:, j:j + 1]
             out[:, j] = self._run_shared(np.ascontiguousarray(input_ids[column]),
                                          np.ascontiguousarray(position_ids[column]),
                                          np.ascontiguousarray(attention_mask[:, j:j + 1, :past + j + 1]))[:, 0]
             self.length += 1
+        self.length = past  # __call__ counts the call's tokens
         return out
+
+    def _row_bindings(self) -> list:
+        """One IO binding per row whose past and present are that row's slice of the shared cache
+        (made on first use in a generation's buffers, then reused)."""
+        if not self._rows:
+            shape = [1, self.spec.n_kv_head, self.kv[0].shape()[2], self.spec.head_dim]
+            row_bytes = int(np.prod(shape)) * np.dtype(self.kv_dtype).itemsize
+            for b in range(self.batch):
+                io = self.session.io_binding()
+                for past, present, value in zip(self.past_names, self.present_names, self.kv):
+                    ptr = value.data_ptr() + b * row_bytes
+                    io.bind_input(past, self.device, 0, self.kv_dtype, shape, ptr)
+                    io.bind_output(present, self.device, 0, self.kv_dtype, shape, ptr)
+                self._rows.append(io)
+        return self._rows
 
     def _run_shared(self, input_ids, position_ids, attention_mask) -> np.ndarray:
         io = self.io

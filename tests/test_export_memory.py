@@ -34,9 +34,9 @@ def test_reference_gives_the_same_parity_as_the_model(tiny_models, tiny_dir):
     gpt, vq = tiny_models
     path = tiny_dir / "transformer.onnx"
     for kw in ({}, {"batch": 4, "decode_steps": 8}):
-        direct = parity.transformer_parity(gpt, path, **kw, multi_query="one-query-per-call")
+        direct = parity.transformer_parity(gpt, path, **kw, row_by_row=True)
         via = parity.transformer_parity(parity.transformer_reference(gpt, **kw), path,
-                                        multi_query="one-query-per-call")
+                                        row_by_row=True)
         assert direct == via
         assert set(direct["by_phase"]) == {"prefill", "decode", "multi_query", "prefix_prefill"}
     enc, dec = tiny_dir / "tokenizer_encoder.onnx", tiny_dir / "tokenizer_decoder.onnx"
@@ -70,7 +70,7 @@ def test_released_variants_keep_weights_and_parity(tmp_path, precisions):
     ref_gpt, _ = _models()
     for d, precision in zip(dirs, precisions):  # what a check with the live model measures
         sizes = parity.QUANT_PARITY if precision != "fp32" else {}
-        live = parity.transformer_parity(ref_gpt, d / "transformer.onnx", **sizes, multi_query="one-query-per-call")
+        live = parity.transformer_parity(ref_gpt, d / "transformer.onnx", **sizes, row_by_row=True)
         assert _parity(d)["transformer"] == live, precision
         assert (d / "gpt.safetensors").is_file() and (d / "vq.safetensors").is_file()
 

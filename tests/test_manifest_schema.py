@@ -131,9 +131,6 @@ HOSTILE = [
     ("kind-unknown", _set("graphs.transformer.kind", "quantum"), "graphs.transformer.kind must be one of 'fused', 'portable'"),
     ("kv-cache-unknown", _set("graphs.transformer.kv_cache", 1), "graphs.transformer.kv_cache must be one of"),
     ("multi-query-unknown", _set("graphs.transformer.multi_query", "all"), "graphs.transformer.multi_query must be one of"),
-    ("multi-query-missing", _drop("graphs.transformer.multi_query"), "graphs.transformer.multi_query is missing"),
-    ("concat-one-query", _set("graphs.transformer.kv_cache", "concat"),
-     "graphs.transformer.multi_query must be 'batched' for a concat KV cache"),
     ("opset-str", _set("graphs.transformer.opset", "18"), "graphs.transformer.opset must be an int"),
     ("io-missing", _drop("graphs.transformer.io"), "graphs.transformer.io is missing"),
     ("io-pattern-no-layer", _io("present_key_names", "present.key"), "graphs.transformer.io.present_key_names must be"),
@@ -303,14 +300,20 @@ def _v1(name: str = "default") -> dict:
 
 @pytest.mark.parametrize("name", ["default", "anyorder"])
 def test_format_1_upgrades_to_the_shipped_format_2(name):
-    """The shipped models were moved to format 2 without touching a graph: the upgrade of their
-    format-1 manifests is their format-2 manifest (the model card alone was edited since)."""
+    """The shipped models were moved to format 2 without touching a graph, then re-exported from their own
+    weights when the fused graph began rotating by position: the upgrade of their format-1 manifests is
+    their format-2 manifest but for the transformer graph, the parity measured with it and the model card.
+    The default's format-1 graph rotated by index: read, marked, so that it can be re-exported."""
     old = ModelSpec.from_manifest(_v1(name))
     new = load_manifest(ROOT / "models" / name, verify="none").spec
     assert old.format_version == 1 and new.format_version == 2
-    assert replace(old, files={**old.files, "MODEL_CARD.md": new.files["MODEL_CARD.md"]}) == new
-    assert {n: f for n, f in old.files.items() if n.endswith(".onnx")} == \
-        {n: f for n, f in new.files.items() if n.endswith(".onnx")}
+    changed = ("transformer.onnx", "MODEL_CARD.md")
+    assert replace(old, files={**old.files, **{f: new.files[f] for f in changed}}, graphs=new.graphs,
+                   info={**old.info, "parity": new.info["parity"]}) == new
+    assert {n: f for n, f in old.files.items() if n.endswith(".onnx") and n not in changed} == \
+        {n: f for n, f in new.files.items() if n.endswith(".onnx") and n not in changed}
+    assert old.graph("transformer").rotates_by_index == (name == "default")
+    assert not new.graph("transformer").rotates_by_index
 
 
 V1_COPIES = [
@@ -353,10 +356,13 @@ def test_format_1_any_order_needs_its_query_token():
 
 
 def _as_format_1(root: Path, name: str = "default") -> None:
-    """`root` (a copy of models/NAME) with its format-1 manifest, the edited model card's entry updated."""
+    """`root` (a copy of models/NAME) with its format-1 manifest, the entries of the files edited or
+    re-exported since (model card, transformer graph, the form it is in) updated."""
     data = _v1(name)
-    card = root / "MODEL_CARD.md"
-    data["files"]["MODEL_CARD.md"] = {"sha256": sha256_file(card), "bytes": card.stat().st_size}
+    for f in ("MODEL_CARD.md", "transformer.onnx"):
+        data["files"][f] = {"sha256": sha256_file(root / f), "bytes": (root / f).stat().st_size}
+    shipped = json.loads((ROOT / "models" / name / "tessera.json").read_text())["graphs"]["transformer"]
+    data["graphs"]["transformer"]["min_onnxruntime"] = shipped["min_onnxruntime"]
     (root / "tessera.json").write_text(json.dumps(data))
 
 
@@ -364,28 +370,46 @@ def test_a_format_1_directory_runs_the_same_and_reexports_to_format_2(tmp_path, 
     from tessera.cli.main import main
 
     old = tmp_path / "old"
-    shutil.copytree(ROOT / "models" / "default", old)
-    _as_format_1(old)
+    shutil.copytree(ROOT / "models" / "anyorder", old)
+    _as_format_1(old, "anyorder")
     assert load_manifest(old, verify="full").spec.format_version == 1
     assert main(["info", str(old)]) == 0
     assert f"format       1, read through its upgrade to 2; write it as 2 with: tessera export --from {old} --out NEW" \
         in capsys.readouterr().out
     np.testing.assert_array_equal(Pipeline.load(old, providers="cpu").generate_tokens([3, 7], seed=0),
-                                  Pipeline.load(ROOT / "models" / "default", providers="cpu")
+                                  Pipeline.load(ROOT / "models" / "anyorder", providers="cpu")
                                   .generate_tokens([3, 7], seed=0))
     assert main(["export", "--from", str(old), "--out", str(tmp_path / "new")]) == 0
     capsys.readouterr()
     new = load_manifest(tmp_path / "new", verify="full").spec
     assert json.loads((tmp_path / "new" / "tessera.json").read_text())["format_version"] == 2
-    assert new.export == load_manifest(ROOT / "models" / "default", verify="none").spec.export
+    assert new.export == load_manifest(ROOT / "models" / "anyorder", verify="none").spec.export
     for name in ("tokenizer_decoder.onnx", "gpt.safetensors", "MODEL_CARD.md"):
         assert new.files[name] == load_manifest(old, verify="none").spec.files[name]
 
 
-def test_a_format_1_directory_without_a_self_test_is_refused_naming_the_reexport(tmp_path):
+def test_a_directory_whose_graph_rotates_by_index_is_refused_and_reexports(tmp_path, capsys):
+    """The default's format-1 manifest says `multi_query: one-query-per-call` (its graph rotated the tokens of a
+    multi-token call by index): loading it is one line naming the re-export, which works and loads."""
+    from tessera.cli.main import main
+
     old = tmp_path / "old"
     shutil.copytree(ROOT / "models" / "default", old)
     _as_format_1(old)
+    with pytest.raises(ModelDirectoryError) as e:
+        Pipeline.load(old, providers="cpu")
+    assert "\n" not in str(e.value) and "tessera export --from DIR --out NEW" in str(e.value)
+    assert main(["export", "--from", str(old), "--out", str(tmp_path / "new")]) == 0
+    capsys.readouterr()
+    np.testing.assert_array_equal(Pipeline.load(tmp_path / "new", providers="cpu").generate_tokens([3, 7], seed=0),
+                                  Pipeline.load(ROOT / "models" / "default", providers="cpu")
+                                  .generate_tokens([3, 7], seed=0))
+
+
+def test_a_format_1_directory_without_a_self_test_is_refused_naming_the_reexport(tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(ROOT / "models" / "anyorder", old)
+    _as_format_1(old, "anyorder")
     _edit(old, lambda d: d["graphs"]["transformer"].pop("self_test"))
     load_manifest(old, verify="full")  # readable: `tessera export --from` can re-export it
     with pytest.raises(ModelDirectoryError, match=re.escape("self_test is missing") + ".*" +

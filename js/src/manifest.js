@@ -106,9 +106,11 @@ export function checkManifest(m) {
     if (g === "transformer") {
       oneOf(e, where, "kind", ["fused", "portable"]);
       const kv = oneOf(e, where, "kv_cache", ["shared-buffer", "concat"]);
-      // multi_query absent: the graph takes several queries per call ("batched")
-      const mq = "multi_query" in e ? oneOf(e, where, "multi_query", ["batched", "one-query-per-call"]) : "batched";
-      if (kv === "concat" && mq !== "batched") fail(`tessera.json: ${where}.multi_query must be "batched" with kv_cache "concat"; ${FIX}`);
+      // Written until the fused graph rotated by position itself (section 3.3): "one-query-per-call" marks a
+      // graph whose multi-token calls rotate by index, which no host may run.
+      if ("multi_query" in e && oneOf(e, where, "multi_query", ["batched", "one-query-per-call"]) !== "batched") {
+        fail(`tessera.json: ${where}.multi_query is "one-query-per-call": its transformer graph, exported by an older tessera, rotates the tokens of a multi-token call by index, not position; re-export it: tessera export --from DIR --out NEW`);
+      }
       const io = e.io;
       const plain = ["input_ids", "position_ids", "attention_mask", "logits"];
       const pats = ["past_key_names", "past_value_names", "present_key_names", "present_value_names"];

@@ -69,7 +69,9 @@ export class Pipeline {
     this.classNames = manifest.classes.names;
     this.defaults = manifest.generation_defaults;
     this.io = manifest.graphs.transformer.io;
-    this.oneQuery = manifest.graphs.transformer.multi_query === "one-query-per-call";
+    const tg = manifest.graphs.transformer;
+    // The fused graph's 1.22 form refuses several tokens over a past at several rows (section 3.3).
+    this.rowByRow = tg.kind === "fused" && compareVersions(tg.min_onnxruntime, "1.32") < 0;
     this.inputs = graphInputs(manifest);
     this.outputs = graphOutputs(manifest);
     /** @type {"float32"|"float16"} */
@@ -157,14 +159,17 @@ export class Pipeline {
   /**
    * One transformer call appending S tokens per row (sections 3.1-3.3). Shared-buffer graphs are fed an
    * exact past of `len` entries and their present read back (section 3.2's host without IO binding);
-   * a one-query-per-call graph gets S one-token calls.
+   * on the fused graph's 1.22 form, S > 1 tokens over a past at several rows run one row per call, or one
+   * token per call when S <= R (the Python runtime's choice: fewer runs, the same arithmetic).
    * @param {{rows: number, len: number, kv: any[]}} cache updated in place
    * @param {number[][]} ids `[R][S]` @param {number[][]} pos `[R][S]` @param {boolean[][][]} mask `[R][S][len+S]`
    * @returns {Promise<Float32Array[][]>} logits `[R][S]` rows of V
    */
   async call(cache, ids, pos, mask) {
     const R = cache.rows, S = ids[0].length;
-    if (this.oneQuery && S > 1) {
+    if (this.rowByRow && S > 1 && cache.len > 0 && R > 1 && S <= R) {
+      // One token per call, all rows together (the whole call's logits: queries are causal in call order),
+      // as the Python runtime splits when a call has no more tokens than rows.
       /** @type {Float32Array[][]} */
       const out = Array.from({ length: R }, () => []);
       for (let j = 0; j < S; j++) {
@@ -172,6 +177,30 @@ export class Pipeline {
         const lg = await this.call(cache, ids.map((r) => [r[j]]), pos.map((r) => [r[j]]), mask.map((r) => [r[j].slice(0, P + 1)]));
         lg.forEach((r, i) => out[i].push(r[0]));
       }
+      return out;
+    }
+    if (this.rowByRow && S > 1 && cache.len > 0 && R > 1) {
+      const P = cache.len, H = this.nKv, D = this.headDim;
+      /** @type {Float32Array[][]} */
+      const out = [];
+      /** @type {(Float32Array|Uint16Array)[][]} */
+      const presents = [];
+      for (let r = 0; r < R; r++) {
+        // Row r of an exact past [R, H, P, D] is one contiguous block: a view, not a copy.
+        const kv = cache.kv.map((t) => {
+          const src = /** @type {Float32Array|Uint16Array} */ (t.data);
+          return new this.ort.Tensor(this.kvType, src.subarray(r * H * P * D, (r + 1) * H * P * D), [1, H, P, D]);
+        });
+        const row = { rows: 1, len: P, kv };
+        out.push((await this.call(row, [ids[r]], [pos[r]], [mask[r]]))[0]);
+        presents.push(row.kv.map((t) => /** @type {Float32Array|Uint16Array} */ (t.data)));
+      }
+      cache.kv = cache.kv.map((t, i) => {
+        const whole = new /** @type {any} */ (/** @type {any} */ (t.data).constructor)(R * H * (P + S) * D);
+        presents.forEach((p, r) => whole.set(p[i], r * H * (P + S) * D));
+        return new this.ort.Tensor(this.kvType, whole, [R, H, P + S, D]);
+      });
+      cache.len = P + S;
       return out;
     }
     const P = cache.len;
