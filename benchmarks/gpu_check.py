@@ -9,7 +9,7 @@ Stages (the report is rewritten after each, so a run stopped by its time limit k
    bounds and token for token against the same directory on the CPU (tessera.export.ort_matrix.check_provider).
 2. Decode speed of `tessera bench` (fp32, fp16, int4 fused) against the PyTorch KV-cached loop
    (tessera.export.reference) on the same device, fp32 and, on CUDA, fp16.
-3. Sequential, parallel, Jacobi and any-order decoding timed on one any-order portable graph.
+3. Sequential, parallel, Jacobi and any-order decoding timed on one any-order fused graph (fp16 on CUDA).
 4. ARPG (an ARPG graph of the same shape, `arpg-c2i`) at several step counts against sequential decoding.
 Stages 2-4 run LlamaGen GPT-B with random weights (16x16 tokens); --quick runs GPT-Tiny throughout.
 Exit status: 0 every check passed on --provider, 1 one failed or ran elsewhere, 2 --provider cannot run here.
@@ -52,11 +52,13 @@ SECTIONS = {  # stage -> title, what its table shows
               f"{GUIDANCE}, top-k {TOP_K}; 2 rows = one image with guidance, 8 = four. Ours: `tessera bench`; PyTorch: "
               "the KV-cached reference loop on the same device. Ratios: ours / PyTorch (< 1: faster)."),
     "decoders": ("Decoders against sequential decoding", f"One image, guidance {GUIDANCE}, top-k {TOP_K}, no pixels; "
-                 "all on one any-order portable graph (onnxruntime-gpu 1.31 loads fused graphs only in their 1.22 "
-                 "form, which runs a call's queries one at a time). Ratios: sequential / this row."),
+                 "all on one any-order fused graph (fp16 on CUDA; onnxruntime-gpu 1.31 loads its 1.22 form, where a "
+                 "call of several tokens over a past runs one row or one token per run, whichever makes fewer runs). "
+                 "Ratios: sequential / this row."),
     "arpg": ("ARPG against sequential decoding", f"One image, guidance {GUIDANCE}, top-k {TOP_K}, no pixels, fp32: "
              "an ARPG graph (half self-attention, shared K/V, half cross-attention; each cell fed once) against "
-             "the LlamaGen graph of the same dimensions decoding sequentially. Ratios: sequential / this row."),
+             "the LlamaGen graph of the same dimensions decoding sequentially, both traced (portable) graphs, so "
+             "both run whole on the provider. Ratios: sequential / this row."),
 }
 ARPG_STEPS = {"GPT-B": (64, 32, 16), "GPT-Tiny": (8, 4)}
 
@@ -127,8 +129,8 @@ def decoders(args, work: Path, ctx: dict) -> tuple[list[str], bool]:
     """Each decoder's seconds and calls per image on one graph: the median of --rounds interleaved rounds."""
     model = "GPT-Tiny" if args.quick else "GPT-B"
     precision, (export_args, (window, drafts, steps)) = "fp16" if args.provider == "cuda" else "fp32", MODELS[model]
-    path = cached_export(work, f"{model.lower()}-anyorder-{precision}", [
-        *export_args, "--gpt-set", "order=any", "--graph", "portable", "--quant", precision], log=ctx["log"])
+    path = cached_export(work, f"{model.lower()}-anyorder-fused-{precision}", [
+        *export_args, "--gpt-set", "order=any", "--graph", "fused", "--quant", precision], log=ctx["log"])
     pipe = same_graph_sequential(path, providers=args.provider, verify="size")
     options = {"sequential": {}, f"parallel, window {window}": {"parallel_window": window},
                f"jacobi, {drafts} drafts": {"decoder": "jacobi", "jacobi_window": drafts},
@@ -157,8 +159,8 @@ def arpg(args, work: Path, ctx: dict) -> tuple[list[str], bool]:
 
     model = "GPT-Tiny" if args.quick else "GPT-B"
     export_args = MODELS[model][0]
-    seq = Pipeline.load(cached_export(work, f"{model.lower()}-fp32", export_args, log=ctx["log"]),
-                        providers=args.provider, verify="size")
+    seq = Pipeline.load(cached_export(work, f"{model.lower()}-portable-fp32", [*export_args, "--graph", "portable"],
+                                      log=ctx["log"]), providers=args.provider, verify="size")
     arpg_pipe = Pipeline.load(cached_export(work, f"{model.lower()}-arpg-fp32", [*export_args, "--gpt-set",
                                                                                  "order=arpg"], log=ctx["log"]),
                               providers=args.provider, verify="size")
