@@ -371,8 +371,26 @@ _TOP = ("format", "format_version", "name", "description", "family", "conditioni
         "image", "classes", "graphs", "generation_defaults", "export", "weights", "files")
 
 
+class _GraphLookup:
+    """The manifest's graphs by name: one lookup for the class-conditional and the text-to-image specs."""
+
+    graphs: tuple
+
+    def graph_names(self) -> list[str]:
+        return [g.name for g in self.graphs]
+
+    def graph(self, name: str) -> GraphSpec:
+        for g in self.graphs:
+            if g.name == name:
+                return g
+        raise ModelDirectoryError(f"the model has no '{name}' graph (it has {self.graph_names()}); {FIX}")
+
+    def has_graph(self, name: str) -> bool:
+        return any(g.name == name for g in self.graphs)
+
+
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(_GraphLookup):
     """Everything the runtime needs to know about a model directory, validated."""
 
     name: str
@@ -424,18 +442,6 @@ class ModelSpec:
     def io(self) -> GraphIO:
         """The transformer graph's input/output names."""
         return self.graph("transformer").io
-
-    def graph_names(self) -> list[str]:
-        return [g.name for g in self.graphs]
-
-    def graph(self, name: str) -> GraphSpec:
-        for g in self.graphs:
-            if g.name == name:
-                return g
-        raise ModelDirectoryError(f"the model has no '{name}' graph (it has {self.graph_names()}); {FIX}")
-
-    def has_graph(self, name: str) -> bool:
-        return any(g.name == name for g in self.graphs)
 
     def with_graph(self, graph: GraphSpec) -> "ModelSpec":
         """This spec with the graph of the same name replaced."""
@@ -1058,7 +1064,7 @@ class LatentDecoderSpec:
 
 
 @dataclass(frozen=True)
-class NitroSpec:
+class NitroSpec(_GraphLookup):
     """A text-to-image (family `nitro-ar`) model directory's manifest, validated."""
 
     name: str
@@ -1083,18 +1089,6 @@ class NitroSpec:
     def image_size(self) -> tuple[int, int]:
         side = self.loop.grid * self.decoder.downsample
         return side, side
-
-    def graph_names(self) -> list[str]:
-        return [g.name for g in self.graphs]
-
-    def graph(self, name: str) -> GraphSpec:
-        for g in self.graphs:
-            if g.name == name:
-                return g
-        raise ModelDirectoryError(f"the model has no '{name}' graph (it has {self.graph_names()}); {FIX}")
-
-    def has_graph(self, name: str) -> bool:
-        return any(g.name == name for g in self.graphs)
 
     def to_manifest(self) -> dict:
         info = dict(self.info)
