@@ -108,12 +108,13 @@ class _Graphs:
         self.calls: dict[str, int] = {}
 
     def session(self, name: str):
-        s = self.sessions.get(name)
-        if s is None:
-            from .session import open_session
+        with self.lock:  # a graph is opened once, whichever thread asks first
+            s = self.sessions.get(name)
+            if s is None:
+                from .session import open_session
 
-            s = self.sessions[name] = open_session(self.manifest.graph_path(name), self.providers, self.threads)
-        return s
+                s = self.sessions[name] = open_session(self.manifest.graph_path(name), self.providers, self.threads)
+            return s
 
     def run(self, name: str, feeds: dict) -> np.ndarray:
         out = self.session(name).run(None, feeds)[0]
@@ -123,11 +124,13 @@ class _Graphs:
     def keep_only(self, names: Sequence[str]) -> None:
         """Low-memory mode: close every open graph not in `names`."""
         if self.low_memory:
-            for n in [n for n in self.sessions if n not in names]:
-                del self.sessions[n]
+            with self.lock:
+                for n in [n for n in self.sessions if n not in names]:
+                    del self.sessions[n]
 
     def close(self) -> None:
-        self.sessions.clear()
+        with self.lock:
+            self.sessions.clear()
 
 
 def _guided(v: np.ndarray, rows: int, scale: float) -> np.ndarray:
@@ -316,6 +319,10 @@ class NitroPipeline:
 
     >>> pipe = NitroPipeline.load("nitro-ar-gan")
     >>> pipe.generate(prompts=["a red fox in the snow"], seed=3)[0].save("fox.png")
+
+    Safe to share between an app's threads: one generation runs at a time (its phases open and close graphs
+    under low_memory, and its graph-call counts are its own); a call from another thread waits for it.
+    `interrupt()` and a call's CancelToken act at once, from any thread.
     """
 
     def __init__(self, manifest: Manifest, providers: list[str], threads: int | None = None,
@@ -327,6 +334,7 @@ class NitroPipeline:
         self.graphs = _Graphs(manifest, providers, threads, low_memory)
         self._prompts: PromptEncoder | None = None
         self._stop = threading.Event()
+        self._busy = threading.RLock()  # one generation (or encode / decode) at a time
 
     @classmethod
     def load(cls, model_dir: str | Path, providers: str | list[str] = "auto", threads: int | None = None,
@@ -355,11 +363,12 @@ class NitroPipeline:
 
     def encode_prompts(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(states [B, T, H] of the prompts, states [1, T, H] of the empty prompt)."""
-        if self._prompts is None:
-            self._prompts = PromptEncoder(self.manifest)
-        ids, mask = self._prompts.ids(list(prompts) + [""])
-        self.graphs.keep_only(["text_encoder"])
-        states = self.graphs.run("text_encoder", {"input_ids": ids, "attention_mask": mask}).astype(np.float32)
+        with self._busy:
+            if self._prompts is None:
+                self._prompts = PromptEncoder(self.manifest)
+            ids, mask = self._prompts.ids(list(prompts) + [""])
+            self.graphs.keep_only(["text_encoder"])
+            states = self.graphs.run("text_encoder", {"input_ids": ids, "attention_mask": mask}).astype(np.float32)
         return states[:-1], states[-1:]
 
     def decode(self, latents: np.ndarray) -> list:
@@ -367,15 +376,16 @@ class NitroPipeline:
         memory grows with the batch)."""
         from PIL import Image
 
-        self.graphs.keep_only(["decoder"])
         scale = np.float32(self.spec.decoder.latent_scale)
         images = []
-        for lat in latents:
-            x = self.graphs.run("decoder", {"latent": latent_grid(lat[None].astype(np.float32) / scale,
-                                                                  self.spec.loop.grid)})
-            px = to_pixels(x)[0]
-            images.append(Image.fromarray(px[..., 0], "L") if px.shape[-1] == 1
-                          else Image.fromarray(px[..., :3], "RGB"))
+        with self._busy:
+            self.graphs.keep_only(["decoder"])
+            for lat in latents:
+                x = self.graphs.run("decoder", {"latent": latent_grid(lat[None].astype(np.float32) / scale,
+                                                                      self.spec.loop.grid)})
+                px = to_pixels(x)[0]
+                images.append(Image.fromarray(px[..., 0], "L") if px.shape[-1] == 1
+                              else Image.fromarray(px[..., :3], "RGB"))
         return images
 
     def run(self, prompts: Sequence[str] | str, seed: int | Sequence[int] = 0, guidance_scale: float | None = None,
@@ -410,6 +420,13 @@ class NitroPipeline:
         if head_steps is not None and (not isinstance(head_steps, int) or isinstance(head_steps, bool)
                                        or not 1 <= head_steps <= 1000):
             raise InvalidInputError(f"head_steps must be an int in 1..1000, got {head_steps!r}")
+        with self._busy:
+            return self._run_locked(prompts, seeds, float(g), steps, head_steps, callback, cancel, decode_images,
+                                    draws)
+
+    def _run_locked(self, prompts, seeds, g, steps, head_steps, callback, cancel, decode_images,
+                    draws) -> TextToImageResult:
+        loop = self.spec.loop
         self._stop.clear()
         timings = {}
         t0 = time.perf_counter()
@@ -419,7 +436,7 @@ class NitroPipeline:
         t0 = time.perf_counter()
         self.graphs.keep_only(["transformer", "head", "global_transformer", "global_head"])
         calls0 = dict(self.graphs.calls)
-        latents = sample_latents(self.graphs, loop, text, null, draws, float(g), steps, head_steps, callback,
+        latents = sample_latents(self.graphs, loop, text, null, draws, g, steps, head_steps, callback,
                                  cancel, self._stop)
         timings["latents"] = time.perf_counter() - t0
         result = TextToImageResult(latents=latents, seeds=seeds, timings=timings,

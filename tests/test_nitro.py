@@ -213,6 +213,33 @@ def test_low_memory_keeps_one_phase_open_and_gives_the_same_images(models):
     assert np.array_equal(np.asarray(low.images[0]), np.asarray(high.images[0]))
 
 
+def test_one_pipeline_serves_app_threads(models):
+    """Threads sharing one low-memory pipeline (whose phases close each other's graphs) get the images a
+    pipeline of their own gives, with their own graph-call counts."""
+    import threading
+
+    root = models["nitro-test-gan"][0]
+    alone = [NitroPipeline.load(root, providers="cpu").run(PROMPTS[i % 2], seed=i) for i in range(4)]
+    shared, got, errors = NitroPipeline.load(root, providers="cpu", low_memory=True), {}, []
+
+    def work(i):
+        try:
+            got[i] = shared.run(PROMPTS[i % 2], seed=i)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors and len(got) == 4
+    for i, want in enumerate(alone):
+        assert np.array_equal(got[i].latents, want.latents)
+        assert np.array_equal(np.asarray(got[i].images[0]), np.asarray(want.images[0]))
+        assert got[i].calls == want.calls
+
+
 def test_bad_input_is_one_clear_error(models):
     pipe = NitroPipeline.load(models["nitro-test-gan"][0], providers="cpu")
     for kwargs, match in (({"prompts": []}, "non-empty"), ({"prompts": [3]}, "must be a string"),
