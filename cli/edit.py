@@ -63,12 +63,23 @@ def preview_from_args(args: argparse.Namespace, scale: int = 1):
         return None
     from tessera.runtime.preview import FrameWriter
 
+    return FrameWriter(preview_folder(args), scale=scale)
+
+
+def preview_folder(args: argparse.Namespace) -> Path:
+    """--preview-dir, created before any work. Frames already in it (frame-*.png, from an earlier run or not)
+    are a user's files: refused unless --overwrite, since this run would replace some and mix in others."""
     folder = Path(args.preview_dir)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InvalidInputError(f"cannot create --preview-dir {folder}: {e.strerror or e}") from None
-    return FrameWriter(folder, scale=scale)
+    old = sorted(folder.glob("frame-*.png"))
+    if old and not getattr(args, "overwrite", False):
+        raise InvalidInputError(f"--preview-dir {folder} already holds {len(old)} preview frame(s) ({old[0].name}"
+                                f"{' ...' if len(old) > 1 else ''}); choose an empty folder, or pass --overwrite "
+                                "to replace them")
+    return folder
 
 
 def preview_callback(args: argparse.Namespace, pipe, callback):

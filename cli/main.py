@@ -18,7 +18,7 @@ from tessera import __version__
 from tessera.runtime.errors import ExtraNotInstalledError, TesseraError
 
 from .bench import add_bench_parser
-from .edit import add_edit_parser, add_preview_arguments, join_negative_values, preview_callback
+from .edit import add_edit_parser, add_preview_arguments, join_negative_values, preview_callback, preview_folder
 from .options import (HelpFormatter, add_arpg_arguments, add_model_arguments, add_sampling_arguments, add_verify_argument, model_defaults,
                       model_from_argv, pipeline_from_args, resolve_verify)
 from .output import (MAX_IMAGES, MAX_SCALE, Progress, StageProgress, add_overwrite_argument, check_counts,
@@ -76,15 +76,13 @@ def cmd_generate_text(args: argparse.Namespace) -> int:
     paths = [out] if sheet or len(all_prompts) == 1 else [
         out.with_name(f"{out.stem}-{i:03d}-{safe_name(p, 'prompt')}{out.suffix}") for i, p in enumerate(all_prompts)]
     check_new_files(paths, args.overwrite)
+    preview_dir = preview_folder(args) if args.preview_dir else None
     providers = resolve_providers(args.providers.split(",") if args.providers != "auto" else "auto")
     pipe = NitroPipeline.load(args.model, providers=providers, threads=args.threads,
                               verify=resolve_verify(args.verify, args.model),
                               low_memory=True if args.low_memory is None else args.low_memory)
     progress = Progress(f"generating {len(all_prompts)} image{'s' if len(all_prompts) > 1 else ''}",
                         enabled=not args.quiet, unit="iterations")
-    preview_dir = Path(args.preview_dir) if args.preview_dir else None
-    if preview_dir is not None:
-        preview_dir.mkdir(parents=True, exist_ok=True)
 
     def callback(it: int, total: int, latent) -> None:
         progress(it + 1, total)

@@ -95,6 +95,22 @@ def test_generate_command_writes_preview_frames(tiny_dir, tmp_path):
     assert main(["generate", "3", "--model", str(tiny_dir), "--out", str(out), "--preview-every", "2", "-q"]) == 1
 
 
+def test_preview_frames_already_in_the_folder_are_never_replaced_silently(tiny_dir, tmp_path, capsys):
+    """A second run into the same --preview-dir would replace some of the first run's frames and mix in others:
+    refused before any work, naming the folder and the fix; --overwrite replaces them."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    mine = frames / "frame-0008.png"
+    mine.write_bytes(b"a user's file")
+    run = ["generate", "3", "--model", str(tiny_dir), "--preview-dir", str(frames), "--preview-every", "8", "-q"]
+    assert main([*run, "--out", str(tmp_path / "a.png")]) == 1
+    err = capsys.readouterr().err
+    assert "already holds 1 preview frame" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert mine.read_bytes() == b"a user's file" and not (tmp_path / "a.png").exists()
+    assert main([*run, "--out", str(tmp_path / "b.png"), "--overwrite"]) == 0
+    assert Image.open(mine).size == (16, 16)
+
+
 # --- the Tk example, headless under Xvfb ---------------------------------------------------------
 def _cannot_run(why: str):
     """Skip where the Tk test cannot run; under CI (.ci/run installs Xvfb) that is a failure, not a skip."""
