@@ -76,14 +76,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="copy a file into the directory (model card, samples); checksummed")
     out.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                      help=f"ONNX opset of the graphs, {OPSETS.start}..{OPSETS.stop - 1} (default {DEFAULT_OPSET})")
-    out.add_argument("--graph", choices=["fused", "portable"], default="fused",
+    out.add_argument("--graph", choices=["fused", "portable"], default=None,
                      help="transformer graph: 'fused' uses onnxruntime's fused kernels (GroupQueryAttention, "
-                          "in-place KV cache; fastest), 'portable' only standard ONNX ops (any ONNX runtime)")
-    out.add_argument("--target-onnxruntime", metavar="VERSION", default=OLDEST_TESTED,
+                          "in-place KV cache; fastest), 'portable' only standard ONNX ops (any ONNX runtime). "
+                          "Default fused; with --from, the source directory's")
+    out.add_argument("--target-onnxruntime", metavar="VERSION", default=None,
                      help="the oldest onnxruntime the model must load on (the GPU/NPU flavours lag the CPU "
                           "package); the fused graph takes the newest operator form that version accepts. "
-                          f"Default {OLDEST_TESTED}: every tested build. 1.32+ runs parallel decoding's "
-                          "multi-query calls batched")
+                          f"Default {OLDEST_TESTED}: every tested build; with --from, the source's fused form. "
+                          "1.32+ runs a call of several tokens over a past at several rows in one run")
     q = p.add_argument_group(
         "precision (quantized variants)",
         "--quant fp32|fp16|int8|int4 writes one model directory of that precision at --out. "
@@ -277,6 +278,9 @@ def run(args: argparse.Namespace, progress=None) -> Path:
     if not args.from_dir:  # configs before torch: a typo costs no import time
         from .presets import check_graph, resolve
 
+        args.graph = args.graph or "fused"
+        args.target_onnxruntime = args.target_onnxruntime or OLDEST_TESTED
+
         # presets from --gpt/--vq or the LlamaGen file names; name, grid and image size checked
         chosen = resolve(args.gpt, args.gpt_weights, _overrides(args.gpt_set, GPTConfig, "--gpt-set"),
                          args.vq, args.vq_weights, _overrides(args.vq_set, VQConfig, "--vq-set"), _config)
@@ -295,6 +299,7 @@ def run(args: argparse.Namespace, progress=None) -> Path:
                else ""):
         if args.from_dir:
             gpt, vq, old = load_model_dir(args.from_dir)
+            _carry_graph_form(args, old)
         else:
             gpt = build_gpt(gcfg, args.gpt_weights, args.seed)
             vq = build_vq(vcfg, args.vq_weights, args.seed)
@@ -336,13 +341,23 @@ def run(args: argparse.Namespace, progress=None) -> Path:
     return outs[0] if len(outs) == 1 else Path(args.out)
 
 
+def _carry_graph_form(args: argparse.Namespace, old) -> None:
+    """--from without --graph / --target-onnxruntime: the re-export keeps the source's graph kind and fused
+    operator form (before, a 1.32-form directory re-exported without the flag came back in the 1.22 form)."""
+    graph = old.graph("transformer")
+    args.graph = args.graph or (graph.kind if graph.kind in ("fused", "portable") else "fused")
+    if not args.target_onnxruntime:
+        args.target_onnxruntime = graph.min_onnxruntime if graph.kind == "fused" else OLDEST_TESTED
+
+
 def _check_destination(args: argparse.Namespace) -> None:
     """What write_model_dir(s) refuses before any work, checked before the models are loaded."""
     from tessera.runtime.compat import fused_form
 
     from .model_dir import PRECISIONS, prepare_output, variant_dirs
 
-    fused_form(args.target_onnxruntime)  # an InvalidInputError for a bad or too old version
+    if args.target_onnxruntime:  # with --from and none given: the source's form, read once it is loaded
+        fused_form(args.target_onnxruntime)  # an InvalidInputError for a bad or too old version
     outs = variant_dirs(args.out, PRECISIONS).values() if args.quant == "all" else [Path(args.out)]
     for out in outs:
         prepare_output(out, args.overwrite)

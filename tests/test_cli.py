@@ -96,6 +96,30 @@ def test_export_command_round_trip(tiny_dir, tmp_path, capsys):
     assert (a == b).all()
 
 
+def test_a_re_export_keeps_the_sources_graph_form_unless_told(tiny_dir, tmp_path):
+    """--from without --graph / --target-onnxruntime keeps the source's graph kind and fused operator form;
+    the flags still choose another."""
+    from tessera.runtime.manifest import load_manifest
+
+    def transformer(d):
+        g = load_manifest(d).spec.graph("transformer")
+        return g.kind, g.min_onnxruntime
+
+    newest = tmp_path / "newest"
+    assert main(["export", "--from", str(tiny_dir), "--out", str(newest), "--target-onnxruntime", "1.32"]) == 0
+    assert transformer(newest) == ("fused", "1.32")
+    again = tmp_path / "again"
+    assert main(["export", "--from", str(newest), "--out", str(again)]) == 0
+    assert transformer(again) == ("fused", "1.32")
+    portable = tmp_path / "portable"
+    assert main(["export", "--from", str(newest), "--out", str(portable), "--graph", "portable"]) == 0
+    assert main(["export", "--from", str(portable), "--out", str(tmp_path / "p2")]) == 0
+    assert transformer(tmp_path / "p2")[0] == "portable"
+    assert main(["export", "--from", str(newest), "--out", str(tmp_path / "old"), "--target-onnxruntime",
+                 "1.22"]) == 0
+    assert transformer(tmp_path / "old") == ("fused", "1.22")
+
+
 def test_export_needs_weights_or_explicit_random(tmp_path, capsys):
     assert main(["export", "--gpt", "GPT-Tiny", "--vq", "VQ-Tiny", "--out", str(tmp_path / "m")]) == 1
     err = capsys.readouterr().err
